@@ -1,0 +1,124 @@
+#ifndef RP_HTTP_H
+#define RP_HTTP_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* HTTP/1.x glue around llhttp: request and response heads, the strict
+ * checks llhttp 8 leaves to us (SPEC §7), request-target forms, and the
+ * helpers to write heads and chunked bodies. */
+
+#define RP_HTTP_HEAD_MAX (64 * 1024)
+#define RP_HTTP_MAX_HEADERS 256
+
+struct rp_http_header {
+  const char *name;
+  size_t name_len;
+  const char *value;
+  size_t value_len;
+};
+
+struct rp_http_head {
+  const char *method; /* requests */
+  size_t method_len;
+  int method_id; /* llhttp_method_t */
+  const char *target;
+  size_t target_len;
+  int status; /* responses */
+  const char *reason;
+  size_t reason_len;
+  unsigned major, minor;
+  struct rp_http_header *headers;
+  size_t nheaders;
+  int64_t content_length; /* -1 when absent */
+  bool chunked;
+  bool keep_alive;
+  bool upgrade;
+};
+
+enum rp_http_type { RP_HTTP_REQUEST, RP_HTTP_RESPONSE };
+
+enum rp_http_status {
+  RP_HTTP_OK, /* all input consumed, message not finished */
+  RP_HTTP_HEAD, /* requests: the head is done (on_head ran); call resume for the body */
+  RP_HTTP_DONE, /* a message ended; *consumed tells where; call resume */
+  RP_HTTP_UPGRADE, /* CONNECT (or upgrade) head done: the rest is not HTTP */
+  RP_HTTP_ERROR /* see rp_http_parser_error */
+};
+
+struct rp_http_callbacks {
+  /** The head is complete; pointers stay valid until the next message. A
+   * non-zero return aborts parsing with an error. */
+  int (*on_head)(void *data, const struct rp_http_head *head);
+  /** Body bytes (already de-chunked). Non-zero aborts. */
+  int (*on_body)(void *data, const char *at, size_t len);
+};
+
+struct rp_http_parser;
+
+struct rp_http_parser *rp_http_parser_create(enum rp_http_type type,
+                                             const struct rp_http_callbacks *cb, void *data);
+void rp_http_parser_destroy(struct rp_http_parser *p);
+/** Parse input; *consumed is how much was used (all of it for RP_HTTP_OK). */
+enum rp_http_status rp_http_parser_execute(struct rp_http_parser *p, const char *at, size_t len,
+                                           size_t *consumed);
+/** Continue after RP_HTTP_HEAD (with the body) or RP_HTTP_DONE (with the
+ * next message). */
+void rp_http_parser_resume(struct rp_http_parser *p);
+/** The peer closed: ends a read-until-close body. RP_HTTP_DONE, or ERROR if
+ * a message was cut short. RP_HTTP_OK when no message had begun. */
+enum rp_http_status rp_http_parser_finish(struct rp_http_parser *p);
+/** Responses: the request was HEAD (or the like): no body follows. */
+void rp_http_parser_expect_no_body(struct rp_http_parser *p, bool no_body);
+/** After RP_HTTP_ERROR: the status to answer (400, 431) and a one-line reason. */
+int rp_http_parser_error(const struct rp_http_parser *p, const char **reason);
+/** True when bytes of a message have been seen but the head is not done. */
+bool rp_http_parser_in_head(const struct rp_http_parser *p);
+/** True when a body is being received (head done, message not finished). */
+bool rp_http_parser_in_body(const struct rp_http_parser *p);
+/** Upstream responses: does the body run until the connection closes? */
+bool rp_http_parser_body_until_close(const struct rp_http_parser *p);
+
+const struct rp_http_header *rp_http_header_find(const struct rp_http_head *h, const char *name);
+bool rp_http_token_eq(const char *a, size_t alen, const char *lit);
+/** Hop-by-hop: the RFC 9110 list, Proxy-*, and names listed in Connection. */
+bool rp_http_is_hop_by_hop(const struct rp_http_head *h, const struct rp_http_header *hd);
+const char *rp_http_reason(int status);
+
+/* Request targets (SPEC §2). */
+enum rp_target_form { RP_TARGET_ORIGIN, RP_TARGET_ABSOLUTE, RP_TARGET_AUTHORITY, RP_TARGET_ASTERISK };
+
+struct rp_target {
+  enum rp_target_form form;
+  bool https; /* absolute-form scheme */
+  char host[256]; /* lower-case, trailing dot removed, IPv6 without brackets */
+  bool host_is_ip6;
+  uint16_t port;
+  const char *path; /* absolute-form and origin-form: path and query */
+  size_t path_len;
+  bool path_needs_slash; /* "http://h?q": write "/" before path */
+};
+
+/** Parse a CONNECT authority "host:port" strictly. 0 or RP_EPARSE with *why. */
+int rp_target_parse_authority(const char *s, size_t n, struct rp_target *t, const char **why);
+/** Parse any request target; CONNECT uses authority-form only. */
+int rp_target_parse(const char *s, size_t n, bool is_connect, struct rp_target *t,
+                    const char **why);
+/** Format host[:port] for Host / logs, bracketing IPv6 ("[::1]:443"). */
+void rp_target_hostport(const struct rp_target *t, bool with_port, char *buf, size_t bufsz);
+
+/* A growable output buffer for heads (bounded by the caller). */
+struct rp_sbuf {
+  char *p;
+  size_t len, cap;
+  int oom;
+};
+void rp_sbuf_add(struct rp_sbuf *b, const char *s, size_t n);
+void rp_sbuf_adds(struct rp_sbuf *b, const char *s);
+void rp_sbuf_addf(struct rp_sbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/** Hand the bytes over (caller frees) and reset the buffer. */
+char *rp_sbuf_take(struct rp_sbuf *b, size_t *len);
+void rp_sbuf_free(struct rp_sbuf *b);
+
+#endif

@@ -1,0 +1,33 @@
+#ifndef RP_METRICS_H
+#define RP_METRICS_H
+
+#include <stdint.h>
+
+#include "regproxy/http.h"
+
+/* Process-wide counters rendered as Prometheus text (SPEC §5). */
+enum rp_bytes_source { RP_SRC_BYTES_CACHE, RP_SRC_BYTES_UPSTREAM, RP_SRC_BYTES_TUNNEL, RP_SRC_BYTES_LAST };
+
+struct rp_metrics {
+  int64_t connections_active;
+  int64_t tunnels_active;
+  int64_t fills_in_flight;
+  uint64_t connections_total;
+  uint64_t bytes[2][RP_SRC_BYTES_LAST]; /* [0] in (from clients), [1] out (to clients) */
+  uint64_t upstream_bytes;
+  uint64_t evictions;
+  uint64_t digest_mismatch;
+  uint64_t cache_size_bytes;
+  uint64_t cache_objects;
+};
+
+extern struct rp_metrics rp_metrics;
+
+/** Count one finished request or tunnel. Labels must be static strings. */
+void rp_metrics_request(const char *via, const char *route, const char *cache, int code);
+/** Count an upstream failure of a kind ("dns", "connect", "timeout", "proxy", "protocol"). */
+void rp_metrics_upstream_error(const char *kind);
+/** Append the Prometheus exposition to b. */
+void rp_metrics_render(struct rp_sbuf *b);
+
+#endif

@@ -1,0 +1,116 @@
+#ifndef RP_NET_H
+#define RP_NET_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+/* Read buffers come from a loop-wide pool of fixed blocks, so an idle
+ * connection holds no buffer at all; a read callback owns the block it is
+ * given and passes it on (to a write) or returns it with rp_buf_free. */
+#define RP_BUF_SIZE (64 * 1024)
+char *rp_buf_alloc(void);
+void rp_buf_free(char *block);
+/** Release every pooled block (at exit, so leak checkers stay quiet). */
+void rp_buf_pool_drain(void);
+
+/* The stream interface: plain TCP now, TLS on top of TCP for MITM. Every
+ * layer above talks to this table, never to uv_tcp_t directly. */
+struct rp_stream;
+
+/** nread > 0: block (owned by the callee, from rp_buf_alloc) holds nread
+ * bytes; nread < 0: UV_EOF or an error, block is NULL. */
+typedef void (*rp_stream_read_cb)(struct rp_stream *s, ssize_t nread, char *block);
+typedef void (*rp_stream_write_cb)(struct rp_stream *s, int status, void *arg);
+typedef void (*rp_stream_shutdown_cb)(struct rp_stream *s, int status);
+typedef void (*rp_stream_close_cb)(struct rp_stream *s);
+
+struct rp_stream_ops {
+  const char *name;
+  int (*read_start)(struct rp_stream *s);
+  int (*read_stop)(struct rp_stream *s);
+  /** Queue bufs; cb(arg) runs once they are written or failed. Buffers
+   * must stay valid until then. */
+  int (*write)(struct rp_stream *s, const uv_buf_t *bufs, unsigned n, rp_stream_write_cb cb,
+               void *arg);
+  /** Send EOF after everything queued. */
+  int (*shutdown)(struct rp_stream *s, rp_stream_shutdown_cb cb);
+  /** Close; cb runs when the memory has been released (s is gone then). */
+  void (*close)(struct rp_stream *s, rp_stream_close_cb cb);
+  size_t (*write_queue_size)(const struct rp_stream *s);
+  /** Peer / local address (for logs and ACLs); 0 or a uv error. */
+  int (*peername)(const struct rp_stream *s, struct sockaddr_storage *ss);
+};
+
+struct rp_stream {
+  const struct rp_stream_ops *ops;
+  rp_stream_read_cb on_read;
+  void *data; /* the owner */
+};
+
+static inline int rp_stream_read_start(struct rp_stream *s) { return s->ops->read_start(s); }
+static inline int rp_stream_read_stop(struct rp_stream *s) { return s->ops->read_stop(s); }
+static inline int rp_stream_write(struct rp_stream *s, const uv_buf_t *bufs, unsigned n,
+                                  rp_stream_write_cb cb, void *arg) {
+  return s->ops->write(s, bufs, n, cb, arg);
+}
+static inline int rp_stream_shutdown(struct rp_stream *s, rp_stream_shutdown_cb cb) {
+  return s->ops->shutdown(s, cb);
+}
+static inline void rp_stream_close(struct rp_stream *s, rp_stream_close_cb cb) {
+  s->ops->close(s, cb);
+}
+static inline size_t rp_stream_write_queue_size(const struct rp_stream *s) {
+  return s->ops->write_queue_size(s);
+}
+
+/** Wrap an accepted or connected uv_tcp_t (allocated with rp_tcp_handle_new)
+ * as a stream; the stream owns the handle from then on. */
+struct rp_stream *rp_tcp_stream_wrap(uv_tcp_t *tcp);
+/** Allocate a TCP handle suitable for rp_tcp_stream_wrap; with family
+ * AF_INET/AF_INET6 the socket exists at once (so options can be set before
+ * connect), with AF_UNSPEC it is made later (accept). */
+uv_tcp_t *rp_tcp_handle_new(uv_loop_t *loop, int family);
+/** Close and free a handle from rp_tcp_handle_new that was never wrapped. */
+void rp_tcp_handle_discard(uv_tcp_t *tcp);
+/** TCP_NODELAY and, when mark != 0, SO_MARK. */
+void rp_tcp_tune(uv_tcp_t *tcp, uint32_t mark);
+
+/* dial: asynchronous resolve, Happy Eyeballs (RFC 8305, 250 ms), connect
+ * timeout, curl-style --connect-to, optional parent-proxy CONNECT. */
+struct rp_connect_to;
+
+struct rp_dial_req {
+  const char *host; /* name or IP literal (IPv6 without brackets) */
+  uint16_t port;
+  /* Parent proxy: when parent_host is set the connection goes there; with
+   * parent_connect a CONNECT host:port is made through it (tunnels), else
+   * the caller talks to the parent itself (plain-HTTP forwarding). */
+  const char *parent_host;
+  uint16_t parent_port;
+  const char *parent_auth; /* "Basic ..." or NULL */
+  bool parent_connect;
+  const struct rp_connect_to *connect_to;
+  size_t n_connect_to;
+  uint64_t timeout_ms;
+  uint32_t mark;
+};
+
+struct rp_dial;
+/** status 0: s is connected (the callee owns it). Otherwise s is NULL and
+ * reason says why in one line. The dial object is gone after the call. */
+typedef void (*rp_dial_cb)(void *data, int status, struct rp_stream *s, const char *reason);
+
+/** Start dialing; the callback always runs later, never from inside. */
+struct rp_dial *rp_dial_start(uv_loop_t *loop, const struct rp_dial_req *req, rp_dial_cb cb,
+                              void *data);
+/** Abandon a dial; its callback will not run. */
+void rp_dial_cancel(struct rp_dial *d);
+
+/** Apply the --connect-to list to (host, port) in place (host buffer holds
+ * at least 256 bytes). Returns 1 when a rule applied. */
+int rp_connect_to_apply(const struct rp_connect_to *rules, size_t n, char *host, size_t hostsz,
+                        uint16_t *port);
+
+#endif

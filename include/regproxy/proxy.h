@@ -1,0 +1,21 @@
+#ifndef RP_PROXY_H
+#define RP_PROXY_H
+
+#include <uv.h>
+
+#include "regproxy/config.h"
+
+/* The proxy server: listeners, connections, signals. */
+struct rp_server;
+
+/** Create a server on loop with cfg (the server owns cfg from then on).
+ * argc/argv/envp are kept to reload the configuration on SIGHUP. Returns
+ * 0, RP_ECONFIG (message in *err, exit 2) or a runtime error (exit 1). */
+int rp_server_create(struct rp_server **out, uv_loop_t *loop, struct rp_config *cfg, int argc,
+                     char **argv, char **envp, char **err);
+/** Bind the listeners, install signal handlers, print the start-up lines. */
+int rp_server_start(struct rp_server *srv, char **err);
+/** Free everything; call after uv_run returned. */
+void rp_server_destroy(struct rp_server *srv);
+
+#endif

@@ -1,0 +1,119 @@
+/* Admin endpoints on the proxy listener (SPEC §5): origin-form requests from
+ * allowed clients whose Host is an IP literal, localhost or a configured
+ * server name (so a DNS-rebinding page cannot read them). */
+#include <arpa/inet.h>
+#include <llhttp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "../proxy/internal.h"
+#include "regproxy/metrics.h"
+
+static bool host_allowed(const struct rp_config *cfg, const struct rp_http_head *h) {
+  const struct rp_http_header *hd = rp_http_header_find(h, "host");
+  char host[256];
+  unsigned char bin[16];
+  size_t n;
+  const char *v;
+
+  if (hd == NULL || hd->value_len == 0 || hd->value_len >= sizeof(host))
+    return false;
+  v = hd->value;
+  n = hd->value_len;
+  if (v[0] == '[') {
+    const char *close = memchr(v, ']', n);
+    if (close == NULL)
+      return false;
+    n = (size_t)(close - v - 1);
+    memcpy(host, v + 1, n);
+    host[n] = '\0';
+    return inet_pton(AF_INET6, host, bin) == 1;
+  }
+  {
+    const char *colon = memchr(v, ':', n);
+    if (colon != NULL)
+      n = (size_t)(colon - v);
+  }
+  memcpy(host, v, n);
+  host[n] = '\0';
+  if (n > 0 && host[n - 1] == '.')
+    host[--n] = '\0';
+  if (inet_pton(AF_INET, host, bin) == 1 || strcasecmp(host, "localhost") == 0)
+    return true;
+  for (size_t i = 0; i < cfg->server_names.n; i++)
+    if (strcasecmp(host, cfg->server_names.v[i]) == 0)
+      return true;
+  return false;
+}
+
+static void reply(struct rp_conn *c, int status, const char *ctype, char *body, size_t len,
+                  bool head_only) {
+  struct rp_sbuf b = {0};
+  char *p;
+  size_t n;
+  uv_buf_t buf;
+
+  c->log.status = status;
+  rp_sbuf_addf(&b,
+               "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
+               "Cache-Control: no-store\r\n%s\r\n",
+               status, rp_http_reason(status), ctype, len,
+               c->keep_alive ? "" : "Connection: close\r\n");
+  if (!head_only)
+    rp_sbuf_add(&b, body, len);
+  free(body);
+  p = rp_sbuf_take(&b, &n);
+  if (p == NULL) {
+    rp__conn_close(c);
+    return;
+  }
+  buf = uv_buf_init(p, (unsigned)n);
+  if (rp__conn_write(c, c->client, &buf, 1, NULL, p) != 0) {
+    rp__conn_close(c);
+    return;
+  }
+  rp__conn_go_state(c, RP_CONN_RESPOND);
+  rp__conn_response_done(c);
+}
+
+void rp__admin_handle(struct rp_conn *c, const struct rp_http_head *h) {
+  const struct rp_target *t = &c->target;
+  size_t plen = t->path_len;
+  bool head_only = h->method_id == HTTP_HEAD;
+  struct rp_sbuf body = {0};
+  char *p;
+  size_t n;
+
+  c->log.via = "admin";
+  c->log.route = "admin";
+  if (!host_allowed(c->srv->cfg, h)) {
+    rp__conn_respond(c, 421, "admin requests need Host: localhost, an IP address or a server_names entry",
+                     false);
+    return;
+  }
+  for (size_t i = 0; i < t->path_len; i++) {
+    if (t->path[i] == '?') {
+      plen = i;
+      break;
+    }
+  }
+  if (h->method_id != HTTP_GET && !head_only) {
+    rp__conn_respond(c, 405, "admin endpoints answer GET and HEAD", false);
+    return;
+  }
+  if (plen == 8 && memcmp(t->path, "/healthz", 8) == 0) {
+    rp_sbuf_adds(&body, "ok\n");
+    p = rp_sbuf_take(&body, &n);
+    reply(c, 200, "text/plain; charset=utf-8", p, n, head_only);
+    return;
+  }
+  if (plen == 8 && memcmp(t->path, "/metrics", 8) == 0) {
+    rp_metrics_render(&body);
+    p = rp_sbuf_take(&body, &n);
+    reply(c, 200, "text/plain; version=0.0.4; charset=utf-8", p, n, head_only);
+    return;
+  }
+  rp__conn_respond(c, 404, "no such admin endpoint", false);
+}

@@ -1,0 +1,147 @@
+/* Header helpers shared by every path that writes HTTP: lookups, the
+ * hop-by-hop rule, reason phrases and a small growable buffer. */
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "regproxy/http.h"
+
+bool rp_http_token_eq(const char *a, size_t alen, const char *lit) {
+  return strlen(lit) == alen && strncasecmp(a, lit, alen) == 0;
+}
+
+const struct rp_http_header *rp_http_header_find(const struct rp_http_head *h, const char *name) {
+  for (size_t i = 0; i < h->nheaders; i++)
+    if (rp_http_token_eq(h->headers[i].name, h->headers[i].name_len, name))
+      return &h->headers[i];
+  return NULL;
+}
+
+/* Is name one of the comma-separated tokens of a Connection header? */
+static bool listed_in_connection(const struct rp_http_head *h, const char *name, size_t nlen) {
+  for (size_t i = 0; i < h->nheaders; i++) {
+    const struct rp_http_header *c = &h->headers[i];
+    const char *v, *end;
+    if (!rp_http_token_eq(c->name, c->name_len, "connection"))
+      continue;
+    v = c->value;
+    end = c->value + c->value_len;
+    while (v < end) {
+      const char *tok, *tend;
+      while (v < end && (*v == ' ' || *v == '\t' || *v == ','))
+        v++;
+      tok = v;
+      while (v < end && *v != ',')
+        v++;
+      tend = v;
+      while (tend > tok && (tend[-1] == ' ' || tend[-1] == '\t'))
+        tend--;
+      if ((size_t)(tend - tok) == nlen && strncasecmp(tok, name, nlen) == 0)
+        return true;
+    }
+  }
+  return false;
+}
+
+bool rp_http_is_hop_by_hop(const struct rp_http_head *h, const struct rp_http_header *hd) {
+  static const char *const names[] = {"connection", "keep-alive", "proxy-connection",
+                                      "proxy-authenticate", "proxy-authorization", "te",
+                                      "trailer", "transfer-encoding", "upgrade"};
+  for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
+    if (rp_http_token_eq(hd->name, hd->name_len, names[i]))
+      return true;
+  return listed_in_connection(h, hd->name, hd->name_len);
+}
+
+const char *rp_http_reason(int status) {
+  switch (status) {
+  case 100: return "Continue";
+  case 200: return "OK";
+  case 204: return "No Content";
+  case 206: return "Partial Content";
+  case 301: return "Moved Permanently";
+  case 302: return "Found";
+  case 304: return "Not Modified";
+  case 400: return "Bad Request";
+  case 401: return "Unauthorized";
+  case 403: return "Forbidden";
+  case 404: return "Not Found";
+  case 405: return "Method Not Allowed";
+  case 407: return "Proxy Authentication Required";
+  case 408: return "Request Timeout";
+  case 413: return "Content Too Large";
+  case 421: return "Misdirected Request";
+  case 431: return "Request Header Fields Too Large";
+  case 500: return "Internal Server Error";
+  case 502: return "Bad Gateway";
+  case 503: return "Service Unavailable";
+  case 504: return "Gateway Timeout";
+  case 505: return "HTTP Version Not Supported";
+  default: return "Unknown";
+  }
+}
+
+static void grow(struct rp_sbuf *b, size_t need) {
+  size_t cap;
+  char *np;
+  if (b->oom || b->len + need <= b->cap)
+    return;
+  cap = b->cap ? b->cap : 512;
+  while (cap < b->len + need)
+    cap *= 2;
+  np = realloc(b->p, cap);
+  if (np == NULL) {
+    b->oom = 1;
+    return;
+  }
+  b->p = np;
+  b->cap = cap;
+}
+
+void rp_sbuf_add(struct rp_sbuf *b, const char *s, size_t n) {
+  grow(b, n + 1);
+  if (b->oom)
+    return;
+  memcpy(b->p + b->len, s, n);
+  b->len += n;
+  b->p[b->len] = '\0';
+}
+
+void rp_sbuf_adds(struct rp_sbuf *b, const char *s) { rp_sbuf_add(b, s, strlen(s)); }
+
+void rp_sbuf_addf(struct rp_sbuf *b, const char *fmt, ...) {
+  va_list ap;
+  int n;
+  va_start(ap, fmt);
+  n = vsnprintf(NULL, 0, fmt, ap);
+  va_end(ap);
+  if (n < 0)
+    return;
+  grow(b, (size_t)n + 1);
+  if (b->oom)
+    return;
+  va_start(ap, fmt);
+  vsnprintf(b->p + b->len, (size_t)n + 1, fmt, ap);
+  va_end(ap);
+  b->len += (size_t)n;
+}
+
+char *rp_sbuf_take(struct rp_sbuf *b, size_t *len) {
+  char *p = b->oom ? NULL : b->p;
+  if (b->oom)
+    free(b->p);
+  *len = b->len;
+  b->p = NULL;
+  b->len = b->cap = 0;
+  b->oom = 0;
+  return p;
+}
+
+void rp_sbuf_free(struct rp_sbuf *b) {
+  free(b->p);
+  b->p = NULL;
+  b->len = b->cap = 0;
+  b->oom = 0;
+}

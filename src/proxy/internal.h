@@ -1,0 +1,195 @@
+#ifndef RP_PROXY_INTERNAL_H
+#define RP_PROXY_INTERNAL_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "regproxy/config.h"
+#include "regproxy/http.h"
+#include "regproxy/net.h"
+
+/* Backpressure: stop reading one side while the other side has more than
+ * HIGH bytes queued; resume once it is down to LOW. */
+#define RP_QUEUE_HIGH (512 * 1024)
+#define RP_QUEUE_LOW (128 * 1024)
+
+struct rp_parent {
+  char host[256];
+  uint16_t port;
+  char *auth; /* "Basic …" or NULL */
+};
+
+struct rp_listener {
+  struct rp_server *srv;
+  uv_tcp_t tcp;
+  char addr[80];
+  int transparent;
+  int accept_held; /* a connection waits in the backlog (max_connections) */
+  int closed;
+};
+
+struct rp_conn;
+
+struct rp_server {
+  uv_loop_t *loop;
+  struct rp_config *cfg;
+  struct rp_parent parent; /* host[0] == '\0': none */
+  int argc;
+  char **argv;
+  char **envp;
+
+  struct rp_listener *listeners;
+  size_t nlisteners;
+  unsigned nconns;
+  uint64_t next_id;
+  struct rp_conn *conns; /* all live connections, for shutdown */
+
+  uv_signal_t sig[3];
+  uv_timer_t grace;
+  int draining;
+};
+
+/* A read block shared by the writes that point into it. */
+struct rp_bref {
+  char *block;
+  unsigned refs;
+};
+struct rp_bref *rp__bref_new(char *block);
+void rp__bref_put(struct rp_bref *r);
+
+enum rp_conn_state {
+  RP_CONN_HEAD, /* waiting for / reading a request head */
+  RP_CONN_DIAL, /* connecting upstream for CONNECT or a forward */
+  RP_CONN_TUNNEL, /* blind relay */
+  RP_CONN_FORWARD, /* a plain-HTTP request is in flight */
+  RP_CONN_RESPOND, /* a local answer is being sent */
+  RP_CONN_CLOSING,
+  RP_CONN_STATE_LAST
+};
+
+enum rp_timer_mode { RP_TM_NONE, RP_TM_HEADER, RP_TM_IDLE, RP_TM_TUNNEL };
+
+/* Everything logged about the current request or tunnel. */
+struct rp_reqlog {
+  uint64_t start_ns;
+  char method[24];
+  char host[300];
+  char path[512];
+  const char *route;
+  const char *via;
+  const char *cache;
+  int status;
+  uint64_t bytes_in; /* from the client */
+  uint64_t bytes_out; /* to the client */
+  char reason[200];
+};
+
+struct rp_conn {
+  struct rp_server *srv;
+  uint64_t id;
+  struct rp_conn *next, *prev;
+  char client_addr[80];
+  struct sockaddr_storage peer;
+  int denied; /* client ACL said no: answer 403 to the first request */
+  const char *via;
+
+  enum rp_conn_state state;
+  struct rp_stream *client;
+  struct rp_http_parser *parser;
+  /* Unparsed input: a client block and the part of it not yet consumed. */
+  struct rp_bref *in;
+  size_t in_off, in_len;
+  int client_reading;
+  int client_eof;
+  int client_paused; /* reading stopped for backpressure */
+  int client_shut; /* our shutdown of the client stream completed */
+  int processing; /* inside conn_process: do not re-enter */
+  int closing;
+  const struct rp_http_head *head; /* the current request head (parser arena) */
+  unsigned client_minor; /* HTTP/1.x version of the current request */
+
+  uv_timer_t timer;
+  enum rp_timer_mode tmode;
+  uint64_t timer_ms;
+  uint64_t last_active;
+
+  /* The current request. */
+  struct rp_reqlog log;
+  int req_active; /* head seen, not yet finished */
+  int req_done; /* the request message is complete */
+  int resp_done; /* the whole response is queued */
+  int keep_alive; /* the client connection may carry another request */
+  struct rp_target target;
+
+  /* Upstream: the tunnel peer, or the HTTP origin/parent (kept alive). */
+  struct rp_dial *dial;
+  struct rp_stream *upstream;
+  char up_key[300];
+  int up_reading;
+  int up_eof;
+  int up_paused;
+  int up_shut;
+  struct rp_bref *up_in; /* the upstream block being parsed */
+  char *pending_head; /* request head to send once connected */
+  size_t pending_head_len;
+  struct rp_http_parser *uparser;
+  int up_head_sent; /* the response head went to the client */
+  int up_chunked_out; /* we chunk the response body for the client */
+  int up_close_after; /* close the client after this response */
+  int up_keep; /* the upstream may serve another request */
+  int req_chunked_up; /* we chunk the request body for the upstream */
+  int req_is_head;
+
+  int handles_open; /* client stream, upstream stream, timer */
+};
+
+void rp__conn_accept(struct rp_listener *l);
+void rp__conn_go_state(struct rp_conn *c, enum rp_conn_state s);
+void rp__conn_close(struct rp_conn *c);
+/** Answer with a short local response (status line + one-line reason). */
+void rp__conn_respond(struct rp_conn *c, int status, const char *reason, bool close_after);
+/** Queue bufs on s (the client or the upstream). ref (may be NULL) gains
+ * a reference until the write completes; owned (may be NULL) is freed then.
+ * On completion the connection's drain logic runs. */
+int rp__conn_write(struct rp_conn *c, struct rp_stream *s, const uv_buf_t *bufs, unsigned n,
+                   struct rp_bref *ref, char *owned);
+/** Queue a copy of p to the client. */
+int rp__conn_write_client(struct rp_conn *c, const char *p, size_t n);
+/** Take ownership of a connected upstream stream. */
+void rp__conn_set_upstream(struct rp_conn *c, struct rp_stream *s);
+void rp__conn_close_upstream(struct rp_conn *c);
+/** Close once everything queued to the client is sent. */
+void rp__conn_close_after_flush(struct rp_conn *c);
+/** The response to the current request is fully queued. */
+void rp__conn_response_done(struct rp_conn *c);
+/** Continue parsing / reading the client after a pause. */
+void rp__conn_resume_input(struct rp_conn *c);
+void rp__conn_touch(struct rp_conn *c);
+void rp__conn_set_timer(struct rp_conn *c, enum rp_timer_mode mode, uint64_t ms);
+void rp__conn_stop_client(struct rp_conn *c);
+void rp__conn_start_client(struct rp_conn *c);
+void rp__conn_log(struct rp_conn *c);
+/** The dial request for host:port under the current routing decision. */
+void rp__conn_dial_req(struct rp_conn *c, struct rp_dial_req *req, const char *host, uint16_t port,
+                       bool via_parent, bool parent_connect);
+int rp__dial_status(int status);
+
+/* tunnel.c */
+void rp__tunnel_connect(struct rp_conn *c);
+void rp__tunnel_drained(struct rp_conn *c, struct rp_stream *s);
+/* forward.c */
+void rp__forward_start(struct rp_conn *c, const struct rp_http_head *h);
+int rp__forward_body(struct rp_conn *c, const char *at, size_t len);
+void rp__forward_request_done(struct rp_conn *c);
+void rp__forward_client_drained(struct rp_conn *c);
+void rp__forward_destroy(struct rp_conn *c);
+/* admin.c */
+void rp__admin_handle(struct rp_conn *c, const struct rp_http_head *h);
+
+/* server.c */
+void rp__server_conn_gone(struct rp_server *srv);
+bool rp__server_route_bypass(struct rp_server *srv, const char *host, uint16_t port);
+bool rp__server_connect_port_ok(struct rp_server *srv, uint16_t port);
+
+#endif

@@ -1,0 +1,479 @@
+/* The server: listeners, accept with --max-connections, routing policy
+ * shared by every connection, signals (graceful stop, reload). */
+#include <arpa/inet.h>
+#include <openssl/evp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/resource.h>
+
+#include "internal.h"
+#include "regproxy/error.h"
+#include "regproxy/log.h"
+#include "regproxy/proxy.h"
+#include "regproxy/rules.h"
+
+/* "<what>: <why>" into a malloc'd *err. */
+static void set_err(char **err, const char *what, const char *why) {
+  size_t n = strlen(what) + strlen(why) + 3;
+  *err = malloc(n);
+  if (*err != NULL)
+    snprintf(*err, n, "%s: %s", what, why);
+}
+
+/* ---- parent proxy ---- */
+
+static int hexval(char c) {
+  if (c >= '0' && c <= '9')
+    return c - '0';
+  if (c >= 'a' && c <= 'f')
+    return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F')
+    return c - 'A' + 10;
+  return -1;
+}
+
+static size_t pct_decode(const char *s, size_t n, char *out) {
+  size_t o = 0;
+  for (size_t i = 0; i < n; i++) {
+    if (s[i] == '%' && i + 2 < n && hexval(s[i + 1]) >= 0 && hexval(s[i + 2]) >= 0) {
+      out[o++] = (char)(hexval(s[i + 1]) * 16 + hexval(s[i + 2]));
+      i += 2;
+    } else {
+      out[o++] = s[i];
+    }
+  }
+  return o;
+}
+
+/* "http://[user:pass@]host[:port][/]" (scheme optional, http only). */
+static int parse_parent(const char *url, struct rp_parent *p, const char **why) {
+  const char *s = url, *at, *end, *hp;
+  struct rp_target t;
+  size_t n;
+
+  memset(p, 0, sizeof(*p));
+  if (strncasecmp(s, "http://", 7) == 0) {
+    s += 7;
+  } else if (strstr(s, "://") != NULL) {
+    *why = "only http:// parent proxies are supported";
+    return RP_EPARSE;
+  }
+  end = s + strcspn(s, "/?#");
+  at = NULL;
+  for (const char *q = s; q < end; q++)
+    if (*q == '@')
+      at = q;
+  hp = at != NULL ? at + 1 : s;
+  {
+    char buf[512];
+    n = (size_t)(end - hp);
+    if (n == 0 || n >= sizeof(buf) - 8) {
+      *why = "bad host";
+      return RP_EPARSE;
+    }
+    /* Reuse the strict host[:port] grammar; port 80 when absent. */
+    if (memchr(hp, ':', n) == NULL || (hp[0] == '[' && hp[n - 1] == ']')) {
+      snprintf(buf, sizeof(buf), "%.*s:80", (int)n, hp);
+    } else {
+      snprintf(buf, sizeof(buf), "%.*s", (int)n, hp);
+    }
+    if (rp_target_parse_authority(buf, strlen(buf), &t, why) != 0)
+      return RP_EPARSE;
+  }
+  snprintf(p->host, sizeof(p->host), "%s", t.host);
+  p->port = t.port;
+  if (at != NULL) {
+    size_t ulen = (size_t)(at - s);
+    char *user = malloc(ulen + 1);
+    unsigned char *b64 = malloc(4 * ((ulen + 2) / 3) + 1);
+    size_t dlen;
+    if (user == NULL || b64 == NULL) {
+      free(user);
+      free(b64);
+      *why = "out of memory";
+      return RP_ENOMEM;
+    }
+    dlen = pct_decode(s, ulen, user);
+    EVP_EncodeBlock(b64, (const unsigned char *)user, (int)dlen);
+    free(user);
+    p->auth = malloc(strlen((char *)b64) + 7);
+    if (p->auth != NULL)
+      sprintf(p->auth, "Basic %s", (char *)b64);
+    free(b64);
+  }
+  return 0;
+}
+
+static bool host_is_loopback(const char *host) {
+  struct sockaddr_storage ss;
+  if (strcasecmp(host, "localhost") == 0)
+    return true;
+  memset(&ss, 0, sizeof(ss));
+  if (uv_ip4_addr(host, 0, (struct sockaddr_in *)&ss) == 0 ||
+      uv_ip6_addr(host, 0, (struct sockaddr_in6 *)&ss) == 0)
+    return rp_sockaddr_is_loopback((struct sockaddr *)&ss);
+  return false;
+}
+
+static bool host_is_unspecified(const char *host) {
+  return host[0] == '\0' || strcmp(host, "0.0.0.0") == 0 || strcmp(host, "::") == 0;
+}
+
+/* Does the parent proxy point at one of our own listeners? */
+static bool parent_is_self(const struct rp_config *cfg, const struct rp_parent *p) {
+  for (size_t i = 0; i < cfg->n_listen; i++) {
+    const struct rp_listen_addr *l = &cfg->listen[i];
+    if (l->port != p->port)
+      continue;
+    if (strcasecmp(l->host, p->host) == 0)
+      return true;
+    if (host_is_loopback(p->host) && (host_is_loopback(l->host) || host_is_unspecified(l->host)))
+      return true;
+  }
+  return false;
+}
+
+/* Turn cfg->parent_proxy into srv->parent; RP_ECONFIG for an explicit value
+ * that is bad or points at ourselves. */
+static int apply_parent(struct rp_parent *out, const struct rp_config *cfg, char **err) {
+  struct rp_parent p;
+  const char *why = NULL;
+
+  memset(out, 0, sizeof(*out));
+  if (cfg->parent_proxy == NULL || cfg->parent_proxy[0] == '\0')
+    return 0;
+  if (parse_parent(cfg->parent_proxy, &p, &why) != 0) {
+    if (cfg->parent_proxy_source == RP_SRC_PROXY_ENV) {
+      rp_log_warn("ignoring HTTPS_PROXY/HTTP_PROXY from the environment (%s): %s",
+                  cfg->parent_proxy, why);
+      return 0;
+    }
+    set_err(err, "--parent-proxy", why);
+    return RP_ECONFIG;
+  }
+  if (parent_is_self(cfg, &p)) {
+    free(p.auth);
+    if (cfg->parent_proxy_source == RP_SRC_PROXY_ENV) {
+      rp_log_warn("ignoring parent proxy %s from the environment: it is this proxy's own listener",
+                  cfg->parent_proxy);
+      return 0;
+    }
+    set_err(err, "--parent-proxy", "points at regproxy's own listener");
+    return RP_ECONFIG;
+  }
+  *out = p;
+  return 0;
+}
+
+/* ---- routing policy ---- */
+
+bool rp__server_route_bypass(struct rp_server *srv, const char *host, uint16_t port) {
+  return rp_hostlist_match(srv->cfg->no_proxy_list, host, port);
+}
+
+bool rp__server_connect_port_ok(struct rp_server *srv, uint16_t port) {
+  const struct rp_config *cfg = srv->cfg;
+  if (cfg->connect_portset != NULL)
+    return rp_portset_has(cfg->connect_portset, port);
+  /* SPEC §2: any port while only loopback clients may connect. */
+  if (rp_acl_loopback_only(cfg->acl))
+    return true;
+  if (port == 443)
+    return true;
+  for (size_t i = 0; i < cfg->n_connect_to; i++)
+    if (cfg->connect_to[i].port == port)
+      return true;
+  return false;
+}
+
+/* ---- accepting ---- */
+
+static void on_connection(uv_stream_t *server, int status) {
+  struct rp_listener *l = server->data;
+  struct rp_server *srv = l->srv;
+
+  if (status != 0) {
+    rp_log_warn("accept on %s: %s", l->addr, uv_strerror(status));
+    return;
+  }
+  if (srv->draining)
+    return;
+  if (srv->nconns >= srv->cfg->max_connections) {
+    /* Leave it in the backlog: libuv stops polling this listener until we
+     * call uv_accept (rp__server_conn_gone). */
+    l->accept_held = 1;
+    return;
+  }
+  rp__conn_accept(l);
+}
+
+static void finish_shutdown(struct rp_server *srv);
+
+void rp__server_conn_gone(struct rp_server *srv) {
+  if (srv->draining) {
+    if (srv->nconns == 0)
+      finish_shutdown(srv);
+    return;
+  }
+  for (size_t i = 0; i < srv->nlisteners && srv->nconns < srv->cfg->max_connections; i++) {
+    struct rp_listener *l = &srv->listeners[i];
+    if (l->accept_held && !l->closed) {
+      l->accept_held = 0;
+      rp__conn_accept(l);
+    }
+  }
+}
+
+/* ---- signals ---- */
+
+static void on_grace(uv_timer_t *t) {
+  struct rp_server *srv = t->data;
+  rp_log_warn("shutdown grace period over: closing %u connection(s)", srv->nconns);
+  for (struct rp_conn *c = srv->conns, *next; c != NULL; c = next) {
+    next = c->next;
+    rp__conn_close(c);
+  }
+}
+
+static void on_listener_close(uv_handle_t *h) { (void)h; }
+
+static void finish_shutdown(struct rp_server *srv) {
+  for (int i = 0; i < 3; i++)
+    if (!uv_is_closing((uv_handle_t *)&srv->sig[i]))
+      uv_close((uv_handle_t *)&srv->sig[i], NULL);
+  if (!uv_is_closing((uv_handle_t *)&srv->grace))
+    uv_close((uv_handle_t *)&srv->grace, NULL);
+}
+
+static void begin_shutdown(struct rp_server *srv, const char *why) {
+  if (srv->draining) {
+    rp_log_warn("%s again: closing now", why);
+    on_grace(&srv->grace);
+    return;
+  }
+  srv->draining = 1;
+  rp_log_info("%s: stopping; %u connection(s) may finish within %llu ms", why, srv->nconns,
+              (unsigned long long)srv->cfg->shutdown_grace_ms);
+  for (size_t i = 0; i < srv->nlisteners; i++) {
+    if (!srv->listeners[i].closed) {
+      srv->listeners[i].closed = 1;
+      uv_close((uv_handle_t *)&srv->listeners[i].tcp, on_listener_close);
+    }
+  }
+  /* Idle keep-alive connections have nothing to finish. */
+  for (struct rp_conn *c = srv->conns, *next; c != NULL; c = next) {
+    next = c->next;
+    if (c->state == RP_CONN_HEAD && !c->req_active && c->in == NULL &&
+        (c->parser == NULL || !rp_http_parser_in_head(c->parser)))
+      rp__conn_close(c);
+  }
+  uv_timer_start(&srv->grace, on_grace, srv->cfg->shutdown_grace_ms, 0);
+  if (srv->nconns == 0)
+    finish_shutdown(srv);
+}
+
+static void reload(struct rp_server *srv) {
+  struct rp_config *ncfg = NULL;
+  struct rp_parent parent;
+  char *err = NULL;
+
+  if (rp_config_load(&ncfg, srv->argc, srv->argv, srv->envp, &err) != 0) {
+    rp_log_error("reload failed, keeping the running configuration: %s", err ? err : "?");
+    free(err);
+    return;
+  }
+  if (apply_parent(&parent, ncfg, &err) != 0) {
+    rp_log_error("reload failed, keeping the running configuration: %s", err ? err : "?");
+    free(err);
+    rp_config_destroy(ncfg);
+    return;
+  }
+  if (ncfg->n_listen != srv->cfg->n_listen)
+    rp_log_warn("reload: listener changes need a restart");
+  /* Listening sockets stay as they are. */
+  ncfg->max_connections = ncfg->max_connections ? ncfg->max_connections : 1;
+  free(srv->parent.auth);
+  srv->parent = parent;
+  rp_config_destroy(srv->cfg);
+  srv->cfg = ncfg;
+  rp_log_setup(ncfg->log_level, ncfg->log_format);
+  rp_log_info("configuration reloaded");
+}
+
+static void on_signal(uv_signal_t *h, int signum) {
+  struct rp_server *srv = h->data;
+  if (signum == SIGHUP)
+    reload(srv);
+  else
+    begin_shutdown(srv, signum == SIGTERM ? "SIGTERM" : "SIGINT");
+}
+
+/* ---- set-up ---- */
+
+static bool listen_is_loopback(const struct rp_listen_addr *l) {
+  return !host_is_unspecified(l->host) && host_is_loopback(l->host);
+}
+
+int rp_server_create(struct rp_server **out, uv_loop_t *loop, struct rp_config *cfg, int argc,
+                     char **argv, char **envp, char **err) {
+  struct rp_server *srv;
+  int rc;
+
+  *out = NULL;
+  if (cfg->allow_source == RP_SRC_DEFAULT) {
+    for (size_t i = 0; i < cfg->n_listen; i++) {
+      if (!listen_is_loopback(&cfg->listen[i])) {
+        set_err(err, "--listen", "a non-loopback listener needs an explicit --allow");
+        rp_config_destroy(cfg);
+        return RP_ECONFIG;
+      }
+    }
+    for (size_t i = 0; i < cfg->n_transparent; i++) {
+      if (!listen_is_loopback(&cfg->transparent[i])) {
+        set_err(err, "--transparent", "a non-loopback listener needs an explicit --allow");
+        rp_config_destroy(cfg);
+        return RP_ECONFIG;
+      }
+    }
+  }
+  srv = calloc(1, sizeof(*srv));
+  if (srv == NULL) {
+    rp_config_destroy(cfg);
+    return RP_ENOMEM;
+  }
+  srv->loop = loop;
+  srv->cfg = cfg;
+  srv->argc = argc;
+  srv->argv = argv;
+  srv->envp = envp;
+  rc = apply_parent(&srv->parent, cfg, err);
+  if (rc != 0) {
+    rp_server_destroy(srv);
+    return rc;
+  }
+  *out = srv;
+  return 0;
+}
+
+static void raise_nofile(unsigned max_connections) {
+  struct rlimit rl;
+  rlim_t want = (rlim_t)max_connections * 2 + 64;
+  if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur >= want)
+    return;
+  rl.rlim_cur = want < rl.rlim_max ? want : rl.rlim_max;
+  if (setrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur < want)
+    rp_log_info("open-file limit %llu is below what --max-connections %u needs (%llu)",
+                (unsigned long long)rl.rlim_cur, max_connections, (unsigned long long)want);
+}
+
+static int bind_listener(struct rp_server *srv, struct rp_listener *l,
+                         const struct rp_listen_addr *a, int transparent, char **err) {
+  struct sockaddr_storage ss;
+  const char *host = a->host[0] ? a->host : "0.0.0.0";
+  int rc;
+
+  memset(&ss, 0, sizeof(ss));
+  if (uv_ip4_addr(host, a->port, (struct sockaddr_in *)&ss) != 0 &&
+      uv_ip6_addr(host, a->port, (struct sockaddr_in6 *)&ss) != 0) {
+    set_err(err, "--listen", "not an IP address");
+    return RP_ECONFIG;
+  }
+  l->srv = srv;
+  l->transparent = transparent;
+  snprintf(l->addr, sizeof(l->addr), "%s", a->text);
+  uv_tcp_init(srv->loop, &l->tcp);
+  l->tcp.data = l;
+  rc = uv_tcp_bind(&l->tcp, (struct sockaddr *)&ss, ss.ss_family == AF_INET6 ? UV_TCP_IPV6ONLY : 0);
+  if (rc == 0)
+    rc = uv_listen((uv_stream_t *)&l->tcp, 1024, on_connection);
+  if (rc != 0) {
+    set_err(err, a->text, uv_strerror(rc));
+    l->closed = 1;
+    uv_close((uv_handle_t *)&l->tcp, NULL);
+    return rc;
+  }
+  return 0;
+}
+
+static void startup_lines(struct rp_server *srv) {
+  const struct rp_config *cfg = srv->cfg;
+  struct rp_logline l;
+  char url[128];
+  const char *h = cfg->listen[0].host;
+
+  for (size_t i = 0; i < srv->nlisteners; i++) {
+    rp_logline_begin(&l, RP_LOG_INFO, "listening");
+    rp_logline_str(&l, "addr", srv->listeners[i].addr);
+    rp_logline_str(&l, "via", srv->listeners[i].transparent ? "transparent" : "proxy");
+    rp_logline_end(&l);
+  }
+  rp_logline_begin(&l, RP_LOG_INFO, "paths");
+  rp_logline_str(&l, "cache_dir", cfg->cache_dir);
+  rp_logline_str(&l, "ca_dir", cfg->ca_dir);
+  rp_logline_end(&l);
+  if (srv->parent.host[0] != '\0') {
+    rp_logline_begin(&l, RP_LOG_INFO, "parent proxy");
+    rp_logline_str(&l, "host", srv->parent.host);
+    rp_logline_u64(&l, "port", srv->parent.port);
+    rp_logline_end(&l);
+  }
+  if (host_is_unspecified(h))
+    h = "127.0.0.1";
+  if (strchr(h, ':') != NULL)
+    snprintf(url, sizeof(url), "http://[%s]:%u", h, cfg->listen[0].port);
+  else
+    snprintf(url, sizeof(url), "http://%s:%u", h, cfg->listen[0].port);
+  rp_logline_begin(&l, RP_LOG_INFO, "dockerd set-up");
+  rp_logline_str(&l, "file", "/etc/systemd/system/docker.service.d/http-proxy.conf");
+  {
+    char content[512];
+    snprintf(content, sizeof(content),
+             "[Service]\nEnvironment=\"HTTP_PROXY=%s\" \"HTTPS_PROXY=%s\" "
+             "\"NO_PROXY=localhost,127.0.0.0/8,::1\"",
+             url, url);
+    rp_logline_str(&l, "content", content);
+  }
+  rp_logline_str(&l, "then", "systemctl daemon-reload && systemctl restart docker");
+  rp_logline_end(&l);
+}
+
+int rp_server_start(struct rp_server *srv, char **err) {
+  const struct rp_config *cfg = srv->cfg;
+  size_t n = cfg->n_listen + cfg->n_transparent, k = 0;
+  int rc = 0;
+
+  raise_nofile(cfg->max_connections);
+  srv->listeners = calloc(n ? n : 1, sizeof(*srv->listeners));
+  if (srv->listeners == NULL)
+    return RP_ENOMEM;
+  for (size_t i = 0; i < cfg->n_listen && rc == 0; i++, k++)
+    rc = bind_listener(srv, &srv->listeners[k], &cfg->listen[i], 0, err);
+  for (size_t i = 0; i < cfg->n_transparent && rc == 0; i++, k++)
+    rc = bind_listener(srv, &srv->listeners[k], &cfg->transparent[i], 1, err);
+  srv->nlisteners = k;
+  if (rc != 0)
+    return rc;
+  uv_timer_init(srv->loop, &srv->grace);
+  srv->grace.data = srv;
+  {
+    static const int signums[3] = {SIGTERM, SIGINT, SIGHUP};
+    for (int i = 0; i < 3; i++) {
+      uv_signal_init(srv->loop, &srv->sig[i]);
+      srv->sig[i].data = srv;
+      uv_signal_start(&srv->sig[i], on_signal, signums[i]);
+    }
+  }
+  startup_lines(srv);
+  return 0;
+}
+
+void rp_server_destroy(struct rp_server *srv) {
+  if (srv == NULL)
+    return;
+  free(srv->listeners);
+  free(srv->parent.auth);
+  rp_config_destroy(srv->cfg);
+  free(srv);
+}

@@ -1,0 +1,172 @@
+/* CONNECT: route the target, dial it (directly or through the parent
+ * proxy), answer 200 once connected, then relay bytes both ways with
+ * backpressure and half-close. */
+#include <stdio.h>
+#include <string.h>
+
+#include "internal.h"
+#include "regproxy/error.h"
+#include "regproxy/log.h"
+#include "regproxy/metrics.h"
+
+static const char established[] = "HTTP/1.1 200 Connection established\r\n\r\n";
+
+static void on_tunnel_read(struct rp_stream *s, ssize_t nread, char *block);
+
+static struct rp_stream *other_side(struct rp_conn *c, struct rp_stream *s) {
+  return s == c->client ? c->upstream : c->client;
+}
+
+static int *paused_flag(struct rp_conn *c, struct rp_stream *s) {
+  return s == c->client ? &c->client_paused : &c->up_paused;
+}
+
+static void tunnel_start(struct rp_conn *c) {
+  uv_buf_t buf = uv_buf_init((char *)established, sizeof(established) - 1);
+  int rc;
+
+  rp__conn_go_state(c, RP_CONN_TUNNEL);
+  rp_metrics.tunnels_active++;
+  c->log.status = 200;
+  rc = rp__conn_write(c, c->client, &buf, 1, NULL, NULL);
+  /* Bytes the client sent right behind its CONNECT head belong upstream. */
+  if (rc == 0 && c->in != NULL && c->in_off < c->in_len) {
+    buf = uv_buf_init(c->in->block + c->in_off, (unsigned)(c->in_len - c->in_off));
+    c->log.bytes_in += c->in_len - c->in_off;
+    rc = rp__conn_write(c, c->upstream, &buf, 1, c->in, NULL);
+  }
+  rp__bref_put(c->in);
+  c->in = NULL;
+  /* A tunnel has no more HTTP to parse: give the head arena back. */
+  rp_http_parser_destroy(c->parser);
+  c->parser = NULL;
+  if (rc != 0) {
+    rp__conn_close(c);
+    return;
+  }
+  c->client->on_read = on_tunnel_read;
+  c->upstream->on_read = on_tunnel_read;
+  c->client_reading = rp_stream_read_start(c->client) == 0;
+  c->up_reading = rp_stream_read_start(c->upstream) == 0;
+  rp__conn_set_timer(c, RP_TM_TUNNEL, c->srv->cfg->tunnel_idle_timeout_ms);
+}
+
+static void on_dialed(void *data, int status, struct rp_stream *s, const char *reason) {
+  struct rp_conn *c = data;
+  c->dial = NULL;
+  if (status != 0) {
+    rp_metrics_upstream_error(status == RP_ETIMEDOUT ? "timeout"
+                              : status == RP_EPROXY  ? "proxy"
+                                                     : "connect");
+    rp__conn_respond(c, rp__dial_status(status), reason, true);
+    return;
+  }
+  rp__conn_set_upstream(c, s);
+  tunnel_start(c);
+}
+
+void rp__tunnel_connect(struct rp_conn *c) {
+  struct rp_server *srv = c->srv;
+  struct rp_dial_req req;
+  bool bypass;
+
+  if (!rp__server_connect_port_ok(srv, c->target.port)) {
+    char why[64];
+    c->log.route = "tunnel";
+    snprintf(why, sizeof(why), "CONNECT to port %u is not allowed", c->target.port);
+    rp__conn_respond(c, 403, why, true);
+    return;
+  }
+  bypass = rp__server_route_bypass(srv, c->target.host, c->target.port);
+  c->log.route = bypass ? "bypass" : "tunnel";
+  c->keep_alive = 0;
+  rp__conn_go_state(c, RP_CONN_DIAL);
+  rp__conn_stop_client(c);
+  rp__conn_dial_req(c, &req, c->target.host, c->target.port, !bypass, true);
+  c->dial = rp_dial_start(srv->loop, &req, on_dialed, c);
+  if (c->dial == NULL)
+    rp__conn_respond(c, 502, "out of memory", true);
+}
+
+static void tunnel_maybe_close(struct rp_conn *c) {
+  /* Both directions ended and each EOF was passed on (after the queued
+   * bytes, which the shutdown waits for). */
+  if (c->client_eof && c->up_eof && c->client_shut && c->up_shut)
+    rp__conn_close(c);
+}
+
+static void on_tunnel_shutdown(struct rp_stream *s, int status) {
+  struct rp_conn *c = s->data;
+  if (c->closing)
+    return;
+  if (s == c->client)
+    c->client_shut = 1;
+  else
+    c->up_shut = 1;
+  if (status != 0)
+    rp__conn_close(c);
+  else
+    tunnel_maybe_close(c);
+}
+
+static void on_tunnel_read(struct rp_stream *s, ssize_t nread, char *block) {
+  struct rp_conn *c = s->data;
+  struct rp_stream *peer = other_side(c, s);
+  struct rp_bref *ref;
+  uv_buf_t buf;
+
+  if (nread < 0) {
+    if (nread != UV_EOF) {
+      if (c->log.reason[0] == '\0')
+        snprintf(c->log.reason, sizeof(c->log.reason), "%s: %s",
+                 s == c->client ? "client" : "upstream", uv_strerror((int)nread));
+      rp__conn_close(c);
+      return;
+    }
+    if (s == c->client) {
+      c->client_eof = 1;
+      c->client_reading = 0;
+    } else {
+      c->up_eof = 1;
+      c->up_reading = 0;
+    }
+    if (rp_stream_shutdown(peer, on_tunnel_shutdown) != 0)
+      rp__conn_close(c);
+    return;
+  }
+  rp__conn_touch(c);
+  if (s == c->client) {
+    c->log.bytes_in += (uint64_t)nread;
+    rp_metrics.bytes[0][RP_SRC_BYTES_TUNNEL] += (uint64_t)nread;
+  } else {
+    rp_metrics.bytes[1][RP_SRC_BYTES_TUNNEL] += (uint64_t)nread;
+  }
+  ref = rp__bref_new(block);
+  if (ref == NULL) {
+    rp__conn_close(c);
+    return;
+  }
+  buf = uv_buf_init(block, (unsigned)nread);
+  if (rp__conn_write(c, peer, &buf, 1, ref, NULL) != 0) {
+    rp__bref_put(ref);
+    rp__conn_close(c);
+    return;
+  }
+  rp__bref_put(ref);
+  if (rp_stream_write_queue_size(peer) > RP_QUEUE_HIGH) {
+    rp_stream_read_stop(s);
+    *paused_flag(c, s) = 1;
+  }
+}
+
+void rp__tunnel_drained(struct rp_conn *c, struct rp_stream *s) {
+  /* s drained: the side feeding it may read again. */
+  struct rp_stream *src = other_side(c, s);
+  int *paused = paused_flag(c, src);
+  int eof = src == c->client ? c->client_eof : c->up_eof;
+
+  if (*paused && !eof && rp_stream_write_queue_size(s) <= RP_QUEUE_LOW) {
+    *paused = 0;
+    rp_stream_read_start(src);
+  }
+}

@@ -1,0 +1,195 @@
+"""Client ACL, CONNECT port policy and start-up refusals (SPEC §2 steps 1-2, §4):
+denied clients get 403 and a log line; a non-loopback listener needs an explicit allow;
+an explicit parent that is regproxy itself, bad config values, unknown keys and flags
+exit 2 naming the flag/key (and file:line); flag > REGPROXY_* env > config file; SIGHUP
+reloads allow."""
+
+import os
+import signal
+
+import harness as h
+
+
+def setup():
+    global ORIGIN
+    ORIGIN = h.Nginx()
+
+
+def connect_status(rp, target):
+    c = rp.conn()
+    r = c.connect_tunnel(target)
+    c.close()
+    return r
+
+
+def test_denied_client_403_and_logged():
+    rp = h.Regproxy(["--allow", "10.9.9.9"], ready="port")
+    c = rp.conn()
+    r = c.connect_tunnel("127.0.0.1:%d" % ORIGIN.http_port)
+    local = "127.0.0.1:%d" % c.sock.getsockname()[1]
+    assert r.status == 403, "CONNECT from a denied client: %r" % r
+    line = rp.wait_log(client=local, status="403")
+    assert line.get("method") == "CONNECT", line
+    r = rp.conn().request("GET", "http://127.0.0.1:%d/a.txt" % ORIGIN.http_port)
+    assert r.status == 403, "GET from a denied client: %r" % r
+    r = rp.get_admin("/metrics")
+    assert r.status == 403 and b"regproxy_" not in r.body, \
+        "admin endpoint answered a denied client: %r" % r
+    # Nothing reached the origin.
+    assert not [d for d in ORIGIN.access_log() if d.get("uri") == "/a.txt"
+                and d.get("via")], ORIGIN.access_log()
+
+
+def test_allow_cidr_admits_client():
+    rp = h.Regproxy(["--allow", "127.0.0.0/8, ::1/128"])  # loopback only: any port
+    r = connect_status(rp, "127.0.0.1:%d" % ORIGIN.https_port)
+    assert r.status == 200, r
+
+
+def test_ipv6_loopback_listener_default_allow():
+    port = h.free_port("::1")
+    rp = h.Regproxy(["--listen", "[::1]:%d" % port])
+    c = h.HttpConn("::1", port)
+    r = c.connect_tunnel("127.0.0.1:%d" % ORIGIN.http_port)
+    assert r.status == 200, r
+    r = c.request("GET", "/a.txt", host="127.0.0.1")
+    assert r.status == 200 and h.sha256(r.body) == ORIGIN.files["a.txt"]
+    c.close()
+    rp.wait_log(method="CONNECT", client=lambda v: v.startswith("[::1]:") or
+                v.startswith("::1"))
+
+
+def test_non_loopback_listener_without_allow_exits_2():
+    rc, err = h.run_regproxy_expect_exit(["--listen", "0.0.0.0:%d" % h.free_port(),
+                                          "--mitm", ""])
+    assert rc == 2, "exit code %s, stderr: %s" % (rc, err[-1500:])
+    assert "allow" in err.lower() or "listen" in err.lower(), err[-1500:]
+
+
+def test_non_loopback_transparent_without_allow_exits_2():
+    rc, err = h.run_regproxy_expect_exit(["--listen", "127.0.0.1:%d" % h.free_port(),
+                                          "--transparent", "0.0.0.0:%d" % h.free_port(),
+                                          "--mitm", ""])
+    assert rc == 2, "exit code %s, stderr: %s" % (rc, err[-1500:])
+
+
+def test_non_loopback_listener_with_allow_starts():
+    port = h.free_port()
+    rp = h.Regproxy(["--listen", "0.0.0.0:%d" % port, "--allow", "127.0.0.1"])
+    r = rp.get_admin("/healthz")
+    assert r.status == 200 and r.body.strip() == b"ok"
+
+
+def test_explicit_parent_pointing_at_self_exits_2():
+    port = h.free_port()
+    rc, err = h.run_regproxy_expect_exit(["--listen", "127.0.0.1:%d" % port, "--mitm", "",
+                                          "--parent-proxy", "http://127.0.0.1:%d" % port])
+    assert rc == 2, "exit code %s, stderr: %s" % (rc, err[-1500:])
+    assert "parent" in err.lower(), "message does not name parent_proxy: %s" % err[-1500:]
+
+
+def _config_exit(text, line_no, key):
+    d = h.tmpdir()
+    path = h.write_file(os.path.join(d, "bad.yml"), text)
+    rc, err = h.run_regproxy_expect_exit(["--config", path, "--listen",
+                                          "127.0.0.1:%d" % h.free_port()])
+    assert rc == 2, "exit code %s for config:\n%s\nstderr: %s" % (rc, text, err[-1500:])
+    assert "%s:%d" % (path, line_no) in err or "bad.yml:%d" % line_no in err, \
+        "stderr does not name bad.yml:%d: %s" % (line_no, err[-1500:])
+    if key:
+        assert key in err, "stderr does not name %s: %s" % (key, err[-1500:])
+
+
+def test_bad_config_value_exits_2_with_file_line():
+    _config_exit("# regproxy\nmitm: \"\"\nheader_timeout: banana\n", 3, "header_timeout")
+
+
+def test_bad_config_listen_exits_2_with_file_line():
+    _config_exit("mitm: \"\"\n\nlog_level: debug\nmax_connections: -5\n", 4,
+                 "max_connections")
+
+
+def test_unknown_config_key_exits_2():
+    _config_exit("mitm: \"\"\nno_such_key: 1\n", 2, "no_such_key")
+
+
+def test_config_syntax_error_exits_2():
+    d = h.tmpdir()
+    path = h.write_file(os.path.join(d, "bad.yml"), "mitm: \"\"\nallow: [127.0.0.1\n")
+    rc, err = h.run_regproxy_expect_exit(["--config", path])
+    assert rc == 2, "exit code %s, stderr: %s" % (rc, err[-1500:])
+    assert "bad.yml" in err, err[-1500:]
+
+
+def test_unknown_flag_exits_2():
+    rc, err = h.run_regproxy_expect_exit(["--no-such-flag", "1"])
+    assert rc == 2, "exit code %s, stderr: %s" % (rc, err[-1500:])
+    assert "--no-such-flag" in err or "no-such-flag" in err, err[-1500:]
+
+
+def test_bad_flag_values_exit_2():
+    bad = [["--header-timeout", "banana"], ["--listen", "127.0.0.1:99999"],
+           ["--connect-to", "garbage"], ["--allow", "not-an-ip"],
+           ["--log-format", "xml"], ["--max-connections", "many"]]
+    problems = []
+    for args in bad:
+        rc, err = h.run_regproxy_expect_exit(args + ["--mitm", ""])
+        if rc != 2:
+            problems.append("%r -> exit %s" % (args, rc))
+        elif args[0] not in err and args[0].lstrip("-").replace("-", "_") not in err:
+            problems.append("%r -> message does not name %s: %s" % (
+                args, args[0], err.strip()[-300:]))
+    assert not problems, "\n".join(problems)
+
+
+def test_config_file_env_flag_precedence():
+    d = h.tmpdir()
+    conf = h.write_file(os.path.join(d, "rp.yml"), "allow: \"10.9.9.9\"\n")
+    target = "127.0.0.1:%d" % ORIGIN.https_port
+    rp = h.Regproxy(["--config", conf], ready="port")
+    assert connect_status(rp, target).status == 403, "config file allow ignored"
+    rp = h.Regproxy(["--config", conf], env={"REGPROXY_ALLOW": "127.0.0.1"})
+    assert connect_status(rp, target).status == 200, "REGPROXY_ALLOW does not beat the file"
+    rp = h.Regproxy(["--config", conf, "--allow", "10.9.9.9"],
+                    env={"REGPROXY_ALLOW": "127.0.0.1"}, ready="port")
+    assert connect_status(rp, target).status == 403, "--allow does not beat REGPROXY_ALLOW"
+
+
+def test_sighup_reloads_allow():
+    d = h.tmpdir()
+    conf = h.write_file(os.path.join(d, "rp.yml"), "allow: \"127.0.0.1\"\n")
+    rp = h.Regproxy(["--config", conf])
+    target = "127.0.0.1:%d" % ORIGIN.https_port
+    keep = rp.conn()
+    assert keep.connect_tunnel("127.0.0.1:%d" % ORIGIN.http_port).status == 200
+    assert connect_status(rp, target).status == 200
+    h.write_file(conf, "allow: \"10.9.9.9\"\n")
+    rp.signal(signal.SIGHUP)
+    h.wait_until(lambda: connect_status(rp, target).status == 403, 10,
+                 "403 after SIGHUP narrowed allow", interval=0.1)
+    assert rp.alive()
+    # The tunnel accepted before the reload is not dropped.
+    r = keep.request("GET", "/a.txt", host="127.0.0.1")
+    assert r.status == 200 and h.sha256(r.body) == ORIGIN.files["a.txt"], r
+
+
+def test_connect_port_policy_with_non_loopback_allow():
+    # Once a non-loopback client may connect, CONNECT is limited to 443 + mitm/connect_to
+    # ports unless --connect-ports says otherwise.
+    rp = h.Regproxy(["--allow", "127.0.0.1,10.9.9.9"])
+    r = connect_status(rp, "127.0.0.1:%d" % ORIGIN.http_port)
+    assert r.status == 403, "CONNECT to port %d allowed: %r" % (ORIGIN.http_port, r)
+    rp.wait_log(status="403", method="CONNECT")
+    rp = h.Regproxy(["--allow", "127.0.0.1,10.9.9.9",
+                     "--connect-ports", "443,%d" % ORIGIN.http_port])
+    r = connect_status(rp, "127.0.0.1:%d" % ORIGIN.http_port)
+    assert r.status == 200, "--connect-ports did not open port %d: %r" % (
+        ORIGIN.http_port, r)
+    rp = h.Regproxy(["--allow", "127.0.0.1,10.9.9.9", "--connect-to",
+                     "origin.test:%d:127.0.0.1:%d" % (ORIGIN.https_port, ORIGIN.https_port)])
+    r = connect_status(rp, "origin.test:%d" % ORIGIN.https_port)
+    assert r.status == 200, "port named in --connect-to refused: %r" % r
+
+
+if __name__ == "__main__":
+    h.main(globals())
