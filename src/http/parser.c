@@ -28,7 +28,7 @@ struct rp_http_parser {
 
   /* The current input buffer, for looking one byte behind a span. */
   const char *buf_start;
-  char prev_last; /* last byte of the previous buffer */
+  char prev_nonblank; /* last byte other than SP/HT in earlier buffers */
 
   enum span span;
   uint32_t url, url_len; /* also the reason phrase of responses */
@@ -39,6 +39,11 @@ struct rp_http_parser {
 
   int err_status;
   const char *err_reason;
+
+  /* The first bytes of the current message, to tell an unknown method
+   * (405) from garbage (400) however the input was split. */
+  char lead[16];
+  size_t lead_len;
 
   size_t arena_len;
   char arena[RP_HTTP_HEAD_MAX];
@@ -87,9 +92,12 @@ static int on_url(llhttp_t *l, const char *at, size_t len) {
   return rc;
 }
 
-/* The byte just before 'at', possibly from the previous buffer. */
-static char byte_before(const struct rp_http_parser *p, const char *at) {
-  return at > p->buf_start ? at[-1] : p->prev_last;
+/* The last byte before 'at' that is not a blank, possibly from an earlier
+ * buffer (input may arrive one byte at a time). */
+static char nonblank_before(const struct rp_http_parser *p, const char *at) {
+  while (at > p->buf_start && (at[-1] == ' ' || at[-1] == '\t'))
+    at--;
+  return at > p->buf_start ? at[-1] : p->prev_nonblank;
 }
 
 static int on_header_field(llhttp_t *l, const char *at, size_t len) {
@@ -119,17 +127,13 @@ static int on_header_value(llhttp_t *l, const char *at, size_t len) {
     /* A value span that starts (after optional blanks) right behind a line
      * break is an obsolete folded continuation line (RFC 9112 §5.2), which
      * llhttp 8 accepts even in strict mode. A normal value follows "name:". */
-    const char *q = at;
-    char c;
-    while (q > p->buf_start && (q[-1] == ' ' || q[-1] == '\t'))
-      q--;
-    c = byte_before(p, q);
+    char c = len > 0 ? nonblank_before(p, at) : ':';
     if (c == '\n' || c == '\r')
       return fail(p, 400, "obsolete line folding in header");
     h->value = (uint32_t)p->arena_len;
     h->value_len = 0;
     p->span = SPAN_VALUE;
-  } else if (len > 0 && (at[0] == ' ' || at[0] == '\t') && byte_before(p, at) == '\n') {
+  } else if (len > 0 && (at[0] == ' ' || at[0] == '\t') && nonblank_before(p, at) == '\n') {
     return fail(p, 400, "obsolete line folding in header");
   }
   if (arena_add(p, at, len) != 0)
@@ -238,13 +242,14 @@ static int is_tchar(unsigned char c) {
          (c != 0 && strchr("!#$%&'*+-.^_`|~", c) != NULL);
 }
 
-/* llhttp knows a fixed set of methods; a well-formed but unknown one gets
- * 405 (SPEC §7), anything else 400. */
+/* llhttp knows a fixed set of methods and stops at the first byte that
+ * fits none; a token (so far) is an unknown method, 405 (SPEC §7), anything
+ * else 400. */
 static int method_status(const char *at, size_t len) {
   size_t i = 0;
   while (i < len && is_tchar((unsigned char)at[i]))
     i++;
-  return (i > 0 && i < len && at[i] == ' ') ? 405 : 400;
+  return (i > 0 && (i == len || at[i] == ' ')) ? 405 : 400;
 }
 
 enum rp_http_status rp_http_parser_execute(struct rp_http_parser *p, const char *at, size_t len,
@@ -259,12 +264,23 @@ enum rp_http_status rp_http_parser_execute(struct rp_http_parser *p, const char 
     return RP_HTTP_OK;
   if (!p->head_done || was_idle)
     p->head_raw = was_idle ? len : p->head_raw + len;
+  if (was_idle)
+    p->lead_len = 0;
+  if (p->lead_len < sizeof(p->lead) && (was_idle || !p->head_done)) {
+    size_t n = len < sizeof(p->lead) - p->lead_len ? len : sizeof(p->lead) - p->lead_len;
+    memcpy(p->lead + p->lead_len, at, n);
+    p->lead_len += n;
+  }
   p->buf_start = at;
   /* An empty call still runs the states that need no input: after a pause
    * at the end of a bodiless head it completes the message. */
   e = llhttp_execute(&p->llhttp, at, len);
-  if (len > 0)
-    p->prev_last = at[len - 1];
+  for (size_t i = len; i > 0; i--) {
+    if (at[i - 1] != ' ' && at[i - 1] != '\t') {
+      p->prev_nonblank = at[i - 1];
+      break;
+    }
+  }
   switch (e) {
   case HPE_OK:
     *consumed = len;
@@ -286,7 +302,7 @@ enum rp_http_status rp_http_parser_execute(struct rp_http_parser *p, const char 
   case HPE_USER:
     return RP_HTTP_ERROR;
   case HPE_INVALID_METHOD:
-    if (was_idle && method_status(at, len) == 405)
+    if (method_status(p->lead, p->lead_len) == 405)
       fail(p, 405, "unknown method");
     else
       fail(p, 400, "malformed request line");
