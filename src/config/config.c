@@ -672,27 +672,31 @@ static int hexval(char c) {
   return -1;
 }
 
-static char *percent_decode(const char *s, size_t n) {
-  char *out = malloc(n + 1);
+/* Decode %XX escapes of s[0..n) into *out; RP_EPARSE on a bad or NUL escape. */
+static int percent_decode(const char *s, size_t n, char **out) {
+  char *d = malloc(n + 1);
   size_t j = 0;
-  if (out == NULL) {
-    return NULL;
+
+  *out = NULL;
+  if (d == NULL) {
+    return RP_ENOMEM;
   }
   for (size_t i = 0; i < n; i++) {
     if (s[i] == '%') {
       if (i + 2 >= n || hexval(s[i + 1]) < 0 || hexval(s[i + 2]) < 0 ||
           (s[i + 1] == '0' && s[i + 2] == '0')) {
-        free(out);
-        return NULL;
+        free(d);
+        return RP_EPARSE;
       }
-      out[j++] = (char)(hexval(s[i + 1]) * 16 + hexval(s[i + 2]));
+      d[j++] = (char)(hexval(s[i + 1]) * 16 + hexval(s[i + 2]));
       i += 2;
     } else {
-      out[j++] = s[i];
+      d[j++] = s[i];
     }
   }
-  out[j] = '\0';
-  return out;
+  d[j] = '\0';
+  *out = d;
+  return 0;
 }
 
 /* "http://[user:pass@]host[:port][/]"; a scheme-less "host:port" is http, as
@@ -769,10 +773,9 @@ static int proxy_url_parse(const char *s, struct proxy_url *u, char *why, size_t
   }
   lower(u->host);
   if (at != NULL) {
-    u->userinfo = percent_decode(rest, (size_t)(at - rest));
-    if (u->userinfo == NULL) {
+    rc = percent_decode(rest, (size_t)(at - rest), &u->userinfo);
+    if (rc != 0) {
       snprintf(why, whylen, "bad percent-encoding in proxy credentials");
-      rc = RP_EPARSE;
       goto fail;
     }
   }
@@ -1065,19 +1068,27 @@ static int set_scalar(struct load *ld, const struct opt *o, const struct origin 
   case OT_PORTSET:
     return set_rules(ld, o, org, v);
   case OT_LOGLEVEL:
-    n = rp_log_level_parse(v);
+  case OT_LOGFORMAT: {
+    char word[16];
+    size_t len = strlen(v);
+    if (len >= sizeof word) {
+      len = sizeof word - 1;
+    }
+    memcpy(word, v, len);
+    word[len] = '\0';
+    lower(word);
+    n = len == strlen(v) ? (o->type == OT_LOGLEVEL ? rp_log_level_parse(word)
+                                                     : rp_log_format_parse(word))
+                         : -1;
     if (n < 0) {
-      return fail(ld, o, org, "bad log level '%s' (debug, info, warn, error)", shown);
+      return fail(ld, o, org, o->type == OT_LOGLEVEL
+                                  ? "bad log level '%s' (debug, info, warn, error)"
+                                  : "bad log format '%s' (logfmt, json)",
+                  shown);
     }
     *(int *)field(cfg, o->off) = n;
     return 0;
-  case OT_LOGFORMAT:
-    n = rp_log_format_parse(v);
-    if (n < 0) {
-      return fail(ld, o, org, "bad log format '%s' (logfmt, json)", shown);
-    }
-    *(int *)field(cfg, o->off) = n;
-    return 0;
+  }
   case OT_URL:
     return set_url(ld, o, org, v);
   default:
@@ -1279,6 +1290,31 @@ static int apply_text(struct load *ld, const struct opt *o, const struct origin 
   return rc;
 }
 
+/* A list written as a YAML sequence failed to parse as a whole: if one item
+ * fails on its own, report that item's line instead of the key's. The
+ * load is failing anyway, so parsing items into cfg does no harm. */
+static int blame_item(struct load *ld, const struct opt *o, const struct rp__yaml_entry *e,
+                      int rc) {
+  struct origin org;
+
+  memset(&org, 0, sizeof org);
+  org.src = RP_SRC_FILE;
+  org.file = ld->cfg->config_file;
+  for (size_t i = 0; i < e->n_values; i++) {
+    char *whole = *ld->err;
+    int item_rc;
+    *ld->err = NULL;
+    org.line = e->values[i].line;
+    item_rc = set_scalar(ld, o, &org, e->values[i].text);
+    if (item_rc != 0) {
+      free(whole);
+      return item_rc;
+    }
+    *ld->err = whole;
+  }
+  return rc;
+}
+
 static int apply_yaml_entry(struct load *ld, const struct rp__yaml_entry *e) {
   struct origin org;
   const struct opt *o;
@@ -1346,6 +1382,9 @@ static int apply_yaml_entry(struct load *ld, const struct rp__yaml_entry *e) {
     }
     rc = set_scalar(ld, o, &org, joined);
     free(joined);
+    if (rc == RP_ECONFIG) {
+      rc = blame_item(ld, o, e, rc);
+    }
   } else {
     rc = set_scalar(ld, o, &org, e->values[0].text);
   }

@@ -25,7 +25,7 @@
 /* A domain entry without a port matches any port; a port Go would compare
  * as a string that no port number ever prints as ("080", "http", "99999")
  * matches none. */
-#define PORT_ANY (-1)
+#define PORT_ANY   (-1)
 #define PORT_NEVER (-2)
 
 /* How much of a bad entry an error message quotes. */
@@ -57,8 +57,8 @@ struct rule {
   union {
     struct ipnet net;
     struct {
-      char *suffix; /* ".example.com": lower-case, punycode for IDNs */
-      size_t len; /* strlen(suffix), at least 2 */
+      char *suffix;    /* ".example.com": lower-case, punycode for IDNs */
+      size_t len;      /* strlen(suffix), at least 2 */
       bool match_host; /* also the name itself, not only subdomains */
     } dom;
   } u;
@@ -86,14 +86,12 @@ static const uint8_t v4_in_v6_prefix[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 
 
 /* ---- strings ------------------------------------------------------------ */
 
-static char ascii_lower(char c)
-{
+static char ascii_lower(char c) {
   return (c >= 'A' && c <= 'Z') ? (char)(c - 'A' + 'a') : c;
 }
 
 /* a[0..n) equals the lower-case b[0..n), ignoring ASCII case in a. */
-static bool eq_lower(const char *a, const char *b, size_t n)
-{
+static bool eq_lower(const char *a, const char *b, size_t n) {
   for (size_t i = 0; i < n; i++) {
     if (ascii_lower(a[i]) != b[i])
       return false;
@@ -101,8 +99,7 @@ static bool eq_lower(const char *a, const char *b, size_t n)
   return true;
 }
 
-static bool is_ascii(struct span s)
-{
+static bool is_ascii(struct span s) {
   for (size_t i = 0; i < s.n; i++) {
     if ((unsigned char)s.p[i] >= 0x80)
       return false;
@@ -113,8 +110,7 @@ static bool is_ascii(struct span s)
 /* Length of the white-space character (unicode.IsSpace) that starts s, or 0.
  * Besides ASCII that is U+0085, U+00A0, U+1680, U+2000-U+200A, U+2028,
  * U+2029, U+202F, U+205F and U+3000. */
-static size_t space_at(const unsigned char *s, size_t n)
-{
+static size_t space_at(const unsigned char *s, size_t n) {
   if (n >= 1 && (s[0] == ' ' || (s[0] >= '\t' && s[0] <= '\r')))
     return 1;
   if (n >= 2 && s[0] == 0xc2 && (s[1] == 0x85 || s[1] == 0xa0))
@@ -134,8 +130,7 @@ static size_t space_at(const unsigned char *s, size_t n)
 }
 
 /* Go's strings.TrimSpace: Unicode white space at both ends. */
-static struct span trim(struct span s)
-{
+static struct span trim(struct span s) {
   const unsigned char *p = (const unsigned char *)s.p;
   size_t k;
 
@@ -165,8 +160,7 @@ static struct span trim(struct span s)
 /* Calls fn on every comma-separated, trimmed, non-empty entry of spec. */
 typedef int (*entry_fn)(void *ctx, struct span entry, char **err);
 
-static int for_each_entry(const char *spec, entry_fn fn, void *ctx, char **err)
-{
+static int for_each_entry(const char *spec, entry_fn fn, void *ctx, char **err) {
   const char *p = spec;
   int rc = 0;
 
@@ -190,8 +184,7 @@ out:
 
 /* Sets *err to `<what> "<entry>": <why>`, the entry escaped and shortened
  * so that a message never carries control bytes into a log line. */
-static int fail(char **err, const char *what, struct span entry, const char *why)
-{
+static int fail(char **err, const char *what, struct span entry, const char *why) {
   static const char hex[] = "0123456789abcdef";
   size_t shown = entry.n < ERR_ENTRY_MAX ? entry.n : ERR_ENTRY_MAX;
   char *quoted = NULL;
@@ -245,14 +238,12 @@ out:
 
 /* ---- addresses ---------------------------------------------------------- */
 
-static bool ip_is4(const uint8_t ip[16])
-{
+static bool ip_is4(const uint8_t ip[16]) {
   return memcmp(ip, v4_in_v6_prefix, sizeof(v4_in_v6_prefix)) == 0;
 }
 
 /* net.IP.IsLoopback: 127.0.0.0/8 (also IPv4-mapped) and ::1. */
-static bool ip_is_loopback(const uint8_t ip[16])
-{
+static bool ip_is_loopback(const uint8_t ip[16]) {
   static const uint8_t v6_loopback[16] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1};
 
   if (ip_is4(ip))
@@ -266,8 +257,7 @@ static bool ip_is_loopback(const uint8_t ip[16])
  * the same texts once the zone is split off. The zone is dropped, as
  * net.IP(nip.AsSlice()) does. *text_is4 tells a dotted quad (32-bit prefix
  * lengths) from IPv6 text (128-bit, even for ::ffff:a.b.c.d). */
-static bool parse_ip(struct span s, bool allow_zone, uint8_t ip[16], bool *text_is4)
-{
+static bool parse_ip(struct span s, bool allow_zone, uint8_t ip[16], bool *text_is4) {
   /* The longest address text is 45 bytes; anything longer is no address. */
   char buf[64];
   char kind = 0;
@@ -316,8 +306,7 @@ static bool parse_ip(struct span s, bool allow_zone, uint8_t ip[16], bool *text_
 /* The network of ip/bits, bits counted in the family of the text (net.CIDRMask
  * with ipAddr.BitLen()). A v6 prefix whose network lies in ::ffff:0:0/96
  * compares IPv4 hosts by its last 32 mask bits, as IPNet.Contains does. */
-static void ipnet_init(struct ipnet *net, const uint8_t ip[16], bool text_is4, unsigned bits)
-{
+static void ipnet_init(struct ipnet *net, const uint8_t ip[16], bool text_is4, unsigned bits) {
   unsigned ones = text_is4 ? 96 + bits : bits;
 
   for (unsigned i = 0; i < 16; i++) {
@@ -330,8 +319,7 @@ static void ipnet_init(struct ipnet *net, const uint8_t ip[16], bool text_is4, u
 }
 
 /* IPNet.Contains and, with a full mask, IP.Equal. */
-static bool ipnet_contains(const struct ipnet *net, const uint8_t ip[16])
-{
+static bool ipnet_contains(const struct ipnet *net, const uint8_t ip[16]) {
   if (ip_is4(ip) != net->is4)
     return false;
   for (size_t i = net->is4 ? 12 : 0; i < 16; i++) {
@@ -343,8 +331,7 @@ static bool ipnet_contains(const struct ipnet *net, const uint8_t ip[16])
 
 /* net.ParseCIDR: an address without zone, '/', and decimal digits (dtoi:
  * leading zeros fine) no larger than the address family's bit length. */
-static bool parse_cidr(struct span s, struct ipnet *net)
-{
+static bool parse_cidr(struct span s, struct ipnet *net) {
   const char *slash = memchr(s.p, '/', s.n);
   struct span addr;
   uint8_t ip[16];
@@ -376,8 +363,7 @@ static bool parse_cidr(struct span s, struct ipnet *net)
   return true;
 }
 
-static bool sockaddr_ip(const struct sockaddr *sa, uint8_t ip[16])
-{
+static bool sockaddr_ip(const struct sockaddr *sa, uint8_t ip[16]) {
   if (!sa)
     return false;
   if (sa->sa_family == AF_INET) {
@@ -400,8 +386,7 @@ static bool sockaddr_ip(const struct sockaddr *sa, uint8_t ip[16])
 
 /* net.SplitHostPort, including its acceptance of an empty port ("a:") and
  * its refusal of "[v6]" without a port. The host comes without brackets. */
-static bool split_host_port(struct span s, struct span *host, struct span *port)
-{
+static bool split_host_port(struct span s, struct span *host, struct span *port) {
   size_t colon = s.n;
   size_t j = 0;
   size_t k = 0;
@@ -442,8 +427,7 @@ static bool split_host_port(struct span s, struct span *host, struct span *port)
 
 /* Go compares ports as strings and the destination's port is printed in
  * decimal, so only the canonical decimal form of a number can ever match. */
-static int32_t entry_port(struct span p)
-{
+static int32_t entry_port(struct span p) {
   int32_t v = 0;
 
   if (p.n == 0)
@@ -458,8 +442,7 @@ static int32_t entry_port(struct span p)
   return v <= 65535 ? v : PORT_NEVER;
 }
 
-static bool port_ok(int32_t want, uint16_t port)
-{
+static bool port_ok(int32_t want, uint16_t port) {
   return want == PORT_ANY || want == (int32_t)port;
 }
 
@@ -469,8 +452,7 @@ static bool port_ok(int32_t want, uint16_t port)
  * letters, digits, '-' and '.' counts as a failure, after which Go keeps the
  * name as it was. Returns 0 with *out set (NULL on such a failure) or
  * RP_ENOMEM. */
-static int idna_ascii(struct span name, char **out)
-{
+static int idna_ascii(struct span name, char **out) {
   char *in = NULL;
   char *res = NULL;
   int idn_rc;
@@ -504,8 +486,7 @@ out:
   return rc;
 }
 
-static int push_rule(struct rp_hostlist *l, const struct rule *r)
-{
+static int push_rule(struct rp_hostlist *l, const struct rule *r) {
   if (l->n == l->cap) {
     size_t cap = l->cap ? l->cap * 2 : 8;
     struct rule *rules;
@@ -527,8 +508,7 @@ static int push_rule(struct rp_hostlist *l, const struct rule *r)
  * here, on entries as on hosts (SPEC §2 strips it from CONNECT targets), so
  * "foo.com." and "foo.com" are the same entry. */
 static int add_domain(struct rp_hostlist *l, struct span entry, struct span name, int32_t port,
-                      char **err)
-{
+                      char **err) {
   struct rule r = {.kind = RULE_DOMAIN, .port = port};
   char *idn = NULL;
   char *suffix = NULL;
@@ -584,8 +564,7 @@ out:
  * errors here. Everything Go accepts is accepted, even entries that can
  * never match ("[::1]" without a port, "foo.com:http"), so that a NO_PROXY
  * Docker takes is never refused. */
-static int add_hostlist_entry(void *ctx, struct span e, char **err)
-{
+static int add_hostlist_entry(void *ctx, struct span e, char **err) {
   struct rp_hostlist *l = ctx;
   struct rule r = {.kind = RULE_NET, .port = PORT_ANY};
   struct span host = e;
@@ -615,8 +594,7 @@ static int add_hostlist_entry(void *ctx, struct span e, char **err)
   return add_domain(l, e, host, entry_port(port), err);
 }
 
-static void hostlist_free(struct rp_hostlist *l)
-{
+static void hostlist_free(struct rp_hostlist *l) {
   for (size_t i = 0; i < l->n; i++) {
     if (l->rules[i].kind == RULE_DOMAIN)
       free(l->rules[i].u.dom.suffix);
@@ -625,8 +603,7 @@ static void hostlist_free(struct rp_hostlist *l)
   free(l);
 }
 
-int rp_hostlist_parse(const char *spec, unsigned flags, struct rp_hostlist **out, char **err)
-{
+int rp_hostlist_parse(const char *spec, unsigned flags, struct rp_hostlist **out, char **err) {
   struct rp_hostlist *l = NULL;
   char *lower = NULL;
   size_t n;
@@ -664,8 +641,7 @@ out:
   return rc;
 }
 
-static bool domain_match(const struct rule *r, struct span h)
-{
+static bool domain_match(const struct rule *r, struct span h) {
   const char *suffix = r->u.dom.suffix;
   size_t len = r->u.dom.len;
 
@@ -674,8 +650,7 @@ static bool domain_match(const struct rule *r, struct span h)
   return r->u.dom.match_host && h.n == len - 1 && eq_lower(h.p, suffix + 1, h.n);
 }
 
-bool rp_hostlist_match(const struct rp_hostlist *list, const char *host, uint16_t port)
-{
+bool rp_hostlist_match(const struct rp_hostlist *list, const char *host, uint16_t port) {
   struct span h;
   char *idn = NULL;
   uint8_t ip[16];
@@ -729,16 +704,14 @@ out:
   return hit;
 }
 
-void rp_hostlist_destroy(struct rp_hostlist *list)
-{
+void rp_hostlist_destroy(struct rp_hostlist *list) {
   if (list)
     hostlist_free(list);
 }
 
 /* ---- client ACL --------------------------------------------------------- */
 
-static int add_acl_entry(void *ctx, struct span e, char **err)
-{
+static int add_acl_entry(void *ctx, struct span e, char **err) {
   struct rp_acl *acl = ctx;
   struct ipnet net;
   uint8_t ip[16];
@@ -765,8 +738,7 @@ static int add_acl_entry(void *ctx, struct span e, char **err)
   return 0;
 }
 
-int rp_acl_parse(const char *spec, struct rp_acl **out, char **err)
-{
+int rp_acl_parse(const char *spec, struct rp_acl **out, char **err) {
   struct rp_acl *acl = NULL;
   int rc;
 
@@ -796,8 +768,7 @@ out:
 /* The 16-byte form makes ::ffff:a.b.c.d and a.b.c.d one address, so an
  * IPv4-mapped client is unmapped by construction; a plain IPv6 prefix such
  * as ::/0 does not cover IPv4 clients. */
-bool rp_acl_match(const struct rp_acl *acl, const struct sockaddr *sa)
-{
+bool rp_acl_match(const struct rp_acl *acl, const struct sockaddr *sa) {
   uint8_t ip[16];
 
   if (!acl || !sockaddr_ip(sa, ip))
@@ -809,16 +780,14 @@ bool rp_acl_match(const struct rp_acl *acl, const struct sockaddr *sa)
   return false;
 }
 
-void rp_acl_destroy(struct rp_acl *acl)
-{
+void rp_acl_destroy(struct rp_acl *acl) {
   if (!acl)
     return;
   free(acl->nets);
   free(acl);
 }
 
-bool rp_sockaddr_is_loopback(const struct sockaddr *sa)
-{
+bool rp_sockaddr_is_loopback(const struct sockaddr *sa) {
   uint8_t ip[16];
 
   return sockaddr_ip(sa, ip) && ip_is_loopback(ip);
@@ -827,8 +796,7 @@ bool rp_sockaddr_is_loopback(const struct sockaddr *sa)
 /* ---- port sets ---------------------------------------------------------- */
 
 /* A decimal port 1-65535; leading zeros are harmless. */
-static bool parse_port(struct span s, uint16_t *port)
-{
+static bool parse_port(struct span s, uint16_t *port) {
   uint32_t v = 0;
 
   s = trim(s);
@@ -847,8 +815,7 @@ static bool parse_port(struct span s, uint16_t *port)
   return true;
 }
 
-static int add_port_entry(void *ctx, struct span e, char **err)
-{
+static int add_port_entry(void *ctx, struct span e, char **err) {
   struct rp_portset *set = ctx;
   const char *dash = memchr(e.p, '-', e.n);
   struct span lo = e;
@@ -870,8 +837,7 @@ static int add_port_entry(void *ctx, struct span e, char **err)
   return 0;
 }
 
-int rp_portset_parse(const char *spec, struct rp_portset **out, char **err)
-{
+int rp_portset_parse(const char *spec, struct rp_portset **out, char **err) {
   struct rp_portset *set = NULL;
   int rc;
 
@@ -898,18 +864,15 @@ out:
   return rc;
 }
 
-bool rp_portset_has(const struct rp_portset *set, uint16_t port)
-{
+bool rp_portset_has(const struct rp_portset *set, uint16_t port) {
   return set && (set->bits[port >> 3] & (1u << (port & 7))) != 0;
 }
 
-void rp_portset_destroy(struct rp_portset *set)
-{
+void rp_portset_destroy(struct rp_portset *set) {
   free(set);
 }
 
-bool rp_acl_loopback_only(const struct rp_acl *acl)
-{
+bool rp_acl_loopback_only(const struct rp_acl *acl) {
   if (!acl)
     return true;
   for (size_t i = 0; i < acl->n; i++) {

@@ -14,13 +14,27 @@
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 static const char *const hosts[] = {
-    "localhost", "127.0.0.1", "::1", "::ffff:127.0.0.1", "example.com", "www.example.com",
-    "xn--bcher-kva.example", "bücher.example", "10.1.2.3", "::ffff:10.1.2.3", "2001:db8::1",
-    "fe80::1%eth0", "1000::%.example.com", "foo.com.", "", ".", "*", "１２７．０．０．１",
+    "localhost",
+    "127.0.0.1",
+    "::1",
+    "::ffff:127.0.0.1",
+    "example.com",
+    "www.example.com",
+    "xn--bcher-kva.example",
+    "bücher.example",
+    "10.1.2.3",
+    "::ffff:10.1.2.3",
+    "2001:db8::1",
+    "fe80::1%eth0",
+    "1000::%.example.com",
+    "foo.com.",
+    "",
+    ".",
+    "*",
+    "１２７．０．０．１",
 };
 
-static void match_all(const struct rp_hostlist *list, const char *extra)
-{
+static void match_all(const struct rp_hostlist *list, const char *extra) {
   static const uint16_t ports[] = {0, 80, 443, 65535};
 
   for (size_t i = 0; i < sizeof(hosts) / sizeof(hosts[0]); i++)
@@ -31,8 +45,7 @@ static void match_all(const struct rp_hostlist *list, const char *extra)
   }
 }
 
-static void match_acl(const struct rp_acl *acl)
-{
+static void match_acl(const struct rp_acl *acl) {
   struct sockaddr_in sin;
   struct sockaddr_in6 sin6;
 
@@ -51,8 +64,7 @@ static void match_acl(const struct rp_acl *acl)
   (void)rp_acl_match(acl, (struct sockaddr *)&sin6);
 }
 
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
-{
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   char *buf = malloc(size + 1);
   char *extra = NULL;
   char *nl;

@@ -491,11 +491,15 @@ static void test_flags(void **state) {
   assert_string_equal(cfg->args.v[0], "run");
   rp_config_destroy(cfg);
 
-  /* The last of a repeated single-valued flag wins; mark off/0 is unset. */
-  cfg = load_ok(A("--tag-ttl", "1m", "--tag-ttl", "2m", "--mark", "0x10", "--mark", "off"),
+  /* The last of a repeated single-valued flag wins; mark off/0 is unset;
+   * log words are case-insensitive. */
+  cfg = load_ok(A("--tag-ttl", "1m", "--tag-ttl", "2m", "--mark", "0x10", "--mark", "off",
+                  "--log-level", "WARN", "--log-format=JSON"),
                 A("HOME=/home/t"), NULL);
   assert_int_equal(cfg->tag_ttl_ms, 120000);
   assert_false(cfg->mark_set);
+  assert_int_equal(cfg->log_level, RP_LOG_WARN);
+  assert_int_equal(cfg->log_format, RP_LOG_JSON);
   rp_config_destroy(cfg);
 
   /* An empty connect_ports or "default" keeps the default policy. */
@@ -522,6 +526,7 @@ static void test_flag_errors(void **state) {
       {"--mark", "4294967296", "--mark: bad mark '4294967296'"},
       {"--mark", "0xzz", "--mark: bad mark '0xzz'"},
       {"--log-level", "loud", "--log-level: bad log level 'loud'"},
+      {"--log-level", "debugdebugdebugdebug", "--log-level: bad log level 'debugdebugdebugdebug'"},
       {"--log-format", "xml", "--log-format: bad log format 'xml'"},
       {"--listen", "localhost:1", "--listen: bad address 'localhost:1': not an IPv4 address"},
       {"--transparent", "1.2.3.4", "--transparent: bad address '1.2.3.4': expected ADDR:PORT"},
@@ -1020,7 +1025,7 @@ static void test_yaml_bad_files(void **state) {
        "bad_parent_self.yml:2: key parent_proxy: http://localhost:2080 points at regproxy's own "
        "listener 127.0.0.1:2080"},
       {"bad_key_not_scalar.yml", "bad_key_not_scalar.yml:1: keys must be scalars"},
-      {"bad_acl.yml", "bad_acl.yml:1: key allow: "},
+      {"bad_acl.yml", "bad_acl.yml:3: key allow: "}, /* the bad item's line */
       {"bad_no_listener.yml", "bad_no_listener.yml:1: key listen: no listener"},
       {"bad_zero_timeout.yml",
        "bad_zero_timeout.yml:1: key connect_timeout: must be greater than 0"},

@@ -43,29 +43,29 @@ static const struct match_case match_cases[] = {
     {GO_NO_PROXY, LD, "127.0.0.1", 80, true},
     {GO_NO_PROXY, LD, "127.0.0.2", 80, true},
     {GO_NO_PROXY, LD, "::1", 80, true},
-    {GO_NO_PROXY, LD, "::2", 80, false}, /* not a loopback address */
-    {GO_NO_PROXY, LD, "192.168.1.1", 80, true}, /* matches exact IPv4 */
-    {GO_NO_PROXY, LD, "192.168.1.2", 80, false}, /* ports do not match */
-    {GO_NO_PROXY, LD, "192.168.1.3", 80, true}, /* matches exact IPv4:port */
-    {GO_NO_PROXY, LD, "192.168.1.4", 80, false}, /* no match */
-    {GO_NO_PROXY, LD, "10.0.0.2", 80, true}, /* matches IPv4/CIDR */
-    {GO_NO_PROXY, LD, "2001:db8::52:0:1", 80, true}, /* matches exact IPv6 */
-    {GO_NO_PROXY, LD, "2001:db8::52:0:2", 80, false}, /* no match */
-    {GO_NO_PROXY, LD, "2001:db8::52:0:3", 80, true}, /* matches exact [IPv6]:port */
-    {GO_NO_PROXY, LD, "2002:db8:a::123", 80, true}, /* matches IPv6/CIDR */
+    {GO_NO_PROXY, LD, "::2", 80, false},                       /* not a loopback address */
+    {GO_NO_PROXY, LD, "192.168.1.1", 80, true},                /* matches exact IPv4 */
+    {GO_NO_PROXY, LD, "192.168.1.2", 80, false},               /* ports do not match */
+    {GO_NO_PROXY, LD, "192.168.1.3", 80, true},                /* matches exact IPv4:port */
+    {GO_NO_PROXY, LD, "192.168.1.4", 80, false},               /* no match */
+    {GO_NO_PROXY, LD, "10.0.0.2", 80, true},                   /* matches IPv4/CIDR */
+    {GO_NO_PROXY, LD, "2001:db8::52:0:1", 80, true},           /* matches exact IPv6 */
+    {GO_NO_PROXY, LD, "2001:db8::52:0:2", 80, false},          /* no match */
+    {GO_NO_PROXY, LD, "2001:db8::52:0:3", 80, true},           /* matches exact [IPv6]:port */
+    {GO_NO_PROXY, LD, "2002:db8:a::123", 80, true},            /* matches IPv6/CIDR */
     {GO_NO_PROXY, LD, "fe80::424b:c8be:1643:a1b6", 80, false}, /* no match */
-    {GO_NO_PROXY, LD, "barbaz.net", 80, false}, /* does not match as .barbaz.net */
-    {GO_NO_PROXY, LD, "www.barbaz.net", 80, true}, /* does match as .barbaz.net */
-    {GO_NO_PROXY, LD, "foobar.com", 80, true}, /* does match as foobar.com */
-    {GO_NO_PROXY, LD, "www.foobar.com", 80, true}, /* NO_PROXY includes "foobar.com" */
-    {GO_NO_PROXY, LD, "foofoobar.com", 80, false}, /* not a part of foobar.com */
-    {GO_NO_PROXY, LD, "baz.com", 80, false}, /* not a part of barbaz.com */
-    {GO_NO_PROXY, LD, "localhost.net", 80, false}, /* not a suffix of address */
-    {GO_NO_PROXY, LD, "local.localhost", 80, false}, /* not a prefix of address */
-    {GO_NO_PROXY, LD, "barbarbaz.net", 80, false}, /* wrong domain */
-    {GO_NO_PROXY, LD, "wildcard.io", 80, false}, /* does not match as *.wildcard.io */
-    {GO_NO_PROXY, LD, "nested.wildcard.io", 80, true}, /* match as *.wildcard.io */
-    {GO_NO_PROXY, LD, "awildcard.io", 80, false}, /* not a match because of '*' */
+    {GO_NO_PROXY, LD, "barbaz.net", 80, false},                /* does not match as .barbaz.net */
+    {GO_NO_PROXY, LD, "www.barbaz.net", 80, true},             /* does match as .barbaz.net */
+    {GO_NO_PROXY, LD, "foobar.com", 80, true},                 /* does match as foobar.com */
+    {GO_NO_PROXY, LD, "www.foobar.com", 80, true},             /* NO_PROXY includes "foobar.com" */
+    {GO_NO_PROXY, LD, "foofoobar.com", 80, false},             /* not a part of foobar.com */
+    {GO_NO_PROXY, LD, "baz.com", 80, false},                   /* not a part of barbaz.com */
+    {GO_NO_PROXY, LD, "localhost.net", 80, false},             /* not a suffix of address */
+    {GO_NO_PROXY, LD, "local.localhost", 80, false},           /* not a prefix of address */
+    {GO_NO_PROXY, LD, "barbarbaz.net", 80, false},             /* wrong domain */
+    {GO_NO_PROXY, LD, "wildcard.io", 80, false},               /* does not match as *.wildcard.io */
+    {GO_NO_PROXY, LD, "nested.wildcard.io", 80, true},         /* match as *.wildcard.io */
+    {GO_NO_PROXY, LD, "awildcard.io", 80, false},              /* not a match because of '*' */
 
     /* TestAllNoProxy: "*" matches every UseProxyTests host. */
     {"*", LD, "localhost", 80, true},
@@ -136,12 +136,12 @@ static const struct match_case match_cases[] = {
     {"foo.com:443", 0, "foo.com", 80, false},
     {".foo.com:8443", 0, "x.foo.com", 8443, true},
     {"*.foo.com:8443", 0, "x.foo.com", 443, false},
-    {"foo.com:", 0, "foo.com", 1234, true}, /* Go: an empty port is no port */
+    {"foo.com:", 0, "foo.com", 1234, true},     /* Go: an empty port is no port */
     {"foo.com:0443", 0, "foo.com", 443, false}, /* Go compares port strings */
     {"foo.com:https", 0, "foo.com", 443, false},
     {"foo.com:65536", 0, "foo.com", 0, false},
     {"foo.com:80:90", 0, "foo.com", 80, false}, /* not host:port, never matches */
-    {"*:443", 0, "foo.com", 443, false}, /* "*" is special only alone */
+    {"*:443", 0, "foo.com", 443, false},        /* "*" is special only alone */
 
     /* IP literal entries match IP literal hosts, with or without a port. */
     {"10.1.2.3", 0, "10.1.2.3", 443, true},
@@ -159,9 +159,9 @@ static const struct match_case match_cases[] = {
     {"10.0.0.0/8", 0, "11.0.0.1", 443, false},
     {"10.0.0.0/8", 0, "10.example.com", 443, false},
     {"10.0.0.0/8", 0, "10.0.0.1.nip.io", 443, false},
-    {"10.1.2.3/8", 0, "10.99.0.1", 443, true}, /* host bits are masked off */
+    {"10.1.2.3/8", 0, "10.99.0.1", 443, true},   /* host bits are masked off */
     {"10.0.0.0/008", 0, "10.99.0.1", 443, true}, /* Go's dtoi takes leading zeros */
-    {"10.0.0.0/33", 0, "10.0.0.1", 443, false}, /* not a CIDR: a dead name */
+    {"10.0.0.0/33", 0, "10.0.0.1", 443, false},  /* not a CIDR: a dead name */
     {"10.0.0.0/8:443", 0, "10.0.0.1", 443, false},
     {"10.0.0.0/8", 0, "::ffff:10.0.0.1", 443, true},
     {"0.0.0.0/0", 0, "203.0.113.9", 443, true},
@@ -259,15 +259,17 @@ static const struct match_case match_cases[] = {
     /* Trimming and empty entries. */
     {" foo.com ,\tbar.com\n", 0, "bar.com", 443, true},
     {" foo.com ,\tbar.com\n", 0, "foo.com", 443, true},
-    {"\xc2\xa0" "foo.com" "\xe3\x80\x80", 0, "foo.com", 443, true}, /* NBSP, U+3000 */
+    {"\xc2\xa0"
+     "foo.com"
+     "\xe3\x80\x80",
+     0, "foo.com", 443, true}, /* NBSP, U+3000 */
     {",,foo.com,,", 0, "foo.com", 443, true},
     {"   ", 0, "foo.com", 443, false},
     {"foo.com", 0, "", 443, false},
     {"foo.com", 0, " foo.com ", 443, true}, /* useProxy trims the host too */
 };
 
-static void test_hostlist_match_table(void **state)
-{
+static void test_hostlist_match_table(void **state) {
   size_t failures = 0;
 
   (void)state;
@@ -326,8 +328,7 @@ static const struct parse_case hostlist_parse_cases[] = {
     {"-bü.com", 0, NULL}, /* IDN conversion fails: kept as written */
 };
 
-static void test_hostlist_parse(void **state)
-{
+static void test_hostlist_parse(void **state) {
   (void)state;
   for (size_t i = 0; i < sizeof(hostlist_parse_cases) / sizeof(hostlist_parse_cases[0]); i++) {
     const struct parse_case *c = &hostlist_parse_cases[i];
@@ -353,8 +354,7 @@ static void test_hostlist_parse(void **state)
   }
 }
 
-static void test_hostlist_api_edges(void **state)
-{
+static void test_hostlist_api_edges(void **state) {
   struct rp_hostlist *list = NULL;
   char *err = NULL;
 
@@ -373,8 +373,7 @@ static void test_hostlist_api_edges(void **state)
 }
 
 /* A long list and a long host: nothing is copied into fixed buffers. */
-static void test_hostlist_long_input(void **state)
-{
+static void test_hostlist_long_input(void **state) {
   size_t n = 200000;
   char *spec = malloc(n + 32);
   char *host = malloc(n + 32);
@@ -404,8 +403,7 @@ static void test_hostlist_long_input(void **state)
 
 /* ---- ACL ---------------------------------------------------------------- */
 
-static socklen_t make_sa(const char *text, struct sockaddr_storage *ss)
-{
+static socklen_t make_sa(const char *text, struct sockaddr_storage *ss) {
   memset(ss, 0, sizeof(*ss));
   if (strchr(text, ':')) {
     struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)ss;
@@ -456,8 +454,7 @@ static const struct acl_case acl_cases[] = {
     {"192.0.2.0/24,,", "192.0.2.200", true},
 };
 
-static void test_acl_match_table(void **state)
-{
+static void test_acl_match_table(void **state) {
   (void)state;
   for (size_t i = 0; i < sizeof(acl_cases) / sizeof(acl_cases[0]); i++) {
     const struct acl_case *c = &acl_cases[i];
@@ -489,14 +486,15 @@ static const struct parse_case acl_parse_cases[] = {
     {"[::1]", RP_EPARSE, "\"[::1]\""},
     {"10.0.0.1:80", RP_EPARSE, "\"10.0.0.1:80\""},
     {"*", RP_EPARSE, "\"*\""},
-    {"10.0.0.1,\x01" "zz\"", RP_EPARSE, "\"\\x01zz\\x22\""}, /* escaped in the message */
+    {"10.0.0.1,\x01"
+     "zz\"",
+     RP_EPARSE, "\"\\x01zz\\x22\""}, /* escaped in the message */
     {"", 0, NULL},
     {" , ", 0, NULL},
     {"0.0.0.0/0,::/0", 0, NULL},
 };
 
-static void test_acl_parse(void **state)
-{
+static void test_acl_parse(void **state) {
   (void)state;
   for (size_t i = 0; i < sizeof(acl_parse_cases) / sizeof(acl_parse_cases[0]); i++) {
     const struct parse_case *c = &acl_parse_cases[i];
@@ -520,8 +518,7 @@ static void test_acl_parse(void **state)
   }
 }
 
-static void test_acl_edges(void **state)
-{
+static void test_acl_edges(void **state) {
   struct sockaddr_un sun;
   struct rp_acl *acl = NULL;
   char *err = NULL;
@@ -540,17 +537,25 @@ static void test_acl_edges(void **state)
 
 /* ---- loopback ----------------------------------------------------------- */
 
-static void test_sockaddr_is_loopback(void **state)
-{
+static void test_sockaddr_is_loopback(void **state) {
   static const struct {
     const char *addr;
     bool want;
   } cases[] = {
-      {"127.0.0.1", true},     {"127.255.255.254", true}, {"127.1.2.3", true},
-      {"::1", true},           {"::ffff:127.0.0.1", true}, {"::ffff:127.9.9.9", true},
-      {"128.0.0.1", false},    {"126.255.255.255", false}, {"0.0.0.0", false},
-      {"::", false},           {"::2", false},             {"::ffff:128.0.0.1", false},
-      {"::127.0.0.1", false},  {"fe80::1", false},
+      {"127.0.0.1", true},
+      {"127.255.255.254", true},
+      {"127.1.2.3", true},
+      {"::1", true},
+      {"::ffff:127.0.0.1", true},
+      {"::ffff:127.9.9.9", true},
+      {"128.0.0.1", false},
+      {"126.255.255.255", false},
+      {"0.0.0.0", false},
+      {"::", false},
+      {"::2", false},
+      {"::ffff:128.0.0.1", false},
+      {"::127.0.0.1", false},
+      {"fe80::1", false},
   };
   struct sockaddr_un sun;
 
@@ -571,8 +576,7 @@ static void test_sockaddr_is_loopback(void **state)
 
 /* ---- port sets ---------------------------------------------------------- */
 
-static void test_portset(void **state)
-{
+static void test_portset(void **state) {
   struct rp_portset *set = NULL;
   char *err = NULL;
 
@@ -624,8 +628,7 @@ static const struct parse_case portset_parse_cases[] = {
     {"+443", RP_EPARSE, "\"+443\""},
 };
 
-static void test_portset_parse_errors(void **state)
-{
+static void test_portset_parse_errors(void **state) {
   (void)state;
   for (size_t i = 0; i < sizeof(portset_parse_cases) / sizeof(portset_parse_cases[0]); i++) {
     const struct parse_case *c = &portset_parse_cases[i];
@@ -643,8 +646,7 @@ static void test_portset_parse_errors(void **state)
   }
 }
 
-int main(void)
-{
+int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_hostlist_match_table),
       cmocka_unit_test(test_hostlist_parse),
