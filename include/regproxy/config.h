@@ -23,14 +23,14 @@ struct rp_strv {
 };
 
 struct rp_connect_to {
-  char *host; /* lower-case; "" matches any host; IPv6 without brackets */
-  uint16_t port; /* 0 matches any port */
-  char *to_addr; /* "" keeps the host; IPv6 without brackets */
+  char *host;       /* lower-case; "" matches any host; IPv6 without brackets */
+  uint16_t port;    /* 0 matches any port */
+  char *to_addr;    /* "" keeps the host; IPv6 without brackets */
   uint16_t to_port; /* 0 keeps the port */
 };
 
 struct rp_listen_addr {
-  char *text; /* as given, e.g. "127.0.0.1:2080" or "[::1]:2080" */
+  char *text;    /* as given, e.g. "127.0.0.1:2080" or "[::1]:2080" */
   char host[64]; /* without brackets */
   uint16_t port;
 };
@@ -59,13 +59,13 @@ struct rp_config {
    * is normalised to "http[s]://[userinfo@]host:port" ("squid:3128" becomes
    * "http://squid:3128"); userinfo is percent-decoded "user:pass" for a
    * Proxy-Authorization: Basic header, NULL when the URL has none. */
-  char *parent_proxy_host; /* lower-case, IPv6 without brackets */
+  char *parent_proxy_host;    /* lower-case, IPv6 without brackets */
   uint16_t parent_proxy_port; /* http: 80, https: 443 when the URL has none */
-  bool parent_proxy_tls; /* https:// parent */
+  bool parent_proxy_tls;      /* https:// parent */
   char *parent_proxy_userinfo;
   char *allow;
   enum rp_config_source allow_source; /* RP_SRC_DEFAULT = not explicit */
-  char *connect_ports; /* NULL = SPEC §2 default policy */
+  char *connect_ports;                /* NULL = SPEC §2 default policy */
   char *proxy_auth_file;
   struct rp_connect_to *connect_to;
   size_t n_connect_to;
@@ -84,7 +84,7 @@ struct rp_config {
   uint64_t shutdown_grace_ms;
   unsigned max_connections;
 
-  int log_level; /* enum rp_log_level */
+  int log_level;  /* enum rp_log_level */
   int log_format; /* enum rp_log_format */
 
   /* Parsed forms, built by rp_config_load. */
@@ -95,7 +95,7 @@ struct rp_config {
 
   /* Flags of `regproxy setup` (flag-only, no key, no environment). */
   bool dry_run; /* --dry-run */
-  char *root; /* --root DIR, NULL = "/" */
+  char *root;   /* --root DIR, NULL = "/" */
 
   /* Positional arguments left after the options (subcommand words). */
   struct rp_strv args;

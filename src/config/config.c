@@ -25,8 +25,8 @@
 #include "regproxy/log.h"
 #include "regproxy/rules.h"
 
-#define DEFAULT_MITM                                                                          \
-  "registry-1.docker.io,index.docker.io,ghcr.io,quay.io,registry.k8s.io,gcr.io,.pkg.dev,"     \
+#define DEFAULT_MITM                                                                               \
+  "registry-1.docker.io,index.docker.io,ghcr.io,quay.io,registry.k8s.io,gcr.io,.pkg.dev,"          \
   "mcr.microsoft.com,public.ecr.aws,nvcr.io,registry.gitlab.com"
 
 /* Durations beyond ten years are surely typos, and keeping them small means
@@ -34,39 +34,39 @@
 #define MAX_DURATION_MS (10ull * 365 * 24 * 3600 * 1000)
 
 enum opt_type {
-  OT_STRING, /* mirror_default: a registry name */
-  OT_PATH, /* "~/" expanded; "" = none */
-  OT_SIZE, /* uint64_t bytes */
-  OT_DURATION, /* uint64_t milliseconds */
-  OT_BOOL, /* bool */
-  OT_UINT, /* unsigned, within [min, max] */
-  OT_MARK, /* uint32_t at off, bool "is set" at off2 */
-  OT_HOSTLIST, /* char * text at off, struct rp_hostlist * at off2 */
-  OT_ACL, /* char * text at off, struct rp_acl * at off2 */
-  OT_PORTSET, /* char * text at off, struct rp_portset * at off2; "" = default */
-  OT_LOGLEVEL, /* int */
-  OT_LOGFORMAT, /* int */
-  OT_URL, /* parent_proxy and its parsed parts */
-  OT_LISTEN, /* list: struct rp_listen_addr * at off, size_t count at off2 */
+  OT_STRING,     /* mirror_default: a registry name */
+  OT_PATH,       /* "~/" expanded; "" = none */
+  OT_SIZE,       /* uint64_t bytes */
+  OT_DURATION,   /* uint64_t milliseconds */
+  OT_BOOL,       /* bool */
+  OT_UINT,       /* unsigned, within [min, max] */
+  OT_MARK,       /* uint32_t at off, bool "is set" at off2 */
+  OT_HOSTLIST,   /* char * text at off, struct rp_hostlist * at off2 */
+  OT_ACL,        /* char * text at off, struct rp_acl * at off2 */
+  OT_PORTSET,    /* char * text at off, struct rp_portset * at off2; "" = default */
+  OT_LOGLEVEL,   /* int */
+  OT_LOGFORMAT,  /* int */
+  OT_URL,        /* parent_proxy and its parsed parts */
+  OT_LISTEN,     /* list: struct rp_listen_addr * at off, size_t count at off2 */
   OT_CONNECT_TO, /* list: struct rp_connect_to * at off, size_t count at off2 */
-  OT_NAMES, /* list: struct rp_strv at off */
+  OT_NAMES,      /* list: struct rp_strv at off */
 };
 
 enum opt_flags {
-  OF_NO_KEY = 1u << 0, /* not a config-file key */
-  OF_NO_ENV = 1u << 1, /* no REGPROXY_* variable */
-  OF_NONZERO = 1u << 2, /* 0 is refused */
-  OF_NONEMPTY = 1u << 3, /* a path that must be given */
-  OF_MUST_EXIST = 1u << 4, /* a file that must be readable when given */
+  OF_NO_KEY = 1u << 0,          /* not a config-file key */
+  OF_NO_ENV = 1u << 1,          /* no REGPROXY_* variable */
+  OF_NONZERO = 1u << 2,         /* 0 is refused */
+  OF_NONEMPTY = 1u << 3,        /* a path that must be given */
+  OF_MUST_EXIST = 1u << 4,      /* a file that must be readable when given */
   OF_LOOPBACK_DIRECT = 1u << 5, /* host list with no_proxy semantics */
-  OF_CONFIG = 1u << 6, /* --config: consumed before the layers are applied */
+  OF_CONFIG = 1u << 6,          /* --config: consumed before the layers are applied */
 };
 
 enum opt_group { G_GENERAL, G_LISTEN, G_ROUTING, G_CACHE, G_TIMEOUTS, G_SETUP, G_LAST };
 
 static const char *const group_titles[G_LAST] = {
-    "General", "Listeners and clients", "Routing", "Cache and registries", "Timeouts",
-    "regproxy setup",
+    "General",  "Listeners and clients", "Routing", "Cache and registries",
+    "Timeouts", "regproxy setup",
 };
 
 struct opt {
@@ -75,7 +75,7 @@ struct opt {
   unsigned flags;
   size_t off;
   size_t off2;
-  const char *def; /* default text, parsed like any value; NULL = computed or none */
+  const char *def;   /* default text, parsed like any value; NULL = computed or none */
   const char *shown; /* default as --help shows it; NULL = def */
   const char *metavar;
   const char *help;
@@ -87,12 +87,12 @@ struct opt {
 
 static const struct opt opts[] = {
     {"config", OT_PATH, OF_NO_KEY | OF_CONFIG, F(config_file), 0, NULL,
-     RP_CONFIG_DEFAULT_PATH " if present", "FILE", "YAML config file (\"\" = none)", G_GENERAL,
-     0, 0},
+     RP_CONFIG_DEFAULT_PATH " if present", "FILE", "YAML config file (\"\" = none)", G_GENERAL, 0,
+     0},
     {"log_level", OT_LOGLEVEL, 0, F(log_level), 0, "info", NULL, "LEVEL",
      "debug, info, warn or error", G_GENERAL, 0, 0},
-    {"log_format", OT_LOGFORMAT, 0, F(log_format), 0, "logfmt", NULL, "FORMAT",
-     "logfmt or json", G_GENERAL, 0, 0},
+    {"log_format", OT_LOGFORMAT, 0, F(log_format), 0, "logfmt", NULL, "FORMAT", "logfmt or json",
+     G_GENERAL, 0, 0},
 
     {"listen", OT_LISTEN, 0, F(listen), F(n_listen), "127.0.0.1:2080", NULL, "ADDR:PORT",
      "proxy + mirror + admin listener (repeatable)", G_LISTEN, 0, 0},
@@ -102,8 +102,8 @@ static const struct opt opts[] = {
      "transparent listeners use TPROXY (IP_TRANSPARENT)", G_LISTEN, 0, 0},
     {"mark", OT_MARK, 0, F(mark), F(mark_set), "off", NULL, "N",
      "SO_MARK on outgoing sockets (off or 0 = none)", G_LISTEN, 0, 0},
-    {"allow", OT_ACL, 0, F(allow), F(acl), "127.0.0.0/8,::1", "loopback (127.0.0.0/8,::1)",
-     "LIST", "client ACL: IPs and CIDRs", G_LISTEN, 0, 0},
+    {"allow", OT_ACL, 0, F(allow), F(acl), "127.0.0.0/8,::1", "loopback (127.0.0.0/8,::1)", "LIST",
+     "client ACL: IPs and CIDRs", G_LISTEN, 0, 0},
     {"proxy_auth_file", OT_PATH, OF_MUST_EXIST, F(proxy_auth_file), 0, NULL, "off", "FILE",
      "htpasswd file; clients must send Proxy-Authorization: Basic", G_LISTEN, 0, 0},
     {"max_connections", OT_UINT, 0, F(max_connections), 0, "10000", NULL, "N",
@@ -121,8 +121,8 @@ static const struct opt opts[] = {
      "any while only loopback is allowed, else 443 + mitm/connect_to ports", "LIST",
      "ports CONNECT may reach, e.g. 443,8443,5000-5010", G_ROUTING, 0, 0},
     {"connect_to", OT_CONNECT_TO, 0, F(connect_to), F(n_connect_to), NULL, "none",
-     "HOST:PORT:ADDR:PORT", "connection override like curl --connect-to (repeatable)", G_ROUTING,
-     0, 0},
+     "HOST:PORT:ADDR:PORT", "connection override like curl --connect-to (repeatable)", G_ROUTING, 0,
+     0},
     {"upstream_ca", OT_PATH, OF_MUST_EXIST, F(upstream_ca), 0, NULL, "system bundle", "FILE",
      "extra CA bundle trusted for upstream TLS", G_ROUTING, 0, 0},
 
@@ -153,8 +153,8 @@ static const struct opt opts[] = {
      "idle keep-alive client connections close after this", G_TIMEOUTS, 0, 0},
     {"tunnel_idle_timeout", OT_DURATION, OF_NONZERO, F(tunnel_idle_timeout_ms), 0, "1h", NULL,
      "DURATION", "tunnels with no bytes either way close after this", G_TIMEOUTS, 0, 0},
-    {"connect_timeout", OT_DURATION, OF_NONZERO, F(connect_timeout_ms), 0, "15s", NULL,
-     "DURATION", "upstream connects time out after this", G_TIMEOUTS, 0, 0},
+    {"connect_timeout", OT_DURATION, OF_NONZERO, F(connect_timeout_ms), 0, "15s", NULL, "DURATION",
+     "upstream connects time out after this", G_TIMEOUTS, 0, 0},
     {"shutdown_grace", OT_DURATION, 0, F(shutdown_grace_ms), 0, "30s", NULL, "DURATION",
      "how long SIGTERM lets transfers finish", G_TIMEOUTS, 0, 0},
 
@@ -169,7 +169,7 @@ static const struct opt opts[] = {
 /* Where one value came from, for error messages. */
 struct origin {
   enum rp_config_source src;
-  char name[64]; /* the environment variable for RP_SRC_ENV / RP_SRC_PROXY_ENV */
+  char name[64];    /* the environment variable for RP_SRC_ENV / RP_SRC_PROXY_ENV */
   const char *file; /* RP_SRC_FILE */
   unsigned line;
 };
@@ -187,7 +187,7 @@ struct load {
   char **err;
   enum rp_config_source src[N_OPTS];
   struct origin where[N_OPTS]; /* who set the current value */
-  unsigned file_line[N_OPTS]; /* line of the key in the file, for duplicates */
+  unsigned file_line[N_OPTS];  /* line of the key in the file, for duplicates */
   struct flagval *flags;
   size_t n_flags;
 };
@@ -779,9 +779,9 @@ static int proxy_url_parse(const char *s, struct proxy_url *u, char *why, size_t
       goto fail;
     }
   }
-  u->url = rp__aprintf("%s://%.*s%s%s%s%s:%u", scheme, at != NULL ? (int)(at - rest) : 0, rest,
-                       at != NULL ? "@" : "", v6 ? "[" : "", u->host, v6 ? "]" : "",
-                       (unsigned)u->port);
+  u->url =
+      rp__aprintf("%s://%.*s%s%s%s%s:%u", scheme, at != NULL ? (int)(at - rest) : 0, rest,
+                  at != NULL ? "@" : "", v6 ? "[" : "", u->host, v6 ? "]" : "", (unsigned)u->port);
   if (u->url == NULL) {
     rc = RP_ENOMEM;
     goto fail;
@@ -815,15 +815,11 @@ static int fail(struct load *ld, const struct opt *o, const struct origin *org, 
     *ld->err = rp__aprintf("%s: %s", name, msg);
     break;
   case RP_SRC_ENV:
-  case RP_SRC_PROXY_ENV:
-    *ld->err = rp__aprintf("%s: %s", org->name, msg);
-    break;
+  case RP_SRC_PROXY_ENV: *ld->err = rp__aprintf("%s: %s", org->name, msg); break;
   case RP_SRC_FILE:
     *ld->err = rp__aprintf("%s:%u: key %s: %s", org->file, org->line, o->key, msg);
     break;
-  default:
-    *ld->err = rp__aprintf("%s: %s", o->key, msg);
-    break;
+  default: *ld->err = rp__aprintf("%s: %s", o->key, msg); break;
   }
   free(msg);
   return *ld->err != NULL ? RP_ECONFIG : RP_ENOMEM;
@@ -862,8 +858,7 @@ static int expand_path(struct load *ld, const struct opt *o, const struct origin
   return *out != NULL ? 0 : RP_ENOMEM;
 }
 
-static int set_path(struct load *ld, const struct opt *o, const struct origin *org,
-                    const char *v) {
+static int set_path(struct load *ld, const struct opt *o, const struct origin *org, const char *v) {
   char shown[80];
   char *path = NULL;
   int rc;
@@ -887,8 +882,7 @@ static int set_path(struct load *ld, const struct opt *o, const struct origin *o
   return replace_str(ld, o, path);
 }
 
-static int set_url(struct load *ld, const struct opt *o, const struct origin *org,
-                   const char *v) {
+static int set_url(struct load *ld, const struct opt *o, const struct origin *org, const char *v) {
   struct rp_config *cfg = ld->cfg;
   struct proxy_url u;
   char why[160];
@@ -1006,8 +1000,7 @@ static int set_scalar(struct load *ld, const struct opt *o, const struct origin 
     lower(copy);
     return replace_str(ld, o, copy);
   }
-  case OT_PATH:
-    return set_path(ld, o, org, v);
+  case OT_PATH: return set_path(ld, o, org, v);
   case OT_SIZE:
     if (rp_config_parse_size(v, &u) != 0) {
       return fail(ld, o, org, "bad size '%s' (e.g. 1024, 512M, 20G)", shown);
@@ -1065,8 +1058,7 @@ static int set_scalar(struct load *ld, const struct opt *o, const struct origin 
   }
   case OT_HOSTLIST:
   case OT_ACL:
-  case OT_PORTSET:
-    return set_rules(ld, o, org, v);
+  case OT_PORTSET: return set_rules(ld, o, org, v);
   case OT_LOGLEVEL:
   case OT_LOGFORMAT: {
     char word[16];
@@ -1077,22 +1069,20 @@ static int set_scalar(struct load *ld, const struct opt *o, const struct origin 
     memcpy(word, v, len);
     word[len] = '\0';
     lower(word);
-    n = len == strlen(v) ? (o->type == OT_LOGLEVEL ? rp_log_level_parse(word)
-                                                     : rp_log_format_parse(word))
-                         : -1;
+    n = len == strlen(v)
+            ? (o->type == OT_LOGLEVEL ? rp_log_level_parse(word) : rp_log_format_parse(word))
+            : -1;
     if (n < 0) {
-      return fail(ld, o, org, o->type == OT_LOGLEVEL
-                                  ? "bad log level '%s' (debug, info, warn, error)"
-                                  : "bad log format '%s' (logfmt, json)",
+      return fail(ld, o, org,
+                  o->type == OT_LOGLEVEL ? "bad log level '%s' (debug, info, warn, error)"
+                                         : "bad log format '%s' (logfmt, json)",
                   shown);
     }
     *(int *)field(cfg, o->off) = n;
     return 0;
   }
-  case OT_URL:
-    return set_url(ld, o, org, v);
-  default:
-    return RP_EINVAL;
+  case OT_URL: return set_url(ld, o, org, v);
+  default: return RP_EINVAL;
   }
 }
 
@@ -1130,16 +1120,13 @@ static void list_reset(struct load *ld, const struct opt *o) {
     *n = 0;
     break;
   }
-  default:
-    strv_clear(field(cfg, o->off));
-    break;
+  default: strv_clear(field(cfg, o->off)); break;
   }
 }
 
 /* Append one item to a list option. server_names items are themselves
  * comma-separated. */
-static int list_add(struct load *ld, const struct opt *o, const struct origin *org,
-                    const char *v) {
+static int list_add(struct load *ld, const struct opt *o, const struct origin *org, const char *v) {
   struct rp_config *cfg = ld->cfg;
   char why[128];
   char shown[80];
@@ -1247,8 +1234,8 @@ static void record(struct load *ld, const struct opt *o, const struct origin *or
 
 /* Apply one text value (flag, environment variable or default). split: an
  * environment list is comma-separated. */
-static int apply_text(struct load *ld, const struct opt *o, const struct origin *org,
-                      const char *v, bool split) {
+static int apply_text(struct load *ld, const struct opt *o, const struct origin *org, const char *v,
+                      bool split) {
   int rc = 0;
 
   if (!is_list(o)) {
@@ -1335,8 +1322,8 @@ static int apply_yaml_entry(struct load *ld, const struct rp__yaml_entry *e) {
         alt[i] = e->key[i] == '-' ? '_' : e->key[i];
       }
       if (strchr(e->key, '-') != NULL && find_key(alt) != NULL) {
-        *ld->err = rp__aprintf("%s:%u: key %s: unknown key (did you mean %s?)", org.file,
-                               org.line, shown, alt);
+        *ld->err = rp__aprintf("%s:%u: key %s: unknown key (did you mean %s?)", org.file, org.line,
+                               shown, alt);
         return *ld->err != NULL ? RP_ECONFIG : RP_ENOMEM;
       }
     }
@@ -1396,38 +1383,43 @@ static int apply_yaml_entry(struct load *ld, const struct rp__yaml_entry *e) {
 
 /* ---- the layers ----------------------------------------------------------- */
 
-static char *home_dir(char **envp) {
+/* $HOME, else the password database; *out stays NULL when neither knows. */
+static int home_dir(char **envp, char **out) {
   const char *h = env_get(envp, "HOME");
   struct passwd pw, *res = NULL;
   char buf[4096];
 
-  if (h != NULL && h[0] != '\0') {
-    return strdup(h);
+  *out = NULL;
+  if (h == NULL || h[0] == '\0') {
+    if (getpwuid_r(geteuid(), &pw, buf, sizeof buf, &res) != 0 || res == NULL ||
+        res->pw_dir == NULL || res->pw_dir[0] == '\0') {
+      return 0;
+    }
+    h = res->pw_dir;
   }
-  if (getpwuid_r(geteuid(), &pw, buf, sizeof buf, &res) == 0 && res != NULL &&
-      res->pw_dir != NULL && res->pw_dir[0] != '\0') {
-    return strdup(res->pw_dir);
-  }
-  return NULL;
+  *out = strdup(h);
+  return *out != NULL ? 0 : RP_ENOMEM;
 }
 
-/* $XDG_x_HOME/rel_xdg, else ~/rel_home; root gets root_path. */
-static char *xdg_default(struct load *ld, const char *xdg, const char *rel_xdg,
-                         const char *rel_home, const char *root_path) {
+/* $XDG_x_HOME/rel_xdg, else ~/rel_home; root gets root_path. *out stays
+ * NULL when there is no home directory. */
+static int xdg_default(struct load *ld, const char *xdg, const char *rel_xdg, const char *rel_home,
+                       const char *root_path, char **out) {
   const char *x = env_get(ld->envp, xdg);
   int euid = ld->opts->euid >= 0 ? ld->opts->euid : (int)geteuid();
 
   if (euid == 0) {
-    return strdup(root_path);
+    *out = strdup(root_path);
+  } else if (x != NULL && x[0] == '/') {
+    /* The XDG spec says relative values are to be ignored. */
+    *out = rp__aprintf("%s/%s", x, rel_xdg);
+  } else if (ld->home != NULL) {
+    *out = rp__aprintf("%s/%s", ld->home, rel_home);
+  } else {
+    *out = NULL;
+    return 0;
   }
-  /* The XDG spec says relative values are to be ignored. */
-  if (x != NULL && x[0] == '/') {
-    return rp__aprintf("%s/%s", x, rel_xdg);
-  }
-  if (ld->home != NULL) {
-    return rp__aprintf("%s/%s", ld->home, rel_home);
-  }
-  return NULL;
+  return *out != NULL ? 0 : RP_ENOMEM;
 }
 
 static int apply_defaults(struct load *ld) {
@@ -1448,19 +1440,28 @@ static int apply_defaults(struct load *ld) {
     }
   }
   /* Missing HOME leaves these NULL; finish() then asks for the flag. */
-  cfg->cache_dir = xdg_default(ld, "XDG_CACHE_HOME", "regproxy", ".cache/regproxy",
-                               "/var/cache/regproxy");
-  cfg->ca_dir = xdg_default(ld, "XDG_DATA_HOME", "regproxy/ca", ".local/share/regproxy/ca",
-                            "/var/lib/regproxy/ca");
+  rc = xdg_default(ld, "XDG_CACHE_HOME", "regproxy", ".cache/regproxy", "/var/cache/regproxy",
+                   &cfg->cache_dir);
+  if (rc != 0) {
+    return rc;
+  }
+  rc = xdg_default(ld, "XDG_DATA_HOME", "regproxy/ca", ".local/share/regproxy/ca",
+                   "/var/lib/regproxy/ca", &cfg->ca_dir);
+  if (rc != 0) {
+    return rc;
+  }
   dc = env_get(ld->envp, "DOCKER_CONFIG");
   if (dc != NULL && dc[0] != '\0') {
     path = rp__aprintf("%s/config.json", dc);
   } else if (ld->home != NULL) {
     path = rp__aprintf("%s/.docker/config.json", ld->home);
   } else {
-    path = NULL;
+    return 0;
   }
-  if (path != NULL && access(path, R_OK) == 0) {
+  if (path == NULL) {
+    return RP_ENOMEM;
+  }
+  if (access(path, R_OK) == 0) {
     cfg->registry_auth = path;
   } else {
     free(path);
@@ -1851,8 +1852,8 @@ static int check_parent(struct load *ld) {
     cfg->parent_proxy_tls = false;
     return 0;
   }
-  return fail(ld, pp, &ld->where[pi], "%s points at regproxy's own listener %s",
-              cfg->parent_proxy, hit->text);
+  return fail(ld, pp, &ld->where[pi], "%s points at regproxy's own listener %s", cfg->parent_proxy,
+              hit->text);
 }
 
 static int finish(struct load *ld) {
@@ -1908,8 +1909,10 @@ int rp__config_load_ex(struct rp_config **out, int argc, char **argv, char **env
   ld->envp = envp;
   ld->opts = kopts;
   ld->err = err;
-  ld->home = home_dir(envp);
-
+  rc = home_dir(envp, &ld->home);
+  if (rc != 0) {
+    goto out;
+  }
   rc = apply_defaults(ld);
   if (rc != 0) {
     goto out;
@@ -2002,9 +2005,7 @@ void rp_config_destroy(struct rp_config *cfg) {
     switch (o->type) {
     case OT_STRING:
     case OT_PATH:
-    case OT_URL:
-      free(*(char **)field(cfg, o->off));
-      break;
+    case OT_URL: free(*(char **)field(cfg, o->off)); break;
     case OT_HOSTLIST:
       free(*(char **)field(cfg, o->off));
       rp_hostlist_destroy(*(struct rp_hostlist **)field(cfg, o->off2));
@@ -2021,14 +2022,10 @@ void rp_config_destroy(struct rp_config *cfg) {
       listen_free(*(struct rp_listen_addr **)field(cfg, o->off), *(size_t *)field(cfg, o->off2));
       break;
     case OT_CONNECT_TO:
-      connect_to_free(*(struct rp_connect_to **)field(cfg, o->off),
-                      *(size_t *)field(cfg, o->off2));
+      connect_to_free(*(struct rp_connect_to **)field(cfg, o->off), *(size_t *)field(cfg, o->off2));
       break;
-    case OT_NAMES:
-      strv_clear(field(cfg, o->off));
-      break;
-    default:
-      break;
+    case OT_NAMES: strv_clear(field(cfg, o->off)); break;
+    default: break;
     }
   }
   free(cfg->parent_proxy_host);

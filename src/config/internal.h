@@ -57,7 +57,7 @@ char *rp__vaprintf(const char *fmt, va_list ap) __attribute__((format(printf, 1,
 /* Knobs the unit tests and the fuzzer turn; rp_config_load uses the zero
  * values except euid = -1. */
 struct rp__config_opts {
-  int euid; /* -1: geteuid(); decides the root defaults of cache_dir/ca_dir */
+  int euid;                   /* -1: geteuid(); decides the root defaults of cache_dir/ca_dir */
   const char *default_config; /* NULL: RP_CONFIG_DEFAULT_PATH */
   /* When yaml_buf is set it is read as the config file instead of any path. */
   const char *yaml_name;

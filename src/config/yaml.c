@@ -65,8 +65,7 @@ static int syntax_error(struct reader *r) {
     *r->err = rp__aprintf("%s: bad YAML: %s at byte %zu", r->name, problem, p->problem_offset);
   } else if (p->context != NULL) {
     *r->err = rp__aprintf("%s:%zu: bad YAML: %s (%s at line %zu)", r->name,
-                          p->problem_mark.line + 1, problem, p->context,
-                          p->context_mark.line + 1);
+                          p->problem_mark.line + 1, problem, p->context, p->context_mark.line + 1);
   } else {
     *r->err = rp__aprintf("%s:%zu: bad YAML: %s", r->name, p->problem_mark.line + 1, problem);
   }
@@ -172,12 +171,8 @@ static int read_value(struct reader *r, struct rp__yaml_entry *e) {
     rc = fail(r, &ev.start_mark, e->key,
               "wrong node type: expected a scalar or a sequence, got a mapping");
     break;
-  case YAML_ALIAS_EVENT:
-    rc = fail(r, &ev.start_mark, e->key, "aliases are not supported");
-    break;
-  default:
-    rc = fail(r, &ev.start_mark, e->key, "unexpected YAML event");
-    break;
+  case YAML_ALIAS_EVENT: rc = fail(r, &ev.start_mark, e->key, "aliases are not supported"); break;
+  default: rc = fail(r, &ev.start_mark, e->key, "unexpected YAML event"); break;
   }
   free(text);
   yaml_event_delete(&ev);

@@ -130,7 +130,10 @@ static void on_deadline(uv_timer_t *t) {
 /* ---- parent proxy CONNECT ---- */
 
 static void parent_fail(struct rp_dial *d, int status, const char *detail) {
-  snprintf(d->reason, sizeof(d->reason), "parent proxy %s:%u: %s", d->host, d->port, detail);
+  int n = snprintf(d->reason, sizeof(d->reason), "parent proxy %s:%u: %s", d->host, d->port,
+                   detail);
+  if (n >= (int)sizeof(d->reason))
+    d->reason[sizeof(d->reason) - 2] = '.'; /* mark the cut; the reason is one log line */
   dial_finish(d, status, NULL);
 }
 

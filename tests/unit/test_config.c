@@ -18,7 +18,7 @@
 #include "regproxy/log.h"
 
 #define A(...) ((const char *const[]){__VA_ARGS__, NULL})
-#define NONE ((const char *const[]){NULL})
+#define NONE   ((const char *const[]){NULL})
 
 #define NONROOT 1000
 
@@ -309,8 +309,7 @@ static void test_parent_proxy_urls(void **state) {
   for (size_t i = 0; i < sizeof t / sizeof t[0]; i++) {
     struct rp_config *cfg = NULL;
     char *err = NULL;
-    int rc = load_full(&cfg, &err, A("--parent-proxy", t[i].in), A("HOME=/home/t"), NONROOT,
-                       NULL);
+    int rc = load_full(&cfg, &err, A("--parent-proxy", t[i].in), A("HOME=/home/t"), NONROOT, NULL);
     if (t[i].url == NULL) {
       if (rc != RP_ECONFIG || strncmp(err, "--parent-proxy: ", 16) != 0) {
         fail_msg("parent '%s' should be refused (rc=%d, %s)", t[i].in, rc, err);
@@ -415,8 +414,7 @@ static void test_defaults_root(void **state) {
   struct rp_config *cfg = NULL;
   char *err = NULL;
   (void)state;
-  assert_int_equal(load_full(&cfg, &err, NONE, A("HOME=/root", "XDG_CACHE_HOME=/x"), 0, NULL),
-                   0);
+  assert_int_equal(load_full(&cfg, &err, NONE, A("HOME=/root", "XDG_CACHE_HOME=/x"), 0, NULL), 0);
   check_common_defaults(cfg);
   assert_string_equal(cfg->cache_dir, "/var/cache/regproxy");
   assert_string_equal(cfg->ca_dir, "/var/lib/regproxy/ca");
@@ -451,10 +449,10 @@ static void test_flags(void **state) {
   (void)state;
   cfg = load_ok(A("--cache-max-size", "1G", "--orphan-fill-max=512M", "--tproxy", "--mark", "7",
                   "--access-check", "off", "--log-level=debug", "--log-format", "json",
-                  "--max-connections", "20", "--tag-ttl", "1m", "--cache-dir", "/c",
-                  "--ca-dir=/ca", "--mirror-default", "GHCR.io", "--no-proxy", ".corp",
-                  "--mitm", "ghcr.io", "--allow", "10.0.0.0/8", "--connect-ports", "443,8443",
-                  "--server-names", "a.lan,B.lan", "--shutdown-grace", "0"),
+                  "--max-connections", "20", "--tag-ttl", "1m", "--cache-dir", "/c", "--ca-dir=/ca",
+                  "--mirror-default", "GHCR.io", "--no-proxy", ".corp", "--mitm", "ghcr.io",
+                  "--allow", "10.0.0.0/8", "--connect-ports", "443,8443", "--server-names",
+                  "a.lan,B.lan", "--shutdown-grace", "0"),
                 A("HOME=/home/t"), NULL);
   assert_int_equal(cfg->cache_max_size, 1ull << 30);
   assert_int_equal(cfg->orphan_fill_max, 512ull << 20);
@@ -503,8 +501,7 @@ static void test_flags(void **state) {
   rp_config_destroy(cfg);
 
   /* An empty connect_ports or "default" keeps the default policy. */
-  cfg = load_ok(A("--connect-ports", "443", "--connect-ports", "default"), A("HOME=/home/t"),
-                NULL);
+  cfg = load_ok(A("--connect-ports", "443", "--connect-ports", "default"), A("HOME=/home/t"), NULL);
   assert_null(cfg->connect_ports);
   assert_null(cfg->connect_portset);
   rp_config_destroy(cfg);
@@ -540,7 +537,8 @@ static void test_flag_errors(void **state) {
       {"--cache-dir", "~bob/x", "--cache-dir: '~user' paths are not supported"},
       {"--bogus", NULL, "unknown option '--bogus'"},
       {"--bogus=1", NULL, "unknown option '--bogus'"},
-      {"--cache_max_size", "1G", "unknown option '--cache_max_size' (did you mean --cache-max-size?)"},
+      {"--cache_max_size", "1G",
+       "unknown option '--cache_max_size' (did you mean --cache-max-size?)"},
       {"-x", NULL, "unknown option '-x'"},
       {"--help=yes", NULL, "unknown option '--help'"},
       {"--cache-max-size", NULL, "--cache-max-size: missing value"},
@@ -578,8 +576,7 @@ static void test_positional(void **state) {
   assert_int_equal(cfg->n_listen, 1);
   rp_config_destroy(cfg);
 
-  cfg = load_ok(A("setup", "docker", "--dry-run", "--root", "/tmp/root"), A("HOME=/home/t"),
-                NULL);
+  cfg = load_ok(A("setup", "docker", "--dry-run", "--root", "/tmp/root"), A("HOME=/home/t"), NULL);
   assert_int_equal(cfg->args.n, 2);
   assert_true(cfg->dry_run);
   assert_string_equal(cfg->root, "/tmp/root");
@@ -678,8 +675,9 @@ static void test_env(void **state) {
            "REGPROXY_cache_max_size: unknown variable");
   load_err(NONE, A("HOME=/home/t", "REGPROXY_LISTEN=127.0.0.1"), NULL,
            "REGPROXY_LISTEN: bad address '127.0.0.1'");
-  load_err(NONE, A("HOME=/home/t", "REGPROXY_PARENT_PROXY=socks5://x:1"), NULL,
-           "REGPROXY_PARENT_PROXY: bad proxy URL 'socks5://x:1': unsupported proxy scheme 'socks5'");
+  load_err(
+      NONE, A("HOME=/home/t", "REGPROXY_PARENT_PROXY=socks5://x:1"), NULL,
+      "REGPROXY_PARENT_PROXY: bad proxy URL 'socks5://x:1': unsupported proxy scheme 'socks5'");
 }
 
 static void test_config_file_selection(void **state) {
@@ -738,10 +736,10 @@ static void test_precedence(void **state) {
                   "HTTPS_PROXY=http://envproxy:1", "NO_PROXY=.env"),
                 "tag_ttl: 2m\naccess_ttl: 2m\nidle_timeout: 2m\n"
                 "parent_proxy: http://fileproxy:2\n");
-  assert_int_equal(cfg->tag_ttl_ms, 4 * 60000); /* flag */
-  assert_int_equal(cfg->access_ttl_ms, 3 * 60000); /* env */
-  assert_int_equal(cfg->idle_timeout_ms, 2 * 60000); /* file */
-  assert_int_equal(cfg->header_timeout_ms, 30000); /* default */
+  assert_int_equal(cfg->tag_ttl_ms, 4 * 60000);                 /* flag */
+  assert_int_equal(cfg->access_ttl_ms, 3 * 60000);              /* env */
+  assert_int_equal(cfg->idle_timeout_ms, 2 * 60000);            /* file */
+  assert_int_equal(cfg->header_timeout_ms, 30000);              /* default */
   assert_string_equal(cfg->parent_proxy, "http://fileproxy:2"); /* file > HTTPS_PROXY */
   assert_int_equal(cfg->parent_proxy_source, RP_SRC_FILE);
   assert_string_equal(cfg->no_proxy, ".env"); /* NO_PROXY > default */
@@ -791,8 +789,7 @@ static void test_proxy_env(void **state) {
   struct rp_config *cfg;
   (void)state;
   for (size_t i = 0; i < sizeof t / sizeof t[0]; i++) {
-    const char *env[6] = {"HOME=/home/t", t[i].env[0], t[i].env[1], t[i].env[2], t[i].env[3],
-                          NULL};
+    const char *env[6] = {"HOME=/home/t", t[i].env[0], t[i].env[1], t[i].env[2], t[i].env[3], NULL};
     cfg = load_ok(NONE, env, NULL);
     if (t[i].want == NULL) {
       assert_null(cfg->parent_proxy);
@@ -1090,8 +1087,7 @@ static void test_yaml_buffer_entry(void **state) {
   assert_int_equal(cfg->listen[0].port, 9);
   assert_string_equal(cfg->ca_dir, "/var/lib/regproxy/ca");
   rp_config_destroy(cfg);
-  assert_int_equal(rp__config_load_yaml_buffer(&cfg, "fuzz", bad, strlen(bad), &err),
-                   RP_ECONFIG);
+  assert_int_equal(rp__config_load_yaml_buffer(&cfg, "fuzz", bad, strlen(bad), &err), RP_ECONFIG);
   assert_null(cfg);
   assert_non_null(strstr(err, "fuzz:"));
   free(err);
@@ -1184,21 +1180,59 @@ static void test_conf_example(void **state) {
 
 static void test_usage(void **state) {
   static const char *const want[] = {
-      "regproxy [run] [options]", "regproxy ca init|cert|path", "regproxy setup docker",
-      "regproxy cache ls|du|verify|gc|rm", "regproxy prefetch", "--version", "--help",
-      "--config FILE", "--listen ADDR:PORT", "--transparent ADDR:PORT", "--tproxy",
-      "--mark N", "--cache-dir DIR", "--cache-max-size SIZE", "[default: 20G]",
-      "--orphan-fill-max SIZE", "[default: 2G]", "--ca-dir DIR", "--mitm LIST",
-      "--no-proxy LIST", "--parent-proxy URL", "--allow LIST", "--connect-ports LIST",
-      "--proxy-auth-file FILE", "--connect-to HOST:PORT:ADDR:PORT", "--upstream-ca FILE",
-      "--registry-auth FILE", "--mirror-default REGISTRY", "[default: docker.io]",
-      "--tag-ttl DURATION", "--access-ttl DURATION", "[default: 10m]", "--access-check on|off",
-      "--header-timeout DURATION", "[default: 30s]", "--idle-timeout DURATION",
-      "[default: 120s]", "--tunnel-idle-timeout DURATION", "[default: 1h]",
-      "--connect-timeout DURATION", "[default: 15s]", "--max-connections N",
-      "[default: 10000]", "--shutdown-grace DURATION", "--log-level LEVEL", "[default: info]",
-      "--log-format FORMAT", "[default: logfmt]", "--server-names LIST", "--dry-run",
-      "--root DIR", "[default: 127.0.0.1:2080]", "REGPROXY_CACHE_MAX_SIZE",
+      "regproxy [run] [options]",
+      "regproxy ca init|cert|path",
+      "regproxy setup docker",
+      "regproxy cache ls|du|verify|gc|rm",
+      "regproxy prefetch",
+      "--version",
+      "--help",
+      "--config FILE",
+      "--listen ADDR:PORT",
+      "--transparent ADDR:PORT",
+      "--tproxy",
+      "--mark N",
+      "--cache-dir DIR",
+      "--cache-max-size SIZE",
+      "[default: 20G]",
+      "--orphan-fill-max SIZE",
+      "[default: 2G]",
+      "--ca-dir DIR",
+      "--mitm LIST",
+      "--no-proxy LIST",
+      "--parent-proxy URL",
+      "--allow LIST",
+      "--connect-ports LIST",
+      "--proxy-auth-file FILE",
+      "--connect-to HOST:PORT:ADDR:PORT",
+      "--upstream-ca FILE",
+      "--registry-auth FILE",
+      "--mirror-default REGISTRY",
+      "[default: docker.io]",
+      "--tag-ttl DURATION",
+      "--access-ttl DURATION",
+      "[default: 10m]",
+      "--access-check on|off",
+      "--header-timeout DURATION",
+      "[default: 30s]",
+      "--idle-timeout DURATION",
+      "[default: 120s]",
+      "--tunnel-idle-timeout DURATION",
+      "[default: 1h]",
+      "--connect-timeout DURATION",
+      "[default: 15s]",
+      "--max-connections N",
+      "[default: 10000]",
+      "--shutdown-grace DURATION",
+      "--log-level LEVEL",
+      "[default: info]",
+      "--log-format FORMAT",
+      "[default: logfmt]",
+      "--server-names LIST",
+      "--dry-run",
+      "--root DIR",
+      "[default: 127.0.0.1:2080]",
+      "REGPROXY_CACHE_MAX_SIZE",
   };
   char *buf = NULL;
   size_t len = 0;
@@ -1272,9 +1306,10 @@ static void test_error_shows_sanitized_value(void **state) {
   (void)state;
   load_err(A("--cache-max-size", "1\n2"), A("HOME=/home/t"), NULL,
            "--cache-max-size: bad size '1?2'");
-  load_err(A("--mirror-default",
-             "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa/"),
-           A("HOME=/home/t"), NULL, "aaaaaaaa...'");
+  load_err(
+      A("--mirror-default",
+        "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa/"),
+      A("HOME=/home/t"), NULL, "aaaaaaaa...'");
 }
 
 int main(void) {

@@ -259,10 +259,7 @@ static const struct match_case match_cases[] = {
     /* Trimming and empty entries. */
     {" foo.com ,\tbar.com\n", 0, "bar.com", 443, true},
     {" foo.com ,\tbar.com\n", 0, "foo.com", 443, true},
-    {"\xc2\xa0"
-     "foo.com"
-     "\xe3\x80\x80",
-     0, "foo.com", 443, true}, /* NBSP, U+3000 */
+    {"\u00a0foo.com\u3000", 0, "foo.com", 443, true}, /* Unicode white space */
     {",,foo.com,,", 0, "foo.com", 443, true},
     {"   ", 0, "foo.com", 443, false},
     {"foo.com", 0, "", 443, false},
@@ -486,9 +483,8 @@ static const struct parse_case acl_parse_cases[] = {
     {"[::1]", RP_EPARSE, "\"[::1]\""},
     {"10.0.0.1:80", RP_EPARSE, "\"10.0.0.1:80\""},
     {"*", RP_EPARSE, "\"*\""},
-    {"10.0.0.1,\x01"
-     "zz\"",
-     RP_EPARSE, "\"\\x01zz\\x22\""}, /* escaped in the message */
+    /* Control bytes and quotes are escaped in the message. */
+    {"10.0.0.1,\x01zz\"", RP_EPARSE, "\"\\x01zz\\x22\""},
     {"", 0, NULL},
     {" , ", 0, NULL},
     {"0.0.0.0/0,::/0", 0, NULL},
