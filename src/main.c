@@ -58,6 +58,8 @@ int main(int argc, char **argv) {
     return 0;
   }
   rp_log_setup(cfg->log_level, cfg->log_format);
+  for (size_t i = 0; i < cfg->warnings.n; i++)
+    rp_log_warn("%s", cfg->warnings.v[i]);
   cmd = cfg->args.n > 0 ? cfg->args.v[0] : "run";
   if (strcmp(cmd, "run") == 0)
     return run(argc, argv, cfg);

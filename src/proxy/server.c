@@ -24,146 +24,32 @@ static void set_err(char **err, const char *what, const char *why) {
 
 /* ---- parent proxy ---- */
 
-static int hexval(char c) {
-  if (c >= '0' && c <= '9')
-    return c - '0';
-  if (c >= 'a' && c <= 'f')
-    return c - 'a' + 10;
-  if (c >= 'A' && c <= 'F')
-    return c - 'A' + 10;
-  return -1;
-}
-
-static size_t pct_decode(const char *s, size_t n, char *out) {
-  size_t o = 0;
-  for (size_t i = 0; i < n; i++) {
-    if (s[i] == '%' && i + 2 < n && hexval(s[i + 1]) >= 0 && hexval(s[i + 2]) >= 0) {
-      out[o++] = (char)(hexval(s[i + 1]) * 16 + hexval(s[i + 2]));
-      i += 2;
-    } else {
-      out[o++] = s[i];
-    }
-  }
-  return o;
-}
-
-/* "http://[user:pass@]host[:port][/]" (scheme optional, http only). */
-static int parse_parent(const char *url, struct rp_parent *p, const char **why) {
-  const char *s = url, *at, *end, *hp;
-  struct rp_target t;
-  size_t n;
-
-  memset(p, 0, sizeof(*p));
-  if (strncasecmp(s, "http://", 7) == 0) {
-    s += 7;
-  } else if (strstr(s, "://") != NULL) {
-    *why = "only http:// parent proxies are supported";
-    return RP_EPARSE;
-  }
-  end = s + strcspn(s, "/?#");
-  at = NULL;
-  for (const char *q = s; q < end; q++)
-    if (*q == '@')
-      at = q;
-  hp = at != NULL ? at + 1 : s;
-  {
-    char buf[512];
-    n = (size_t)(end - hp);
-    if (n == 0 || n >= sizeof(buf) - 8) {
-      *why = "bad host";
-      return RP_EPARSE;
-    }
-    /* Reuse the strict host[:port] grammar; port 80 when absent. */
-    if (memchr(hp, ':', n) == NULL || (hp[0] == '[' && hp[n - 1] == ']')) {
-      snprintf(buf, sizeof(buf), "%.*s:80", (int)n, hp);
-    } else {
-      snprintf(buf, sizeof(buf), "%.*s", (int)n, hp);
-    }
-    if (rp_target_parse_authority(buf, strlen(buf), &t, why) != 0)
-      return RP_EPARSE;
-  }
-  snprintf(p->host, sizeof(p->host), "%s", t.host);
-  p->port = t.port;
-  if (at != NULL) {
-    size_t ulen = (size_t)(at - s);
-    char *user = malloc(ulen + 1);
-    unsigned char *b64 = malloc(4 * ((ulen + 2) / 3) + 1);
-    size_t dlen;
-    if (user == NULL || b64 == NULL) {
-      free(user);
-      free(b64);
-      *why = "out of memory";
-      return RP_ENOMEM;
-    }
-    dlen = pct_decode(s, ulen, user);
-    EVP_EncodeBlock(b64, (const unsigned char *)user, (int)dlen);
-    free(user);
-    p->auth = malloc(strlen((char *)b64) + 7);
-    if (p->auth != NULL)
-      sprintf(p->auth, "Basic %s", (char *)b64);
-    free(b64);
-  }
-  return 0;
-}
-
-static bool host_is_loopback(const char *host) {
-  struct sockaddr_storage ss;
-  if (strcasecmp(host, "localhost") == 0)
-    return true;
-  memset(&ss, 0, sizeof(ss));
-  if (uv_ip4_addr(host, 0, (struct sockaddr_in *)&ss) == 0 ||
-      uv_ip6_addr(host, 0, (struct sockaddr_in6 *)&ss) == 0)
-    return rp_sockaddr_is_loopback((struct sockaddr *)&ss);
-  return false;
-}
-
-static bool host_is_unspecified(const char *host) {
-  return host[0] == '\0' || strcmp(host, "0.0.0.0") == 0 || strcmp(host, "::") == 0;
-}
-
-/* Does the parent proxy point at one of our own listeners? */
-static bool parent_is_self(const struct rp_config *cfg, const struct rp_parent *p) {
-  for (size_t i = 0; i < cfg->n_listen; i++) {
-    const struct rp_listen_addr *l = &cfg->listen[i];
-    if (l->port != p->port)
-      continue;
-    if (strcasecmp(l->host, p->host) == 0)
-      return true;
-    if (host_is_loopback(p->host) && (host_is_loopback(l->host) || host_is_unspecified(l->host)))
-      return true;
-  }
-  return false;
-}
-
-/* Turn cfg->parent_proxy into srv->parent; RP_ECONFIG for an explicit value
- * that is bad or points at ourselves. */
+/* Turn the parsed parent_proxy into srv->parent. The config module already
+ * refused an explicit parent pointing at our own listener and dropped (with
+ * a warning) one taken from the environment. */
 static int apply_parent(struct rp_parent *out, const struct rp_config *cfg, char **err) {
-  struct rp_parent p;
-  const char *why = NULL;
-
   memset(out, 0, sizeof(*out));
-  if (cfg->parent_proxy == NULL || cfg->parent_proxy[0] == '\0')
+  if (cfg->parent_proxy_host == NULL || cfg->parent_proxy_host[0] == '\0')
     return 0;
-  if (parse_parent(cfg->parent_proxy, &p, &why) != 0) {
-    if (cfg->parent_proxy_source == RP_SRC_PROXY_ENV) {
-      rp_log_warn("ignoring HTTPS_PROXY/HTTP_PROXY from the environment (%s): %s",
-                  cfg->parent_proxy, why);
-      return 0;
-    }
-    set_err(err, "--parent-proxy", why);
+  if (cfg->parent_proxy_tls) {
+    set_err(err, "--parent-proxy", "https:// parent proxies are not supported; use http://");
     return RP_ECONFIG;
   }
-  if (parent_is_self(cfg, &p)) {
-    free(p.auth);
-    if (cfg->parent_proxy_source == RP_SRC_PROXY_ENV) {
-      rp_log_warn("ignoring parent proxy %s from the environment: it is this proxy's own listener",
-                  cfg->parent_proxy);
-      return 0;
-    }
-    set_err(err, "--parent-proxy", "points at regproxy's own listener");
-    return RP_ECONFIG;
+  snprintf(out->host, sizeof(out->host), "%s", cfg->parent_proxy_host);
+  out->port = cfg->parent_proxy_port;
+  if (cfg->parent_proxy_userinfo != NULL && cfg->parent_proxy_userinfo[0] != '\0') {
+    size_t ulen = strlen(cfg->parent_proxy_userinfo);
+    unsigned char *b64 = malloc(4 * ((ulen + 2) / 3) + 1);
+    if (b64 == NULL)
+      return RP_ENOMEM;
+    EVP_EncodeBlock(b64, (const unsigned char *)cfg->parent_proxy_userinfo, (int)ulen);
+    out->auth = malloc(strlen((char *)b64) + 7);
+    if (out->auth != NULL)
+      sprintf(out->auth, "Basic %s", (char *)b64);
+    free(b64);
+    if (out->auth == NULL)
+      return RP_ENOMEM;
   }
-  *out = p;
   return 0;
 }
 
@@ -299,6 +185,8 @@ static void reload(struct rp_server *srv) {
   rp_config_destroy(srv->cfg);
   srv->cfg = ncfg;
   rp_log_setup(ncfg->log_level, ncfg->log_format);
+  for (size_t i = 0; i < ncfg->warnings.n; i++)
+    rp_log_warn("%s", ncfg->warnings.v[i]);
   rp_log_info("configuration reloaded");
 }
 
@@ -312,31 +200,16 @@ static void on_signal(uv_signal_t *h, int signum) {
 
 /* ---- set-up ---- */
 
-static bool listen_is_loopback(const struct rp_listen_addr *l) {
-  return !host_is_unspecified(l->host) && host_is_loopback(l->host);
-}
-
 int rp_server_create(struct rp_server **out, uv_loop_t *loop, struct rp_config *cfg, int argc,
                      char **argv, char **envp, char **err) {
   struct rp_server *srv;
   int rc;
 
   *out = NULL;
-  if (cfg->allow_source == RP_SRC_DEFAULT) {
-    for (size_t i = 0; i < cfg->n_listen; i++) {
-      if (!listen_is_loopback(&cfg->listen[i])) {
-        set_err(err, "--listen", "a non-loopback listener needs an explicit --allow");
-        rp_config_destroy(cfg);
-        return RP_ECONFIG;
-      }
-    }
-    for (size_t i = 0; i < cfg->n_transparent; i++) {
-      if (!listen_is_loopback(&cfg->transparent[i])) {
-        set_err(err, "--transparent", "a non-loopback listener needs an explicit --allow");
-        rp_config_destroy(cfg);
-        return RP_ECONFIG;
-      }
-    }
+  rc = rp_config_check_listeners(cfg, err);
+  if (rc != 0) {
+    rp_config_destroy(cfg);
+    return rc;
   }
   srv = calloc(1, sizeof(*srv));
   if (srv == NULL) {
@@ -419,7 +292,7 @@ static void startup_lines(struct rp_server *srv) {
     rp_logline_u64(&l, "port", srv->parent.port);
     rp_logline_end(&l);
   }
-  if (host_is_unspecified(h))
+  if (h[0] == '\0' || strcmp(h, "0.0.0.0") == 0 || strcmp(h, "::") == 0)
     h = "127.0.0.1";
   if (strchr(h, ':') != NULL)
     snprintf(url, sizeof(url), "http://[%s]:%u", h, cfg->listen[0].port);
