@@ -24,6 +24,10 @@ struct rp_http_parser {
   int head_done;
   int no_body; /* response to HEAD */
   int paused_head; /* the last pause was at the end of a request head */
+  /* Request-line shape: llhttp 8 takes runs of spaces between method,
+   * target and version, RFC 9112 §3 exactly one. */
+  int rl_started, rl_done, rl_prev_sp;
+  unsigned rl_spaces;
   size_t head_raw; /* raw bytes seen while in the head */
 
   /* The current input buffer, for looking one byte behind a span. */
@@ -237,6 +241,31 @@ struct rp_http_parser *rp_http_parser_create(enum rp_http_type type,
 
 void rp_http_parser_destroy(struct rp_http_parser *p) { free(p); }
 
+/* 0, or -1 when the request line has a doubled space, a tab, or more than
+ * two spaces. Scans only until the line's LF, across any input split. */
+static int check_request_line(struct rp_http_parser *p, const char *at, size_t len) {
+  for (size_t i = 0; i < len && !p->rl_done; i++) {
+    char c = at[i];
+    if (!p->rl_started) {
+      if (c == '\r' || c == '\n')
+        continue; /* llhttp decides about blank lines before a request */
+      p->rl_started = 1;
+    }
+    if (c == '\n' || c == '\r') {
+      p->rl_done = 1;
+    } else if (c == ' ') {
+      if (p->rl_prev_sp || ++p->rl_spaces > 2)
+        return -1;
+      p->rl_prev_sp = 1;
+    } else if (c == '\t') {
+      return -1;
+    } else {
+      p->rl_prev_sp = 0;
+    }
+  }
+  return 0;
+}
+
 static int is_tchar(unsigned char c) {
   return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
          (c != 0 && strchr("!#$%&'*+-.^_`|~", c) != NULL);
@@ -264,8 +293,15 @@ enum rp_http_status rp_http_parser_execute(struct rp_http_parser *p, const char 
     return RP_HTTP_OK;
   if (!p->head_done || was_idle)
     p->head_raw = was_idle ? len : p->head_raw + len;
-  if (was_idle)
+  if (was_idle) {
     p->lead_len = 0;
+    p->rl_started = p->rl_done = p->rl_prev_sp = 0;
+    p->rl_spaces = 0;
+  }
+  if (p->type == RP_HTTP_REQUEST && !p->rl_done && check_request_line(p, at, len) != 0) {
+    fail(p, 400, "malformed request line");
+    return RP_HTTP_ERROR;
+  }
   if (p->lead_len < sizeof(p->lead) && (was_idle || !p->head_done)) {
     size_t n = len < sizeof(p->lead) - p->lead_len ? len : sizeof(p->lead) - p->lead_len;
     memcpy(p->lead + p->lead_len, at, n);
@@ -275,11 +311,12 @@ enum rp_http_status rp_http_parser_execute(struct rp_http_parser *p, const char 
   /* An empty call still runs the states that need no input: after a pause
    * at the end of a bodiless head it completes the message. */
   e = llhttp_execute(&p->llhttp, at, len);
-  for (size_t i = len; i > 0; i--) {
-    if (at[i - 1] != ' ' && at[i - 1] != '\t') {
+  {
+    size_t i = len;
+    while (i > 0 && (at[i - 1] == ' ' || at[i - 1] == '\t'))
+      i--;
+    if (i > 0)
       p->prev_nonblank = at[i - 1];
-      break;
-    }
   }
   switch (e) {
   case HPE_OK:
@@ -311,7 +348,7 @@ enum rp_http_status rp_http_parser_execute(struct rp_http_parser *p, const char 
     fail(p, 400, "conflicting Content-Length or Transfer-Encoding");
     return RP_HTTP_ERROR;
   case HPE_INVALID_VERSION:
-    fail(p, p->type == RP_HTTP_REQUEST ? 505 : 502, "unsupported HTTP version");
+    fail(p, p->type == RP_HTTP_REQUEST ? 400 : 502, "malformed HTTP version");
     return RP_HTTP_ERROR;
   default:
     fail(p, p->type == RP_HTTP_REQUEST ? 400 : 502, llhttp_get_error_reason(&p->llhttp));

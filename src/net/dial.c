@@ -43,6 +43,7 @@ struct rp_dial {
   int naddrs;
   int next;
   int pending; /* attempts whose connect callback has not run */
+  struct attempt *live[MAX_ADDRS]; /* attempts still connecting */
 
   uv_timer_t next_timer; /* Happy Eyeballs pacing; also "fail later" */
   uv_timer_t deadline;
@@ -110,6 +111,15 @@ static void dial_finish(struct rp_dial *d, int status, struct rp_stream *s) {
   uv_close((uv_handle_t *)&d->deadline, on_timer_close);
   if (d->gai_active)
     uv_cancel((uv_req_t *)&d->gai);
+  /* Attempts still connecting are closed now (their callbacks then run with
+   * UV_ECANCELED and free them), or a connect to a silent address would keep
+   * the loop, and a graceful shutdown, waiting for the kernel's SYN retries. */
+  for (int i = 0; i < MAX_ADDRS; i++) {
+    if (d->live[i] != NULL && d->live[i]->tcp != NULL) {
+      rp_tcp_handle_discard(d->live[i]->tcp);
+      d->live[i]->tcp = NULL;
+    }
+  }
   if (d->parent != NULL && d->parent != s)
     rp_stream_close(d->parent, on_parent_close);
   else
@@ -218,11 +228,18 @@ static void parent_connect_start(struct rp_dial *d, struct rp_stream *s) {
 
 static void start_attempts(struct rp_dial *d);
 
+static void forget_attempt(struct rp_dial *d, struct attempt *a) {
+  for (int i = 0; i < MAX_ADDRS; i++)
+    if (d->live[i] == a)
+      d->live[i] = NULL;
+}
+
 static void on_connect(uv_connect_t *req, int status) {
   struct attempt *a = req->data;
   struct rp_dial *d = a->d;
 
   d->pending--;
+  forget_attempt(d, a);
   if (a->tcp == NULL || d->finished) {
     rp_tcp_handle_discard(a->tcp);
     free(a);
@@ -282,6 +299,12 @@ static int attempt_start(struct rp_dial *d, const struct sockaddr *sa) {
     return rc;
   }
   d->pending++;
+  for (int i = 0; i < MAX_ADDRS; i++) {
+    if (d->live[i] == NULL) {
+      d->live[i] = a;
+      break;
+    }
+  }
   return 0;
 }
 

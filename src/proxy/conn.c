@@ -142,6 +142,18 @@ void rp__conn_touch(struct rp_conn *c) { c->last_active = uv_now(c->srv->loop); 
 
 static void on_timer(uv_timer_t *t);
 
+/* A local answer to a request whose head never completed (parse error,
+ * header timeout): it is logged and closes the connection like any other. */
+static void begin_headless_request(struct rp_conn *c) {
+  if (c->req_active)
+    return;
+  memset(&c->log, 0, sizeof(c->log));
+  c->log.start_ns = uv_hrtime();
+  c->log.via = c->via;
+  c->req_active = 1;
+  c->req_done = 1;
+}
+
 void rp__conn_set_timer(struct rp_conn *c, enum rp_timer_mode mode, uint64_t ms) {
   c->tmode = mode;
   c->timer_ms = ms;
@@ -165,7 +177,7 @@ static void on_timer(uv_timer_t *t) {
   switch (c->state) {
   case RP_CONN_HEAD:
     if (c->parser != NULL && rp_http_parser_in_head(c->parser)) {
-      snprintf(c->log.reason, sizeof(c->log.reason), "request head not received in time");
+      begin_headless_request(c);
       rp__conn_respond(c, 408, "request head not received in time", true);
     } else {
       rp__conn_close(c);
@@ -315,6 +327,8 @@ void rp__conn_log(struct rp_conn *c) {
   rp_logline_str(&l, "via", r->via != NULL ? r->via : "proxy");
   rp_logline_str(&l, "route", r->route != NULL ? r->route : "-");
   rp_logline_str(&l, "host", r->host[0] ? r->host : "-");
+  if (r->port != 0)
+    rp_logline_u64(&l, "port", r->port);
   rp_logline_str(&l, "method", r->method[0] ? r->method : "-");
   rp_logline_str(&l, "path", r->path[0] ? r->path : "-");
   rp_logline_u64(&l, "status", (uint64_t)r->status);
@@ -425,7 +439,8 @@ static void dispatch(struct rp_conn *c, const struct rp_http_head *h) {
     n = h->target_len < sizeof(c->log.path) - 1 ? h->target_len : sizeof(c->log.path) - 1;
     memcpy(c->log.path, h->target, n);
   } else {
-    rp_target_hostport(&c->target, true, c->log.host, sizeof(c->log.host));
+    rp_target_hostport(&c->target, false, c->log.host, sizeof(c->log.host));
+    c->log.port = c->target.port;
     n = c->target.path_len < sizeof(c->log.path) - 1 ? c->target.path_len : sizeof(c->log.path) - 1;
     if (c->target.path != NULL)
       memcpy(c->log.path, c->target.path, n);
@@ -502,13 +517,7 @@ static void conn_process(struct rp_conn *c) {
         snprintf(c->log.reason, sizeof(c->log.reason), "%s", reason);
         rp__conn_close(c);
       } else {
-        if (!c->req_active) {
-          memset(&c->log, 0, sizeof(c->log));
-          c->log.start_ns = uv_hrtime();
-          c->log.via = c->via;
-          c->req_active = 1;
-          c->req_done = 1;
-        }
+        begin_headless_request(c);
         rp__conn_respond(c, status, reason, true);
       }
       goto out;

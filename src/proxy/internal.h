@@ -74,7 +74,8 @@ enum rp_timer_mode { RP_TM_NONE, RP_TM_HEADER, RP_TM_IDLE, RP_TM_TUNNEL };
 struct rp_reqlog {
   uint64_t start_ns;
   char method[24];
-  char host[300];
+  char host[300]; /* the destination name, IPv6 in brackets, no port */
+  uint16_t port;
   char path[512];
   const char *route;
   const char *via;

@@ -123,6 +123,8 @@ static void on_tunnel_read(struct rp_stream *s, ssize_t nread, char *block) {
       rp__conn_close(c);
       return;
     }
+    rp_log_debug("conn=%llu tunnel: EOF from %s", (unsigned long long)c->id,
+                 s == c->client ? "client" : "upstream");
     if (s == c->client) {
       c->client_eof = 1;
       c->client_reading = 0;

@@ -171,6 +171,11 @@ static const struct req_case req_cases[] = {
     {"\x01\x02 / HTTP/1.1\r\n\r\n", 400, 0},
     {"GET / HTTP/2.0\r\n\r\n", 505, 0},
     {"POST http://a/ HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n", 400, 0},
+    {"GET  http://a/ HTTP/1.1\r\n\r\n", 400, 0},
+    {"GET http://a/  HTTP/1.1\r\n\r\n", 400, 0},
+    {"GET http://a/ HTTP/1.1 extra\r\n\r\n", 400, 0},
+    {"GET http://a/ HTPT/1.1\r\n\r\n", 400, 0},
+    {"GET http://a/ HTTP/1.0\r\n\r\n", 0, 1},
 };
 
 static void test_requests(void **state) {
