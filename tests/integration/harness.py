@@ -83,10 +83,16 @@ def _kill_all_live():
         proc.kill()
 
 
+_exiting = False
+
+
 def _on_exit():
+    global _exiting
+    _exiting = True  # processes killed here did not "die during the test"
     _kill_all_live()
-    for err in _scopes[0].close():
-        sys.stderr.write("cleanup error at exit: %r\n" % (err,))
+    while _scopes:  # whatever is still open when the runner is interrupted
+        for err in _scopes.pop().close():
+            sys.stderr.write("cleanup error at exit: %r\n" % (err,))
 
 
 atexit.register(_on_exit)
@@ -741,6 +747,8 @@ class Regproxy:
                 else:
                     base_env[k] = v
         self._exit_expected = False
+        self._reported = False
+        _regproxies.append(self)
         self.proc = Proc(argv, name="regproxy", cwd=self.dir, env=base_env,
                          stdout=self.stdout_path, stderr=self.stderr_path, scoped=False)
         defer(self.stop)
@@ -868,23 +876,56 @@ class Regproxy:
     def alive(self):
         return self.proc.alive()
 
-    def stop(self):
-        """Stop at the end of a test; raise if it had crashed or a sanitizer spoke."""
-        died = not self.proc.alive()
-        rc = self.proc.returncode
-        if not died:
-            self.proc.stop(signal.SIGTERM, timeout=8.0)
-        problems = []
-        if died and not self._exit_expected:
-            problems.append("regproxy died during the test (exit code %s)" % rc)
+    def problems(self):
+        """Why this instance is unhealthy (unexpected exit, sanitizer output), or []."""
+        out = []
+        if not self.proc.alive() and not self._exit_expected and not _exiting:
+            out.append("regproxy died during the test (exit code %s)" % self.proc.returncode)
         text = self.stderr()
         for mark in _SANITIZER_MARKS:
             if mark in text:
-                problems.append("sanitizer report in regproxy's stderr (%r)" % mark)
+                out.append("sanitizer report in regproxy's stderr (%r)" % mark)
                 break
-        if problems:
-            raise AssertionError("; ".join(problems) + "\nstderr tail:\n" +
-                                 tail(self.stderr_path, 40))
+        return out
+
+    def check(self):
+        """Raise (once) if problems() has something to say."""
+        if self._reported:
+            return
+        p = self.problems()
+        if p:
+            self._reported = True
+            raise AssertionError("; ".join(p) + "\nargv=%r\nstderr tail:\n%s" % (
+                self.argv, tail(self.stderr_path, 40)))
+
+    def stop(self):
+        """Stop at the end of its scope; raise if it had crashed or a sanitizer spoke."""
+        if self.proc.alive():
+            self.proc.stop(signal.SIGTERM, timeout=8.0)
+            self._exit_expected = True
+        if self in _regproxies:
+            _regproxies.remove(self)
+        self.check()
+
+
+_regproxies = []
+
+
+def check_regproxies():
+    """Health of every regproxy still running (file-scope ones between tests)."""
+    errors = []
+    for rp in list(_regproxies):
+        try:
+            rp.check()
+        except AssertionError as e:
+            errors.append(e)
+    return errors
+
+
+def host_is(name, got):
+    """Log field host= names the destination; the binary may append :port (SPEC §6's
+    example has none). test_*_log_host_* tests check the exact form separately."""
+    return got == name or re.fullmatch(re.escape(name) + r":\d+", got or "") is not None
 
 
 def _match(d, match):
@@ -894,6 +935,9 @@ def _match(d, match):
             return False
         if callable(v):
             if not v(d[k]):
+                return False
+        elif k == "host":
+            if not host_is(str(v), d[k]):
                 return False
         elif d[k] != str(v):
             return False
@@ -1378,11 +1422,11 @@ def main(ns):
         try:
             fn()
         except BaseException as e:  # noqa: BLE001
-            if isinstance(e, KeyboardInterrupt):
+            if isinstance(e, (KeyboardInterrupt, SystemExit)):
                 raise
             err = "".join(traceback.format_exception(type(e), e, e.__traceback__))
         _scopes.pop()
-        for ce in scope.close():
+        for ce in scope.close() + check_regproxies():
             msg = "".join(traceback.format_exception(type(ce), ce, ce.__traceback__))
             err = (err + "\n" if err else "") + "during cleanup: " + msg
         dt = time.monotonic() - t0
@@ -1393,8 +1437,11 @@ def main(ns):
             passed += 1
             print("ok   %s (%.1fs)" % (name, dt), flush=True)
     _scopes.pop()
-    for ce in file_scope.close():
-        print("cleanup error after tests: %r" % (ce,), flush=True)
+    teardown = file_scope.close()
+    if teardown:
+        failed += 1
+        print("FAIL teardown\n%s" % _indent("\n".join(str(e) for e in teardown)),
+              flush=True)
     _kill_all_live()
     print("%d passed, %d failed" % (passed, failed), flush=True)
     sys.exit(0 if failed == 0 else 1)

@@ -2,7 +2,10 @@
 proxies (CONNECT and GET) and logs, the registry answers /v2/ over TLS, skopeo pushes and
 pulls. When this file fails, the other files' failures say nothing about regproxy."""
 
+import gzip
 import os
+import socket
+import time
 
 import harness as h
 
@@ -34,7 +37,6 @@ def test_nginx_chunked_put_and_gzip():
     assert r.status == 200 and r.body == data
     r = c.request("GET", "/gz/text.txt", [("Accept-Encoding", "gzip"), ("Via", "1.1 x")])
     assert r.status == 200 and r.header("Transfer-Encoding") == "chunked", r.headers
-    import gzip
     assert h.sha256(gzip.decompress(r.body)) == ORIGIN.files["gz/text.txt"]
 
 
@@ -67,8 +69,6 @@ def test_registry_and_skopeo_push_pull():
 
 
 def test_full_backlog_times_out():
-    import socket
-    import time
     fb = h.FullBacklog()
     s = socket.socket()
     s.settimeout(1.0)

@@ -10,10 +10,14 @@ import harness as h
 
 
 def setup():
-    global ORIGIN, RP, BASE
+    global ORIGIN, RP, BASE, REFUSED
     ORIGIN = h.Nginx(files={"big.bin": 24 * 1024 * 1024})
-    RP = h.Regproxy()
-    BASE = "http://127.0.0.1:%d" % ORIGIN.http_port
+    REFUSED = h.free_port()
+    # Loopback destinations are always direct (route=bypass), so the origin is reached
+    # by a test name mapped with --connect-to: those requests are route=http.
+    RP = h.Regproxy(["--connect-to", "plain.test:80:127.0.0.1:%d" % ORIGIN.http_port,
+                     "--connect-to", "refused.test:80:127.0.0.1:%d" % REFUSED])
+    BASE = "http://plain.test"
 
 
 def mark():
@@ -39,7 +43,7 @@ def test_keepalive_two_requests_one_connection():
     a = RP.wait_log(route="http", method="GET", path="/a.txt", status="200")
     b = RP.wait_log(route="http", method="GET", path="/b.txt", status="200")
     assert a["conn"] == b["conn"], (a, b)
-    assert a.get("via") == "proxy" and a.get("host") == "127.0.0.1", a
+    assert a.get("via") == "proxy" and h.host_is("plain.test", a.get("host")), a
     assert int(b.get("bytes_out", "0")) >= len(r2.body), b
 
 
@@ -152,18 +156,19 @@ def test_head_and_304_framing():
 
 def test_http10_client():
     c = RP.conn()
-    c.send("GET %s/a.txt HTTP/1.0\r\nHost: 127.0.0.1:%d\r\n\r\n" % (BASE, ORIGIN.http_port))
+    c.send("GET %s/a.txt HTTP/1.0\r\nHost: plain.test\r\n\r\n" % BASE)
     r = c.read_response()
     assert r.status == 200 and h.sha256(r.body) == ORIGIN.files["a.txt"], r
     assert c.at_eof(5), "HTTP/1.0 client connection without keep-alive not closed"
 
 
 def test_upstream_refused_502():
-    port = h.free_port()
-    r = RP.conn().request("GET", "http://127.0.0.1:%d/x" % port)
+    r = RP.conn().request("GET", "http://refused.test/x")
     assert r.status == 502, r
     assert r.body.strip() and len(r.body.strip().splitlines()) == 1, r
-    RP.wait_log(route="http", status="502")
+    RP.wait_log(route="http", status="502", host="refused.test")
+    r = RP.conn().request("GET", "http://127.0.0.1:%d/x" % REFUSED)
+    assert r.status == 502, r
 
 
 def test_404_passed_through():

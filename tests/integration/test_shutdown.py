@@ -93,6 +93,26 @@ def test_grace_period_expires():
     assert got < HUGE, "the transfer was not cut at the end of the grace period"
 
 
+def test_sigterm_after_connect_timeout():
+    # A CONNECT whose upstream connect timed out (504) must leave nothing behind that
+    # keeps the process alive: SIGTERM with no transfers exits at once.
+    rp = proxy("--connect-timeout", "1s", "--shutdown-grace", "2s")
+    fb = h.FullBacklog()
+    c = rp.conn()
+    r = c.connect_tunnel("127.0.0.1:%d" % fb.port)
+    assert r.status == 504, r
+    c.close()
+    t0 = time.monotonic()
+    rp.signal(signal.SIGTERM)
+    try:
+        rc = rp.wait_exit(10)
+    except h.Timeout:
+        raise AssertionError("regproxy still running 10s after SIGTERM (grace 2s, no "
+                             "transfers) once a connect had timed out") from None
+    assert rc == 0, "exit code %s" % rc
+    assert time.monotonic() - t0 < 3, "exit took %.1fs" % (time.monotonic() - t0)
+
+
 def test_sigint_exits_0():
     rp = proxy()
     rp.signal(signal.SIGINT)

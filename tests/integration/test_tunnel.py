@@ -2,7 +2,6 @@
 the exact 200 status line, the tunnel's log line, 502/504/400 refusals with a reason,
 and half-close relayed in both directions."""
 
-import hashlib
 import os
 import subprocess
 import time
@@ -180,6 +179,7 @@ def test_parallel_tunnels():
             ["curl", "-sS", "-o", out, "-x", RP.url, "--cacert", CA.ca_crt,
              "https://tls.test/%s" % name],
             env=h.clean_env(), stderr=subprocess.PIPE)))
+        h.defer(lambda p=procs[-1][2]: p.poll() is None and p.kill())
     for name, out, p in procs:
         _, err = p.communicate(timeout=60)
         assert p.returncode == 0, err
