@@ -241,6 +241,9 @@ static void on_conn_write(struct rp_stream *s, int status, void *arg) {
     rp__conn_close(c);
     return;
   }
+  /* Bytes leaving count as activity: a slow reader of a long response is
+   * not idle. */
+  rp__conn_touch(c);
   conn_drained(c, s);
 }
 

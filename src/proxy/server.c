@@ -148,12 +148,14 @@ static void begin_shutdown(struct rp_server *srv, const char *why) {
       uv_close((uv_handle_t *)&srv->listeners[i].tcp, on_listener_close);
     }
   }
-  /* Idle keep-alive connections have nothing to finish. */
+  /* Connections between requests have nothing more to do than deliver
+   * what is queued (a response may have been read from upstream in full and
+   * still be on its way to a slow client): close each after a flush. */
   for (struct rp_conn *c = srv->conns, *next; c != NULL; c = next) {
     next = c->next;
     if (c->state == RP_CONN_HEAD && !c->req_active && c->in == NULL &&
         (c->parser == NULL || !rp_http_parser_in_head(c->parser)))
-      rp__conn_close(c);
+      rp__conn_close_after_flush(c);
   }
   uv_timer_start(&srv->grace, on_grace, srv->cfg->shutdown_grace_ms, 0);
   if (srv->nconns == 0)
