@@ -113,4 +113,23 @@ void rp_dial_cancel(struct rp_dial *d);
 int rp_connect_to_apply(const struct rp_connect_to *rules, size_t n, char *host, size_t hostsz,
                         uint16_t *port);
 
+/* TLS on top of another stream through memory BIOs (MITM). */
+typedef struct ssl_ctx_st SSL_CTX;
+
+/** Pick the server context for a session: host is the connection's identity
+ * (the CONNECT host), sni the ClientHello's server name or NULL. Return a
+ * referenced SSL_CTX for host, or NULL to fail the handshake (e.g. sni names
+ * another host). */
+typedef SSL_CTX *(*rp_tls_select_cb)(void *arg, const char *host, const char *sni);
+/** Handshake result: status 0, or an error with OpenSSL's reason in one line. */
+typedef void (*rp_tls_handshake_cb)(struct rp_stream *s, int status, const char *reason);
+
+/** Wrap inner (owned from now on) as the server side of a TLS session for
+ * host. base_ctx carries the servername callback set-up; select picks the
+ * per-host context. The handshake starts at once; cb runs once. Reads and
+ * writes on the returned stream carry plaintext. */
+struct rp_stream *rp_tls_stream_server(struct rp_stream *inner, SSL_CTX *base_ctx,
+                                       const char *host, rp_tls_select_cb select,
+                                       void *select_arg, rp_tls_handshake_cb cb);
+
 #endif

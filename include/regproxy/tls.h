@@ -1,0 +1,44 @@
+#ifndef RP_TLS_H
+#define RP_TLS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <openssl/ssl.h>
+
+/* The local CA (SPEC §2 MITM, §4 `ca`) and the per-host leaf certificates
+ * minted from it. No sockets here: the TLS stream lives in net. */
+
+struct rp_ca;
+
+/** Load the CA from dir ("ca.crt" 0644, "ca.key" 0600, dir 0700). With
+ * create, make dir and a new EC P-256 CA when none exists. Refuses (RP_ECONFIG,
+ * *err says why) a key readable by group/others, an unreadable key, or a key
+ * that does not match the certificate. */
+int rp_ca_open(const char *dir, bool create, struct rp_ca **out, char **err);
+void rp_ca_destroy(struct rp_ca *ca);
+/** Path of the CA certificate file. */
+const char *rp_ca_cert_path(const struct rp_ca *ca);
+/** The CA certificate as PEM (owned by the CA object). */
+const char *rp_ca_cert_pem(const struct rp_ca *ca, size_t *len);
+
+/* Leaf minting with a bounded per-host cache (LRU). */
+struct rp_leafcache;
+
+/** cap: hosts kept; leaves live now-1h..now+7d and are re-minted a day
+ * before expiry. One leaf key (EC P-256) is shared by all leaves. */
+int rp_leafcache_create(struct rp_ca *ca, size_t cap, struct rp_leafcache **out);
+void rp_leafcache_destroy(struct rp_leafcache *lc);
+/** An SSL_CTX serving a leaf for host (a DNS name, or an IP literal -> IP
+ * SAN), ALPN http/1.1 only, TLS 1.2-1.3. The caller gets a reference
+ * (SSL_CTX_free it). NULL on failure. */
+SSL_CTX *rp_leafcache_ctx(struct rp_leafcache *lc, const char *host);
+/** Leaves minted since creation (for tests and metrics). */
+uint64_t rp_leafcache_minted(const struct rp_leafcache *lc);
+/** A server SSL_CTX without a certificate: the one a TLS session starts on
+ * before its SNI callback switches to the host's context. Reference owned
+ * by the cache. */
+SSL_CTX *rp_leafcache_base_ctx(struct rp_leafcache *lc);
+
+#endif
