@@ -63,7 +63,10 @@ int main(int argc, char **argv) {
   cmd = cfg->args.n > 0 ? cfg->args.v[0] : "run";
   if (strcmp(cmd, "run") == 0)
     return run(argc, argv, cfg);
-  fprintf(stderr, "regproxy: unknown command '%s' (see regproxy --help)\n", cmd);
+  if (strcmp(cmd, "setup") == 0 || strcmp(cmd, "cache") == 0 || strcmp(cmd, "prefetch") == 0)
+    fprintf(stderr, "regproxy: '%s' is not available in this version yet\n", cmd);
+  else
+    fprintf(stderr, "regproxy: unknown command '%s' (see regproxy --help)\n", cmd);
   rp_config_destroy(cfg);
   return 2;
 }

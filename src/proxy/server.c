@@ -209,6 +209,12 @@ int rp_server_create(struct rp_server **out, uv_loop_t *loop, struct rp_config *
 
   *out = NULL;
   rc = rp_config_check_listeners(cfg, err);
+  if (rc == 0 && cfg->proxy_auth_file != NULL && cfg->proxy_auth_file[0] != '\0') {
+    /* Refuse rather than run as an unauthenticated proxy the operator did
+     * not ask for. */
+    set_err(err, "--proxy-auth-file", "client authentication is not implemented yet");
+    rc = RP_ECONFIG;
+  }
   if (rc != 0) {
     rp_config_destroy(cfg);
     return rc;
