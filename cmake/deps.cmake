@@ -14,6 +14,7 @@ endmacro()
 rp_require_pkg(LIBUV libuv libuv1-dev)
 rp_require_pkg(YAML yaml-0.1 libyaml-dev)
 rp_require_pkg(IDN2 libidn2 libidn2-dev)
+rp_require_pkg(JANSSON jansson libjansson-dev)
 
 find_package(OpenSSL 1.1.1)
 if(NOT OPENSSL_FOUND)

@@ -5,6 +5,7 @@
 #include <string.h>
 #include <uv.h>
 
+#include "regproxy/cli.h"
 #include "regproxy/config.h"
 #include "regproxy/error.h"
 #include "regproxy/log.h"
@@ -63,6 +64,11 @@ int main(int argc, char **argv) {
   cmd = cfg->args.n > 0 ? cfg->args.v[0] : "run";
   if (strcmp(cmd, "run") == 0)
     return run(argc, argv, cfg);
+  if (strcmp(cmd, "ca") == 0) {
+    int rc = rp_cli_ca(cfg);
+    rp_config_destroy(cfg);
+    return rc;
+  }
   if (strcmp(cmd, "setup") == 0 || strcmp(cmd, "cache") == 0 || strcmp(cmd, "prefetch") == 0)
     fprintf(stderr, "regproxy: '%s' is not available in this version yet\n", cmd);
   else

@@ -9,7 +9,7 @@
  * checks llhttp 8 leaves to us (SPEC §7), request-target forms, and the
  * helpers to write heads and chunked bodies. */
 
-#define RP_HTTP_HEAD_MAX (64 * 1024)
+#define RP_HTTP_HEAD_MAX    (64 * 1024)
 #define RP_HTTP_MAX_HEADERS 256
 
 struct rp_http_header {
@@ -40,11 +40,11 @@ struct rp_http_head {
 enum rp_http_type { RP_HTTP_REQUEST, RP_HTTP_RESPONSE };
 
 enum rp_http_status {
-  RP_HTTP_OK, /* all input consumed, message not finished */
-  RP_HTTP_HEAD, /* requests: the head is done (on_head ran); call resume for the body */
-  RP_HTTP_DONE, /* a message ended; *consumed tells where; call resume */
+  RP_HTTP_OK,      /* all input consumed, message not finished */
+  RP_HTTP_HEAD,    /* requests: the head is done (on_head ran); call resume for the body */
+  RP_HTTP_DONE,    /* a message ended; *consumed tells where; call resume */
   RP_HTTP_UPGRADE, /* CONNECT (or upgrade) head done: the rest is not HTTP */
-  RP_HTTP_ERROR /* see rp_http_parser_error */
+  RP_HTTP_ERROR    /* see rp_http_parser_error */
 };
 
 struct rp_http_callbacks {
@@ -60,6 +60,9 @@ struct rp_http_parser;
 struct rp_http_parser *rp_http_parser_create(enum rp_http_type type,
                                              const struct rp_http_callbacks *cb, void *data);
 void rp_http_parser_destroy(struct rp_http_parser *p);
+/** Start afresh, as if just created (after CONNECT: the bytes inside a
+ * terminated TLS session are a new HTTP stream). */
+void rp_http_parser_reset(struct rp_http_parser *p);
 /** Parse input; *consumed is how much was used (all of it for RP_HTTP_OK). */
 enum rp_http_status rp_http_parser_execute(struct rp_http_parser *p, const char *at, size_t len,
                                            size_t *consumed);
@@ -87,11 +90,16 @@ bool rp_http_is_hop_by_hop(const struct rp_http_head *h, const struct rp_http_he
 const char *rp_http_reason(int status);
 
 /* Request targets (SPEC §2). */
-enum rp_target_form { RP_TARGET_ORIGIN, RP_TARGET_ABSOLUTE, RP_TARGET_AUTHORITY, RP_TARGET_ASTERISK };
+enum rp_target_form {
+  RP_TARGET_ORIGIN,
+  RP_TARGET_ABSOLUTE,
+  RP_TARGET_AUTHORITY,
+  RP_TARGET_ASTERISK
+};
 
 struct rp_target {
   enum rp_target_form form;
-  bool https; /* absolute-form scheme */
+  bool https;     /* absolute-form scheme */
   char host[256]; /* lower-case, trailing dot removed, IPv6 without brackets */
   bool host_is_ip6;
   uint16_t port;

@@ -6,7 +6,12 @@
 #include "regproxy/http.h"
 
 /* Process-wide counters rendered as Prometheus text (SPEC §5). */
-enum rp_bytes_source { RP_SRC_BYTES_CACHE, RP_SRC_BYTES_UPSTREAM, RP_SRC_BYTES_TUNNEL, RP_SRC_BYTES_LAST };
+enum rp_bytes_source {
+  RP_SRC_BYTES_CACHE,
+  RP_SRC_BYTES_UPSTREAM,
+  RP_SRC_BYTES_TUNNEL,
+  RP_SRC_BYTES_LAST
+};
 
 struct rp_metrics {
   int64_t connections_active;

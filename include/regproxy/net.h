@@ -41,6 +41,8 @@ struct rp_stream_ops {
   size_t (*write_queue_size)(const struct rp_stream *s);
   /** Peer / local address (for logs and ACLs); 0 or a uv error. */
   int (*peername)(const struct rp_stream *s, struct sockaddr_storage *ss);
+  /** The loop the stream runs on (layers on top schedule their own work there). */
+  uv_loop_t *(*loop)(const struct rp_stream *s);
 };
 
 struct rp_stream {
@@ -49,8 +51,12 @@ struct rp_stream {
   void *data; /* the owner */
 };
 
-static inline int rp_stream_read_start(struct rp_stream *s) { return s->ops->read_start(s); }
-static inline int rp_stream_read_stop(struct rp_stream *s) { return s->ops->read_stop(s); }
+static inline int rp_stream_read_start(struct rp_stream *s) {
+  return s->ops->read_start(s);
+}
+static inline int rp_stream_read_stop(struct rp_stream *s) {
+  return s->ops->read_stop(s);
+}
 static inline int rp_stream_write(struct rp_stream *s, const uv_buf_t *bufs, unsigned n,
                                   rp_stream_write_cb cb, void *arg) {
   return s->ops->write(s, bufs, n, cb, arg);
@@ -128,8 +134,17 @@ typedef void (*rp_tls_handshake_cb)(struct rp_stream *s, int status, const char 
  * host. base_ctx carries the servername callback set-up; select picks the
  * per-host context. The handshake starts at once; cb runs once. Reads and
  * writes on the returned stream carry plaintext. */
-struct rp_stream *rp_tls_stream_server(struct rp_stream *inner, SSL_CTX *base_ctx,
-                                       const char *host, rp_tls_select_cb select,
-                                       void *select_arg, rp_tls_handshake_cb cb);
+struct rp_stream *rp_tls_stream_server(struct rp_stream *inner, SSL_CTX *base_ctx, const char *host,
+                                       rp_tls_select_cb select, void *select_arg,
+                                       rp_tls_handshake_cb cb);
+/* rp_tls_stream_server returns NULL (out of memory, OpenSSL failure) with
+ * inner left as it was, still the caller's. The handshake callback does not
+ * run once the stream is closed. A TCP EOF without the peer's close_notify
+ * (a truncated session) is delivered as UV_EOF like a clean close: HTTP
+ * framing above detects a cut message. */
+/** The ClientHello's server name, or NULL (none sent, or s is not TLS). */
+const char *rp_tls_stream_sni(const struct rp_stream *s);
+/** The ALPN protocol agreed in the handshake, or NULL (none, or s is not TLS). */
+const char *rp_tls_stream_alpn(const struct rp_stream *s);
 
 #endif

@@ -14,10 +14,14 @@ struct rp_ca;
 
 /** Load the CA from dir ("ca.crt" 0644, "ca.key" 0600, dir 0700). With
  * create, make dir and a new EC P-256 CA when none exists. Refuses (RP_ECONFIG,
- * *err says why) a key readable by group/others, an unreadable key, or a key
- * that does not match the certificate. */
+ * *err says why, malloc'd) a key readable by group/others, an unreadable key,
+ * a key that does not match the certificate, or a certificate that is not a
+ * CA. Creation is atomic: a crash never leaves half a CA behind. */
 int rp_ca_open(const char *dir, bool create, struct rp_ca **out, char **err);
 void rp_ca_destroy(struct rp_ca *ca);
+/** True when this rp_ca_open made a new CA (so the caller can say how to
+ * trust it). */
+bool rp_ca_created(const struct rp_ca *ca);
 /** Path of the CA certificate file. */
 const char *rp_ca_cert_path(const struct rp_ca *ca);
 /** The CA certificate as PEM (owned by the CA object). */

@@ -30,6 +30,8 @@ int rp_upstream_create(uv_loop_t *loop, const struct rp_upstream_opts *opts,
 /** Cancel every fetch (no callbacks) and release the engine; its libuv
  * handles close asynchronously, so run the loop afterwards. */
 void rp_upstream_destroy(struct rp_upstream *up);
+/** The loop the engine runs on (for modules that schedule work beside it). */
+uv_loop_t *rp_upstream_loop(const struct rp_upstream *up);
 
 struct rp_fetch;
 
@@ -55,14 +57,14 @@ struct rp_fetch_callbacks {
 };
 
 struct rp_fetch_req {
-  const char *method; /* "GET", "HEAD", "PUT", ... */
-  const char *url; /* https://host[:port]/path?query */
+  const char *method;                   /* "GET", "HEAD", "PUT", ... */
+  const char *url;                      /* https://host[:port]/path?query */
   const struct rp_http_header *headers; /* sent as given; hop-by-hop already removed */
   size_t nheaders;
-  int64_t body_len; /* -1: chunked upload of unknown length; 0: no body */
-  const char *proxy; /* "http://host:port" or NULL for a direct connection */
+  int64_t body_len;           /* -1: chunked upload of unknown length; 0: no body */
+  const char *proxy;          /* "http://host:port" or NULL for a direct connection */
   const char *proxy_userinfo; /* "user:pass" or NULL */
-  bool follow_redirects; /* follow 301/302/303/307/308 itself (cache fills) */
+  bool follow_redirects;      /* follow 301/302/303/307/308 itself (cache fills) */
 };
 
 /** Start a transfer. Callbacks run on the loop, never inside this call. */

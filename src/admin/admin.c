@@ -10,6 +10,7 @@
 
 #include "../proxy/internal.h"
 #include "regproxy/metrics.h"
+#include "regproxy/tls.h"
 
 static bool host_allowed(const struct rp_config *cfg, const struct rp_http_head *h) {
   const struct rp_http_header *hd = rp_http_header_find(h, "host");
@@ -89,7 +90,8 @@ void rp__admin_handle(struct rp_conn *c, const struct rp_http_head *h) {
   c->log.via = "admin";
   c->log.route = "admin";
   if (!host_allowed(c->srv->cfg, h)) {
-    rp__conn_respond(c, 421, "admin requests need Host: localhost, an IP address or a server_names entry",
+    rp__conn_respond(c, 421,
+                     "admin requests need Host: localhost, an IP address or a server_names entry",
                      false);
     return;
   }
@@ -113,6 +115,14 @@ void rp__admin_handle(struct rp_conn *c, const struct rp_http_head *h) {
     rp_metrics_render(&body);
     p = rp_sbuf_take(&body, &n);
     reply(c, 200, "text/plain; version=0.0.4; charset=utf-8", p, n, head_only);
+    return;
+  }
+  if (plen == 7 && memcmp(t->path, "/ca.crt", 7) == 0 && c->srv->ca != NULL) {
+    size_t pem_len;
+    const char *pem = rp_ca_cert_pem(c->srv->ca, &pem_len);
+    rp_sbuf_add(&body, pem, pem_len);
+    p = rp_sbuf_take(&body, &n);
+    reply(c, 200, "application/x-pem-file", p, n, head_only);
     return;
   }
   rp__conn_respond(c, 404, "no such admin endpoint", false);

@@ -46,9 +46,15 @@ static bool listed_in_connection(const struct rp_http_head *h, const char *name,
 }
 
 bool rp_http_is_hop_by_hop(const struct rp_http_head *h, const struct rp_http_header *hd) {
-  static const char *const names[] = {"connection", "keep-alive", "proxy-connection",
-                                      "proxy-authenticate", "proxy-authorization", "te",
-                                      "trailer", "transfer-encoding", "upgrade"};
+  static const char *const names[] = {"connection",
+                                      "keep-alive",
+                                      "proxy-connection",
+                                      "proxy-authenticate",
+                                      "proxy-authorization",
+                                      "te",
+                                      "trailer",
+                                      "transfer-encoding",
+                                      "upgrade"};
   for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
     if (rp_http_token_eq(hd->name, hd->name_len, names[i]))
       return true;
@@ -109,7 +115,9 @@ void rp_sbuf_add(struct rp_sbuf *b, const char *s, size_t n) {
   b->p[b->len] = '\0';
 }
 
-void rp_sbuf_adds(struct rp_sbuf *b, const char *s) { rp_sbuf_add(b, s, strlen(s)); }
+void rp_sbuf_adds(struct rp_sbuf *b, const char *s) {
+  rp_sbuf_add(b, s, strlen(s));
+}
 
 void rp_sbuf_addf(struct rp_sbuf *b, const char *fmt, ...) {
   va_list ap;

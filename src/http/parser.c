@@ -22,7 +22,7 @@ struct rp_http_parser {
 
   int in_message; /* between message begin and complete */
   int head_done;
-  int no_body; /* response to HEAD */
+  int no_body;     /* response to HEAD */
   int paused_head; /* the last pause was at the end of a request head */
   /* Request-line shape: llhttp 8 takes runs of spaces between method,
    * target and version, RFC 9112 §3 exactly one. */
@@ -53,7 +53,9 @@ struct rp_http_parser {
   char arena[RP_HTTP_HEAD_MAX];
 };
 
-static struct rp_http_parser *P(llhttp_t *l) { return (struct rp_http_parser *)l; }
+static struct rp_http_parser *P(llhttp_t *l) {
+  return (struct rp_http_parser *)l;
+}
 
 static int fail(struct rp_http_parser *p, int status, const char *reason) {
   if (p->err_status == 0) {
@@ -239,7 +241,20 @@ struct rp_http_parser *rp_http_parser_create(enum rp_http_type type,
   return p;
 }
 
-void rp_http_parser_destroy(struct rp_http_parser *p) { free(p); }
+void rp_http_parser_destroy(struct rp_http_parser *p) {
+  free(p);
+}
+
+void rp_http_parser_reset(struct rp_http_parser *p) {
+  enum rp_http_type type = p->type;
+  const struct rp_http_callbacks *cb = p->cb;
+  void *data = p->data;
+  memset(p, 0, offsetof(struct rp_http_parser, arena));
+  p->type = type;
+  p->cb = cb;
+  p->data = data;
+  llhttp_init(&p->llhttp, type == RP_HTTP_REQUEST ? HTTP_REQUEST : HTTP_RESPONSE, &settings);
+}
 
 /* 0, or -1 when the request line has a doubled space, a tab, or more than
  * two spaces. Scans only until the line's LF, across any input split. */
@@ -336,8 +351,7 @@ enum rp_http_status rp_http_parser_execute(struct rp_http_parser *p, const char 
   case HPE_PAUSED_UPGRADE:
     *consumed = (size_t)(llhttp_get_error_pos(&p->llhttp) - at);
     return RP_HTTP_UPGRADE;
-  case HPE_USER:
-    return RP_HTTP_ERROR;
+  case HPE_USER: return RP_HTTP_ERROR;
   case HPE_INVALID_METHOD:
     if (method_status(p->lead, p->lead_len) == 405)
       fail(p, 405, "unknown method");

@@ -18,7 +18,9 @@ void rp_log_setup(enum rp_log_level level, enum rp_log_format fmt) {
   format = fmt;
 }
 
-int rp_log_enabled(enum rp_log_level level) { return level >= min_level; }
+int rp_log_enabled(enum rp_log_level level) {
+  return level >= min_level;
+}
 
 int rp_log_level_parse(const char *s) {
   for (int i = 0; i < RP_LOG_LEVEL_LAST; i++)
@@ -46,7 +48,9 @@ static void put(struct rp_logline *l, const char *s, size_t n) {
   l->len += n;
 }
 
-static void putc_(struct rp_logline *l, char c) { put(l, &c, 1); }
+static void putc_(struct rp_logline *l, char c) {
+  put(l, &c, 1);
+}
 
 static void put_escaped(struct rp_logline *l, const char *s, size_t n) {
   static const char hex[] = "0123456789abcdef";
@@ -134,8 +138,8 @@ void rp_logline_begin(struct rp_logline *l, enum rp_log_level level, const char 
   l->json = format == RP_LOG_JSON;
   gettimeofday(&tv, NULL);
   gmtime_r(&tv.tv_sec, &tm);
-  snprintf(ts, sizeof(ts), "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900,
-           tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (int)(tv.tv_usec / 1000));
+  snprintf(ts, sizeof(ts), "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900, tm.tm_mon + 1,
+           tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (int)(tv.tv_usec / 1000));
   if (l->json) {
     put(l, "{\"ts\":\"", 7);
     put(l, ts, strlen(ts));

@@ -13,9 +13,9 @@
 #include "regproxy/log.h"
 #include "regproxy/net.h"
 
-#define MAX_ADDRS 16
+#define MAX_ADDRS        16
 #define ATTEMPT_DELAY_MS 250
-#define PARENT_HEAD_MAX 8192
+#define PARENT_HEAD_MAX  8192
 
 struct attempt {
   struct rp_dial *d;
@@ -42,7 +42,7 @@ struct rp_dial {
   struct sockaddr_storage addrs[MAX_ADDRS];
   int naddrs;
   int next;
-  int pending; /* attempts whose connect callback has not run */
+  int pending;                     /* attempts whose connect callback has not run */
   struct attempt *live[MAX_ADDRS]; /* attempts still connecting */
 
   uv_timer_t next_timer; /* Happy Eyeballs pacing; also "fail later" */
@@ -50,7 +50,7 @@ struct rp_dial {
   int timers_open;
 
   struct rp_stream *parent; /* during the parent CONNECT exchange */
-  int write_pending; /* the CONNECT request's write callback names us */
+  int write_pending;        /* the CONNECT request's write callback names us */
   char request[640];
   char head[PARENT_HEAD_MAX];
   size_t head_len;
@@ -140,8 +140,8 @@ static void on_deadline(uv_timer_t *t) {
 /* ---- parent proxy CONNECT ---- */
 
 static void parent_fail(struct rp_dial *d, int status, const char *detail) {
-  int n = snprintf(d->reason, sizeof(d->reason), "parent proxy %s:%u: %s", d->host, d->port,
-                   detail);
+  int n =
+      snprintf(d->reason, sizeof(d->reason), "parent proxy %s:%u: %s", d->host, d->port, detail);
   if (n >= (int)sizeof(d->reason))
     d->reason[sizeof(d->reason) - 2] = '.'; /* mark the cut; the reason is one log line */
   dial_finish(d, status, NULL);
@@ -257,8 +257,7 @@ static void on_connect(uv_connect_t *req, int status) {
       dial_finish(d, 0, s);
     return;
   }
-  snprintf(d->reason, sizeof(d->reason), "connect to %s failed: %s", a->addr,
-           uv_strerror(status));
+  snprintf(d->reason, sizeof(d->reason), "connect to %s failed: %s", a->addr, uv_strerror(status));
   d->status = status;
   rp_tcp_handle_discard(a->tcp);
   free(a);
@@ -373,8 +372,7 @@ static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
     return;
   }
   if (status != 0) {
-    snprintf(d->reason, sizeof(d->reason), "cannot resolve %s: %s", d->host,
-             uv_strerror(status));
+    snprintf(d->reason, sizeof(d->reason), "cannot resolve %s: %s", d->host, uv_strerror(status));
     uv_freeaddrinfo(res);
     dial_finish(d, status, NULL);
     return;

@@ -79,7 +79,9 @@ uv_tcp_t *rp_tcp_handle_new(uv_loop_t *loop, int family) {
   return &ts->tcp;
 }
 
-static void on_discard_close(uv_handle_t *h) { free(h->data); }
+static void on_discard_close(uv_handle_t *h) {
+  free(h->data);
+}
 
 void rp_tcp_handle_discard(uv_tcp_t *tcp) {
   if (tcp != NULL)
@@ -204,6 +206,10 @@ static int tcp_peername(const struct rp_stream *s, struct sockaddr_storage *ss) 
   return uv_tcp_getpeername(&ts->tcp, (struct sockaddr *)ss, &len);
 }
 
+static uv_loop_t *tcp_loop(const struct rp_stream *s) {
+  return ((const struct tcp_stream *)s)->tcp.loop;
+}
+
 static const struct rp_stream_ops tcp_ops = {
     .name = "tcp",
     .read_start = tcp_read_start,
@@ -213,6 +219,7 @@ static const struct rp_stream_ops tcp_ops = {
     .close = tcp_close,
     .write_queue_size = tcp_write_queue_size,
     .peername = tcp_peername,
+    .loop = tcp_loop,
 };
 
 struct rp_stream *rp_tcp_stream_wrap(uv_tcp_t *tcp) {

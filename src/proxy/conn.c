@@ -12,8 +12,8 @@
 #include "regproxy/metrics.h"
 #include "regproxy/rules.h"
 
-static const char *const state_names[RP_CONN_STATE_LAST] = {"head",    "dial",    "tunnel",
-                                                            "forward", "respond", "closing"};
+static const char *const state_names[RP_CONN_STATE_LAST] = {"head",    "dial", "tunnel", "forward",
+                                                            "respond", "tls",  "pass",   "closing"};
 
 struct rp_bref *rp__bref_new(char *block) {
   struct rp_bref *r = malloc(sizeof(*r));
@@ -114,6 +114,7 @@ void rp__conn_close(struct rp_conn *c) {
   rp_dial_cancel(c->dial);
   c->dial = NULL;
   rp__forward_destroy(c);
+  rp__mitm_destroy(c);
   rp_http_parser_destroy(c->parser);
   c->parser = NULL;
   rp__bref_put(c->in);
@@ -138,7 +139,9 @@ void rp__conn_close_after_flush(struct rp_conn *c) {
 
 /* ---- timers ---- */
 
-void rp__conn_touch(struct rp_conn *c) { c->last_active = uv_now(c->srv->loop); }
+void rp__conn_touch(struct rp_conn *c) {
+  c->last_active = uv_now(c->srv->loop);
+}
 
 static void on_timer(uv_timer_t *t);
 
@@ -197,9 +200,7 @@ static void on_timer(uv_timer_t *t) {
     snprintf(c->log.reason, sizeof(c->log.reason), "tunnel idle timeout");
     rp__conn_close(c);
     break;
-  default:
-    rp__conn_close(c);
-    break;
+  default: rp__conn_close(c); break;
   }
 }
 
@@ -212,17 +213,18 @@ struct conn_write {
 
 static void conn_drained(struct rp_conn *c, struct rp_stream *s) {
   switch (c->state) {
-  case RP_CONN_TUNNEL:
-    rp__tunnel_drained(c, s);
-    break;
+  case RP_CONN_TUNNEL: rp__tunnel_drained(c, s); break;
   case RP_CONN_FORWARD:
     if (s == c->client)
       rp__forward_client_drained(c);
     else if (rp_stream_write_queue_size(s) <= RP_QUEUE_LOW)
       rp__conn_resume_input(c);
     break;
-  default:
+  case RP_CONN_PASS:
+    if (s == c->client)
+      rp__mitm_client_drained(c);
     break;
+  default: break;
   }
 }
 
@@ -409,6 +411,8 @@ static bool can_parse(struct rp_conn *c) {
   if (c->state == RP_CONN_FORWARD)
     return c->upstream != NULL && c->pending_head == NULL &&
            rp_stream_write_queue_size(c->upstream) < RP_QUEUE_HIGH;
+  if (c->state == RP_CONN_PASS)
+    return !rp__mitm_body_full(c);
   return c->state == RP_CONN_RESPOND;
 }
 
@@ -452,10 +456,12 @@ static void dispatch(struct rp_conn *c, const struct rp_http_head *h) {
     rp__conn_respond(c, 403, "client address not allowed", true);
     return;
   }
+  if (c->mitm) {
+    rp__mitm_request(c, h);
+    return;
+  }
   switch (c->target.form) {
-  case RP_TARGET_AUTHORITY:
-    rp__tunnel_connect(c);
-    break;
+  case RP_TARGET_AUTHORITY: rp__tunnel_connect(c); break;
   case RP_TARGET_ABSOLUTE:
     if (c->target.https) {
       c->log.route = "http";
@@ -464,12 +470,8 @@ static void dispatch(struct rp_conn *c, const struct rp_http_head *h) {
     }
     rp__forward_start(c, h);
     break;
-  case RP_TARGET_ORIGIN:
-    rp__admin_handle(c, h);
-    break;
-  default:
-    rp__conn_respond(c, 400, "asterisk-form is not proxied", true);
-    break;
+  case RP_TARGET_ORIGIN: rp__admin_handle(c, h); break;
+  default: rp__conn_respond(c, 400, "asterisk-form is not proxied", true); break;
   }
 }
 
@@ -477,6 +479,8 @@ static void request_done(struct rp_conn *c) {
   c->req_done = 1;
   if (c->state == RP_CONN_FORWARD)
     rp__forward_request_done(c);
+  else if (c->state == RP_CONN_PASS)
+    rp__mitm_request_done(c);
   if (c->resp_done && c->req_active)
     finish_request(c);
 }
@@ -485,8 +489,8 @@ static void conn_process(struct rp_conn *c) {
   c->processing = 1;
   while (c->in != NULL && can_parse(c)) {
     size_t consumed = 0;
-    enum rp_http_status st =
-        rp_http_parser_execute(c->parser, c->in->block + c->in_off, c->in_len - c->in_off, &consumed);
+    enum rp_http_status st = rp_http_parser_execute(c->parser, c->in->block + c->in_off,
+                                                    c->in_len - c->in_off, &consumed);
     c->in_off += consumed;
     if (c->req_active)
       c->log.bytes_in += consumed;
@@ -494,8 +498,7 @@ static void conn_process(struct rp_conn *c) {
     case RP_HTTP_OK:
       rp__bref_put(c->in);
       c->in = NULL;
-      if (c->state == RP_CONN_HEAD && c->tmode != RP_TM_HEADER &&
-          rp_http_parser_in_head(c->parser))
+      if (c->state == RP_CONN_HEAD && c->tmode != RP_TM_HEADER && rp_http_parser_in_head(c->parser))
         rp__conn_set_timer(c, RP_TM_HEADER, c->srv->cfg->header_timeout_ms);
       break;
     case RP_HTTP_HEAD:
@@ -535,7 +538,7 @@ out:
     finish_request(c);
     return;
   }
-  if (c->in == NULL && (can_parse(c) || c->state == RP_CONN_FORWARD))
+  if (c->in == NULL && (can_parse(c) || c->state == RP_CONN_FORWARD || c->state == RP_CONN_PASS))
     rp__conn_start_client(c);
   else if (c->in != NULL)
     rp__conn_stop_client(c);
@@ -583,6 +586,8 @@ static int on_req_body(void *data, const char *at, size_t len) {
   struct rp_conn *c = data;
   if (c->state == RP_CONN_FORWARD)
     return rp__forward_body(c, at, len);
+  if (c->state == RP_CONN_PASS)
+    return rp__mitm_body(c, at, len);
   return 0; /* a local answer ignores the body */
 }
 
@@ -652,7 +657,16 @@ void rp__conn_accept(struct rp_listener *l) {
   rp__conn_start_client(c);
 }
 
-int rp__dial_status(int status) { return status == RP_ETIMEDOUT ? 504 : 502; }
+void rp__conn_set_client(struct rp_conn *c, struct rp_stream *s) {
+  c->client = s;
+  s->data = c;
+  s->on_read = on_client_read;
+  c->client_reading = 0;
+}
+
+int rp__dial_status(int status) {
+  return status == RP_ETIMEDOUT ? 504 : 502;
+}
 
 void rp__conn_dial_req(struct rp_conn *c, struct rp_dial_req *req, const char *host, uint16_t port,
                        bool via_parent, bool parent_connect) {

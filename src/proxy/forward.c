@@ -18,8 +18,8 @@ static const char last_chunk[] = "0\r\n\r\n";
 
 static void on_up_read(struct rp_stream *s, ssize_t nread, char *block);
 
-static int write_chunk(struct rp_conn *c, struct rp_stream *s, struct rp_bref *ref,
-                       const char *at, size_t len, bool chunked) {
+static int write_chunk(struct rp_conn *c, struct rp_stream *s, struct rp_bref *ref, const char *at,
+                       size_t len, bool chunked) {
   uv_buf_t bufs[3];
   char *line = NULL;
 

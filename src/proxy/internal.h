@@ -48,6 +48,11 @@ struct rp_server {
   uv_signal_t sig[3];
   uv_timer_t grace;
   int draining;
+
+  /* MITM: the local CA, the per-host leaves, the upstream engine. */
+  struct rp_ca *ca;
+  struct rp_leafcache *leaves;
+  struct rp_upstream *up;
 };
 
 /* A read block shared by the writes that point into it. */
@@ -64,6 +69,8 @@ enum rp_conn_state {
   RP_CONN_TUNNEL, /* blind relay */
   RP_CONN_FORWARD, /* a plain-HTTP request is in flight */
   RP_CONN_RESPOND, /* a local answer is being sent */
+  RP_CONN_TLS, /* MITM: TLS handshake with the client */
+  RP_CONN_PASS, /* MITM: a request relayed through the upstream engine */
   RP_CONN_CLOSING,
   RP_CONN_STATE_LAST
 };
@@ -143,6 +150,25 @@ struct rp_conn {
   int req_is_head;
 
   int handles_open; /* client stream, upstream stream, timer */
+
+  /* MITM: the client stream is TLS; requests inside go through the
+   * upstream engine. */
+  int mitm;
+  char mitm_host[256];
+  uint16_t mitm_port;
+  struct rp_fetch *fetch;
+  struct rp_body_chunk *up_body; /* request body waiting for libcurl */
+  struct rp_body_chunk **up_body_tail;
+  size_t up_body_bytes;
+  int up_body_waiting; /* libcurl asked and got RP_FETCH_PAUSE */
+  int fetch_paused; /* the response body is paused (client queue full) */
+};
+
+struct rp_body_chunk {
+  struct rp_body_chunk *next;
+  struct rp_bref *ref;
+  const char *p;
+  size_t len;
 };
 
 void rp__conn_accept(struct rp_listener *l);
@@ -159,6 +185,8 @@ int rp__conn_write(struct rp_conn *c, struct rp_stream *s, const uv_buf_t *bufs,
 int rp__conn_write_client(struct rp_conn *c, const char *p, size_t n);
 /** Take ownership of a connected upstream stream. */
 void rp__conn_set_upstream(struct rp_conn *c, struct rp_stream *s);
+/** Replace the client stream (MITM: TLS over the TCP one). */
+void rp__conn_set_client(struct rp_conn *c, struct rp_stream *s);
 void rp__conn_close_upstream(struct rp_conn *c);
 /** Close once everything queued to the client is sent. */
 void rp__conn_close_after_flush(struct rp_conn *c);
@@ -185,6 +213,14 @@ int rp__forward_body(struct rp_conn *c, const char *at, size_t len);
 void rp__forward_request_done(struct rp_conn *c);
 void rp__forward_client_drained(struct rp_conn *c);
 void rp__forward_destroy(struct rp_conn *c);
+/* mitm.c */
+void rp__mitm_connect(struct rp_conn *c);
+void rp__mitm_request(struct rp_conn *c, const struct rp_http_head *h);
+int rp__mitm_body(struct rp_conn *c, const char *at, size_t len);
+void rp__mitm_request_done(struct rp_conn *c);
+void rp__mitm_client_drained(struct rp_conn *c);
+void rp__mitm_destroy(struct rp_conn *c);
+bool rp__mitm_body_full(const struct rp_conn *c);
 /* admin.c */
 void rp__admin_handle(struct rp_conn *c, const struct rp_http_head *h);
 

@@ -7,7 +7,7 @@
 struct rp_metrics rp_metrics;
 
 #define MAX_REQ_SERIES 256
-#define MAX_ERR_KINDS 16
+#define MAX_ERR_KINDS  16
 
 struct req_series {
   const char *via, *route, *cache;
@@ -74,7 +74,8 @@ void rp_metrics_render(struct rp_sbuf *b) {
                   "# TYPE regproxy_requests_total counter\n");
   for (size_t i = 0; i < n_req_series; i++) {
     const struct req_series *s = &req_series[i];
-    rp_sbuf_addf(b, "regproxy_requests_total{via=\"%s\",route=\"%s\",cache=\"%s\",code=\"%d\"} %llu\n",
+    rp_sbuf_addf(b,
+                 "regproxy_requests_total{via=\"%s\",route=\"%s\",cache=\"%s\",code=\"%d\"} %llu\n",
                  s->via, s->route, s->cache, s->code, (unsigned long long)s->n);
   }
   rp_sbuf_adds(b, "# HELP regproxy_bytes_total Body and tunnel bytes by direction and source.\n"
@@ -94,7 +95,8 @@ void rp_metrics_render(struct rp_sbuf *b) {
         (long long)rp_metrics.cache_size_bytes);
   gauge(b, "regproxy_cache_objects", "Objects stored in the cache.",
         (long long)rp_metrics.cache_objects);
-  gauge(b, "regproxy_fills_in_flight", "Cache fills running.", (long long)rp_metrics.fills_in_flight);
+  gauge(b, "regproxy_fills_in_flight", "Cache fills running.",
+        (long long)rp_metrics.fills_in_flight);
   counter(b, "regproxy_evictions_total", "Objects evicted from the cache.",
           (unsigned long long)rp_metrics.evictions);
   counter(b, "regproxy_digest_mismatch_total", "Upstream bodies that failed digest verification.",

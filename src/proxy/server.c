@@ -13,6 +13,8 @@
 #include "regproxy/log.h"
 #include "regproxy/proxy.h"
 #include "regproxy/rules.h"
+#include "regproxy/tls.h"
+#include "regproxy/upstream.h"
 
 /* "<what>: <why>" into a malloc'd *err. */
 static void set_err(char **err, const char *what, const char *why) {
@@ -123,9 +125,14 @@ static void on_grace(uv_timer_t *t) {
   }
 }
 
-static void on_listener_close(uv_handle_t *h) { (void)h; }
+static void on_listener_close(uv_handle_t *h) {
+  (void)h;
+}
 
 static void finish_shutdown(struct rp_server *srv) {
+  /* The engine's timer and sockets would keep the loop running. */
+  rp_upstream_destroy(srv->up);
+  srv->up = NULL;
   for (int i = 0; i < 3; i++)
     if (!uv_is_closing((uv_handle_t *)&srv->sig[i]))
       uv_close((uv_handle_t *)&srv->sig[i], NULL);
@@ -292,7 +299,12 @@ static void startup_lines(struct rp_server *srv) {
   }
   rp_logline_begin(&l, RP_LOG_INFO, "paths");
   rp_logline_str(&l, "cache_dir", cfg->cache_dir);
-  rp_logline_str(&l, "ca_dir", cfg->ca_dir);
+  rp_logline_str(&l, "ca", rp_ca_cert_path(srv->ca));
+  rp_logline_end(&l);
+  rp_logline_begin(&l, RP_LOG_INFO, "trust the CA");
+  rp_logline_str(&l, "debian",
+                 "cp CA /usr/local/share/ca-certificates/regproxy.crt && update-ca-certificates");
+  rp_logline_str(&l, "other_registries", "/etc/docker/certs.d/<registry>/ca.crt");
   rp_logline_end(&l);
   if (srv->parent.host[0] != '\0') {
     rp_logline_begin(&l, RP_LOG_INFO, "parent proxy");
@@ -320,11 +332,35 @@ static void startup_lines(struct rp_server *srv) {
   rp_logline_end(&l);
 }
 
+/* The CA (created on first start), its leaf cache and the upstream engine. */
+static int start_mitm(struct rp_server *srv, char **err) {
+  const struct rp_config *cfg = srv->cfg;
+  struct rp_upstream_opts o;
+  int rc;
+
+  rc = rp_ca_open(cfg->ca_dir, true, &srv->ca, err);
+  if (rc != 0)
+    return rc;
+  rc = rp_leafcache_create(srv->ca, 1024, &srv->leaves);
+  if (rc != 0)
+    return rc;
+  memset(&o, 0, sizeof(o));
+  o.ca_file = cfg->upstream_ca;
+  o.connect_to = cfg->connect_to;
+  o.n_connect_to = cfg->n_connect_to;
+  o.connect_timeout_ms = cfg->connect_timeout_ms;
+  o.mark = cfg->mark_set ? cfg->mark : 0;
+  return rp_upstream_create(srv->loop, &o, &srv->up);
+}
+
 int rp_server_start(struct rp_server *srv, char **err) {
   const struct rp_config *cfg = srv->cfg;
   size_t n = cfg->n_listen + cfg->n_transparent, k = 0;
   int rc = 0;
 
+  rc = start_mitm(srv, err);
+  if (rc != 0)
+    return rc;
   raise_nofile(cfg->max_connections);
   srv->listeners = calloc(n ? n : 1, sizeof(*srv->listeners));
   if (srv->listeners == NULL)
@@ -353,6 +389,9 @@ int rp_server_start(struct rp_server *srv, char **err) {
 void rp_server_destroy(struct rp_server *srv) {
   if (srv == NULL)
     return;
+  rp_upstream_destroy(srv->up);
+  rp_leafcache_destroy(srv->leaves);
+  rp_ca_destroy(srv->ca);
   free(srv->listeners);
   free(srv->parent.auth);
   rp_config_destroy(srv->cfg);

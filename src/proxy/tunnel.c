@@ -8,6 +8,7 @@
 #include "regproxy/error.h"
 #include "regproxy/log.h"
 #include "regproxy/metrics.h"
+#include "regproxy/rules.h"
 
 static const char established[] = "HTTP/1.1 200 Connection established\r\n\r\n";
 
@@ -78,6 +79,10 @@ void rp__tunnel_connect(struct rp_conn *c) {
     return;
   }
   bypass = rp__server_route_bypass(srv, c->target.host, c->target.port);
+  if (!bypass && rp_hostlist_match(srv->cfg->mitm_list, c->target.host, c->target.port)) {
+    rp__mitm_connect(c);
+    return;
+  }
   c->log.route = bypass ? "bypass" : "tunnel";
   c->keep_alive = 0;
   rp__conn_go_state(c, RP_CONN_DIAL);

@@ -1,1 +1,1363 @@
-/* placeholder: being written */
+/* The registry auth client: WWW-Authenticate challenges, docker config.json
+ * credentials, and bearer tokens fetched through the upstream engine,
+ * cached by (registry, scope, anonymous) with one fetch per key in flight. */
+#include <ctype.h>
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include <jansson.h>
+
+#include "regproxy/auth.h"
+#include "regproxy/error.h"
+#include "regproxy/log.h"
+#include "regproxy/upstream.h"
+
+#define CONFIG_MAX          (4 * 1024 * 1024)
+#define TOKEN_BODY_MAX      (256 * 1024)
+#define TOKEN_DEFAULT_TTL_S 60
+#define TOKEN_MAX_TTL_S     (24 * 3600)
+#define BASIC_TTL_MS        (3600 * 1000)
+#define MAX_ENTRIES         1024
+#define KEY_MAX             256
+
+static char *xstrndup(const char *s, size_t n) {
+  char *p = malloc(n + 1);
+  if (p != NULL) {
+    memcpy(p, s, n);
+    p[n] = '\0';
+  }
+  return p;
+}
+
+static char *xasprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static char *xasprintf(const char *fmt, ...) {
+  va_list ap;
+  char *out = NULL;
+  va_start(ap, fmt);
+  if (vasprintf(&out, fmt, ap) < 0)
+    out = NULL;
+  va_end(ap);
+  return out;
+}
+
+/* ---- challenges (RFC 9110 §11.2: auth-scheme [ 1*SP ( token68 / #auth-param ) ]) -- */
+
+static int is_tchar(unsigned char c) {
+  return isalnum(c) || (c != '\0' && strchr("!#$%&'*+-.^_`|~", c) != NULL);
+}
+
+static int is_t68char(unsigned char c) {
+  return isalnum(c) || c == '-' || c == '.' || c == '_' || c == '~' || c == '+' || c == '/';
+}
+
+static int is_ws(char c) {
+  return c == ' ' || c == '\t';
+}
+
+static const char *skip_ws(const char *p, const char *end) {
+  while (p < end && is_ws(*p))
+    p++;
+  return p;
+}
+
+static const char *skip_token(const char *p, const char *end) {
+  while (p < end && is_tchar((unsigned char)*p))
+    p++;
+  return p;
+}
+
+/* A parameter value: token or quoted-string (quoted-pair unescaped). */
+static int parse_param_value(const char **pp, const char *end, char **out) {
+  const char *p = *pp;
+  if (p < end && *p == '"') {
+    char *buf = malloc((size_t)(end - p));
+    size_t j = 0;
+    if (buf == NULL)
+      return RP_ENOMEM;
+    p++;
+    for (;;) {
+      if (p == end) {
+        free(buf);
+        return RP_EPARSE; /* unterminated */
+      }
+      unsigned char c = (unsigned char)*p;
+      if (c == '"') {
+        p++;
+        break;
+      }
+      if (c == '\\') {
+        p++;
+        if (p == end) {
+          free(buf);
+          return RP_EPARSE;
+        }
+        c = (unsigned char)*p;
+      }
+      if (!(c == '\t' || (c >= 0x20 && c != 0x7f))) {
+        free(buf);
+        return RP_EPARSE; /* control characters never appear, escaped or not */
+      }
+      buf[j++] = (char)c;
+      p++;
+    }
+    buf[j] = '\0';
+    *out = buf;
+    *pp = p;
+    return 0;
+  }
+  const char *s = p;
+  p = skip_token(p, end);
+  if (p == s)
+    return RP_EPARSE;
+  *out = xstrndup(s, (size_t)(p - s));
+  if (*out == NULL)
+    return RP_ENOMEM;
+  *pp = p;
+  return 0;
+}
+
+static int set_param(struct rp_auth_challenge *c, const char *name, size_t nlen, char *value) {
+  char **slot = NULL;
+  if (nlen == 5 && strncasecmp(name, "realm", 5) == 0)
+    slot = &c->realm;
+  else if (nlen == 7 && strncasecmp(name, "service", 7) == 0)
+    slot = &c->service;
+  else if (nlen == 5 && strncasecmp(name, "scope", 5) == 0)
+    slot = &c->scope;
+  else if (nlen == 5 && strncasecmp(name, "error", 5) == 0)
+    slot = &c->error;
+  if (slot == NULL) {
+    free(value);
+    return 0;
+  }
+  if (*slot != NULL) {
+    free(value);
+    return RP_EPARSE; /* a parameter name occurs once per challenge */
+  }
+  *slot = value;
+  return 0;
+}
+
+void rp_auth_challenge_clear(struct rp_auth_challenge *c) {
+  if (c == NULL)
+    return;
+  free(c->realm);
+  free(c->service);
+  free(c->scope);
+  free(c->error);
+  memset(c, 0, sizeof(*c));
+}
+
+void rp_auth_challenges_free(struct rp_auth_challenge *list, size_t n) {
+  for (size_t i = 0; i < n; i++)
+    rp_auth_challenge_clear(&list[i]);
+  free(list);
+}
+
+static int push_challenge(struct rp_auth_challenge **arr, size_t *n, size_t *cap,
+                          struct rp_auth_challenge *c) {
+  if (*n == *cap) {
+    size_t ncap = *cap ? *cap * 2 : 4;
+    struct rp_auth_challenge *na = realloc(*arr, ncap * sizeof(*na));
+    if (na == NULL)
+      return RP_ENOMEM;
+    *arr = na;
+    *cap = ncap;
+  }
+  (*arr)[(*n)++] = *c;
+  memset(c, 0, sizeof(*c));
+  return 0;
+}
+
+int rp_auth_challenges_parse(const char *value, size_t len, struct rp_auth_challenge **list,
+                             size_t *n) {
+  int rc = 0;
+  const char *p = value, *end = value + len;
+  struct rp_auth_challenge *arr = NULL, cur;
+  size_t narr = 0, cap = 0;
+  memset(&cur, 0, sizeof(cur));
+  if (value == NULL && len > 0)
+    return RP_EINVAL;
+  for (;;) {
+    while (p < end && (is_ws(*p) || *p == ','))
+      p++; /* empty list elements are allowed */
+    if (p == end)
+      break;
+    const char *s = p;
+    p = skip_token(p, end);
+    if (p == s || (p < end && !is_ws(*p) && *p != ',')) {
+      rc = RP_EPARSE;
+      goto out;
+    }
+    size_t slen = (size_t)(p - s);
+    cur.scheme = slen == 5 && strncasecmp(s, "basic", 5) == 0    ? RP_AUTH_BASIC
+                 : slen == 6 && strncasecmp(s, "bearer", 6) == 0 ? RP_AUTH_BEARER
+                                                                 : RP_AUTH_OTHER;
+    p = skip_ws(p, end);
+    if (p < end && *p != ',') {
+      /* token68 ("Negotiate YWJj==") or a list of auth-params. */
+      const char *t = p, *eq;
+      while (t < end && is_t68char((unsigned char)*t))
+        t++;
+      eq = t;
+      while (eq < end && *eq == '=')
+        eq++;
+      const char *after = skip_ws(eq, end);
+      if (t > p && (after == end || *after == ',')) {
+        p = after;
+      } else {
+        for (;;) {
+          const char *name = p;
+          p = skip_token(p, end);
+          size_t nlen = (size_t)(p - name);
+          char *v = NULL;
+          if (nlen == 0) {
+            rc = RP_EPARSE;
+            goto out;
+          }
+          p = skip_ws(p, end);
+          if (p == end || *p != '=') {
+            rc = RP_EPARSE;
+            goto out;
+          }
+          p = skip_ws(p + 1, end);
+          rc = parse_param_value(&p, end, &v);
+          if (rc == 0)
+            rc = set_param(&cur, name, nlen, v);
+          if (rc != 0)
+            goto out;
+          p = skip_ws(p, end);
+          if (p == end)
+            break;
+          if (*p != ',') {
+            rc = RP_EPARSE; /* e.g. a missing comma between parameters */
+            goto out;
+          }
+          /* After the comma: "name =" continues this challenge, anything
+           * else starts the next one. */
+          const char *r = p;
+          while (r < end && (is_ws(*r) || *r == ','))
+            r++;
+          const char *rn = skip_token(r, end);
+          const char *re = skip_ws(rn, end);
+          if (rn > r && re < end && *re == '=') {
+            p = r;
+            continue;
+          }
+          p = r;
+          break;
+        }
+      }
+    }
+    rc = push_challenge(&arr, &narr, &cap, &cur);
+    if (rc != 0)
+      goto out;
+  }
+  if (narr > 0) {
+    struct rp_auth_challenge *na = realloc(*list, (*n + narr) * sizeof(*na));
+    if (na == NULL) {
+      rc = RP_ENOMEM;
+      goto out;
+    }
+    memcpy(na + *n, arr, narr * sizeof(*arr));
+    *list = na;
+    *n += narr;
+    free(arr);
+    arr = NULL;
+    narr = 0;
+  }
+out:
+  rp_auth_challenge_clear(&cur);
+  rp_auth_challenges_free(arr, narr);
+  return rc;
+}
+
+const struct rp_auth_challenge *rp_auth_challenge_pick(const struct rp_auth_challenge *list,
+                                                       size_t n) {
+  for (size_t i = 0; i < n; i++)
+    if (list[i].scheme == RP_AUTH_BEARER && list[i].realm != NULL && list[i].realm[0] != '\0')
+      return &list[i];
+  for (size_t i = 0; i < n; i++)
+    if (list[i].scheme == RP_AUTH_BASIC)
+      return &list[i];
+  return NULL;
+}
+
+static int dup_opt(char **dst, const char *src) {
+  *dst = NULL;
+  if (src == NULL)
+    return 0;
+  *dst = strdup(src);
+  return *dst == NULL ? RP_ENOMEM : 0;
+}
+
+int rp_auth_challenge_copy(struct rp_auth_challenge *dst, const struct rp_auth_challenge *src) {
+  memset(dst, 0, sizeof(*dst));
+  dst->scheme = src->scheme;
+  if (dup_opt(&dst->realm, src->realm) != 0 || dup_opt(&dst->service, src->service) != 0 ||
+      dup_opt(&dst->scope, src->scope) != 0 || dup_opt(&dst->error, src->error) != 0) {
+    rp_auth_challenge_clear(dst);
+    return RP_ENOMEM;
+  }
+  return 0;
+}
+
+int rp_auth_challenge_from_headers(const struct rp_http_header *headers, size_t n,
+                                   struct rp_auth_challenge *out) {
+  struct rp_auth_challenge *list = NULL;
+  size_t nlist = 0;
+  int bad = 0, rc;
+  memset(out, 0, sizeof(*out));
+  for (size_t i = 0; i < n; i++) {
+    if (!rp_http_token_eq(headers[i].name, headers[i].name_len, "www-authenticate"))
+      continue;
+    rc = rp_auth_challenges_parse(headers[i].value, headers[i].value_len, &list, &nlist);
+    if (rc == RP_ENOMEM) {
+      rp_auth_challenges_free(list, nlist);
+      return rc;
+    }
+    if (rc != 0)
+      bad = 1;
+  }
+  const struct rp_auth_challenge *pick = rp_auth_challenge_pick(list, nlist);
+  if (pick != NULL)
+    rc = rp_auth_challenge_copy(out, pick);
+  else
+    rc = bad ? RP_EPARSE : UV_ENOENT;
+  rp_auth_challenges_free(list, nlist);
+  return rc;
+}
+
+/* ---- base64 --------------------------------------------------------------- */
+
+static const char b64_alphabet[] =
+    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+static int b64_value(unsigned char c) {
+  if (c >= 'A' && c <= 'Z')
+    return c - 'A';
+  if (c >= 'a' && c <= 'z')
+    return c - 'a' + 26;
+  if (c >= '0' && c <= '9')
+    return c - '0' + 52;
+  if (c == '+')
+    return 62;
+  if (c == '/')
+    return 63;
+  return -1;
+}
+
+int rp_auth_base64_decode(const char *in, size_t len, char **out, size_t *outlen) {
+  size_t pad = 0;
+  while (len > 0 && in[len - 1] == '=' && pad < 2)
+    len--, pad++;
+  if (len % 4 == 1 || (pad > 0 && (len + pad) % 4 != 0))
+    return RP_EPARSE;
+  char *buf = malloc(len / 4 * 3 + 3);
+  size_t j = 0;
+  uint32_t acc = 0;
+  int bits = 0;
+  if (buf == NULL)
+    return RP_ENOMEM;
+  for (size_t i = 0; i < len; i++) {
+    int v = b64_value((unsigned char)in[i]);
+    if (v < 0) {
+      free(buf);
+      return RP_EPARSE;
+    }
+    acc = (acc << 6) | (uint32_t)v;
+    bits += 6;
+    if (bits >= 8) {
+      bits -= 8;
+      buf[j++] = (char)((acc >> bits) & 0xff);
+    }
+  }
+  /* Leftover bits must be zero (canonical encoding). */
+  if (bits > 0 && (acc & ((1u << bits) - 1)) != 0) {
+    free(buf);
+    return RP_EPARSE;
+  }
+  buf[j] = '\0';
+  *out = buf;
+  *outlen = j;
+  return 0;
+}
+
+static char *base64_encode(const unsigned char *in, size_t len) {
+  char *out = malloc((len + 2) / 3 * 4 + 1);
+  size_t j = 0;
+  if (out == NULL)
+    return NULL;
+  for (size_t i = 0; i < len; i += 3) {
+    uint32_t v = (uint32_t)in[i] << 16;
+    if (i + 1 < len)
+      v |= (uint32_t)in[i + 1] << 8;
+    if (i + 2 < len)
+      v |= in[i + 2];
+    out[j++] = b64_alphabet[(v >> 18) & 63];
+    out[j++] = b64_alphabet[(v >> 12) & 63];
+    out[j++] = i + 1 < len ? b64_alphabet[(v >> 6) & 63] : '=';
+    out[j++] = i + 2 < len ? b64_alphabet[v & 63] : '=';
+  }
+  out[j] = '\0';
+  return out;
+}
+
+char *rp_auth_basic_value(const char *user, const char *pass) {
+  char *plain = xasprintf("%s:%s", user, pass), *b64 = NULL, *out = NULL;
+  if (plain == NULL)
+    return NULL;
+  b64 = base64_encode((const unsigned char *)plain, strlen(plain));
+  if (b64 != NULL)
+    out = xasprintf("Basic %s", b64);
+  explicit_bzero(plain, strlen(plain));
+  free(plain);
+  free(b64);
+  return out;
+}
+
+/* ---- registry keys and credentials ---------------------------------------- */
+
+void rp_auth_registry_key(const char *registry, char *out, size_t outsz) {
+  static const char *const hub[] = {"docker.io", "index.docker.io", "registry-1.docker.io",
+                                    "registry.hub.docker.com"};
+  const char *p = registry != NULL ? registry : "";
+  size_t j = 0;
+  if (outsz == 0)
+    return;
+  if (strncasecmp(p, "https://", 8) == 0)
+    p += 8;
+  else if (strncasecmp(p, "http://", 7) == 0)
+    p += 7;
+  for (; *p != '\0' && *p != '/' && j + 1 < outsz; p++)
+    out[j++] = (char)tolower((unsigned char)*p);
+  out[j] = '\0';
+  for (size_t i = 0; i < sizeof(hub) / sizeof(hub[0]); i++) {
+    size_t hl = strlen(hub[i]);
+    if (strncmp(out, hub[i], hl) == 0 && (out[hl] == '\0' || strcmp(out + hl, ":443") == 0)) {
+      snprintf(out, outsz, "docker.io");
+      return;
+    }
+  }
+}
+
+struct cred {
+  char key[KEY_MAX];
+  char *user;
+  char *pass;
+};
+
+struct rp_auth_creds {
+  struct cred *v;
+  size_t n;
+};
+
+void rp_auth_creds_destroy(struct rp_auth_creds *c) {
+  if (c == NULL)
+    return;
+  for (size_t i = 0; i < c->n; i++) {
+    free(c->v[i].user);
+    if (c->v[i].pass != NULL) {
+      explicit_bzero(c->v[i].pass, strlen(c->v[i].pass));
+      free(c->v[i].pass);
+    }
+  }
+  free(c->v);
+  free(c);
+}
+
+size_t rp_auth_creds_count(const struct rp_auth_creds *c) {
+  return c != NULL ? c->n : 0;
+}
+
+int rp_auth_creds_lookup(const struct rp_auth_creds *c, const char *registry, const char **user,
+                         const char **pass) {
+  char key[KEY_MAX];
+  if (c == NULL)
+    return UV_ENOENT;
+  rp_auth_registry_key(registry, key, sizeof(key));
+  for (size_t i = 0; i < c->n; i++) {
+    if (strcmp(c->v[i].key, key) == 0) {
+      *user = c->v[i].user;
+      *pass = c->v[i].pass;
+      return 0;
+    }
+  }
+  return UV_ENOENT;
+}
+
+static int set_err(char **err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static int set_err(char **err, const char *fmt, ...) {
+  va_list ap;
+  if (err == NULL)
+    return 0;
+  va_start(ap, fmt);
+  if (vasprintf(err, fmt, ap) < 0)
+    *err = NULL;
+  va_end(ap);
+  return 0;
+}
+
+/* One "auths" entry: 0 with user and pass set, 1 when it holds no credentials,
+ * or RP_ECONFIG with *why. */
+static int cred_from_entry(json_t *entry, char **user, char **pass, const char **why) {
+  json_t *auth = json_object_get(entry, "auth");
+  json_t *ju = json_object_get(entry, "username");
+  json_t *jp = json_object_get(entry, "password");
+  *user = *pass = NULL;
+  if (auth != NULL && !json_is_string(auth)) {
+    *why = "\"auth\" is not a string";
+    return RP_ECONFIG;
+  }
+  if (auth != NULL && json_string_length(auth) > 0) {
+    char *plain = NULL;
+    size_t plen = 0;
+    int rc =
+        rp_auth_base64_decode(json_string_value(auth), json_string_length(auth), &plain, &plen);
+    if (rc == RP_ENOMEM)
+      return rc;
+    if (rc != 0) {
+      *why = "\"auth\" is not valid base64";
+      return RP_ECONFIG;
+    }
+    char *colon = memchr(plain, ':', plen);
+    if (colon == NULL || colon == plain || memchr(plain, '\0', plen) != NULL) {
+      explicit_bzero(plain, plen);
+      free(plain);
+      *why = "\"auth\" does not decode to user:password";
+      return RP_ECONFIG;
+    }
+    *user = xstrndup(plain, (size_t)(colon - plain));
+    *pass = strdup(colon + 1);
+    explicit_bzero(plain, plen);
+    free(plain);
+  } else if (json_is_string(ju) && json_string_length(ju) > 0) {
+    if (jp != NULL && !json_is_string(jp)) {
+      *why = "\"password\" is not a string";
+      return RP_ECONFIG;
+    }
+    *user = strdup(json_string_value(ju));
+    *pass = strdup(jp != NULL ? json_string_value(jp) : "");
+  } else {
+    return 1; /* e.g. {} left by a credential store, or an identitytoken only */
+  }
+  if (*user == NULL || *pass == NULL) {
+    free(*user);
+    free(*pass);
+    *user = *pass = NULL;
+    return RP_ENOMEM;
+  }
+  return 0;
+}
+
+int rp_auth_creds_parse(const char *json, size_t len, const char *name, struct rp_auth_creds **out,
+                        char **err) {
+  int rc = 0;
+  json_error_t jerr;
+  json_t *root = NULL, *auths, *entry;
+  const char *key;
+  struct rp_auth_creds *c = calloc(1, sizeof(*c));
+  if (err != NULL)
+    *err = NULL;
+  if (c == NULL)
+    return RP_ENOMEM;
+  root = json_loadb(json, len, JSON_REJECT_DUPLICATES, &jerr);
+  if (root == NULL) {
+    set_err(err, "%s:%d: %s", name, jerr.line, jerr.text);
+    rc = RP_ECONFIG;
+    goto out;
+  }
+  if (!json_is_object(root)) {
+    set_err(err, "%s: not a JSON object", name);
+    rc = RP_ECONFIG;
+    goto out;
+  }
+  if (json_object_get(root, "credsStore") != NULL || json_object_get(root, "credHelpers") != NULL)
+    rp_log_warn("%s: credential helpers (credsStore/credHelpers) are not used; only \"auths\" "
+                "entries are read",
+                name);
+  auths = json_object_get(root, "auths");
+  if (auths == NULL)
+    goto done;
+  if (!json_is_object(auths)) {
+    set_err(err, "%s: \"auths\" is not an object", name);
+    rc = RP_ECONFIG;
+    goto out;
+  }
+  c->v = calloc(json_object_size(auths) + 1, sizeof(*c->v));
+  if (c->v == NULL) {
+    rc = RP_ENOMEM;
+    goto out;
+  }
+  json_object_foreach(auths, key, entry) {
+    char *user = NULL, *pass = NULL, k[KEY_MAX];
+    const char *why = NULL, *u0, *p0;
+    if (!json_is_object(entry)) {
+      set_err(err, "%s: auths.\"%s\" is not an object", name, key);
+      rc = RP_ECONFIG;
+      goto out;
+    }
+    rc = cred_from_entry(entry, &user, &pass, &why);
+    if (rc == 1) {
+      rc = 0;
+      continue;
+    }
+    if (rc != 0) {
+      if (why != NULL)
+        set_err(err, "%s: auths.\"%s\": %s", name, key, why);
+      goto out;
+    }
+    rp_auth_registry_key(key, k, sizeof(k));
+    if (k[0] == '\0' || rp_auth_creds_lookup(c, k, &u0, &p0) == 0) {
+      /* No host, or a second spelling of a registry already read: the
+       * first entry wins, as in docker. */
+      free(user);
+      explicit_bzero(pass, strlen(pass));
+      free(pass);
+      continue;
+    }
+    snprintf(c->v[c->n].key, sizeof(c->v[c->n].key), "%s", k);
+    c->v[c->n].user = user;
+    c->v[c->n].pass = pass;
+    c->n++;
+  }
+done:
+  *out = c;
+  c = NULL;
+out:
+  json_decref(root);
+  rp_auth_creds_destroy(c);
+  return rc;
+}
+
+int rp_auth_creds_load(const char *path, struct rp_auth_creds **out, char **err) {
+  int rc = 0;
+  char *buf = NULL;
+  size_t len = 0;
+  FILE *fp = fopen(path, "rb");
+  if (err != NULL)
+    *err = NULL;
+  if (fp == NULL) {
+    rc = -errno;
+    set_err(err, "%s: %s", path, strerror(errno));
+    return rc;
+  }
+  buf = malloc(CONFIG_MAX + 1);
+  if (buf == NULL) {
+    rc = RP_ENOMEM;
+    goto out;
+  }
+  len = fread(buf, 1, CONFIG_MAX + 1, fp);
+  if (ferror(fp)) {
+    rc = RP_ECONFIG;
+    set_err(err, "%s: read error", path);
+    goto out;
+  }
+  if (len > CONFIG_MAX) {
+    rc = RP_ECONFIG;
+    set_err(err, "%s: larger than %d bytes", path, CONFIG_MAX);
+    goto out;
+  }
+  rc = rp_auth_creds_parse(buf, len, path, out, err);
+out:
+  if (buf != NULL) {
+    explicit_bzero(buf, len);
+    free(buf);
+  }
+  fclose(fp);
+  return rc;
+}
+
+/* ---- token requests ------------------------------------------------------- */
+
+static int url_append_escaped(char **buf, size_t *len, size_t *cap, const char *s) {
+  static const char hex[] = "0123456789ABCDEF";
+  for (; *s != '\0'; s++) {
+    unsigned char c = (unsigned char)*s;
+    if (*len + 4 > *cap) {
+      size_t ncap = *cap * 2 + 64;
+      char *nb = realloc(*buf, ncap);
+      if (nb == NULL)
+        return RP_ENOMEM;
+      *buf = nb;
+      *cap = ncap;
+    }
+    if (isalnum(c) || c == '-' || c == '.' || c == '_' || c == '~') {
+      (*buf)[(*len)++] = (char)c;
+    } else {
+      (*buf)[(*len)++] = '%';
+      (*buf)[(*len)++] = hex[c >> 4];
+      (*buf)[(*len)++] = hex[c & 15];
+    }
+  }
+  (*buf)[*len] = '\0';
+  return 0;
+}
+
+static int url_append_raw(char **buf, size_t *len, size_t *cap, const char *s, size_t n) {
+  if (*len + n + 1 > *cap) {
+    size_t ncap = *cap * 2 + n + 64;
+    char *nb = realloc(*buf, ncap);
+    if (nb == NULL)
+      return RP_ENOMEM;
+    *buf = nb;
+    *cap = ncap;
+  }
+  memcpy(*buf + *len, s, n);
+  *len += n;
+  (*buf)[*len] = '\0';
+  return 0;
+}
+
+/* A growing query string: "sep name=escaped(value)". */
+struct urlbuf {
+  char *p;
+  size_t len, cap;
+  char sep; /* '?', '&', or 0 when none is needed before the next parameter */
+};
+
+static int url_param(struct urlbuf *u, const char *name, const char *value, size_t vlen) {
+  int rc = 0;
+  char *v = xstrndup(value, vlen);
+  if (v == NULL)
+    return RP_ENOMEM;
+  if (u->sep != 0)
+    rc = url_append_raw(&u->p, &u->len, &u->cap, &u->sep, 1);
+  u->sep = '&';
+  if (rc == 0)
+    rc = url_append_raw(&u->p, &u->len, &u->cap, name, strlen(name));
+  if (rc == 0)
+    rc = url_append_raw(&u->p, &u->len, &u->cap, "=", 1);
+  if (rc == 0)
+    rc = url_append_escaped(&u->p, &u->len, &u->cap, v);
+  free(v);
+  return rc;
+}
+
+int rp_auth_token_url(const char *realm, const char *service, const char *scope,
+                      const char *account, char **out) {
+  int rc = 0;
+  struct urlbuf u = {0};
+  size_t rlen;
+  if (realm == NULL ||
+      (strncasecmp(realm, "https://", 8) != 0 && strncasecmp(realm, "http://", 7) != 0))
+    return RP_EPARSE;
+  for (const char *p = realm; *p != '\0'; p++)
+    if ((unsigned char)*p <= 0x20 || (unsigned char)*p >= 0x7f || *p == '#')
+      return RP_EPARSE;
+  rlen = strlen(realm);
+  rc = url_append_raw(&u.p, &u.len, &u.cap, realm, rlen);
+  if (rc != 0)
+    goto out;
+  u.sep = strchr(realm, '?') == NULL                           ? '?'
+          : (realm[rlen - 1] == '?' || realm[rlen - 1] == '&') ? 0
+                                                               : '&';
+  if (service != NULL && service[0] != '\0') {
+    rc = url_param(&u, "service", service, strlen(service));
+    if (rc != 0)
+      goto out;
+  }
+  /* Several space-separated scopes become several scope parameters. */
+  for (const char *p = scope != NULL ? scope : ""; *p != '\0';) {
+    size_t n = strcspn(p, " ");
+    if (n > 0) {
+      rc = url_param(&u, "scope", p, n);
+      if (rc != 0)
+        goto out;
+    }
+    p += n;
+    p += strspn(p, " ");
+  }
+  if (account != NULL && account[0] != '\0') {
+    rc = url_param(&u, "account", account, strlen(account));
+    if (rc != 0)
+      goto out;
+  }
+  *out = u.p;
+  u.p = NULL;
+out:
+  free(u.p);
+  return rc;
+}
+
+int rp_auth_parse_token_response(const char *body, size_t len, char **token,
+                                 uint64_t *expires_in_s) {
+  int rc = RP_EPARSE;
+  json_t *root = json_loadb(body, len, 0, NULL), *t, *e;
+  const char *s;
+  *token = NULL;
+  *expires_in_s = TOKEN_DEFAULT_TTL_S;
+  if (root == NULL || !json_is_object(root))
+    goto out;
+  t = json_object_get(root, "token");
+  if (!json_is_string(t) || json_string_length(t) == 0)
+    t = json_object_get(root, "access_token");
+  if (!json_is_string(t) || json_string_length(t) == 0)
+    goto out;
+  s = json_string_value(t);
+  /* It goes into a header: visible ASCII only. */
+  for (size_t i = 0; i < json_string_length(t); i++)
+    if ((unsigned char)s[i] <= 0x20 || (unsigned char)s[i] >= 0x7f)
+      goto out;
+  e = json_object_get(root, "expires_in");
+  if (json_is_integer(e) && json_integer_value(e) > 0)
+    *expires_in_s = (uint64_t)json_integer_value(e);
+  else if (json_is_real(e) && json_real_value(e) >= 1)
+    *expires_in_s = (uint64_t)json_real_value(e);
+  if (*expires_in_s > TOKEN_MAX_TTL_S)
+    *expires_in_s = TOKEN_MAX_TTL_S;
+  *token = strdup(s);
+  rc = *token == NULL ? RP_ENOMEM : 0;
+out:
+  json_decref(root);
+  return rc;
+}
+
+/* ---- the client ------------------------------------------------------------- */
+
+enum entry_state { ENTRY_PENDING, ENTRY_READY, ENTRY_STATE_LAST };
+
+struct token_entry;
+
+struct rp_auth_req {
+  struct rp_auth *a;
+  struct token_entry *entry; /* waiting on this entry's fetch, or NULL */
+  struct rp_auth_req *prev, *next;
+  rp_auth_cb cb;
+  void *data;
+  int status;
+  char *value;
+  char reason[600];
+};
+
+struct token_entry {
+  struct rp_auth *a;
+  struct token_entry *prev, *next;
+  char registry[KEY_MAX];
+  char *scope;
+  unsigned anon;
+  enum entry_state state;
+  char *value;         /* "Bearer …" / "Basic …" */
+  uint64_t expires_ms; /* uv_now() time */
+  struct rp_auth_req *waiters;
+  /* The token fetch. */
+  struct rp_fetch *fetch;
+  char *url;
+  char *authorization; /* Basic credentials for the token server */
+  char host[KEY_MAX];  /* the realm's host, for messages */
+  int http_status;
+  char *body;
+  size_t body_len, body_cap;
+};
+
+struct rp_auth {
+  struct rp_upstream *up;
+  uv_loop_t *loop;
+  struct rp_auth_creds *creds;
+  const char *(*proxy_for)(void *data, const char *url, const char **userinfo);
+  void *proxy_data;
+  struct token_entry *entries;
+  size_t nentries;
+  struct rp_auth_req *ready_head, *ready_tail; /* answers due on the loop */
+  struct rp_auth_req *delivering;
+  uv_timer_t timer;
+  struct rp_auth_stats stats;
+};
+
+static void entry_free(struct token_entry *e) {
+  struct rp_auth *a = e->a;
+  if (e->prev != NULL)
+    e->prev->next = e->next;
+  else
+    a->entries = e->next;
+  if (e->next != NULL)
+    e->next->prev = e->prev;
+  a->nentries--;
+  if (e->fetch != NULL)
+    rp_fetch_cancel(e->fetch);
+  while (e->waiters != NULL) {
+    struct rp_auth_req *r = e->waiters;
+    e->waiters = r->next;
+    free(r->value);
+    free(r);
+  }
+  free(e->scope);
+  free(e->value);
+  free(e->url);
+  if (e->authorization != NULL) {
+    explicit_bzero(e->authorization, strlen(e->authorization));
+    free(e->authorization);
+  }
+  free(e->body);
+  free(e);
+}
+
+static void on_ready_timer(uv_timer_t *t);
+
+static void ready_push(struct rp_auth_req *r) {
+  struct rp_auth *a = r->a;
+  r->entry = NULL;
+  r->next = NULL;
+  r->prev = a->ready_tail;
+  if (a->ready_tail != NULL)
+    a->ready_tail->next = r;
+  else
+    a->ready_head = r;
+  a->ready_tail = r;
+  uv_timer_start(&a->timer, on_ready_timer, 0, 0);
+}
+
+/* Answer r later, on the loop. value may be NULL (error). */
+static void answer(struct rp_auth_req *r, int status, const char *value, const char *reason) {
+  r->status = status;
+  r->value = NULL;
+  if (status == 0) {
+    r->value = strdup(value);
+    if (r->value == NULL) {
+      r->status = RP_ENOMEM;
+      reason = "out of memory";
+    }
+  }
+  snprintf(r->reason, sizeof(r->reason), "%s", status == 0 ? "" : reason);
+  ready_push(r);
+}
+
+static void on_ready_timer(uv_timer_t *t) {
+  struct rp_auth *a = t->data;
+  struct rp_auth_req *r;
+  for (r = a->ready_head; r != NULL; r = a->ready_head) {
+    a->ready_head = r->next;
+    if (a->ready_head != NULL)
+      a->ready_head->prev = NULL;
+    else
+      a->ready_tail = NULL;
+    a->delivering = r;
+    r->cb(r->data, r->status, r->status == 0 ? r->value : NULL, r->reason);
+    a->delivering = NULL;
+    if (r->value != NULL) {
+      explicit_bzero(r->value, strlen(r->value));
+      free(r->value);
+    }
+    free(r);
+  }
+}
+
+static void entry_answer_all(struct token_entry *e, int status, const char *reason) {
+  while (e->waiters != NULL) {
+    struct rp_auth_req *r = e->waiters;
+    e->waiters = r->next;
+    answer(r, status, e->value, reason);
+  }
+}
+
+static struct token_entry *entry_find(struct rp_auth *a, const char *registry, const char *scope,
+                                      unsigned anon) {
+  uint64_t now = uv_now(a->loop);
+  struct token_entry *e, *next;
+  for (e = a->entries; e != NULL; e = next) {
+    next = e->next;
+    if (e->state == ENTRY_READY && e->expires_ms <= now) {
+      entry_free(e); /* expired: drop it on the way */
+      continue;
+    }
+    if (e->anon == anon && strcmp(e->registry, registry) == 0 && strcmp(e->scope, scope) == 0)
+      return e;
+  }
+  return NULL;
+}
+
+static struct token_entry *entry_new(struct rp_auth *a, const char *registry, const char *scope,
+                                     unsigned anon) {
+  struct token_entry *e = calloc(1, sizeof(*e));
+  if (e == NULL)
+    return NULL;
+  e->scope = strdup(scope);
+  if (e->scope == NULL) {
+    free(e);
+    return NULL;
+  }
+  e->a = a;
+  e->anon = anon;
+  snprintf(e->registry, sizeof(e->registry), "%s", registry);
+  /* Bound the table: drop the oldest finished entries (at the tail). */
+  if (a->nentries >= MAX_ENTRIES) {
+    struct token_entry *t = a->entries;
+    while (t != NULL && t->next != NULL)
+      t = t->next;
+    while (t != NULL && a->nentries >= MAX_ENTRIES) {
+      struct token_entry *prev = t->prev;
+      if (t->state == ENTRY_READY)
+        entry_free(t);
+      t = prev;
+    }
+  }
+  e->next = a->entries;
+  if (a->entries != NULL)
+    a->entries->prev = e;
+  a->entries = e;
+  a->nentries++;
+  return e;
+}
+
+static int token_on_head(struct rp_fetch *f, void *data, int status, const char *reason,
+                         const struct rp_http_header *headers, size_t nheaders) {
+  struct token_entry *e = data;
+  e->http_status = status;
+  return 0;
+}
+
+static int token_on_body(struct rp_fetch *f, void *data, const char *p, size_t n) {
+  struct token_entry *e = data;
+  if (e->body_len + n > TOKEN_BODY_MAX)
+    return -1;
+  if (e->body_len + n + 1 > e->body_cap) {
+    size_t cap = e->body_cap ? e->body_cap : 4096;
+    while (cap < e->body_len + n + 1)
+      cap *= 2;
+    char *nb = realloc(e->body, cap);
+    if (nb == NULL)
+      return -1;
+    e->body = nb;
+    e->body_cap = cap;
+  }
+  memcpy(e->body + e->body_len, p, n);
+  e->body_len += n;
+  return 0;
+}
+
+static void token_on_done(struct rp_fetch *f, void *data, int status, const char *reason) {
+  struct token_entry *e = data;
+  struct rp_auth *a = e->a;
+  char msg[400];
+  char *token = NULL;
+  uint64_t ttl_s = 0;
+  e->fetch = NULL;
+  if (status != 0) {
+    snprintf(msg, sizeof(msg), "token request to %s: %s", e->host,
+             reason[0] != '\0' ? reason : rp_strerror(status));
+  } else if (e->http_status != 200) {
+    status = RP_EAUTH;
+    snprintf(msg, sizeof(msg), "token server %s answered %d%s", e->host, e->http_status,
+             e->http_status == 401 || e->http_status == 403 ? " (credentials refused)" : "");
+  } else {
+    status =
+        rp_auth_parse_token_response(e->body != NULL ? e->body : "", e->body_len, &token, &ttl_s);
+    if (status != 0) {
+      if (status != RP_ENOMEM)
+        status = RP_EAUTH;
+      snprintf(msg, sizeof(msg), "token server %s: no usable token in its answer", e->host);
+    } else {
+      e->value = xasprintf("Bearer %s", token);
+      explicit_bzero(token, strlen(token));
+      free(token);
+      if (e->value == NULL) {
+        status = RP_ENOMEM;
+        snprintf(msg, sizeof(msg), "out of memory");
+      }
+    }
+  }
+  free(e->body);
+  e->body = NULL;
+  e->body_len = e->body_cap = 0;
+  if (status != 0) {
+    rp_log_debug("auth: %s scope=%s: %s", e->registry, e->scope, msg);
+    entry_answer_all(e, status, msg);
+    entry_free(e);
+    return;
+  }
+  /* Keep it until a few seconds before it expires. */
+  uint64_t margin_s = ttl_s >= 30 ? 10 : ttl_s / 3;
+  e->expires_ms = uv_now(a->loop) + (ttl_s - margin_s) * 1000;
+  e->state = ENTRY_READY;
+  rp_log_debug("auth: token for %s scope=%s, %llu s", e->registry, e->scope,
+               (unsigned long long)ttl_s);
+  entry_answer_all(e, 0, "");
+}
+
+/* Length of the host part of "host[:port]" / "[v6][:port]". */
+static size_t host_len(const char *hostport) {
+  const char *colon;
+  if (hostport[0] == '[') {
+    const char *end = strchr(hostport, ']');
+    return end != NULL ? (size_t)(end - hostport + 1) : strlen(hostport);
+  }
+  colon = strchr(hostport, ':');
+  return colon != NULL && strchr(colon + 1, ':') == NULL ? (size_t)(colon - hostport)
+                                                         : strlen(hostport);
+}
+
+static int token_fetch_start(struct rp_auth *a, struct token_entry *e,
+                             const struct rp_auth_challenge *ch, const char *user,
+                             const char *pass) {
+  int rc;
+  struct rp_http_header hdrs[3];
+  size_t nh = 0;
+  const char *proxy = NULL, *proxy_userinfo = NULL;
+  static const char ua[] = "regproxy/" RP_VERSION;
+  rc = rp_auth_token_url(ch->realm, ch->service, e->scope[0] != '\0' ? e->scope : NULL, user,
+                         &e->url);
+  if (rc != 0)
+    return rc;
+  {
+    const char *h = strstr(e->url, "://") + 3;
+    size_t hl = strcspn(h, "/?");
+    snprintf(e->host, sizeof(e->host), "%.*s", (int)hl, h);
+  }
+  if (user != NULL && strncasecmp(e->url, "http://", 7) == 0) {
+    /* Credentials travel in clear only to the registry's own host (an
+     * insecure registry serving its own tokens, any port), never to
+     * another one. */
+    char realm_key[KEY_MAX];
+    rp_auth_registry_key(e->host, realm_key, sizeof(realm_key));
+    if (host_len(realm_key) != host_len(e->registry) ||
+        strncmp(realm_key, e->registry, host_len(realm_key)) != 0)
+      return RP_EDENIED;
+  }
+  if (user != NULL) {
+    e->authorization = rp_auth_basic_value(user, pass);
+    if (e->authorization == NULL)
+      return RP_ENOMEM;
+    hdrs[nh++] =
+        (struct rp_http_header){"Authorization", 13, e->authorization, strlen(e->authorization)};
+  }
+  hdrs[nh++] = (struct rp_http_header){"Accept", 6, "application/json", 16};
+  hdrs[nh++] = (struct rp_http_header){"User-Agent", 10, ua, sizeof(ua) - 1};
+  if (a->proxy_for != NULL)
+    proxy = a->proxy_for(a->proxy_data, e->url, &proxy_userinfo);
+  struct rp_fetch_req req = {
+      .method = "GET",
+      .url = e->url,
+      .headers = hdrs,
+      .nheaders = nh,
+      .body_len = 0,
+      .proxy = proxy,
+      .proxy_userinfo = proxy != NULL ? proxy_userinfo : NULL,
+      .follow_redirects = true,
+  };
+  static const struct rp_fetch_callbacks cbs = {
+      .on_head = token_on_head, .on_body = token_on_body, .on_done = token_on_done};
+  e->fetch = rp_fetch_start(a->up, &req, &cbs, e);
+  if (e->fetch == NULL)
+    return RP_ENOMEM;
+  a->stats.token_fetches++;
+  return 0;
+}
+
+struct rp_auth_req *rp_auth_get(struct rp_auth *a, const char *registry, const char *scope,
+                                const struct rp_auth_challenge *ch, unsigned flags, rp_auth_cb cb,
+                                void *data) {
+  char key[KEY_MAX];
+  const char *user = NULL, *pass = NULL, *eff_scope;
+  unsigned anon;
+  struct token_entry *e;
+  struct rp_auth_req *r;
+  char msg[600];
+  if (a == NULL || ch == NULL || cb == NULL)
+    return NULL;
+  r = calloc(1, sizeof(*r));
+  if (r == NULL)
+    return NULL;
+  r->a = a;
+  r->cb = cb;
+  r->data = data;
+  rp_auth_registry_key(registry, key, sizeof(key));
+  eff_scope = scope != NULL && scope[0] != '\0' ? scope : ch->scope != NULL ? ch->scope : "";
+  if (!(flags & RP_AUTH_ANONYMOUS))
+    rp_auth_creds_lookup(a->creds, key, &user, &pass);
+  anon = user == NULL;
+
+  if (ch->scheme == RP_AUTH_BASIC) {
+    char *v;
+    if (user == NULL) {
+      snprintf(msg, sizeof(msg), "%s asks for Basic credentials and none are %s", key,
+               (flags & RP_AUTH_ANONYMOUS) ? "to be used (anonymous)" : "configured for it");
+      answer(r, RP_EDENIED, NULL, msg);
+      return r;
+    }
+    v = rp_auth_basic_value(user, pass);
+    if (v == NULL) {
+      answer(r, RP_ENOMEM, NULL, "out of memory");
+      return r;
+    }
+    /* Remembered too, so rp_auth_cached answers for Basic registries. */
+    e = entry_find(a, key, eff_scope, anon);
+    if (e == NULL)
+      e = entry_new(a, key, eff_scope, anon);
+    if (e != NULL && e->fetch == NULL && e->waiters == NULL) {
+      free(e->value);
+      e->value = strdup(v);
+      e->state = ENTRY_READY;
+      e->expires_ms = uv_now(a->loop) + BASIC_TTL_MS;
+      if (e->value == NULL)
+        entry_free(e);
+    }
+    answer(r, 0, v, "");
+    explicit_bzero(v, strlen(v));
+    free(v);
+    return r;
+  }
+  if (ch->scheme != RP_AUTH_BEARER) {
+    answer(r, RP_EINVAL, NULL, "unsupported authentication scheme");
+    return r;
+  }
+  if (ch->realm == NULL || ch->realm[0] == '\0') {
+    answer(r, RP_EPARSE, NULL, "Bearer challenge without a realm");
+    return r;
+  }
+  e = entry_find(a, key, eff_scope, anon);
+  if (e != NULL && e->state == ENTRY_READY) {
+    a->stats.cache_hits++;
+    answer(r, 0, e->value, "");
+    return r;
+  }
+  if (e != NULL) {
+    a->stats.coalesced++;
+  } else {
+    int rc;
+    e = entry_new(a, key, eff_scope, anon);
+    if (e == NULL) {
+      answer(r, RP_ENOMEM, NULL, "out of memory");
+      return r;
+    }
+    rc = token_fetch_start(a, e, ch, user, pass);
+    if (rc != 0) {
+      entry_free(e);
+      answer(r, rc, NULL,
+             rc == RP_EPARSE    ? "Bearer realm is not an http(s) URL"
+             : rc == RP_EDENIED ? "refusing to send credentials to a plain-http realm on "
+                                  "another host"
+                                : "cannot start the token request");
+      return r;
+    }
+  }
+  r->entry = e;
+  r->next = e->waiters;
+  if (e->waiters != NULL)
+    e->waiters->prev = r;
+  e->waiters = r;
+  return r;
+}
+
+void rp_auth_cancel(struct rp_auth_req *r) {
+  struct rp_auth *a;
+  if (r == NULL)
+    return;
+  a = r->a;
+  if (a->delivering == r)
+    return;
+  if (r->entry != NULL) {
+    if (r->prev != NULL)
+      r->prev->next = r->next;
+    else
+      r->entry->waiters = r->next;
+    if (r->next != NULL)
+      r->next->prev = r->prev;
+    /* The fetch goes on: its token is cached for the next asker. */
+  } else {
+    if (r->prev != NULL)
+      r->prev->next = r->next;
+    else
+      a->ready_head = r->next;
+    if (r->next != NULL)
+      r->next->prev = r->prev;
+    else
+      a->ready_tail = r->prev;
+  }
+  if (r->value != NULL) {
+    explicit_bzero(r->value, strlen(r->value));
+    free(r->value);
+  }
+  free(r);
+}
+
+static unsigned key_anon(struct rp_auth *a, const char *key, unsigned flags) {
+  const char *u, *p;
+  if (flags & RP_AUTH_ANONYMOUS)
+    return 1;
+  return rp_auth_creds_lookup(a->creds, key, &u, &p) == 0 ? 0 : 1;
+}
+
+char *rp_auth_cached(struct rp_auth *a, const char *registry, const char *scope, unsigned flags) {
+  char key[KEY_MAX];
+  struct token_entry *e;
+  if (a == NULL)
+    return NULL;
+  rp_auth_registry_key(registry, key, sizeof(key));
+  e = entry_find(a, key, scope != NULL ? scope : "", key_anon(a, key, flags));
+  if (e == NULL || e->state != ENTRY_READY)
+    return NULL;
+  return strdup(e->value);
+}
+
+void rp_auth_invalidate(struct rp_auth *a, const char *registry, const char *scope,
+                        unsigned flags) {
+  char key[KEY_MAX];
+  struct token_entry *e;
+  if (a == NULL)
+    return;
+  rp_auth_registry_key(registry, key, sizeof(key));
+  e = entry_find(a, key, scope != NULL ? scope : "", key_anon(a, key, flags));
+  if (e != NULL && e->state == ENTRY_READY)
+    entry_free(e);
+}
+
+void rp_auth_get_stats(const struct rp_auth *a, struct rp_auth_stats *out) {
+  *out = a->stats;
+}
+
+int rp_auth_create(const struct rp_auth_opts *opts, struct rp_auth **out, char **err) {
+  int rc;
+  struct rp_auth *a;
+  if (err != NULL)
+    *err = NULL;
+  if (opts == NULL || opts->up == NULL || out == NULL)
+    return RP_EINVAL;
+  a = calloc(1, sizeof(*a));
+  if (a == NULL)
+    return RP_ENOMEM;
+  a->up = opts->up;
+  a->loop = rp_upstream_loop(opts->up);
+  a->proxy_for = opts->proxy_for;
+  a->proxy_data = opts->proxy_data;
+  if (opts->docker_config != NULL) {
+    rc = rp_auth_creds_load(opts->docker_config, &a->creds, err);
+    if (rc != 0) {
+      free(a);
+      return rc;
+    }
+  }
+  rc = uv_timer_init(a->loop, &a->timer);
+  if (rc != 0) {
+    rp_auth_creds_destroy(a->creds);
+    free(a);
+    return rc;
+  }
+  a->timer.data = a;
+  *out = a;
+  return 0;
+}
+
+static void on_auth_close(uv_handle_t *h) {
+  free(h->data);
+}
+
+void rp_auth_destroy(struct rp_auth *a) {
+  if (a == NULL)
+    return;
+  while (a->entries != NULL)
+    entry_free(a->entries);
+  while (a->ready_head != NULL) {
+    struct rp_auth_req *r = a->ready_head;
+    a->ready_head = r->next;
+    free(r->value);
+    free(r);
+  }
+  a->ready_tail = NULL;
+  rp_auth_creds_destroy(a->creds);
+  a->creds = NULL;
+  uv_close((uv_handle_t *)&a->timer, on_auth_close);
+}

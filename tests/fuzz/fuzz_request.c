@@ -10,8 +10,8 @@ static int on_head(void *data, const struct rp_http_head *h) {
   struct rp_target t;
   const char *why;
   (void)data;
-  rp_target_parse(h->target, h->target_len, h->method_len == 7 && memcmp(h->method, "CONNECT", 7) == 0,
-                  &t, &why);
+  rp_target_parse(h->target, h->target_len,
+                  h->method_len == 7 && memcmp(h->method, "CONNECT", 7) == 0, &t, &why);
   for (size_t i = 0; i < h->nheaders; i++)
     (void)rp_http_is_hop_by_hop(h, &h->headers[i]);
   return 0;

@@ -1166,8 +1166,7 @@ class Registry:
         self.ca = ca or shared_ca()
         self.dir = tmpdir("rpit-registry-")
         self.port = free_port()
-        self.conf = render("registry.yml.in", os.path.join(self.dir, "config.yml"),
-                           dir=self.dir, port=self.port, cert=self.ca.chain, key=self.ca.key)
+        self.conf = self._render_conf()
         self.log_path = os.path.join(self.dir, "registry.log")
         self.proc = Proc(["docker-registry", "serve", self.conf], name="docker-registry",
                          stdout=self.log_path, stderr=self.log_path)
@@ -1181,10 +1180,17 @@ class Registry:
             try:
                 c.sock = ctx.wrap_socket(c.sock, server_hostname="127.0.0.1")
                 r = c.request("GET", "/v2/", [("Host", "127.0.0.1:%d" % self.port)])
-                return r.status == 200
+                return r.status == self._ready_status()
             finally:
                 c.close()
         wait_until(ready, 15, "registry GET /v2/")
+
+    def _render_conf(self):
+        return render("registry.yml.in", os.path.join(self.dir, "config.yml"),
+                      dir=self.dir, port=self.port, cert=self.ca.chain, key=self.ca.key)
+
+    def _ready_status(self):
+        return 200  # GET /v2/ without credentials
 
     def get(self, path, headers=()):
         ctx = ssl.create_default_context(cafile=self.ca.ca_crt)
@@ -1195,6 +1201,145 @@ class Registry:
                              list(headers))
         finally:
             c.close()
+
+
+# ---------------------------------------------------------------------------------------
+# Docker-Hub-style token auth: a token server and a registry that trusts it
+
+def _b64url(data):
+    import base64
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+class TokenServer:
+    """A Docker-style token server over HTTPS (test CA leaf) on a free port:
+    GET /token?service=&scope=[&scope=]... answers {"token","access_token","expires_in"}
+    with an RS256 JWT (signed by `openssl dgst`) whose x5c header is its own self-signed
+    certificate (.cert, for the registry's auth.token.rootcertbundle).
+
+    users: {name: password} accepted with Basic auth (wrong ones get 401). Anonymous
+    callers get "pull" on the repositories in public; users get every action they ask
+    for. .requests lists (path_and_query, user or None) of every request."""
+
+    ISSUER = "regproxy-test-token-server"
+
+    def __init__(self, ca=None, users=None, public=(), service="regproxy-test-registry",
+                 expires_in=300):
+        import base64
+        import http.server
+        import urllib.parse
+        self.ca = ca or shared_ca()
+        self.users = dict(users or {})
+        self.public = set(public)
+        self.service = service
+        self.expires_in = expires_in
+        self.requests = []
+        self.dir = tmpdir("rpit-token-")
+        self.key = os.path.join(self.dir, "token.key")
+        self.cert = os.path.join(self.dir, "token.crt")
+        run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", self.key,
+             "-out", self.cert, "-days", "3", "-subj", "/CN=regproxy test token signer"])
+        der = run(["openssl", "x509", "-in", self.cert, "-outform", "DER"]).stdout
+        self._x5c = base64.b64encode(der).decode()
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                u = urllib.parse.urlsplit(self.path)
+                q = urllib.parse.parse_qs(u.query)
+                user = None
+                auth = self.headers.get("Authorization", "")
+                if auth.lower().startswith("basic "):
+                    try:
+                        user, _, pw = base64.b64decode(auth[6:]).decode().partition(":")
+                    except ValueError:
+                        user, pw = "", None
+                    if server.users.get(user) != pw:
+                        server.requests.append((self.path, user))
+                        return self._send(401, {"details": "bad credentials"})
+                server.requests.append((self.path, user))
+                if u.path != "/token":
+                    return self._send(404, {"details": "no such path"})
+                token = server.make_token(user, q.get("service", [""])[0], q.get("scope", []))
+                self._send(200, {"token": token, "access_token": token,
+                                 "expires_in": server.expires_in,
+                                 "issued_at": time.strftime("%Y-%m-%dT%H:%M:%SZ",
+                                                            time.gmtime())})
+
+            def _send(self, code, obj):
+                body = json.dumps(obj).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.port = free_port()
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self.httpd.daemon_threads = True
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(self.ca.chain, self.ca.key)
+        self.httpd.socket = ctx.wrap_socket(self.httpd.socket, server_side=True)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+        defer(self.close)
+
+    @property
+    def realm(self):
+        return "https://127.0.0.1:%d/token" % self.port
+
+    def make_token(self, user, service, scopes):
+        access = []
+        for sc in " ".join(scopes).split():
+            parts = sc.split(":")
+            if len(parts) < 3:
+                continue
+            typ, name, actions = parts[0], ":".join(parts[1:-1]), parts[-1].split(",")
+            if user is None:
+                actions = ["pull"] if "pull" in actions and name in self.public else []
+            access.append({"type": typ, "name": name, "actions": actions})
+        now = int(time.time())
+        header = {"typ": "JWT", "alg": "RS256", "x5c": [self._x5c]}
+        claims = {"iss": self.ISSUER, "sub": user or "", "aud": service, "exp": now + 600,
+                  "nbf": now - 10, "iat": now, "jti": os.urandom(8).hex(), "access": access}
+        signing_input = (_b64url(json.dumps(header).encode()) + "." +
+                         _b64url(json.dumps(claims).encode()))
+        sig = subprocess.run(["openssl", "dgst", "-sha256", "-sign", self.key],
+                             input=signing_input.encode(), stdout=subprocess.PIPE,
+                             check=True).stdout
+        return signing_input + "." + _b64url(sig)
+
+    def token_requests(self):
+        return [r for r in self.requests if r[0].startswith("/token")]
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+class TokenRegistry(Registry):
+    """The distribution registry of Registry, with Docker-Hub-style token auth against
+    a TokenServer (401 Bearer realm=...,service=...,scope=... without a token)."""
+
+    def __init__(self, token_server, ca=None):
+        self.token_server = token_server
+        super().__init__(ca=ca)
+
+    def _render_conf(self):
+        conf = super()._render_conf()
+        ts = self.token_server
+        with open(conf, "a") as f:
+            f.write("auth:\n  token:\n    realm: %s\n    service: %s\n    issuer: %s\n"
+                    "    rootcertbundle: %s\n" % (ts.realm, ts.service, ts.ISSUER, ts.cert))
+        return conf
+
+    def _ready_status(self):
+        return 401
 
 
 def _gzip_bytes(data):
@@ -1390,6 +1535,10 @@ def curl(args, timeout=60, check=False):
     return run(["curl", "-sS"] + list(args), timeout=timeout, check=check, env=clean_env())
 
 
+class Skip(Exception):
+    """Raised by setup() when a file cannot run here (e.g. a tool is missing)."""
+
+
 def main(ns):
     """Run setup() then every test_* function of ns in definition order."""
     tests = [(k, v) for k, v in ns.items() if k.startswith("test_") and callable(v)
@@ -1406,6 +1555,13 @@ def main(ns):
         try:
             ns["setup"]()
             print("setup ok (%.1fs)" % (time.monotonic() - t0), flush=True)
+        except Skip as e:
+            print("skipped: %s" % e, flush=True)
+            _scopes.pop()
+            file_scope.close()
+            _kill_all_live()
+            print("0 passed, 0 failed, %d skipped" % len(tests), flush=True)
+            sys.exit(0)
         except BaseException as e:  # noqa: BLE001
             setup_error = "".join(traceback.format_exception(type(e), e, e.__traceback__))
             print("setup FAILED (%.1fs)\n%s" % (time.monotonic() - t0,

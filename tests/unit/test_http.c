@@ -201,11 +201,10 @@ static void test_body_and_head(void **state) {
   int messages;
   (void)state;
   memset(&s, 0, sizeof(s));
-  assert_int_equal(
-      feed("PUT http://a/x HTTP/1.1\r\nTransfer-Encoding: chunked\r\nA: 1\r\n\r\n"
-           "3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n",
-           3, &s, &messages),
-      0);
+  assert_int_equal(feed("PUT http://a/x HTTP/1.1\r\nTransfer-Encoding: chunked\r\nA: 1\r\n\r\n"
+                        "3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n",
+                        3, &s, &messages),
+                   0);
   assert_string_equal(s.method, "PUT");
   assert_string_equal(s.target, "http://a/x");
   assert_int_equal(s.body, 5);
@@ -251,9 +250,9 @@ static void test_connect_upgrade(void **state) {
 
 int main(void) {
   const struct CMUnitTest tests[] = {
-      cmocka_unit_test(test_targets),        cmocka_unit_test(test_hostport),
-      cmocka_unit_test(test_requests),       cmocka_unit_test(test_body_and_head),
-      cmocka_unit_test(test_head_limit),     cmocka_unit_test(test_connect_upgrade),
+      cmocka_unit_test(test_targets),    cmocka_unit_test(test_hostport),
+      cmocka_unit_test(test_requests),   cmocka_unit_test(test_body_and_head),
+      cmocka_unit_test(test_head_limit), cmocka_unit_test(test_connect_upgrade),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

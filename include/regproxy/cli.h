@@ -1,0 +1,16 @@
+#ifndef RP_CLI_H
+#define RP_CLI_H
+
+/* Subcommands other than `run` (SPEC §4). Each takes the loaded
+ * configuration (it stays the caller's: destroy it afterwards) and returns
+ * the process exit code: 0 ok, 1 runtime failure, 2 usage or configuration
+ * error, with a message on stderr. */
+
+struct rp_config;
+
+/** `regproxy ca init|cert|path` (cfg->args: "ca", verb): init creates the CA
+ * in cfg->ca_dir if missing and prints the certificate's path; cert prints
+ * the PEM; path prints the certificate's path. */
+int rp_cli_ca(struct rp_config *cfg);
+
+#endif

@@ -1,0 +1,399 @@
+/* MITM (SPEC §2 route=mitm): CONNECT to a host in `mitm` is answered at once,
+ * the client's TLS is terminated with a leaf for that host, and each request
+ * inside is relayed through the upstream engine with method, path, query and
+ * end-to-end headers intact, bodies streamed both ways with backpressure.
+ * The registry cache plugs in between the request head and the relay. */
+#include <llhttp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "internal.h"
+#include "regproxy/error.h"
+#include "regproxy/log.h"
+#include "regproxy/metrics.h"
+#include "regproxy/tls.h"
+#include "regproxy/upstream.h"
+
+static const char established[] = "HTTP/1.1 200 Connection established\r\n\r\n";
+static const char crlf[] = "\r\n";
+static const char last_chunk[] = "0\r\n\r\n";
+
+/* ---- TLS set-up ---- */
+
+/* The CONNECT target is the connection's identity: a ClientHello that names
+ * another host fails the handshake. */
+static SSL_CTX *select_ctx(void *arg, const char *host, const char *sni) {
+  struct rp_conn *c = arg;
+  if (sni != NULL && strcasecmp(sni, host) != 0) {
+    int n = snprintf(c->log.reason, sizeof(c->log.reason), "SNI %.80s does not match CONNECT %.80s",
+                     sni, host);
+    (void)n;
+    return NULL;
+  }
+  return rp_leafcache_ctx(c->srv->leaves, host);
+}
+
+static void on_handshake(struct rp_stream *s, int status, const char *reason) {
+  struct rp_conn *c = s->data;
+  struct rp_logline l;
+
+  if (c->closing)
+    return;
+  if (status != 0) {
+    rp_logline_begin(&l, RP_LOG_WARN, "tls_handshake_failed");
+    rp_logline_u64(&l, "conn", c->id);
+    rp_logline_str(&l, "client", c->client_addr);
+    rp_logline_str(&l, "host", c->mitm_host);
+    rp_logline_str(&l, "reason", c->log.reason[0] ? c->log.reason : reason);
+    rp_logline_end(&l);
+    rp__conn_close(c);
+    return;
+  }
+  rp__conn_go_state(c, RP_CONN_HEAD);
+  rp__conn_set_timer(c, RP_TM_IDLE, c->srv->cfg->idle_timeout_ms);
+  rp__conn_resume_input(c);
+}
+
+void rp__mitm_connect(struct rp_conn *c) {
+  struct rp_server *srv = c->srv;
+  struct rp_stream *tls;
+  uv_buf_t buf = uv_buf_init((char *)established, sizeof(established) - 1);
+
+  c->log.route = "mitm";
+  c->log.status = 200;
+  if (srv->leaves == NULL) {
+    rp__conn_respond(c, 502, "MITM is not available (no CA)", true);
+    return;
+  }
+  if (c->in != NULL && c->in_off < c->in_len) {
+    /* Clients wait for the 200 before their ClientHello. */
+    rp__conn_respond(c, 400, "data sent before the tunnel was established", true);
+    return;
+  }
+  if (rp__conn_write(c, c->client, &buf, 1, NULL, NULL) != 0) {
+    rp__conn_close(c);
+    return;
+  }
+  /* The CONNECT is one log line; every request inside gets its own. */
+  rp__conn_log(c);
+  c->req_active = 0;
+  rp__bref_put(c->in);
+  c->in = NULL;
+  c->mitm = 1;
+  rp_http_parser_reset(c->parser);
+  snprintf(c->mitm_host, sizeof(c->mitm_host), "%s", c->target.host);
+  c->mitm_port = c->target.port;
+  rp__conn_go_state(c, RP_CONN_TLS);
+  rp__conn_stop_client(c);
+  tls = rp_tls_stream_server(c->client, rp_leafcache_base_ctx(srv->leaves), c->mitm_host,
+                             select_ctx, c, on_handshake);
+  if (tls == NULL) {
+    rp__conn_close(c);
+    return;
+  }
+  rp__conn_set_client(c, tls);
+  rp__conn_set_timer(c, RP_TM_HEADER, srv->cfg->header_timeout_ms);
+}
+
+/* ---- the relay ---- */
+
+static bool host_matches(const struct rp_conn *c, const struct rp_http_head *h) {
+  const struct rp_http_header *hd = rp_http_header_find(h, "host");
+  struct rp_target t;
+  const char *why;
+  char buf[300];
+
+  if (hd == NULL)
+    return false;
+  if (hd->value_len >= sizeof(buf) - 8)
+    return false;
+  memcpy(buf, hd->value, hd->value_len);
+  buf[hd->value_len] = '\0';
+  /* Host without a port means the scheme's default. */
+  if (buf[0] == '[' ? strchr(buf, ']')[1] != ':' : strchr(buf, ':') == NULL)
+    snprintf(buf + hd->value_len, sizeof(buf) - hd->value_len, ":443");
+  if (rp_target_parse_authority(buf, strlen(buf), &t, &why) != 0)
+    return false;
+  return strcmp(t.host, c->mitm_host) == 0 && t.port == c->mitm_port;
+}
+
+static int on_fetch_head(struct rp_fetch *f, void *data, int status, const char *reason,
+                         const struct rp_http_header *headers, size_t n) {
+  struct rp_conn *c = data;
+  struct rp_sbuf b = {0};
+  bool no_body, has_length = false;
+  char *p;
+  size_t len;
+  uv_buf_t buf;
+
+  (void)f;
+  rp_sbuf_addf(&b, "HTTP/1.1 %d %s\r\n", status,
+               reason != NULL && reason[0] ? reason : rp_http_reason(status));
+  for (size_t i = 0; i < n; i++) {
+    const struct rp_http_header *hd = &headers[i];
+    struct rp_http_head fake = {.headers = (struct rp_http_header *)headers, .nheaders = n};
+    if (rp_http_is_hop_by_hop(&fake, hd))
+      continue;
+    if (rp_http_token_eq(hd->name, hd->name_len, "content-length"))
+      has_length = true;
+    rp_sbuf_add(&b, hd->name, hd->name_len);
+    rp_sbuf_adds(&b, ": ");
+    rp_sbuf_add(&b, hd->value, hd->value_len);
+    rp_sbuf_adds(&b, "\r\n");
+  }
+  no_body = c->req_is_head || status == 204 || status == 304;
+  c->up_chunked_out = !no_body && !has_length;
+  if (c->up_chunked_out)
+    rp_sbuf_adds(&b, "Transfer-Encoding: chunked\r\n");
+  if (!c->keep_alive || c->srv->draining) {
+    c->keep_alive = 0;
+    rp_sbuf_adds(&b, "Connection: close\r\n");
+  }
+  rp_sbuf_adds(&b, "\r\n");
+  c->log.status = status;
+  c->up_head_sent = 1;
+  p = rp_sbuf_take(&b, &len);
+  if (p == NULL)
+    return -1;
+  buf = uv_buf_init(p, (unsigned)len);
+  return rp__conn_write(c, c->client, &buf, 1, NULL, p) == 0 ? 0 : -1;
+}
+
+static int on_fetch_body(struct rp_fetch *f, void *data, const char *p, size_t n) {
+  struct rp_conn *c = data;
+  uv_buf_t bufs[3];
+  char *copy, *line = NULL;
+  unsigned nb = 0;
+
+  (void)f;
+  if (rp_stream_write_queue_size(c->client) > RP_QUEUE_HIGH) {
+    c->fetch_paused = 1;
+    return RP_FETCH_PAUSE; /* offered again after rp_fetch_resume */
+  }
+  /* libcurl's buffer is reused after we return: the bytes are copied. */
+  copy = malloc(n + 32);
+  if (copy == NULL)
+    return -1;
+  if (c->up_chunked_out) {
+    line = copy + n;
+    bufs[nb++] = uv_buf_init(line, (unsigned)snprintf(line, 32, "%zx\r\n", n));
+  }
+  memcpy(copy, p, n);
+  bufs[nb++] = uv_buf_init(copy, (unsigned)n);
+  if (c->up_chunked_out)
+    bufs[nb++] = uv_buf_init((char *)crlf, 2);
+  rp_metrics.bytes[1][RP_SRC_BYTES_UPSTREAM] += n;
+  rp__conn_touch(c);
+  return rp__conn_write(c, c->client, bufs, nb, NULL, copy) == 0 ? 0 : -1;
+}
+
+static ssize_t on_fetch_read(struct rp_fetch *f, void *data, char *buf, size_t n) {
+  struct rp_conn *c = data;
+  size_t done = 0;
+
+  (void)f;
+  while (done < n && c->up_body != NULL) {
+    struct rp_body_chunk *k = c->up_body;
+    size_t take = k->len < n - done ? k->len : n - done;
+    memcpy(buf + done, k->p, take);
+    done += take;
+    k->p += take;
+    k->len -= take;
+    c->up_body_bytes -= take;
+    if (k->len == 0) {
+      c->up_body = k->next;
+      if (c->up_body == NULL)
+        c->up_body_tail = &c->up_body;
+      rp__bref_put(k->ref);
+      free(k);
+    }
+  }
+  if (done > 0) {
+    if (c->up_body_bytes <= RP_QUEUE_LOW)
+      rp__conn_resume_input(c);
+    return (ssize_t)done;
+  }
+  if (c->req_done)
+    return 0; /* end of the request body */
+  c->up_body_waiting = 1;
+  return RP_FETCH_PAUSE;
+}
+
+static void on_fetch_done(struct rp_fetch *f, void *data, int status, const char *reason) {
+  struct rp_conn *c = data;
+  uv_buf_t buf;
+
+  (void)f;
+  c->fetch = NULL;
+  if (c->closing)
+    return;
+  if (status != 0) {
+    rp_metrics_upstream_error("upstream");
+    if (c->log.reason[0] == '\0')
+      snprintf(c->log.reason, sizeof(c->log.reason), "%s", reason);
+    if (!c->up_head_sent)
+      rp__conn_respond(c, 502, reason, true);
+    else
+      rp__conn_close(c); /* a cut body, never a wrong one */
+    return;
+  }
+  if (c->up_chunked_out) {
+    buf = uv_buf_init((char *)last_chunk, sizeof(last_chunk) - 1);
+    if (rp__conn_write(c, c->client, &buf, 1, NULL, NULL) != 0) {
+      rp__conn_close(c);
+      return;
+    }
+  }
+  rp__conn_go_state(c, RP_CONN_RESPOND);
+  rp__conn_response_done(c);
+}
+
+static const struct rp_fetch_callbacks fetch_callbacks = {
+    .on_head = on_fetch_head,
+    .on_body = on_fetch_body,
+    .read_body = on_fetch_read,
+    .on_done = on_fetch_done,
+};
+
+static const struct rp_fetch_callbacks fetch_callbacks_nobody = {
+    .on_head = on_fetch_head,
+    .on_body = on_fetch_body,
+    .read_body = NULL,
+    .on_done = on_fetch_done,
+};
+
+void rp__mitm_request(struct rp_conn *c, const struct rp_http_head *h) {
+  struct rp_server *srv = c->srv;
+  struct rp_fetch_req req;
+  struct rp_http_header *hdrs;
+  size_t nh = 0;
+  char *url;
+  size_t ulen;
+  char hostport[300];
+  char proxy[300];
+
+  c->log.route = "mitm";
+  c->log.cache = "pass";
+  snprintf(c->log.host, sizeof(c->log.host), "%s", c->mitm_host);
+  c->log.port = c->mitm_port;
+  if (!host_matches(c, h)) {
+    rp__conn_respond(c, 421, "Host does not match the CONNECT target", false);
+    return;
+  }
+  if (c->target.form != RP_TARGET_ORIGIN) {
+    rp__conn_respond(c, 400, "requests inside a tunnel use origin-form targets", true);
+    return;
+  }
+  c->req_is_head = h->method_id == HTTP_HEAD;
+  c->up_head_sent = 0;
+  c->up_chunked_out = 0;
+  c->fetch_paused = 0;
+  c->up_body_waiting = 0;
+  c->up_body = NULL;
+  c->up_body_tail = &c->up_body;
+  c->up_body_bytes = 0;
+
+  /* End-to-end headers go up as they came; Host is the URL's. */
+  hdrs = malloc((h->nheaders + 1) * sizeof(*hdrs));
+  if (hdrs == NULL) {
+    rp__conn_respond(c, 502, "out of memory", true);
+    return;
+  }
+  for (size_t i = 0; i < h->nheaders; i++) {
+    const struct rp_http_header *hd = &h->headers[i];
+    if (rp_http_is_hop_by_hop(h, hd) || rp_http_token_eq(hd->name, hd->name_len, "host") ||
+        rp_http_token_eq(hd->name, hd->name_len, "expect"))
+      continue;
+    hdrs[nh++] = *hd;
+  }
+  {
+    struct rp_target t = {0};
+    snprintf(t.host, sizeof(t.host), "%s", c->mitm_host);
+    t.host_is_ip6 = strchr(c->mitm_host, ':') != NULL;
+    t.port = c->mitm_port;
+    rp_target_hostport(&t, c->mitm_port != 443, hostport, sizeof(hostport));
+  }
+  ulen = strlen(hostport) + c->target.path_len + 16;
+  url = malloc(ulen);
+  if (url == NULL) {
+    free(hdrs);
+    rp__conn_respond(c, 502, "out of memory", true);
+    return;
+  }
+  snprintf(url, ulen, "https://%s%.*s", hostport, (int)c->target.path_len, c->target.path);
+  memset(&req, 0, sizeof(req));
+  req.method = c->log.method;
+  req.url = url;
+  req.headers = hdrs;
+  req.nheaders = nh;
+  req.body_len = h->chunked ? -1 : (h->content_length > 0 ? h->content_length : 0);
+  if (srv->parent.host[0] != '\0') {
+    if (strchr(srv->parent.host, ':') != NULL)
+      snprintf(proxy, sizeof(proxy), "http://[%s]:%u", srv->parent.host, srv->parent.port);
+    else
+      snprintf(proxy, sizeof(proxy), "http://%s:%u", srv->parent.host, srv->parent.port);
+    req.proxy = proxy;
+    req.proxy_userinfo = srv->cfg->parent_proxy_userinfo;
+  }
+  rp__conn_go_state(c, RP_CONN_PASS);
+  c->fetch = rp_fetch_start(srv->up, &req,
+                            req.body_len != 0 ? &fetch_callbacks : &fetch_callbacks_nobody, c);
+  free(url);
+  free(hdrs);
+  if (c->fetch == NULL)
+    rp__conn_respond(c, 502, "out of memory", true);
+}
+
+bool rp__mitm_body_full(const struct rp_conn *c) {
+  return c->up_body_bytes >= RP_QUEUE_HIGH;
+}
+
+int rp__mitm_body(struct rp_conn *c, const char *at, size_t len) {
+  struct rp_body_chunk *k = malloc(sizeof(*k));
+  if (k == NULL)
+    return -1;
+  k->next = NULL;
+  k->ref = c->in;
+  c->in->refs++;
+  k->p = at;
+  k->len = len;
+  *c->up_body_tail = k;
+  c->up_body_tail = &k->next;
+  c->up_body_bytes += len;
+  if (c->up_body_waiting && c->fetch != NULL) {
+    c->up_body_waiting = 0;
+    rp_fetch_resume_upload(c->fetch);
+  }
+  return 0;
+}
+
+void rp__mitm_request_done(struct rp_conn *c) {
+  if (c->up_body_waiting && c->fetch != NULL) {
+    c->up_body_waiting = 0;
+    rp_fetch_resume_upload(c->fetch);
+  }
+}
+
+void rp__mitm_client_drained(struct rp_conn *c) {
+  if (c->fetch_paused && c->fetch != NULL &&
+      rp_stream_write_queue_size(c->client) <= RP_QUEUE_LOW) {
+    c->fetch_paused = 0;
+    rp_fetch_resume(c->fetch);
+  }
+}
+
+void rp__mitm_destroy(struct rp_conn *c) {
+  if (c->fetch != NULL)
+    rp_fetch_cancel(c->fetch);
+  c->fetch = NULL;
+  while (c->up_body != NULL) {
+    struct rp_body_chunk *k = c->up_body;
+    c->up_body = k->next;
+    rp__bref_put(k->ref);
+    free(k);
+  }
+  c->up_body_tail = &c->up_body;
+  c->up_body_bytes = 0;
+}

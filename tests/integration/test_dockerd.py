@@ -1,0 +1,88 @@
+"""dockerd through regproxy's MITM (TESTING.md recipe): HTTPS_PROXY points at regproxy,
+regproxy's CA is in the system pool dockerd uses (SSL_CERT_FILE = system bundle + CA;
+no certs.d, no /etc/hosts entry), and `docker pull alpine:3.18` fetches Docker Hub's
+name from the local registry that --connect-to stands in for registry-1.docker.io."""
+
+import json
+import os
+import shutil
+import subprocess
+
+import harness as h
+
+HOST = "registry-1.docker.io"
+SYSTEM_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
+
+
+def docker_bin():
+    for p in ("/usr/bin/docker", shutil.which("docker") or ""):
+        if p and os.path.exists(p):
+            return p
+    return None
+
+
+def setup():
+    global CA, REG, IMG, RP, DOCKER
+    if shutil.which("dockerd") is None or docker_bin() is None:
+        raise h.Skip("dockerd not installed (apt-get install docker.io)")
+    CA = h.shared_ca()
+    REG = h.Registry()
+    IMG = h.OciImage(os.path.join(h.tmpdir(), "src"), layer_sizes=(4096, 256 * 1024))
+    h.skopeo(["copy", "--dest-cert-dir", CA.certdir, "oci:%s:3.18" % IMG.path,
+              "docker://127.0.0.1:%d/library/alpine:3.18" % REG.port])
+    RP = h.Regproxy(["--mitm", HOST, "--connect-to", "%s:443:127.0.0.1:%d" % (HOST, REG.port),
+                     "--upstream-ca", CA.ca_crt])
+    DOCKER = Dockerd(RP)
+
+
+class Dockerd:
+    def __init__(self, rp):
+        self.dir = h.tmpdir("rpit-dockerd-")
+        self.sock = os.path.join(self.dir, "docker.sock")
+        bundle = os.path.join(self.dir, "bundle.pem")
+        with open(bundle, "wb") as out:
+            if os.path.exists(SYSTEM_BUNDLE):
+                out.write(open(SYSTEM_BUNDLE, "rb").read())
+            out.write(open(os.path.join(rp.dir, "ca", "ca.crt"), "rb").read())
+        env = h.clean_env(HTTPS_PROXY=rp.url, HTTP_PROXY=rp.url, NO_PROXY="localhost",
+                          SSL_CERT_FILE=bundle)
+        log = os.path.join(self.dir, "dockerd.log")
+        self.proc = h.Proc(["dockerd", "--iptables=false", "--ip6tables=false",
+                            "--bridge=none", "--storage-driver=vfs",
+                            "--data-root", os.path.join(self.dir, "data"),
+                            "--exec-root", os.path.join(self.dir, "exec"),
+                            "--pidfile", os.path.join(self.dir, "docker.pid"),
+                            "-H", "unix://" + self.sock],
+                           name="dockerd", env=env, stdout=log, stderr=log)
+        h.defer(lambda: self.proc.stop(timeout=10))
+
+        def ready():
+            if not self.proc.alive():
+                raise AssertionError("dockerd exited: %s" % h.tail(log))
+            return self.docker(["version"], check=False).returncode == 0
+        h.wait_until(ready, 30, "dockerd answering")
+
+    def docker(self, args, check=True, timeout=120):
+        return h.run([docker_bin(), "-H", "unix://" + self.sock] + args, timeout=timeout,
+                     check=check, env=h.clean_env())
+
+
+def test_docker_info_shows_proxy():
+    p = DOCKER.docker(["info", "--format", "{{json .}}"])
+    info = json.loads(p.stdout)
+    assert info.get("HttpsProxy", "").startswith(RP.url.split("://")[1]) or \
+        RP.url in info.get("HttpsProxy", ""), info.get("HttpsProxy")
+
+
+def test_docker_pull_through_mitm():
+    DOCKER.docker(["pull", "alpine:3.18"], timeout=180)
+    p = DOCKER.docker(["image", "inspect", "alpine:3.18", "--format", "{{json .RepoDigests}}"])
+    digests = json.loads(p.stdout)
+    assert any(d.endswith("@" + IMG.manifest) for d in digests), (digests, IMG.manifest)
+    lines = RP.request_logs(route="mitm", host=HOST)
+    assert any(ln.get("path", "").endswith(IMG.layers[1]) for ln in lines), \
+        "no MITM log line for the layer blob"
+
+
+if __name__ == "__main__":
+    h.main(globals())
