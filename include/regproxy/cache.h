@@ -1,0 +1,142 @@
+#ifndef RP_CACHE_H
+#define RP_CACHE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+/* The content-addressed store (SPEC §3): blobs and manifests by digest under
+ * the cache directory, a metadata index, single-flight fills that hash while
+ * they stream and publish only verified bytes, readers that serve a
+ * published file or a growing fill with the same code, and LRU eviction.
+ * The cache never sees HTTP: the registry layer feeds fills and points
+ * readers at client streams. All disk work runs on libuv's thread pool. */
+
+struct rp_stream;
+struct rp_cache;
+struct rp_fill;
+struct rp_reader;
+
+/* A digest "sha256:<64 hex>" or "sha512:<128 hex>", validated. */
+struct rp_digest {
+  int algo; /* 256 or 512 */
+  char hex[129];
+};
+
+/** Parse and validate a digest string (lower-case hex only). 0 or RP_EPARSE. */
+int rp_digest_parse(const char *s, size_t n, struct rp_digest *out);
+/** "sha256:…" into buf (at least 136 bytes). */
+void rp_digest_format(const struct rp_digest *d, char *buf, size_t bufsz);
+
+struct rp_cache_opts {
+  const char *dir; /* cache root; created 0700 if missing */
+  uint64_t max_size; /* eviction bound in bytes */
+  uint64_t orphan_fill_max; /* a fill with no reader left completes only up to this size */
+};
+
+/** Open (lock, create layout, remove leftover temp files, open the index).
+ * RP_ECONFIG with *err when the directory is locked by another process (the
+ * message names the holder's PID) or unusable. Synchronous: call at start-up. */
+int rp_cache_open(uv_loop_t *loop, const struct rp_cache_opts *opts, struct rp_cache **out,
+                  char **err);
+/** Release; fills still running are abandoned (nothing partial is published). */
+void rp_cache_close(struct rp_cache *c);
+
+/* ---- objects and metadata ---- */
+
+struct rp_object_info {
+  struct rp_digest digest;
+  uint64_t size;
+  char media_type[128]; /* manifests: their Content-Type; blobs: "" */
+  int64_t last_access; /* unix seconds */
+  bool is_manifest;
+};
+
+/** Is the object published? Fills info when out is not NULL. (Index lookup,
+ * in memory: no disk I/O on the loop.) */
+bool rp_cache_has(struct rp_cache *c, const struct rp_digest *d, struct rp_object_info *out);
+/** Remember that digest belongs to (registry, repository) (SPEC §3 "Who may
+ * receive what"). */
+void rp_cache_note_repo(struct rp_cache *c, const struct rp_digest *d, const char *registry,
+                        const char *repository);
+bool rp_cache_in_repo(struct rp_cache *c, const struct rp_digest *d, const char *registry,
+                      const char *repository);
+
+/* Tag memory: (registry, repository, tag, accept key) -> digest, media type, size. */
+struct rp_tag_entry {
+  struct rp_digest digest;
+  char media_type[128];
+  uint64_t size;
+  int64_t checked; /* unix seconds of the last upstream confirmation */
+};
+void rp_cache_tag_put(struct rp_cache *c, const char *registry, const char *repository,
+                      const char *tag, const char *accept_key, const struct rp_tag_entry *e);
+bool rp_cache_tag_get(struct rp_cache *c, const char *registry, const char *repository,
+                      const char *tag, const char *accept_key, struct rp_tag_entry *out);
+
+/* ---- fills ---- */
+
+enum rp_fill_state { RP_FILL_RUNNING, RP_FILL_PUBLISHED, RP_FILL_FAILED, RP_FILL_STATE_LAST };
+
+/** The running fill for d, with a new reference, or NULL (single-flight:
+ * callers that get NULL may start one with rp_fill_start). */
+struct rp_fill *rp_fill_find(struct rp_cache *c, const struct rp_digest *d);
+/** Start a fill for d (expected_size -1 when unknown); the caller holds one
+ * reference. Returns NULL when one is already running (use rp_fill_find). */
+struct rp_fill *rp_fill_start(struct rp_cache *c, const struct rp_digest *d, int64_t expected_size,
+                              bool is_manifest, const char *media_type);
+void rp_fill_ref(struct rp_fill *f);
+void rp_fill_unref(struct rp_fill *f);
+
+/** Append body bytes (copied). Returns 0, or RP_FETCH_PAUSE-like -2 when the
+ * fill's write buffer is full: call again with the same bytes after the
+ * on_writable callback. Bytes beyond the expected size fail the fill. */
+int rp_fill_write(struct rp_fill *f, const char *p, size_t n);
+typedef void (*rp_fill_cb)(struct rp_fill *f, void *data);
+/** on_writable: the buffer has room again. on_state: published or failed. */
+void rp_fill_set_producer(struct rp_fill *f, rp_fill_cb on_writable, void *data);
+/** The upstream body ended: verify size and digest, fsync, rename, fsync
+ * the directory, publish. A mismatch fails the fill (`digest_mismatch`). */
+void rp_fill_finish(struct rp_fill *f);
+/** The upstream failed for good: unlink, fail, abort readers. */
+void rp_fill_abort(struct rp_fill *f, const char *reason);
+/** Bytes hashed and committed to the temp file so far (resume offset). */
+uint64_t rp_fill_committed(const struct rp_fill *f);
+enum rp_fill_state rp_fill_state(const struct rp_fill *f);
+/** Number of readers attached (a fill with none may stop past orphan_fill_max). */
+unsigned rp_fill_readers(const struct rp_fill *f);
+/** The fill had a disk error: it keeps hashing for attached readers but will
+ * not publish (SPEC §3 ENOSPC/EIO → pass-through). */
+bool rp_fill_disk_failed(const struct rp_fill *f);
+
+/* ---- readers ---- */
+
+/** done: status 0 when [offset, offset+length) was written to the stream,
+ * or an error (digest mismatch, fill failed, stream error). The reader is
+ * freed after done returns. */
+typedef void (*rp_reader_done_cb)(struct rp_reader *r, void *data, int status);
+
+/** Serve bytes [offset, offset+length) (length -1: to the end) of the
+ * published object d, or of the running fill f (pass exactly one of d/f) to
+ * stream s, in chunks of at least 256 KiB, waiting on the stream's drain and
+ * on the fill's growth. The last byte of a fill is only written after the
+ * fill verified. The caller has already written the HTTP head. */
+struct rp_reader *rp_reader_start(struct rp_cache *c, const struct rp_digest *d, struct rp_fill *f,
+                                  uint64_t offset, int64_t length, struct rp_stream *s,
+                                  rp_reader_done_cb done, void *data);
+/** Stop (client gone): no callback afterwards. */
+void rp_reader_cancel(struct rp_reader *r);
+
+/* ---- maintenance ---- */
+
+struct rp_cache_stats {
+  uint64_t size_bytes;
+  uint64_t objects;
+  uint64_t evictions;
+  uint64_t digest_mismatches;
+  uint64_t fills_in_flight;
+};
+void rp_cache_stats(const struct rp_cache *c, struct rp_cache_stats *out);
+
+#endif
