@@ -41,7 +41,7 @@ const char *rp_reg_upstream_host(const char *canonical);
 
 /** The Accept key (SPEC §3): the sorted, de-duplicated set of media types
  * across all Accept header lines, parameters and q-values dropped, joined
- * with ','. "*/*" stays a member. */
+ * with ','. The full wildcard ("*" "/" "*") stays a member. */
 void rp_reg_accept_key(const struct rp_http_head *h, char *buf, size_t bufsz);
 /** May a remembered answer of media_type be served to this Accept key? */
 bool rp_reg_accept_allows(const char *accept_key, const char *media_type);
