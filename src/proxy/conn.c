@@ -207,9 +207,18 @@ static void on_timer(uv_timer_t *t) {
 /* ---- writing ---- */
 
 struct conn_write {
+  struct rp_conn *c; /* not s->data: a TLS layer may have taken the stream over */
   struct rp_bref *ref;
   char *owned;
+  size_t bytes;
+  size_t *inflight; /* the counter the bytes were added to */
 };
+
+size_t rp__conn_queued(const struct rp_conn *c, const struct rp_stream *s) {
+  size_t inflight = s == c->client ? c->client_inflight : c->up_inflight;
+  size_t q = rp_stream_write_queue_size(s);
+  return inflight > q ? inflight : q;
+}
 
 static void conn_drained(struct rp_conn *c, struct rp_stream *s) {
   switch (c->state) {
@@ -217,7 +226,7 @@ static void conn_drained(struct rp_conn *c, struct rp_stream *s) {
   case RP_CONN_FORWARD:
     if (s == c->client)
       rp__forward_client_drained(c);
-    else if (rp_stream_write_queue_size(s) <= RP_QUEUE_LOW)
+    else if (rp__conn_queued(c, s) <= RP_QUEUE_LOW)
       rp__conn_resume_input(c);
     break;
   case RP_CONN_PASS:
@@ -230,7 +239,8 @@ static void conn_drained(struct rp_conn *c, struct rp_stream *s) {
 
 static void on_conn_write(struct rp_stream *s, int status, void *arg) {
   struct conn_write *w = arg;
-  struct rp_conn *c = s->data;
+  struct rp_conn *c = w->c;
+  *w->inflight -= w->bytes;
   rp__bref_put(w->ref);
   free(w->owned);
   free(w);
@@ -260,14 +270,22 @@ int rp__conn_write(struct rp_conn *c, struct rp_stream *s, const uv_buf_t *bufs,
   }
   if (ref != NULL)
     ref->refs++;
-  if (s == c->client && c->req_active) {
-    for (unsigned i = 0; i < n; i++)
-      c->log.bytes_out += bufs[i].len;
-  }
+  w->c = c;
+  w->bytes = 0;
+  for (unsigned i = 0; i < n; i++)
+    w->bytes += bufs[i].len;
+  if (s == c->client && c->req_active)
+    c->log.bytes_out += w->bytes;
   w->ref = ref;
   w->owned = owned;
   rc = rp_stream_write(s, bufs, n, on_conn_write, w);
-  if (rc != 0) {
+  if (rc == 0) {
+    /* Bytes count as queued until their write completes: libuv reports an
+     * empty queue once the kernel took them, but our buffers are only
+     * released in the callback, a loop iteration later. */
+    w->inflight = s == c->client ? &c->client_inflight : &c->up_inflight;
+    *w->inflight += w->bytes;
+  } else {
     rp__bref_put(ref);
     free(owned);
     free(w);
@@ -410,7 +428,7 @@ static bool can_parse(struct rp_conn *c) {
     return false;
   if (c->state == RP_CONN_FORWARD)
     return c->upstream != NULL && c->pending_head == NULL &&
-           rp_stream_write_queue_size(c->upstream) < RP_QUEUE_HIGH;
+           rp__conn_queued(c, c->upstream) < RP_QUEUE_HIGH;
   if (c->state == RP_CONN_PASS)
     return !rp__mitm_body_full(c);
   return c->state == RP_CONN_RESPOND;

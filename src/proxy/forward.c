@@ -245,15 +245,14 @@ static void on_up_read(struct rp_stream *s, ssize_t nread, char *block) {
   up_feed(c, ref, (size_t)nread);
   rp__bref_put(ref);
   if (!c->closing && c->upstream != NULL && c->state == RP_CONN_FORWARD && !c->resp_done &&
-      rp_stream_write_queue_size(c->client) > RP_QUEUE_HIGH) {
+      rp__conn_queued(c, c->client) > RP_QUEUE_HIGH) {
     rp_stream_read_stop(c->upstream);
     c->up_paused = 1;
   }
 }
 
 void rp__forward_client_drained(struct rp_conn *c) {
-  if (c->up_paused && c->upstream != NULL &&
-      rp_stream_write_queue_size(c->client) <= RP_QUEUE_LOW) {
+  if (c->up_paused && c->upstream != NULL && rp__conn_queued(c, c->client) <= RP_QUEUE_LOW) {
     c->up_paused = 0;
     rp_stream_read_start(c->upstream);
   }

@@ -12,7 +12,7 @@
 /* Backpressure: stop reading one side while the other side has more than
  * HIGH bytes queued; resume once it is down to LOW. */
 #define RP_QUEUE_HIGH (512 * 1024)
-#define RP_QUEUE_LOW (128 * 1024)
+#define RP_QUEUE_LOW  (128 * 1024)
 
 struct rp_parent {
   char host[256];
@@ -64,13 +64,13 @@ struct rp_bref *rp__bref_new(char *block);
 void rp__bref_put(struct rp_bref *r);
 
 enum rp_conn_state {
-  RP_CONN_HEAD, /* waiting for / reading a request head */
-  RP_CONN_DIAL, /* connecting upstream for CONNECT or a forward */
-  RP_CONN_TUNNEL, /* blind relay */
+  RP_CONN_HEAD,    /* waiting for / reading a request head */
+  RP_CONN_DIAL,    /* connecting upstream for CONNECT or a forward */
+  RP_CONN_TUNNEL,  /* blind relay */
   RP_CONN_FORWARD, /* a plain-HTTP request is in flight */
   RP_CONN_RESPOND, /* a local answer is being sent */
-  RP_CONN_TLS, /* MITM: TLS handshake with the client */
-  RP_CONN_PASS, /* MITM: a request relayed through the upstream engine */
+  RP_CONN_TLS,     /* MITM: TLS handshake with the client */
+  RP_CONN_PASS,    /* MITM: a request relayed through the upstream engine */
   RP_CONN_CLOSING,
   RP_CONN_STATE_LAST
 };
@@ -88,7 +88,7 @@ struct rp_reqlog {
   const char *via;
   const char *cache;
   int status;
-  uint64_t bytes_in; /* from the client */
+  uint64_t bytes_in;  /* from the client */
   uint64_t bytes_out; /* to the client */
   char reason[200];
 };
@@ -110,12 +110,14 @@ struct rp_conn {
   size_t in_off, in_len;
   int client_reading;
   int client_eof;
+  size_t client_inflight; /* bytes written to the client, callbacks pending */
+  size_t up_inflight;
   int client_paused; /* reading stopped for backpressure */
-  int client_shut; /* our shutdown of the client stream completed */
-  int processing; /* inside conn_process: do not re-enter */
+  int client_shut;   /* our shutdown of the client stream completed */
+  int processing;    /* inside conn_process: do not re-enter */
   int closing;
   const struct rp_http_head *head; /* the current request head (parser arena) */
-  unsigned client_minor; /* HTTP/1.x version of the current request */
+  unsigned client_minor;           /* HTTP/1.x version of the current request */
 
   uv_timer_t timer;
   enum rp_timer_mode tmode;
@@ -125,8 +127,8 @@ struct rp_conn {
   /* The current request. */
   struct rp_reqlog log;
   int req_active; /* head seen, not yet finished */
-  int req_done; /* the request message is complete */
-  int resp_done; /* the whole response is queued */
+  int req_done;   /* the request message is complete */
+  int resp_done;  /* the whole response is queued */
   int keep_alive; /* the client connection may carry another request */
   struct rp_target target;
 
@@ -139,13 +141,13 @@ struct rp_conn {
   int up_paused;
   int up_shut;
   struct rp_bref *up_in; /* the upstream block being parsed */
-  char *pending_head; /* request head to send once connected */
+  char *pending_head;    /* request head to send once connected */
   size_t pending_head_len;
   struct rp_http_parser *uparser;
-  int up_head_sent; /* the response head went to the client */
+  int up_head_sent;   /* the response head went to the client */
   int up_chunked_out; /* we chunk the response body for the client */
   int up_close_after; /* close the client after this response */
-  int up_keep; /* the upstream may serve another request */
+  int up_keep;        /* the upstream may serve another request */
   int req_chunked_up; /* we chunk the request body for the upstream */
   int req_is_head;
 
@@ -161,7 +163,7 @@ struct rp_conn {
   struct rp_body_chunk **up_body_tail;
   size_t up_body_bytes;
   int up_body_waiting; /* libcurl asked and got RP_FETCH_PAUSE */
-  int fetch_paused; /* the response body is paused (client queue full) */
+  int fetch_paused;    /* the response body is paused (client queue full) */
 };
 
 struct rp_body_chunk {
@@ -181,6 +183,8 @@ void rp__conn_respond(struct rp_conn *c, int status, const char *reason, bool cl
  * On completion the connection's drain logic runs. */
 int rp__conn_write(struct rp_conn *c, struct rp_stream *s, const uv_buf_t *bufs, unsigned n,
                    struct rp_bref *ref, char *owned);
+/** Bytes queued on s by this connection and not yet confirmed written. */
+size_t rp__conn_queued(const struct rp_conn *c, const struct rp_stream *s);
 /** Queue a copy of p to the client. */
 int rp__conn_write_client(struct rp_conn *c, const char *p, size_t n);
 /** Take ownership of a connected upstream stream. */

@@ -17,7 +17,6 @@
 #include "regproxy/upstream.h"
 
 static const char established[] = "HTTP/1.1 200 Connection established\r\n\r\n";
-static const char crlf[] = "\r\n";
 static const char last_chunk[] = "0\r\n\r\n";
 
 /* ---- TLS set-up ---- */
@@ -163,30 +162,47 @@ static int on_fetch_head(struct rp_fetch *f, void *data, int status, const char 
 
 static int on_fetch_body(struct rp_fetch *f, void *data, const char *p, size_t n) {
   struct rp_conn *c = data;
-  uv_buf_t bufs[3];
-  char *copy, *line = NULL;
-  unsigned nb = 0;
 
   (void)f;
-  if (rp_stream_write_queue_size(c->client) > RP_QUEUE_HIGH) {
+  if (rp__conn_queued(c, c->client) > RP_QUEUE_HIGH) {
     c->fetch_paused = 1;
     return RP_FETCH_PAUSE; /* offered again after rp_fetch_resume */
   }
-  /* libcurl's buffer is reused after we return: the bytes are copied. */
-  copy = malloc(n + 32);
-  if (copy == NULL)
-    return -1;
-  if (c->up_chunked_out) {
-    line = copy + n;
-    bufs[nb++] = uv_buf_init(line, (unsigned)snprintf(line, 32, "%zx\r\n", n));
+  /* libcurl reuses its buffer after we return, so the bytes are copied, into
+   * pool blocks rather than fresh allocations of varying size (which made
+   * glibc's heap grow with every body relayed). Chunked framing, when the
+   * client needs it, makes each block one self-contained chunk. */
+  while (n > 0) {
+    char *block = rp_buf_alloc();
+    struct rp_bref *ref;
+    size_t room = RP_BUF_SIZE - (c->up_chunked_out ? 16 : 0), take = n < room ? n : room, len = 0;
+    uv_buf_t buf;
+    int rc;
+
+    if (block == NULL)
+      return -1;
+    if (c->up_chunked_out)
+      len = (size_t)snprintf(block, 16, "%zx\r\n", take);
+    memcpy(block + len, p, take);
+    len += take;
+    if (c->up_chunked_out) {
+      memcpy(block + len, "\r\n", 2);
+      len += 2;
+    }
+    ref = rp__bref_new(block);
+    if (ref == NULL)
+      return -1;
+    buf = uv_buf_init(block, (unsigned)len);
+    rc = rp__conn_write(c, c->client, &buf, 1, ref, NULL);
+    rp__bref_put(ref);
+    if (rc != 0)
+      return -1;
+    rp_metrics.bytes[1][RP_SRC_BYTES_UPSTREAM] += take;
+    p += take;
+    n -= take;
   }
-  memcpy(copy, p, n);
-  bufs[nb++] = uv_buf_init(copy, (unsigned)n);
-  if (c->up_chunked_out)
-    bufs[nb++] = uv_buf_init((char *)crlf, 2);
-  rp_metrics.bytes[1][RP_SRC_BYTES_UPSTREAM] += n;
   rp__conn_touch(c);
-  return rp__conn_write(c, c->client, bufs, nb, NULL, copy) == 0 ? 0 : -1;
+  return 0;
 }
 
 static ssize_t on_fetch_read(struct rp_fetch *f, void *data, char *buf, size_t n) {
@@ -377,8 +393,7 @@ void rp__mitm_request_done(struct rp_conn *c) {
 }
 
 void rp__mitm_client_drained(struct rp_conn *c) {
-  if (c->fetch_paused && c->fetch != NULL &&
-      rp_stream_write_queue_size(c->client) <= RP_QUEUE_LOW) {
+  if (c->fetch_paused && c->fetch != NULL && rp__conn_queued(c, c->client) <= RP_QUEUE_LOW) {
     c->fetch_paused = 0;
     rp_fetch_resume(c->fetch);
   }

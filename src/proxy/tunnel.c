@@ -160,7 +160,7 @@ static void on_tunnel_read(struct rp_stream *s, ssize_t nread, char *block) {
     return;
   }
   rp__bref_put(ref);
-  if (rp_stream_write_queue_size(peer) > RP_QUEUE_HIGH) {
+  if (rp__conn_queued(c, peer) > RP_QUEUE_HIGH) {
     rp_stream_read_stop(s);
     *paused_flag(c, s) = 1;
   }
@@ -172,7 +172,7 @@ void rp__tunnel_drained(struct rp_conn *c, struct rp_stream *s) {
   int *paused = paused_flag(c, src);
   int eof = src == c->client ? c->client_eof : c->up_eof;
 
-  if (*paused && !eof && rp_stream_write_queue_size(s) <= RP_QUEUE_LOW) {
+  if (*paused && !eof && rp__conn_queued(c, s) <= RP_QUEUE_LOW) {
     *paused = 0;
     rp_stream_read_start(src);
   }
