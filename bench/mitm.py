@@ -46,7 +46,7 @@ def push_blob(reg, ca, path):
         loc = "https://127.0.0.1:%d%s" % (reg.port, loc)
     sep = "&" if "?" in loc else "?"
     subprocess.run(["curl", "-sS", "-o", "/dev/null", "--fail", "--cacert", ca, "-X", "PUT",
-                    "-H", "Content-Type: application/octet-stream", "--data-binary", "@" + path,
+                    "-H", "Content-Type: application/octet-stream", "-T", path,
                     loc + sep + "digest=" + dg], check=True)
     return dg
 
