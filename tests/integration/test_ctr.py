@@ -1,0 +1,55 @@
+"""containerd's ctr as a third client through regproxy's MITM (TESTING.md): ctr fetches
+client-side, keeps connections alive and fetches all layers at once; it trusts
+regproxy's CA via --tlscacert."""
+
+import os
+import shutil
+
+import harness as h
+
+HOST = "registry-1.docker.io"
+
+
+def setup():
+    global CA, REG, IMG, RP, SOCK
+    if shutil.which("containerd") is None or shutil.which("ctr") is None:
+        raise h.Skip("containerd/ctr not installed (apt-get install containerd)")
+    CA = h.shared_ca()
+    REG = h.Registry()
+    IMG = h.OciImage(os.path.join(h.tmpdir(), "src"), layer_sizes=(4096, 300 * 1024, 2000))
+    h.skopeo(["copy", "--dest-cert-dir", CA.certdir, "oci:%s:3.18" % IMG.path,
+              "docker://127.0.0.1:%d/library/alpine:3.18" % REG.port])
+    RP = h.Regproxy(["--mitm", HOST, "--connect-to", "%s:443:127.0.0.1:%d" % (HOST, REG.port),
+                     "--upstream-ca", CA.ca_crt])
+    d = h.tmpdir("rpit-containerd-")
+    SOCK = os.path.join(d, "containerd.sock")
+    conf = h.write_file(os.path.join(d, "config.toml"),
+                        'version = 2\nroot = "%s/root"\nstate = "%s/state"\n'
+                        'disabled_plugins = ["io.containerd.grpc.v1.cri"]\n'
+                        '[grpc]\n  address = "%s"\n' % (d, d, SOCK))
+    log = os.path.join(d, "containerd.log")
+    proc = h.Proc(["containerd", "--config", conf], name="containerd", env=h.clean_env(),
+                  stdout=log, stderr=log)
+    h.defer(lambda: proc.stop(timeout=10))
+    h.wait_until(lambda: h.run(["ctr", "-a", SOCK, "version"], check=False).returncode == 0,
+                 30, "containerd answering")
+
+
+def test_ctr_pull_through_mitm():
+    p = h.run(["ctr", "-a", SOCK, "-n", "test", "images", "pull", "--snapshotter", "native",
+               "--tlscacert", os.path.join(RP.dir, "ca", "ca.crt"),
+               "docker.io/library/alpine:3.18"], timeout=180,
+              env=h.clean_env(HTTPS_PROXY=RP.url, HTTP_PROXY=RP.url))
+    p = h.run(["ctr", "-a", SOCK, "-n", "test", "images", "ls"])
+    assert IMG.manifest in p.stdout.decode(), p.stdout
+    lines = RP.request_logs(route="mitm", host=HOST, method="GET")
+    got = {ln.get("path", "").rsplit("/", 1)[-1] for ln in lines}
+    assert set(IMG.layers) <= got, "layers not fetched through MITM: %s" % (
+        set(IMG.layers) - got)
+    # ctr keeps its connections alive: fewer CONNECTs than registry requests.
+    connects = RP.request_logs(route="mitm", host=HOST, method="CONNECT")
+    assert len(connects) < len(lines), (len(connects), len(lines))
+
+
+if __name__ == "__main__":
+    h.main(globals())
