@@ -11,39 +11,56 @@
  * keys on (SPEC §3). */
 
 enum rp_reg_kind {
-  RP_REG_OTHER, /* anything else under /v2/ (tags list, uploads, referrers, catalog): pass */
-  RP_REG_BASE, /* /v2/ */
+  RP_REG_OTHER,    /* anything else under /v2/ (tags list, uploads, referrers, catalog): pass */
+  RP_REG_BASE,     /* /v2/ */
   RP_REG_MANIFEST, /* /v2/<name>/manifests/<tag|digest> */
-  RP_REG_BLOB, /* /v2/<name>/blobs/<digest> */
-  RP_REG_NOT_V2, /* not a registry API path at all */
+  RP_REG_BLOB,     /* /v2/<name>/blobs/<digest> */
+  RP_REG_NOT_V2,   /* not a registry API path at all */
   RP_REG_KIND_LAST
 };
 
 struct rp_reg_path {
   enum rp_reg_kind kind;
-  char name[256]; /* repository, e.g. "library/alpine" */
-  char ref[160]; /* tag or digest */
+  char name[256];     /* repository, e.g. "library/alpine" */
+  char ref[160];      /* tag or digest */
   bool ref_is_digest; /* sha256/sha512 digest that may be cached */
-  char ns[256]; /* ?ns= (mirror mode), "" when absent */
+  char ns[256];       /* ?ns= as a canonical identity (mirror mode), "" when absent */
 };
 
 /** Classify a request target path (with query). Names, tags and digests are
  * checked exactly against the spec grammars; anything that does not match
- * is RP_REG_OTHER (passed through, never mapped to a file). */
+ * is RP_REG_OTHER (passed through, never mapped to a file). The path is not
+ * percent-decoded. A malformed query (bytes outside RFC 3986, a broken
+ * escape, ns= twice or not a registry host[:port]) makes any path OTHER
+ * with ns "". ns holds the canonical identity (rp_reg_canonical) of the
+ * decoded ?ns= value; an IPv6 registry must be bracketed. A manifest by a
+ * well-formed digest of another algorithm is RP_REG_MANIFEST with
+ * ref_is_digest false; sha256/sha512 with a wrong encoding is OTHER. */
 void rp_reg_path_parse(const char *path, size_t len, struct rp_reg_path *out);
 
 /** Canonical registry identity: "docker.io", "index.docker.io" and
  * "registry-1.docker.io" are one registry "docker.io"; others lower-case,
- * ":443" dropped. Writes into buf; returns buf. */
+ * trailing dot and ":443" dropped, IPv6 bracketed. host may carry its own
+ * ":port" (used when port is 0; port 0 and no port mean none). Writes into
+ * buf ("" when host is unusable or the result does not fit); returns buf. */
 const char *rp_reg_canonical(const char *host, uint16_t port, char *buf, size_t bufsz);
-/** The upstream host for a canonical identity ("docker.io" -> "registry-1.docker.io"). */
+/** The upstream host[:port] for a canonical identity ("docker.io" ->
+ * "registry-1.docker.io"; others are returned as they are). */
 const char *rp_reg_upstream_host(const char *canonical);
 
 /** The Accept key (SPEC §3): the sorted, de-duplicated set of media types
  * across all Accept header lines, parameters and q-values dropped, joined
- * with ','. The full wildcard ("*" "/" "*") stays a member. */
+ * with ','. The full wildcard ("*" "/" "*") stays a member. Malformed
+ * ranges and ranges refused with q=0 are no members. No Accept at all gives
+ * "" (accepts anything, RFC 9110 §12.5.1); an Accept with nothing usable
+ * gives "?" (accepts nothing). Members that do not fit bufsz are dropped
+ * from the end, which only narrows the key; RP_REG_ACCEPT_KEY_SIZE holds
+ * every real client's set. */
+#define RP_REG_ACCEPT_KEY_SIZE 1024
 void rp_reg_accept_key(const struct rp_http_head *h, char *buf, size_t bufsz);
-/** May a remembered answer of media_type be served to this Accept key? */
+/** May a remembered answer of media_type be served to this Accept key? Yes
+ * when the key is "" or holds the full wildcard, media_type itself, or its
+ * "type/" wildcard; compared without case, media_type's parameters ignored. */
 bool rp_reg_accept_allows(const char *accept_key, const char *media_type);
 
 #endif
