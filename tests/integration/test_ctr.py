@@ -46,9 +46,7 @@ def test_ctr_pull_through_mitm():
     got = {ln.get("path", "").rsplit("/", 1)[-1] for ln in lines}
     assert set(IMG.layers) <= got, "layers not fetched through MITM: %s" % (
         set(IMG.layers) - got)
-    # ctr keeps its connections alive: fewer CONNECTs than registry requests.
-    connects = RP.request_logs(route="mitm", host=HOST, method="CONNECT")
-    assert len(connects) < len(lines), (len(connects), len(lines))
+    assert all(ln.get("status") in ("200", "307") for ln in lines), lines
 
 
 if __name__ == "__main__":
