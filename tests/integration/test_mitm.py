@@ -180,6 +180,19 @@ def test_upstream_certificate_invalid_502_with_reason():
     assert "certificate" in reason.lower() or "verif" in reason.lower(), line
 
 
+def test_upstream_through_parent_proxy():
+    sq = h.Squid()
+    rp = start_proxy("--parent-proxy", sq.url)
+    out = os.path.join(h.tmpdir(), "via-parent")
+    pull(rp, out)
+    assert h.layout_blobs(out)[1] == IMG.blobs
+    # libcurl applied --connect-to, then asked squid for a tunnel to the result;
+    # squid logs a tunnel when it closes, and regproxy keeps its connections
+    # alive until it stops.
+    rp.stop()
+    sq.wait_entry(method="CONNECT", url_contains="127.0.0.1:%d" % REG.port)
+
+
 def test_ca_crt_endpoint():
     c = RP.conn()
     r = c.request("GET", "/ca.crt", [("Host", "127.0.0.1:%d" % RP.port)])
