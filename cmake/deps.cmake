@@ -15,6 +15,7 @@ rp_require_pkg(LIBUV libuv libuv1-dev)
 rp_require_pkg(YAML yaml-0.1 libyaml-dev)
 rp_require_pkg(IDN2 libidn2 libidn2-dev)
 rp_require_pkg(JANSSON jansson libjansson-dev)
+rp_require_pkg(SQLITE3 sqlite3 libsqlite3-dev)
 
 find_package(OpenSSL 1.1.1)
 if(NOT OPENSSL_FOUND)

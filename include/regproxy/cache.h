@@ -30,8 +30,8 @@ int rp_digest_parse(const char *s, size_t n, struct rp_digest *out);
 void rp_digest_format(const struct rp_digest *d, char *buf, size_t bufsz);
 
 struct rp_cache_opts {
-  const char *dir; /* cache root; created 0700 if missing */
-  uint64_t max_size; /* eviction bound in bytes */
+  const char *dir;          /* cache root; created 0700 if missing */
+  uint64_t max_size;        /* eviction bound in bytes (0: none) */
   uint64_t orphan_fill_max; /* a fill with no reader left completes only up to this size */
 };
 
@@ -40,7 +40,10 @@ struct rp_cache_opts {
  * message names the holder's PID) or unusable. Synchronous: call at start-up. */
 int rp_cache_open(uv_loop_t *loop, const struct rp_cache_opts *opts, struct rp_cache **out,
                   char **err);
-/** Release; fills still running are abandoned (nothing partial is published). */
+/** Release; fills still running are abandoned (nothing partial is published;
+ * their readers fail). Readers must have finished or been cancelled. Queued
+ * index writes still run: keep running the loop until it is empty, the memory
+ * and the directory lock are released there. NULL is a no-op. */
 void rp_cache_close(struct rp_cache *c);
 
 /* ---- objects and metadata ---- */
@@ -49,7 +52,7 @@ struct rp_object_info {
   struct rp_digest digest;
   uint64_t size;
   char media_type[128]; /* manifests: their Content-Type; blobs: "" */
-  int64_t last_access; /* unix seconds */
+  int64_t last_access;  /* unix seconds */
   bool is_manifest;
 };
 
@@ -80,7 +83,8 @@ bool rp_cache_tag_get(struct rp_cache *c, const char *registry, const char *repo
 enum rp_fill_state { RP_FILL_RUNNING, RP_FILL_PUBLISHED, RP_FILL_FAILED, RP_FILL_STATE_LAST };
 
 /** The running fill for d, with a new reference, or NULL (single-flight:
- * callers that get NULL may start one with rp_fill_start). */
+ * callers that get NULL may start one with rp_fill_start). A reader started
+ * on it takes its own reference. */
 struct rp_fill *rp_fill_find(struct rp_cache *c, const struct rp_digest *d);
 /** Start a fill for d (expected_size -1 when unknown); the caller holds one
  * reference. Returns NULL when one is already running (use rp_fill_find). */
@@ -89,22 +93,36 @@ struct rp_fill *rp_fill_start(struct rp_cache *c, const struct rp_digest *d, int
 void rp_fill_ref(struct rp_fill *f);
 void rp_fill_unref(struct rp_fill *f);
 
-/** Append body bytes (copied). Returns 0, or RP_FETCH_PAUSE-like -2 when the
- * fill's write buffer is full: call again with the same bytes after the
- * on_writable callback. Bytes beyond the expected size fail the fill. */
+/* rp_fill_write's "not now" (same value as RP_FETCH_PAUSE). */
+#define RP_FILL_AGAIN (-2)
+
+/** Append body bytes (copied, hashed at once). Returns 0; RP_FILL_AGAIN when
+ * the fill's buffer is full (nothing taken: offer the same bytes again after
+ * on_writable); or an error when the fill is no longer running (failed,
+ * finished, or bytes beyond the expected size: RP_EDIGEST, which fails it). */
 int rp_fill_write(struct rp_fill *f, const char *p, size_t n);
 typedef void (*rp_fill_cb)(struct rp_fill *f, void *data);
-/** on_writable: the buffer has room again. on_state: published or failed. */
-void rp_fill_set_producer(struct rp_fill *f, rp_fill_cb on_writable, void *data);
+/** The producer's callbacks, both run from the loop, never inside an rp_
+ * call. on_writable: the buffer has room again after RP_FILL_AGAIN. on_state:
+ * the cache gave the fill up while it was being produced (no reader left past
+ * orphan_fill_max, disk error with no reader left, cache closing): stop the
+ * upstream transfer. Both are dropped at rp_fill_finish / rp_fill_abort. */
+void rp_fill_set_producer(struct rp_fill *f, rp_fill_cb on_writable, rp_fill_cb on_state,
+                          void *data);
 /** The upstream body ended: verify size and digest, fsync, rename, fsync
  * the directory, publish. A mismatch fails the fill (`digest_mismatch`). */
 void rp_fill_finish(struct rp_fill *f);
-/** The upstream failed for good: unlink, fail, abort readers. */
+/** The upstream failed for good: unlink, fail, abort readers. No-op once
+ * finished or failed. */
 void rp_fill_abort(struct rp_fill *f, const char *reason);
-/** Bytes hashed and committed to the temp file so far (resume offset). */
+/** Bytes hashed so far: they are in the temp file or on their way there.
+ * The offset to resume the upstream at (`Range: bytes=N-`). */
+uint64_t rp_fill_received(const struct rp_fill *f);
+/** Bytes written to the temp file so far (what readers may tail). */
 uint64_t rp_fill_committed(const struct rp_fill *f);
 enum rp_fill_state rp_fill_state(const struct rp_fill *f);
-/** Number of readers attached (a fill with none may stop past orphan_fill_max). */
+/** Number of readers attached (a fill whose last reader left stops when it is
+ * larger than orphan_fill_max). */
 unsigned rp_fill_readers(const struct rp_fill *f);
 /** The fill had a disk error: it keeps hashing for attached readers but will
  * not publish (SPEC §3 ENOSPC/EIO → pass-through). */
@@ -121,11 +139,16 @@ typedef void (*rp_reader_done_cb)(struct rp_reader *r, void *data, int status);
  * published object d, or of the running fill f (pass exactly one of d/f) to
  * stream s, in chunks of at least 256 KiB, waiting on the stream's drain and
  * on the fill's growth. The last byte of a fill is only written after the
- * fill verified. The caller has already written the HTTP head. */
+ * fill verified. The caller has already written the HTTP head. NULL when the
+ * object is not published, the fill failed, or the range lies outside a
+ * known size; otherwise done runs exactly once, later, unless cancelled.
+ * The reader pins the object (no eviction) while it runs. */
 struct rp_reader *rp_reader_start(struct rp_cache *c, const struct rp_digest *d, struct rp_fill *f,
                                   uint64_t offset, int64_t length, struct rp_stream *s,
                                   rp_reader_done_cb done, void *data);
-/** Stop (client gone): no callback afterwards. */
+/** Stop (client gone): done does not run afterwards. Safe at any time before
+ * done ran; NULL is a no-op. The stream must stay valid until the writes the
+ * reader queued on it completed (closing the stream completes them). */
 void rp_reader_cancel(struct rp_reader *r);
 
 /* ---- maintenance ---- */

@@ -16,7 +16,8 @@
   XX(UPSTREAM, -10101, "upstream transfer failed")                                                 \
   XX(UPSTREAM_TLS, -10102, "upstream TLS handshake or verification failed")                        \
   XX(ABORTED, -10103, "transfer aborted by its receiver")                                          \
-  XX(AUTH, -10104, "registry authentication failed")
+  XX(AUTH, -10104, "registry authentication failed")                                               \
+  XX(DIGEST, -10201, "content does not match its digest or size")
 
 enum rp_error {
 #define XX(name, code, msg) RP_E##name = (code),

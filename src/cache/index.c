@@ -1,1 +1,1023 @@
-/* placeholder: being written */
+/* The metadata index: objects (size, media type, last access), the
+ * repositories each digest belongs to, and tag memory. The loop answers from
+ * the in-memory tables loaded at open; changes go to SQLite (WAL) from the
+ * thread pool, one worker at a time, in the order they were made, batched
+ * into one transaction per worker run. Publishing (rename into place, fsync
+ * the directory) and eviction (unlink) run in the same ordered worker, so a
+ * digest evicted and filled again can never lose its new file to the old
+ * unlink. */
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <libgen.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <sqlite3.h>
+
+#include "cache/internal.h"
+#include "regproxy/error.h"
+#include "regproxy/log.h"
+#include "regproxy/metrics.h"
+
+enum { ST_PUT, ST_TOUCH, ST_DEL, ST_REPO, ST_TAG, ST_LAST };
+
+static const char *const stmt_sql[ST_LAST] = {
+    [ST_PUT] = "INSERT OR REPLACE INTO objects(digest, size, media_type, is_manifest, last_access) "
+               "VALUES (?1, ?2, ?3, ?4, ?5)",
+    [ST_TOUCH] = "UPDATE objects SET last_access = ?2 WHERE digest = ?1",
+    [ST_DEL] = "DELETE FROM objects WHERE digest = ?1",
+    [ST_REPO] = "INSERT OR IGNORE INTO object_repos(digest, registry, repository) "
+                "VALUES (?1, ?2, ?3)",
+    [ST_TAG] = "INSERT OR REPLACE INTO tags(registry, repository, tag, accept_key, digest, "
+               "media_type, size, checked) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+};
+
+static const char schema_sql[] =
+    "PRAGMA journal_mode = WAL;"
+    "PRAGMA synchronous = NORMAL;"
+    "CREATE TABLE IF NOT EXISTS objects ("
+    "  digest TEXT PRIMARY KEY NOT NULL,"
+    "  size INTEGER NOT NULL,"
+    "  media_type TEXT NOT NULL DEFAULT '',"
+    "  is_manifest INTEGER NOT NULL DEFAULT 0,"
+    "  last_access INTEGER NOT NULL DEFAULT 0) WITHOUT ROWID;"
+    "CREATE TABLE IF NOT EXISTS object_repos ("
+    "  digest TEXT NOT NULL,"
+    "  registry TEXT NOT NULL,"
+    "  repository TEXT NOT NULL,"
+    "  PRIMARY KEY (digest, registry, repository)) WITHOUT ROWID;"
+    "CREATE TABLE IF NOT EXISTS tags ("
+    "  registry TEXT NOT NULL,"
+    "  repository TEXT NOT NULL,"
+    "  tag TEXT NOT NULL,"
+    "  accept_key TEXT NOT NULL,"
+    "  digest TEXT NOT NULL,"
+    "  media_type TEXT NOT NULL DEFAULT '',"
+    "  size INTEGER NOT NULL DEFAULT 0,"
+    "  checked INTEGER NOT NULL DEFAULT 0,"
+    "  PRIMARY KEY (registry, repository, tag, accept_key)) WITHOUT ROWID;";
+
+struct rp__index {
+  struct rp_cache *c;
+  sqlite3 *db;
+  sqlite3_stmt *st[ST_LAST];
+  struct rp__idx_op *pend_head, *pend_tail;
+  struct rp__idx_op *batch; /* owned by the worker while busy */
+  uv_work_t work;
+  bool busy;
+  bool shutting;
+  bool close_after; /* this batch closes the database */
+  bool closed;
+  void (*shutdown_done)(struct rp_cache *c);
+  int batch_err;
+  char errmsg[256];
+};
+
+/* Repository membership: key "sha256:<hex>\0registry\0repository". */
+struct repo_node {
+  struct rp__hnode hn;
+  size_t klen;
+  char key[];
+};
+
+/* Tag memory: key "registry\0repository\0tag\0accept_key". */
+struct tag_node {
+  struct rp__hnode hn;
+  struct rp_tag_entry e;
+  size_t klen;
+  char key[];
+};
+
+/* ---- hash tables ---- */
+
+uint64_t rp__hash(const void *p, size_t n) {
+  const unsigned char *s = p;
+  uint64_t h = 14695981039346656037ULL; /* FNV-1a */
+
+  for (size_t i = 0; i < n; i++) {
+    h ^= s[i];
+    h *= 1099511628211ULL;
+  }
+  return h;
+}
+
+int rp__htab_init(struct rp__htab *t, size_t nb) {
+  t->nb = 16;
+  while (t->nb < nb)
+    t->nb *= 2;
+  t->n = 0;
+  t->b = calloc(t->nb, sizeof(struct rp__hnode *));
+  return t->b != NULL ? 0 : RP_ENOMEM;
+}
+
+void rp__htab_free(struct rp__htab *t) {
+  free(t->b);
+  t->b = NULL;
+  t->nb = t->n = 0;
+}
+
+static void htab_grow(struct rp__htab *t) {
+  size_t nb = t->nb * 2;
+  struct rp__hnode **b = calloc(nb, sizeof(struct rp__hnode *));
+
+  if (b == NULL)
+    return;
+  for (size_t i = 0; i < t->nb; i++) {
+    struct rp__hnode *n = t->b[i], *next;
+    for (; n != NULL; n = next) {
+      next = n->next;
+      n->next = b[n->hash & (nb - 1)];
+      b[n->hash & (nb - 1)] = n;
+    }
+  }
+  free(t->b);
+  t->b = b;
+  t->nb = nb;
+}
+
+void rp__htab_insert(struct rp__htab *t, struct rp__hnode *n) {
+  struct rp__hnode **b;
+
+  if (t->n >= t->nb)
+    htab_grow(t);
+  b = &t->b[n->hash & (t->nb - 1)];
+  n->next = *b;
+  *b = n;
+  t->n++;
+}
+
+void rp__htab_remove(struct rp__htab *t, struct rp__hnode *n) {
+  struct rp__hnode **pp = &t->b[n->hash & (t->nb - 1)];
+
+  while (*pp != NULL && *pp != n)
+    pp = &(*pp)->next;
+  if (*pp == NULL)
+    return;
+  *pp = n->next;
+  n->next = NULL;
+  t->n--;
+}
+
+/* ---- objects in memory ---- */
+
+static uint64_t digest_hash(const struct rp_digest *d) {
+  return rp__hash(d->hex, (size_t)d->algo / 4) ^ (uint64_t)d->algo;
+}
+
+struct rp__obj *rp__obj_find(const struct rp_cache *c, const struct rp_digest *d) {
+  uint64_t h = digest_hash(d);
+
+  for (struct rp__hnode *n = rp__htab_first(&c->objs, h); n != NULL; n = n->next) {
+    struct rp__obj *o = (struct rp__obj *)n;
+    if (n->hash == h && o->digest.algo == d->algo && strcmp(o->digest.hex, d->hex) == 0)
+      return o;
+  }
+  return NULL;
+}
+
+static void lru_unlink(struct rp_cache *c, struct rp__obj *o) {
+  if (o->prev != NULL)
+    o->prev->next = o->next;
+  else
+    c->lru_head = o->next;
+  if (o->next != NULL)
+    o->next->prev = o->prev;
+  else
+    c->lru_tail = o->prev;
+  o->prev = o->next = NULL;
+}
+
+static void lru_push_front(struct rp_cache *c, struct rp__obj *o) {
+  o->prev = NULL;
+  o->next = c->lru_head;
+  if (c->lru_head != NULL)
+    c->lru_head->prev = o;
+  c->lru_head = o;
+  if (c->lru_tail == NULL)
+    c->lru_tail = o;
+}
+
+static void account(struct rp_cache *c, int64_t dsize, int64_t dobjs) {
+  c->size_bytes += (uint64_t)dsize;
+  c->nobjects += (uint64_t)dobjs;
+  rp_metrics.cache_size_bytes += (uint64_t)dsize;
+  rp_metrics.cache_objects += (uint64_t)dobjs;
+}
+
+struct rp__obj *rp__obj_put(struct rp_cache *c, const struct rp_digest *d, uint64_t size,
+                            bool is_manifest, const char *media_type, int64_t last_access) {
+  struct rp__obj *o = rp__obj_find(c, d);
+  char *mt = NULL;
+
+  if (media_type != NULL && media_type[0] != '\0') {
+    mt = strdup(media_type);
+    if (mt == NULL)
+      return NULL;
+  }
+  if (o != NULL) {
+    account(c, (int64_t)size - (int64_t)o->size, 0);
+    free(o->media_type);
+    lru_unlink(c, o);
+  } else {
+    o = calloc(1, sizeof *o);
+    if (o == NULL) {
+      free(mt);
+      return NULL;
+    }
+    o->digest = *d;
+    o->hn.hash = digest_hash(d);
+    rp__htab_insert(&c->objs, &o->hn);
+    account(c, (int64_t)size, 1);
+  }
+  o->size = size;
+  o->media_type = mt;
+  o->is_manifest = is_manifest;
+  o->last_access = last_access;
+  lru_push_front(c, o);
+  return o;
+}
+
+void rp__obj_remove(struct rp_cache *c, struct rp__obj *o) {
+  rp__htab_remove(&c->objs, &o->hn);
+  lru_unlink(c, o);
+  account(c, -(int64_t)o->size, -1);
+  free(o->media_type);
+  free(o);
+}
+
+void rp__obj_touch(struct rp_cache *c, struct rp__obj *o) {
+  int64_t now = rp__now();
+  struct rp__idx_op *op;
+
+  if (c->lru_head != o) {
+    lru_unlink(c, o);
+    lru_push_front(c, o);
+  }
+  if (o->last_access == now)
+    return;
+  o->last_access = now;
+  op = rp__idx_op_new(RP_IDX_TOUCH, NULL, NULL, NULL, NULL, NULL, NULL);
+  if (op == NULL)
+    return; /* only the LRU order after a restart suffers */
+  op->digest = o->digest;
+  op->time = now;
+  rp__index_submit(c, op);
+}
+
+void rp__obj_unpin(struct rp_cache *c, struct rp__obj *o) {
+  if (o->pins > 0)
+    o->pins--;
+  if (o->pins == 0 && c->max_size != 0 && c->size_bytes > c->max_size)
+    rp__cache_evict(c);
+}
+
+void rp__objs_free(struct rp_cache *c) {
+  struct rp__obj *o = c->lru_head, *next;
+
+  for (; o != NULL; o = next) {
+    next = o->next;
+    free(o->media_type);
+    free(o);
+  }
+  c->lru_head = c->lru_tail = NULL;
+  rp__htab_free(&c->objs);
+}
+
+bool rp_cache_has(struct rp_cache *c, const struct rp_digest *d, struct rp_object_info *out) {
+  struct rp__obj *o;
+
+  if (c == NULL || d == NULL)
+    return false;
+  o = rp__obj_find(c, d);
+  if (o == NULL)
+    return false;
+  if (out != NULL) {
+    memset(out, 0, sizeof *out);
+    out->digest = o->digest;
+    out->size = o->size;
+    if (o->media_type != NULL)
+      snprintf(out->media_type, sizeof out->media_type, "%s", o->media_type);
+    out->last_access = o->last_access;
+    out->is_manifest = o->is_manifest;
+  }
+  return true;
+}
+
+/* ---- repositories and tags in memory ---- */
+
+/* Join parts with NUL separators into buf (NULL: size only). */
+static size_t join_key(char *buf, const char *const *parts, size_t n) {
+  size_t len = 0;
+
+  for (size_t i = 0; i < n; i++) {
+    size_t l = strlen(parts[i]) + 1;
+    if (buf != NULL)
+      memcpy(buf + len, parts[i], l);
+    len += l;
+  }
+  return len;
+}
+
+static struct repo_node *repo_find(const struct rp_cache *c, const char *key, size_t klen,
+                                   uint64_t h) {
+  for (struct rp__hnode *n = rp__htab_first(&c->repos, h); n != NULL; n = n->next) {
+    struct repo_node *r = (struct repo_node *)n;
+    if (n->hash == h && r->klen == klen && memcmp(r->key, key, klen) == 0)
+      return r;
+  }
+  return NULL;
+}
+
+static struct tag_node *tag_find(const struct rp_cache *c, const char *key, size_t klen,
+                                 uint64_t h) {
+  for (struct rp__hnode *n = rp__htab_first(&c->tags, h); n != NULL; n = n->next) {
+    struct tag_node *t = (struct tag_node *)n;
+    if (n->hash == h && t->klen == klen && memcmp(t->key, key, klen) == 0)
+      return t;
+  }
+  return NULL;
+}
+
+/* Remember in memory; true when it was not known yet. */
+static bool repo_add(struct rp_cache *c, const char *dkey, const char *registry,
+                     const char *repository) {
+  const char *parts[3] = {dkey, registry, repository};
+  size_t klen = join_key(NULL, parts, 3);
+  struct repo_node *r = malloc(sizeof *r + klen);
+  uint64_t h;
+
+  if (r == NULL)
+    return false;
+  join_key(r->key, parts, 3);
+  r->klen = klen;
+  h = rp__hash(r->key, klen);
+  if (repo_find(c, r->key, klen, h) != NULL) {
+    free(r);
+    return false;
+  }
+  r->hn.hash = h;
+  rp__htab_insert(&c->repos, &r->hn);
+  return true;
+}
+
+static const char *nz(const char *s) {
+  return s != NULL ? s : "";
+}
+
+void rp_cache_note_repo(struct rp_cache *c, const struct rp_digest *d, const char *registry,
+                        const char *repository) {
+  char dkey[160];
+  struct rp__idx_op *op;
+
+  if (c == NULL || d == NULL)
+    return;
+  rp__digest_key(d, dkey, sizeof dkey);
+  if (!repo_add(c, dkey, nz(registry), nz(repository)))
+    return;
+  op = rp__idx_op_new(RP_IDX_REPO, NULL, NULL, nz(registry), nz(repository), NULL, NULL);
+  if (op == NULL)
+    return;
+  op->digest = *d;
+  rp__index_submit(c, op);
+}
+
+bool rp_cache_in_repo(struct rp_cache *c, const struct rp_digest *d, const char *registry,
+                      const char *repository) {
+  char dkey[160];
+  char *key;
+  const char *parts[3];
+  size_t klen;
+  bool found;
+
+  if (c == NULL || d == NULL)
+    return false;
+  rp__digest_key(d, dkey, sizeof dkey);
+  parts[0] = dkey;
+  parts[1] = nz(registry);
+  parts[2] = nz(repository);
+  klen = join_key(NULL, parts, 3);
+  key = malloc(klen);
+  if (key == NULL)
+    return false;
+  join_key(key, parts, 3);
+  found = repo_find(c, key, klen, rp__hash(key, klen)) != NULL;
+  free(key);
+  return found;
+}
+
+static struct tag_node *tag_set(struct rp_cache *c, const char *const parts[4],
+                                const struct rp_tag_entry *e) {
+  size_t klen = join_key(NULL, parts, 4);
+  struct tag_node *t = malloc(sizeof *t + klen);
+  struct tag_node *old;
+  uint64_t h;
+
+  if (t == NULL)
+    return NULL;
+  join_key(t->key, parts, 4);
+  t->klen = klen;
+  h = rp__hash(t->key, klen);
+  old = tag_find(c, t->key, klen, h);
+  if (old != NULL) {
+    free(t);
+    t = old;
+  } else {
+    t->hn.hash = h;
+    rp__htab_insert(&c->tags, &t->hn);
+  }
+  t->e = *e;
+  t->e.media_type[sizeof t->e.media_type - 1] = '\0';
+  return t;
+}
+
+void rp_cache_tag_put(struct rp_cache *c, const char *registry, const char *repository,
+                      const char *tag, const char *accept_key, const struct rp_tag_entry *e) {
+  const char *parts[4] = {nz(registry), nz(repository), nz(tag), nz(accept_key)};
+  struct tag_node *t;
+  struct rp__idx_op *op;
+
+  if (c == NULL || e == NULL)
+    return;
+  t = tag_set(c, parts, e);
+  if (t == NULL)
+    return;
+  op = rp__idx_op_new(RP_IDX_TAG, NULL, NULL, parts[0], parts[1], parts[2], parts[3]);
+  if (op == NULL)
+    return;
+  op->digest = t->e.digest;
+  op->size = t->e.size;
+  op->time = t->e.checked;
+  snprintf(op->media_type, sizeof op->media_type, "%s", t->e.media_type);
+  rp__index_submit(c, op);
+}
+
+bool rp_cache_tag_get(struct rp_cache *c, const char *registry, const char *repository,
+                      const char *tag, const char *accept_key, struct rp_tag_entry *out) {
+  const char *parts[4] = {nz(registry), nz(repository), nz(tag), nz(accept_key)};
+  size_t klen;
+  char *key;
+  struct tag_node *t;
+
+  if (c == NULL)
+    return false;
+  klen = join_key(NULL, parts, 4);
+  key = malloc(klen);
+  if (key == NULL)
+    return false;
+  join_key(key, parts, 4);
+  t = tag_find(c, key, klen, rp__hash(key, klen));
+  free(key);
+  if (t == NULL)
+    return false;
+  if (out != NULL)
+    *out = t->e;
+  return true;
+}
+
+static void meta_free(struct rp_cache *c) {
+  struct rp__htab *tabs[2] = {&c->repos, &c->tags};
+
+  for (size_t k = 0; k < 2; k++) {
+    struct rp__htab *t = tabs[k];
+    for (size_t i = 0; t->b != NULL && i < t->nb; i++) {
+      struct rp__hnode *n = t->b[i], *next;
+      for (; n != NULL; n = next) {
+        next = n->next;
+        free(n);
+      }
+    }
+    rp__htab_free(t);
+  }
+}
+
+/* ---- ops ---- */
+
+struct rp__idx_op *rp__idx_op_new(enum rp__idx_kind kind, const char *from, const char *to,
+                                  const char *registry, const char *repository, const char *tag,
+                                  const char *accept_key) {
+  const char *src[6] = {from, to, registry, repository, tag, accept_key};
+  const char **dst[6];
+  struct rp__idx_op *op;
+  size_t extra = 0;
+  char *p;
+
+  for (size_t i = 0; i < 6; i++)
+    extra += src[i] != NULL ? strlen(src[i]) + 1 : 0;
+  op = calloc(1, sizeof *op + extra);
+  if (op == NULL)
+    return NULL;
+  op->kind = kind;
+  dst[0] = &op->from;
+  dst[1] = &op->to;
+  dst[2] = &op->registry;
+  dst[3] = &op->repository;
+  dst[4] = &op->tag;
+  dst[5] = &op->accept_key;
+  p = (char *)(op + 1);
+  for (size_t i = 0; i < 6; i++) {
+    if (src[i] == NULL)
+      continue;
+    size_t l = strlen(src[i]) + 1;
+    memcpy(p, src[i], l);
+    *dst[i] = p;
+    p += l;
+  }
+  return op;
+}
+
+/* ---- the worker (thread pool) ---- */
+
+static void note_err(struct rp__index *ix, const char *what) {
+  if (ix->batch_err != 0)
+    return;
+  ix->batch_err = -1;
+  snprintf(ix->errmsg, sizeof ix->errmsg, "%s: %s", what, sqlite3_errmsg(ix->db));
+}
+
+static void step(struct rp__index *ix, sqlite3_stmt *st, const char *what) {
+  if (sqlite3_step(st) != SQLITE_DONE)
+    note_err(ix, what);
+  sqlite3_reset(st);
+  sqlite3_clear_bindings(st);
+}
+
+static int fsync_parent(const char *path) {
+  char *copy = strdup(path);
+  int fd = -1;
+  int rc = -ENOMEM;
+
+  if (copy == NULL)
+    goto out;
+  fd = open(dirname(copy), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0 || fsync(fd) != 0) {
+    rc = -errno;
+    goto out;
+  }
+  rc = 0;
+out:
+  if (fd >= 0)
+    close(fd);
+  free(copy);
+  return rc;
+}
+
+/* rename(2), making the <2 hex> directory (durably) when it is missing. */
+static int rename_into_place(const char *from, const char *to) {
+  char *copy;
+  const char *dir;
+  int rc;
+
+  if (rename(from, to) == 0)
+    return 0;
+  if (errno != ENOENT)
+    return -errno;
+  copy = strdup(to);
+  if (copy == NULL)
+    return -ENOMEM;
+  dir = dirname(copy);
+  rc = 0;
+  if (mkdir(dir, 0700) != 0 && errno != EEXIST)
+    rc = -errno;
+  if (rc == 0)
+    rc = fsync_parent(dir);
+  if (rc == 0 && rename(from, to) != 0)
+    rc = -errno;
+  free(copy);
+  return rc;
+}
+
+static void run_op(struct rp__index *ix, struct rp__idx_op *op) {
+  char dkey[160];
+  sqlite3_stmt *st;
+
+  rp__digest_key(&op->digest, dkey, sizeof dkey);
+  switch (op->kind) {
+  case RP_IDX_PUBLISH:
+    op->result = rename_into_place(op->from, op->to);
+    if (op->result != 0)
+      return;
+    op->result = fsync_parent(op->to);
+    if (op->result != 0) {
+      (void)unlink(op->to); /* not durable: do not keep it */
+      return;
+    }
+    st = ix->st[ST_PUT];
+    sqlite3_bind_text(st, 1, dkey, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 2, (sqlite3_int64)op->size);
+    sqlite3_bind_text(st, 3, op->media_type, -1, SQLITE_STATIC);
+    sqlite3_bind_int(st, 4, op->is_manifest ? 1 : 0);
+    sqlite3_bind_int64(st, 5, op->time);
+    step(ix, st, "insert object");
+    break;
+  case RP_IDX_TOUCH:
+    st = ix->st[ST_TOUCH];
+    sqlite3_bind_text(st, 1, dkey, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 2, op->time);
+    step(ix, st, "touch object");
+    break;
+  case RP_IDX_EVICT:
+    /* Row first: a crash in between leaves a file without a row, which the
+     * next open removes. */
+    st = ix->st[ST_DEL];
+    sqlite3_bind_text(st, 1, dkey, -1, SQLITE_STATIC);
+    step(ix, st, "delete object");
+    if (unlink(op->to) != 0 && errno != ENOENT)
+      op->result = -errno;
+    break;
+  case RP_IDX_REPO:
+    st = ix->st[ST_REPO];
+    sqlite3_bind_text(st, 1, dkey, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, op->registry, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 3, op->repository, -1, SQLITE_STATIC);
+    step(ix, st, "insert repository");
+    break;
+  case RP_IDX_TAG:
+    st = ix->st[ST_TAG];
+    sqlite3_bind_text(st, 1, op->registry, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, op->repository, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 3, op->tag, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 4, op->accept_key, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 5, dkey, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 6, op->media_type, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 7, (sqlite3_int64)op->size);
+    sqlite3_bind_int64(st, 8, op->time);
+    step(ix, st, "insert tag");
+    break;
+  default: break;
+  }
+}
+
+static void db_close(struct rp__index *ix) {
+  for (size_t i = 0; i < ST_LAST; i++) {
+    sqlite3_finalize(ix->st[i]);
+    ix->st[i] = NULL;
+  }
+  if (ix->db != NULL && sqlite3_close(ix->db) != SQLITE_OK)
+    snprintf(ix->errmsg, sizeof ix->errmsg, "close: %s", sqlite3_errmsg(ix->db));
+  ix->db = NULL;
+}
+
+static void on_work(uv_work_t *w) {
+  struct rp__index *ix = w->data;
+
+  ix->batch_err = 0;
+  ix->errmsg[0] = '\0';
+  if (ix->batch != NULL && ix->db != NULL) {
+    if (sqlite3_exec(ix->db, "BEGIN", NULL, NULL, NULL) != SQLITE_OK)
+      note_err(ix, "begin");
+    for (struct rp__idx_op *op = ix->batch; op != NULL; op = op->next)
+      run_op(ix, op);
+    if (sqlite3_exec(ix->db, "COMMIT", NULL, NULL, NULL) != SQLITE_OK) {
+      note_err(ix, "commit");
+      sqlite3_exec(ix->db, "ROLLBACK", NULL, NULL, NULL);
+    }
+  }
+  if (ix->close_after)
+    db_close(ix);
+}
+
+static void start_batch(struct rp__index *ix);
+
+static void on_after_work(uv_work_t *w, int status) {
+  struct rp__index *ix = w->data;
+  struct rp__idx_op *op = ix->batch, *next;
+  bool closed = ix->close_after;
+
+  ix->batch = NULL;
+  ix->busy = false;
+  if (ix->errmsg[0] != '\0')
+    rp_log_warn("cache index: %s", ix->errmsg);
+  for (; op != NULL; op = next) {
+    next = op->next;
+    if (status != 0 && op->result == 0)
+      op->result = status;
+    if (op->done != NULL)
+      op->done(op);
+    free(op);
+  }
+  if (closed) {
+    ix->closed = true;
+    ix->shutdown_done(ix->c);
+    return;
+  }
+  start_batch(ix);
+}
+
+static void start_batch(struct rp__index *ix) {
+  struct rp__idx_op *last = NULL;
+  size_t n = 0;
+  int rc;
+
+  if (ix->busy || ix->closed || (ix->pend_head == NULL && !ix->shutting))
+    return;
+  ix->batch = ix->pend_head;
+  for (struct rp__idx_op *op = ix->pend_head; op != NULL && n < RP_INDEX_BATCH_MAX; op = op->next) {
+    last = op;
+    n++;
+  }
+  if (last != NULL) {
+    ix->pend_head = last->next;
+    last->next = NULL;
+    if (ix->pend_head == NULL)
+      ix->pend_tail = NULL;
+  }
+  ix->close_after = ix->shutting && ix->pend_head == NULL;
+  ix->busy = true;
+  ix->work.data = ix;
+  rc = uv_queue_work(ix->c->loop, &ix->work, on_work, on_after_work);
+  if (rc != 0) {
+    /* Only a bad argument makes uv_queue_work fail; run it here rather than
+     * lose the changes. */
+    on_work(&ix->work);
+    on_after_work(&ix->work, 0);
+  }
+}
+
+void rp__index_submit(struct rp_cache *c, struct rp__idx_op *op) {
+  struct rp__index *ix = c->idx;
+
+  op->next = NULL;
+  if (ix == NULL || ix->closed || ix->close_after) {
+    op->result = UV_ECANCELED;
+    if (op->done != NULL)
+      op->done(op);
+    free(op);
+    return;
+  }
+  if (ix->pend_tail != NULL)
+    ix->pend_tail->next = op;
+  else
+    ix->pend_head = op;
+  ix->pend_tail = op;
+  start_batch(ix);
+}
+
+void rp__index_shutdown(struct rp_cache *c, void (*done)(struct rp_cache *c)) {
+  struct rp__index *ix = c->idx;
+
+  ix->shutting = true;
+  ix->shutdown_done = done;
+  start_batch(ix);
+}
+
+void rp__index_free(struct rp_cache *c) {
+  struct rp__index *ix = c->idx;
+  struct rp__idx_op *op, *next;
+
+  meta_free(c);
+  if (ix == NULL)
+    return;
+  db_close(ix);
+  for (op = ix->pend_head; op != NULL; op = next) {
+    next = op->next;
+    free(op);
+  }
+  free(ix);
+  c->idx = NULL;
+}
+
+/* ---- open: schema, load, reconcile with the files ---- */
+
+static int exec_sql(struct rp__index *ix, const char *sql, char **err, const char *path) {
+  char *msg = NULL;
+  int rc = sqlite3_exec(ix->db, sql, NULL, NULL, &msg);
+
+  if (rc != SQLITE_OK) {
+    if (err != NULL && *err == NULL &&
+        asprintf(err, "cache index %s: %s", path, msg != NULL ? msg : sqlite3_errstr(rc)) < 0)
+      *err = NULL;
+    sqlite3_free(msg);
+    return rc;
+  }
+  return 0;
+}
+
+/* Rows whose file is missing or has the wrong size are dropped (and a file
+ * of the wrong size removed). */
+static int load_objects(struct rp_cache *c) {
+  struct rp__index *ix = c->idx;
+  sqlite3_stmt *sel = NULL;
+  char **drop = NULL;
+  size_t ndrop = 0, capdrop = 0;
+  int rc = RP_ENOMEM;
+
+  if (sqlite3_prepare_v2(ix->db,
+                         "SELECT digest, size, media_type, is_manifest, last_access FROM objects "
+                         "ORDER BY last_access ASC",
+                         -1, &sel, NULL) != SQLITE_OK) {
+    rc = RP_ECONFIG;
+    goto out;
+  }
+  for (;;) {
+    int s = sqlite3_step(sel);
+    const char *dtext;
+    struct rp_digest d;
+    struct stat st;
+    char *path = NULL;
+    bool keep = false;
+    uint64_t size;
+
+    if (s == SQLITE_DONE)
+      break;
+    if (s != SQLITE_ROW) {
+      rc = RP_ECONFIG;
+      goto out;
+    }
+    dtext = (const char *)sqlite3_column_text(sel, 0);
+    size = (uint64_t)sqlite3_column_int64(sel, 1);
+    if (dtext != NULL && rp_digest_parse(dtext, strlen(dtext), &d) == 0) {
+      path = rp__blob_path(c, &d);
+      if (path == NULL)
+        goto out;
+      if (lstat(path, &st) == 0 && S_ISREG(st.st_mode)) {
+        if ((uint64_t)st.st_size == size)
+          keep = true;
+        else
+          (void)unlink(path);
+      }
+      free(path);
+    }
+    if (keep) {
+      const char *mt = (const char *)sqlite3_column_text(sel, 2);
+      if (rp__obj_put(c, &d, size, sqlite3_column_int(sel, 3) != 0, mt,
+                      sqlite3_column_int64(sel, 4)) == NULL)
+        goto out;
+      continue;
+    }
+    if (ndrop == capdrop) {
+      size_t ncap = capdrop != 0 ? capdrop * 2 : 16;
+      char **nd = realloc(drop, ncap * sizeof *nd);
+      if (nd == NULL)
+        goto out;
+      drop = nd;
+      capdrop = ncap;
+    }
+    drop[ndrop] = strdup(dtext != NULL ? dtext : "");
+    if (drop[ndrop] == NULL)
+      goto out;
+    ndrop++;
+  }
+  sqlite3_finalize(sel);
+  sel = NULL;
+  if (ndrop > 0) {
+    sqlite3_stmt *del = ix->st[ST_DEL];
+    sqlite3_exec(ix->db, "BEGIN", NULL, NULL, NULL);
+    for (size_t i = 0; i < ndrop; i++) {
+      sqlite3_bind_text(del, 1, drop[i], -1, SQLITE_STATIC);
+      (void)sqlite3_step(del);
+      sqlite3_reset(del);
+      sqlite3_clear_bindings(del);
+    }
+    sqlite3_exec(ix->db, "COMMIT", NULL, NULL, NULL);
+    rp_log_info("cache: dropped %zu index row(s) without a file", ndrop);
+  }
+  rc = 0;
+out:
+  sqlite3_finalize(sel);
+  for (size_t i = 0; i < ndrop; i++)
+    free(drop[i]);
+  free(drop);
+  return rc;
+}
+
+/* Files with no row were never verified by this cache (or their row was lost
+ * in a crash): remove them. */
+static void remove_unknown_files(struct rp_cache *c) {
+  static const int algos[] = {256, 512};
+  char path[4096];
+  char name[160];
+  unsigned removed = 0;
+
+  for (size_t a = 0; a < 2; a++) {
+    for (unsigned i = 0; i < 256; i++) {
+      struct dirent *e;
+      DIR *dir;
+
+      snprintf(path, sizeof path, "%s/blobs/sha%d/%02x", c->dir, algos[a], i);
+      dir = opendir(path);
+      if (dir == NULL)
+        continue;
+      while ((e = readdir(dir)) != NULL) {
+        struct rp_digest d;
+        int n;
+
+        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
+          continue;
+        n = snprintf(name, sizeof name, "sha%d:%s", algos[a], e->d_name);
+        if (n > 0 && (size_t)n < sizeof name && rp_digest_parse(name, (size_t)n, &d) == 0 &&
+            strncmp(d.hex, path + strlen(path) - 2, 2) == 0 && rp__obj_find(c, &d) != NULL)
+          continue;
+        if (unlinkat(dirfd(dir), e->d_name, 0) == 0)
+          removed++;
+        else
+          rp_log_warn("cache: cannot remove %s/%s: %s", path, e->d_name, strerror(errno));
+      }
+      closedir(dir);
+    }
+  }
+  if (removed > 0)
+    rp_log_info("cache: removed %u file(s) without an index row", removed);
+}
+
+static int load_meta(struct rp_cache *c) {
+  struct rp__index *ix = c->idx;
+  sqlite3_stmt *sel = NULL;
+  int rc = RP_ECONFIG;
+
+  if (sqlite3_prepare_v2(ix->db, "SELECT digest, registry, repository FROM object_repos", -1, &sel,
+                         NULL) != SQLITE_OK)
+    goto out;
+  while (sqlite3_step(sel) == SQLITE_ROW) {
+    const char *dk = (const char *)sqlite3_column_text(sel, 0);
+    const char *reg = (const char *)sqlite3_column_text(sel, 1);
+    const char *repo = (const char *)sqlite3_column_text(sel, 2);
+    if (dk != NULL && reg != NULL && repo != NULL)
+      (void)repo_add(c, dk, reg, repo);
+  }
+  sqlite3_finalize(sel);
+  sel = NULL;
+  if (sqlite3_prepare_v2(ix->db,
+                         "SELECT registry, repository, tag, accept_key, digest, media_type, size, "
+                         "checked FROM tags",
+                         -1, &sel, NULL) != SQLITE_OK)
+    goto out;
+  while (sqlite3_step(sel) == SQLITE_ROW) {
+    const char *parts[4];
+    const char *dk = (const char *)sqlite3_column_text(sel, 4);
+    const char *mt = (const char *)sqlite3_column_text(sel, 5);
+    struct rp_tag_entry e;
+
+    memset(&e, 0, sizeof e);
+    for (int i = 0; i < 4; i++)
+      parts[i] = nz((const char *)sqlite3_column_text(sel, i));
+    if (dk == NULL || rp_digest_parse(dk, strlen(dk), &e.digest) != 0)
+      continue;
+    snprintf(e.media_type, sizeof e.media_type, "%s", nz(mt));
+    e.size = (uint64_t)sqlite3_column_int64(sel, 6);
+    e.checked = sqlite3_column_int64(sel, 7);
+    if (tag_set(c, parts, &e) == NULL) {
+      rc = RP_ENOMEM;
+      goto out;
+    }
+  }
+  rc = 0;
+out:
+  sqlite3_finalize(sel);
+  return rc;
+}
+
+int rp__index_open(struct rp_cache *c, char **err) {
+  struct rp__index *ix;
+  char *path = NULL;
+  int rc = RP_ENOMEM;
+
+  ix = calloc(1, sizeof *ix);
+  if (ix == NULL)
+    goto out;
+  ix->c = c;
+  c->idx = ix;
+  if (asprintf(&path, "%s/index.db", c->dir) < 0) {
+    path = NULL;
+    goto out;
+  }
+  rc = RP_ECONFIG;
+  if (sqlite3_open_v2(path, &ix->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL) !=
+      SQLITE_OK) {
+    if (err != NULL && *err == NULL &&
+        asprintf(err, "cache index %s: %s", path,
+                 ix->db != NULL ? sqlite3_errmsg(ix->db) : "cannot open") < 0)
+      *err = NULL;
+    goto out;
+  }
+  sqlite3_busy_timeout(ix->db, 5000);
+  if (exec_sql(ix, schema_sql, err, path) != 0)
+    goto out;
+  for (size_t i = 0; i < ST_LAST; i++) {
+    if (sqlite3_prepare_v2(ix->db, stmt_sql[i], -1, &ix->st[i], NULL) != SQLITE_OK) {
+      if (err != NULL && *err == NULL &&
+          asprintf(err, "cache index %s: %s", path, sqlite3_errmsg(ix->db)) < 0)
+        *err = NULL;
+      goto out;
+    }
+  }
+  rc = load_objects(c);
+  if (rc == 0)
+    rc = load_meta(c);
+  if (rc != 0) {
+    if (err != NULL && *err == NULL &&
+        asprintf(err, "cache index %s: %s", path,
+                 rc == RP_ENOMEM ? "out of memory" : sqlite3_errmsg(ix->db)) < 0)
+      *err = NULL;
+    goto out;
+  }
+  remove_unknown_files(c);
+  rc = 0;
+out:
+  free(path);
+  return rc;
+}

@@ -1,1 +1,429 @@
-/* placeholder: being written */
+/* The cache directory: digests, lock, layout, start-up clean-up, eviction,
+ * deferred work and the life of struct rp_cache. Fills are in fill.c,
+ * readers in reader.c, the metadata index in index.c. */
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "cache/internal.h"
+#include "regproxy/error.h"
+#include "regproxy/log.h"
+#include "regproxy/metrics.h"
+
+#define CHUNK_POOL_KEEP 64
+
+struct rp__cache_faults rp__cache_faults;
+
+/* ---- digests ---- */
+
+static bool is_lower_hex(const char *p, size_t n) {
+  for (size_t i = 0; i < n; i++) {
+    if (!((p[i] >= '0' && p[i] <= '9') || (p[i] >= 'a' && p[i] <= 'f')))
+      return false;
+  }
+  return true;
+}
+
+int rp_digest_parse(const char *s, size_t n, struct rp_digest *out) {
+  size_t hexlen;
+  int algo;
+
+  if (s == NULL || out == NULL)
+    return RP_EPARSE;
+  if (n > 7 && memcmp(s, "sha256:", 7) == 0) {
+    algo = 256;
+    hexlen = 64;
+  } else if (n > 7 && memcmp(s, "sha512:", 7) == 0) {
+    algo = 512;
+    hexlen = 128;
+  } else {
+    return RP_EPARSE;
+  }
+  if (n - 7 != hexlen || !is_lower_hex(s + 7, hexlen))
+    return RP_EPARSE;
+  out->algo = algo;
+  memcpy(out->hex, s + 7, hexlen);
+  out->hex[hexlen] = '\0';
+  return 0;
+}
+
+void rp_digest_format(const struct rp_digest *d, char *buf, size_t bufsz) {
+  if (bufsz == 0)
+    return;
+  snprintf(buf, bufsz, "sha%d:%s", d->algo, d->hex);
+}
+
+void rp__digest_key(const struct rp_digest *d, char *buf, size_t bufsz) {
+  rp_digest_format(d, buf, bufsz);
+}
+
+int64_t rp__now(void) {
+  return (int64_t)time(NULL);
+}
+
+/* ---- chunk pool ---- */
+
+char *rp__chunk_alloc(struct rp_cache *c) {
+  char *p = c->chunk_pool;
+
+  if (p != NULL) {
+    memcpy(&c->chunk_pool, p, sizeof(char *));
+    c->chunk_pool_n--;
+    return p;
+  }
+  return malloc(RP_CACHE_CHUNK);
+}
+
+void rp__chunk_free(struct rp_cache *c, char *p) {
+  if (p == NULL)
+    return;
+  if (c->chunk_pool_n >= CHUNK_POOL_KEEP) {
+    free(p);
+    return;
+  }
+  memcpy(p, &c->chunk_pool, sizeof(char *));
+  c->chunk_pool = p;
+  c->chunk_pool_n++;
+}
+
+static void chunk_pool_drain(struct rp_cache *c) {
+  while (c->chunk_pool != NULL) {
+    char *p = c->chunk_pool;
+    memcpy(&c->chunk_pool, p, sizeof(char *));
+    free(p);
+  }
+  c->chunk_pool_n = 0;
+}
+
+/* ---- deferred work ---- */
+
+static void on_idle(uv_idle_t *h) {
+  struct rp_cache *c = h->data;
+  struct rp__task *list = c->tasks_head;
+
+  /* Run what was queued before this turn; what they queue runs next turn. */
+  c->tasks_head = c->tasks_tail = NULL;
+  while (list != NULL) {
+    struct rp__task *t = list;
+    list = t->next;
+    t->next = NULL;
+    t->queued = false;
+    t->run(t);
+  }
+  if (c->tasks_head == NULL)
+    uv_idle_stop(h);
+}
+
+void rp__task_post(struct rp_cache *c, struct rp__task *t) {
+  if (t->queued)
+    return;
+  t->queued = true;
+  t->next = NULL;
+  if (c->tasks_tail != NULL)
+    c->tasks_tail->next = t;
+  else
+    c->tasks_head = t;
+  c->tasks_tail = t;
+  if (!uv_is_active((uv_handle_t *)&c->idle))
+    uv_idle_start(&c->idle, on_idle);
+}
+
+/* ---- paths and layout ---- */
+
+char *rp__blob_path(const struct rp_cache *c, const struct rp_digest *d) {
+  char *p = NULL;
+
+  if (asprintf(&p, "%s/blobs/sha%d/%.2s/%s", c->dir, d->algo, d->hex, d->hex) < 0)
+    return NULL;
+  return p;
+}
+
+static void set_err(char **err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void set_err(char **err, const char *fmt, ...) {
+  va_list ap;
+
+  if (err == NULL || *err != NULL)
+    return;
+  va_start(ap, fmt);
+  if (vasprintf(err, fmt, ap) < 0)
+    *err = NULL;
+  va_end(ap);
+}
+
+static int mkdir_0700(const char *path) {
+  if (mkdir(path, 0700) == 0 || errno == EEXIST)
+    return 0;
+  return -errno;
+}
+
+/* mkdir -p; every directory it creates is 0700. */
+static int make_dir_path(const char *dir, char **err) {
+  char *p = strdup(dir);
+  int rc = RP_ENOMEM;
+
+  if (p == NULL)
+    goto out;
+  for (char *s = p + 1; *s != '\0'; s++) {
+    if (*s != '/')
+      continue;
+    *s = '\0';
+    rc = mkdir_0700(p);
+    *s = '/';
+    if (rc != 0)
+      break;
+  }
+  rc = mkdir_0700(p);
+  if (rc != 0) {
+    set_err(err, "cache directory %s: cannot create: %s", dir, strerror(-rc));
+    rc = RP_ECONFIG;
+  }
+out:
+  free(p);
+  return rc;
+}
+
+static int make_layout(struct rp_cache *c, char **err) {
+  static const int algos[] = {256, 512};
+  char path[4096];
+  int rc;
+
+  /* The <2 hex> directories are made when the first object lands in them. */
+  snprintf(path, sizeof path, "%s/blobs", c->dir);
+  rc = mkdir_0700(path);
+  if (rc != 0)
+    goto fail;
+  for (size_t a = 0; a < 2; a++) {
+    snprintf(path, sizeof path, "%s/blobs/sha%d", c->dir, algos[a]);
+    rc = mkdir_0700(path);
+    if (rc != 0)
+      goto fail;
+  }
+  snprintf(path, sizeof path, "%s/tmp", c->dir);
+  rc = mkdir_0700(path);
+  if (rc != 0)
+    goto fail;
+  return 0;
+fail:
+  set_err(err, "cache directory %s: cannot create %s: %s", c->dir, path, strerror(-rc));
+  return RP_ECONFIG;
+}
+
+/* Partial fills of an earlier run: never published, so never trusted. */
+static void clean_tmp(struct rp_cache *c) {
+  char path[4096];
+  struct dirent *e;
+  unsigned removed = 0;
+  DIR *d;
+
+  snprintf(path, sizeof path, "%s/tmp", c->dir);
+  d = opendir(path);
+  if (d == NULL) {
+    rp_log_warn("cache: cannot list %s: %s", path, strerror(errno));
+    return;
+  }
+  while ((e = readdir(d)) != NULL) {
+    if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
+      continue;
+    if (unlinkat(dirfd(d), e->d_name, 0) == 0 || unlinkat(dirfd(d), e->d_name, AT_REMOVEDIR) == 0)
+      removed++;
+    else
+      rp_log_warn("cache: cannot remove %s/%s: %s", path, e->d_name, strerror(errno));
+  }
+  closedir(d);
+  if (removed > 0)
+    rp_log_info("cache: removed %u leftover temp file(s) from %s", removed, path);
+}
+
+/* ---- the lock ---- */
+
+static int take_lock(struct rp_cache *c, char **err) {
+  char path[4096];
+  char buf[32];
+  ssize_t n;
+  long pid;
+  int fd;
+  int rc;
+
+  snprintf(path, sizeof path, "%s/lock", c->dir);
+  fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+  if (fd < 0) {
+    set_err(err, "cache directory %s: cannot open %s: %s", c->dir, path, strerror(errno));
+    return RP_ECONFIG;
+  }
+  if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+    rc = errno;
+    if (rc == EWOULDBLOCK) {
+      n = pread(fd, buf, sizeof buf - 1, 0);
+      buf[n > 0 ? n : 0] = '\0';
+      pid = strtol(buf, NULL, 10);
+      if (pid > 0)
+        set_err(err, "cache directory %s is in use by PID %ld", c->dir, pid);
+      else
+        set_err(err, "cache directory %s is in use by another process", c->dir);
+    } else {
+      set_err(err, "cache directory %s: cannot lock %s: %s", c->dir, path, strerror(rc));
+    }
+    close(fd);
+    return RP_ECONFIG;
+  }
+  n = snprintf(buf, sizeof buf, "%ld\n", (long)getpid());
+  if (ftruncate(fd, 0) != 0 || pwrite(fd, buf, (size_t)n, 0) != n) {
+    set_err(err, "cache directory %s: cannot write %s: %s", c->dir, path, strerror(errno));
+    close(fd);
+    return RP_ECONFIG;
+  }
+  c->lock_fd = fd;
+  return 0;
+}
+
+/* ---- open / close ---- */
+
+static void cache_free(struct rp_cache *c) {
+  if (c == NULL)
+    return;
+  rp_metrics.cache_size_bytes -= c->size_bytes;
+  rp_metrics.cache_objects -= c->nobjects;
+  rp__index_free(c);
+  rp__objs_free(c);
+  rp__htab_free(&c->fills);
+  chunk_pool_drain(c);
+  if (c->lock_fd >= 0)
+    close(c->lock_fd); /* releases the flock */
+  free(c->dir);
+  free(c);
+}
+
+int rp_cache_open(uv_loop_t *loop, const struct rp_cache_opts *opts, struct rp_cache **out,
+                  char **err) {
+  struct rp_cache *c = NULL;
+  size_t len;
+  int rc = RP_EINVAL;
+
+  *out = NULL;
+  if (loop == NULL || opts == NULL || opts->dir == NULL || opts->dir[0] == '\0') {
+    set_err(err, "cache directory not set");
+    goto out;
+  }
+  rc = RP_ENOMEM;
+  c = calloc(1, sizeof *c);
+  if (c == NULL)
+    goto out;
+  c->lock_fd = -1;
+  c->loop = loop;
+  c->max_size = opts->max_size;
+  c->orphan_fill_max = opts->orphan_fill_max;
+  c->dir = strdup(opts->dir);
+  if (c->dir == NULL)
+    goto out;
+  len = strlen(c->dir);
+  while (len > 1 && c->dir[len - 1] == '/')
+    c->dir[--len] = '\0';
+  if (rp__htab_init(&c->objs, 1024) != 0 || rp__htab_init(&c->repos, 1024) != 0 ||
+      rp__htab_init(&c->tags, 256) != 0 || rp__htab_init(&c->fills, 64) != 0)
+    goto out;
+  rc = make_dir_path(c->dir, err);
+  if (rc != 0)
+    goto out;
+  rc = take_lock(c, err);
+  if (rc != 0)
+    goto out;
+  rc = make_layout(c, err);
+  if (rc != 0)
+    goto out;
+  clean_tmp(c);
+  rc = rp__index_open(c, err);
+  if (rc != 0)
+    goto out;
+  rc = uv_idle_init(loop, &c->idle);
+  if (rc != 0) {
+    set_err(err, "cache: %s", uv_strerror(rc));
+    goto out;
+  }
+  c->idle.data = c;
+  rp__cache_evict(c);
+  *out = c;
+  c = NULL;
+  rc = 0;
+out:
+  if (rc == RP_ENOMEM)
+    set_err(err, "cache: out of memory");
+  cache_free(c);
+  return rc;
+}
+
+static void on_idle_closed(uv_handle_t *h) {
+  cache_free(h->data);
+}
+
+static void on_index_down(struct rp_cache *c) {
+  uv_close((uv_handle_t *)&c->idle, on_idle_closed);
+}
+
+void rp__cache_maybe_finalize(struct rp_cache *c) {
+  if (!c->closing || c->finalizing || c->alive > 0)
+    return;
+  c->finalizing = true;
+  rp__index_shutdown(c, on_index_down);
+}
+
+void rp_cache_close(struct rp_cache *c) {
+  if (c == NULL || c->closing)
+    return;
+  c->closing = true;
+  rp__fills_close(c);
+  rp__cache_maybe_finalize(c);
+}
+
+/* ---- eviction ---- */
+
+static void evict_one(struct rp_cache *c, struct rp__obj *o) {
+  char key[160];
+  char *path = rp__blob_path(c, &o->digest);
+  struct rp__idx_op *op = NULL;
+
+  if (path != NULL)
+    op = rp__idx_op_new(RP_IDX_EVICT, NULL, path, NULL, NULL, NULL, NULL);
+  free(path);
+  if (op == NULL)
+    return; /* kept; tried again at the next publish */
+  op->digest = o->digest;
+  rp__digest_key(&o->digest, key, sizeof key);
+  rp_log_debug("cache: evicting %s (%llu bytes)", key, (unsigned long long)o->size);
+  rp__obj_remove(c, o);
+  c->evictions++;
+  rp_metrics.evictions++;
+  rp__index_submit(c, op);
+}
+
+void rp__cache_evict(struct rp_cache *c) {
+  struct rp__obj *o = c->lru_tail;
+
+  if (c->max_size == 0)
+    return;
+  while (c->size_bytes > c->max_size && o != NULL) {
+    struct rp__obj *prev = o->prev;
+    if (o->pins == 0)
+      evict_one(c, o);
+    o = prev;
+  }
+}
+
+void rp_cache_stats(const struct rp_cache *c, struct rp_cache_stats *out) {
+  memset(out, 0, sizeof *out);
+  if (c == NULL)
+    return;
+  out->size_bytes = c->size_bytes;
+  out->objects = c->nobjects;
+  out->evictions = c->evictions;
+  out->digest_mismatches = c->mismatches;
+  out->fills_in_flight = c->fills_running;
+}

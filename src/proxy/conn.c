@@ -114,6 +114,7 @@ void rp__conn_close(struct rp_conn *c) {
   rp_dial_cancel(c->dial);
   c->dial = NULL;
   rp__forward_destroy(c);
+  rp__regcache_destroy(c);
   rp__mitm_destroy(c);
   rp_http_parser_destroy(c->parser);
   c->parser = NULL;

@@ -8,6 +8,8 @@
 #include "regproxy/config.h"
 #include "regproxy/http.h"
 #include "regproxy/net.h"
+#include "regproxy/registry.h"
+#include "regproxy/upstream.h"
 
 /* Backpressure: stop reading one side while the other side has more than
  * HIGH bytes queued; resume once it is down to LOW. */
@@ -53,6 +55,9 @@ struct rp_server {
   struct rp_ca *ca;
   struct rp_leafcache *leaves;
   struct rp_upstream *up;
+  struct rp_cache *cache;   /* NULL: caching off (the directory is unusable) */
+  struct rp__memo *memo;    /* access confirmations (registry, repository, credential) */
+  struct rp__filljob *jobs; /* upstream fetches feeding fills, for single-flight */
 };
 
 /* A read block shared by the writes that point into it. */
@@ -162,9 +167,22 @@ struct rp_conn {
   struct rp_body_chunk *up_body; /* request body waiting for libcurl */
   struct rp_body_chunk **up_body_tail;
   size_t up_body_bytes;
-  int up_body_waiting; /* libcurl asked and got RP_FETCH_PAUSE */
-  int fetch_paused;    /* the response body is paused (client queue full) */
+  int up_body_waiting;    /* libcurl asked and got RP_FETCH_PAUSE */
+  int fetch_paused;       /* the response body is paused (client queue full) */
+  struct rp_reg_path reg; /* the registry path of the current request */
+  struct rp__regreq *rc;  /* the registry cache's state for this request */
 };
+
+/* An upstream request built from a client request inside MITM. */
+struct rp__upreq {
+  struct rp_fetch_req req;
+  struct rp_http_header *headers;
+  char *url;
+  char proxy[300];
+};
+int rp__upreq_build(struct rp_conn *c, const struct rp_http_head *h, const char *method,
+                    bool drop_range, struct rp__upreq *u);
+void rp__upreq_free(struct rp__upreq *u);
 
 struct rp_body_chunk {
   struct rp_body_chunk *next;
@@ -225,6 +243,24 @@ void rp__mitm_request_done(struct rp_conn *c);
 void rp__mitm_client_drained(struct rp_conn *c);
 void rp__mitm_destroy(struct rp_conn *c);
 bool rp__mitm_body_full(const struct rp_conn *c);
+/** Relay the current request (c->head) upstream as it is. */
+void rp__mitm_pass_start(struct rp_conn *c);
+/* The pass-through relay's fetch callbacks (data = the conn). */
+int rp__mitm_pass_head(struct rp_fetch *f, void *data, int status, const char *reason,
+                       const struct rp_http_header *headers, size_t nheaders);
+int rp__mitm_pass_body(struct rp_fetch *f, void *data, const char *p, size_t n);
+void rp__mitm_pass_done(struct rp_fetch *f, void *data, int status, const char *reason);
+/* regcache.c: the registry cache inside MITM */
+struct rp__regreq;
+/** Take the request when the cache can answer it (blobs and manifests by
+ * digest); false lets the pass-through relay it. */
+bool rp__regcache_request(struct rp_conn *c, const struct rp_http_head *h);
+/** A pass-through answer for the current request: 2xx confirms the client's
+ * credential for the repository (access memo). */
+void rp__regcache_observe(struct rp_conn *c, int status, const struct rp_http_header *h, size_t n);
+void rp__regcache_destroy(struct rp_conn *c);
+/** Drop every fill job and the memo (server stopping). */
+void rp__regcache_shutdown(struct rp_server *srv);
 /* admin.c */
 void rp__admin_handle(struct rp_conn *c, const struct rp_http_head *h);
 

@@ -14,6 +14,7 @@
 #include "regproxy/log.h"
 #include "regproxy/metrics.h"
 #include "regproxy/tls.h"
+#include "regproxy/registry.h"
 #include "regproxy/upstream.h"
 
 static const char established[] = "HTTP/1.1 200 Connection established\r\n\r\n";
@@ -118,8 +119,8 @@ static bool host_matches(const struct rp_conn *c, const struct rp_http_head *h) 
   return strcmp(t.host, c->mitm_host) == 0 && t.port == c->mitm_port;
 }
 
-static int on_fetch_head(struct rp_fetch *f, void *data, int status, const char *reason,
-                         const struct rp_http_header *headers, size_t n) {
+int rp__mitm_pass_head(struct rp_fetch *f, void *data, int status, const char *reason,
+                       const struct rp_http_header *headers, size_t n) {
   struct rp_conn *c = data;
   struct rp_sbuf b = {0};
   bool no_body, has_length = false;
@@ -153,6 +154,7 @@ static int on_fetch_head(struct rp_fetch *f, void *data, int status, const char 
   rp_sbuf_adds(&b, "\r\n");
   c->log.status = status;
   c->up_head_sent = 1;
+  rp__regcache_observe(c, status, headers, n);
   p = rp_sbuf_take(&b, &len);
   if (p == NULL)
     return -1;
@@ -160,7 +162,7 @@ static int on_fetch_head(struct rp_fetch *f, void *data, int status, const char 
   return rp__conn_write(c, c->client, &buf, 1, NULL, p) == 0 ? 0 : -1;
 }
 
-static int on_fetch_body(struct rp_fetch *f, void *data, const char *p, size_t n) {
+int rp__mitm_pass_body(struct rp_fetch *f, void *data, const char *p, size_t n) {
   struct rp_conn *c = data;
 
   (void)f;
@@ -237,7 +239,7 @@ static ssize_t on_fetch_read(struct rp_fetch *f, void *data, char *buf, size_t n
   return RP_FETCH_PAUSE;
 }
 
-static void on_fetch_done(struct rp_fetch *f, void *data, int status, const char *reason) {
+void rp__mitm_pass_done(struct rp_fetch *f, void *data, int status, const char *reason) {
   struct rp_conn *c = data;
   uv_buf_t buf;
 
@@ -267,29 +269,79 @@ static void on_fetch_done(struct rp_fetch *f, void *data, int status, const char
 }
 
 static const struct rp_fetch_callbacks fetch_callbacks = {
-    .on_head = on_fetch_head,
-    .on_body = on_fetch_body,
+    .on_head = rp__mitm_pass_head,
+    .on_body = rp__mitm_pass_body,
     .read_body = on_fetch_read,
-    .on_done = on_fetch_done,
+    .on_done = rp__mitm_pass_done,
 };
 
 static const struct rp_fetch_callbacks fetch_callbacks_nobody = {
-    .on_head = on_fetch_head,
-    .on_body = on_fetch_body,
+    .on_head = rp__mitm_pass_head,
+    .on_body = rp__mitm_pass_body,
     .read_body = NULL,
-    .on_done = on_fetch_done,
+    .on_done = rp__mitm_pass_done,
 };
 
-void rp__mitm_request(struct rp_conn *c, const struct rp_http_head *h) {
-  struct rp_server *srv = c->srv;
-  struct rp_fetch_req req;
-  struct rp_http_header *hdrs;
-  size_t nh = 0;
-  char *url;
-  size_t ulen;
-  char hostport[300];
-  char proxy[300];
+void rp__upreq_free(struct rp__upreq *u) {
+  free(u->headers);
+  free(u->url);
+  u->headers = NULL;
+  u->url = NULL;
+}
 
+int rp__upreq_build(struct rp_conn *c, const struct rp_http_head *h, const char *method,
+                    bool drop_range, struct rp__upreq *u) {
+  struct rp_server *srv = c->srv;
+  struct rp_fetch_req *req = &u->req;
+  size_t nh = 0, ulen;
+  char hostport[300];
+
+  memset(u, 0, sizeof(*u));
+  /* End-to-end headers go up as they came; Host is the URL's. */
+  u->headers = malloc((h->nheaders + 1) * sizeof(*u->headers));
+  if (u->headers == NULL)
+    return UV_ENOMEM;
+  for (size_t i = 0; i < h->nheaders; i++) {
+    const struct rp_http_header *hd = &h->headers[i];
+    if (rp_http_is_hop_by_hop(h, hd) || rp_http_token_eq(hd->name, hd->name_len, "host") ||
+        rp_http_token_eq(hd->name, hd->name_len, "expect") ||
+        (drop_range && (rp_http_token_eq(hd->name, hd->name_len, "range") ||
+                        rp_http_token_eq(hd->name, hd->name_len, "if-range"))))
+      continue;
+    u->headers[nh++] = *hd;
+  }
+  {
+    struct rp_target t = {0};
+    snprintf(t.host, sizeof(t.host), "%s", c->mitm_host);
+    t.host_is_ip6 = strchr(c->mitm_host, ':') != NULL;
+    t.port = c->mitm_port;
+    rp_target_hostport(&t, c->mitm_port != 443, hostport, sizeof(hostport));
+  }
+  ulen = strlen(hostport) + c->target.path_len + 16;
+  u->url = malloc(ulen);
+  if (u->url == NULL) {
+    rp__upreq_free(u);
+    return UV_ENOMEM;
+  }
+  snprintf(u->url, ulen, "https://%s%s%.*s", hostport, c->target.path_needs_slash ? "/" : "",
+           (int)c->target.path_len, c->target.path);
+  req->method = method;
+  req->url = u->url;
+  req->headers = u->headers;
+  req->nheaders = nh;
+  req->body_len = h->chunked ? -1 : (h->content_length > 0 ? h->content_length : 0);
+  if (srv->parent.host[0] != '\0') {
+    if (strchr(srv->parent.host, ':') != NULL)
+      snprintf(u->proxy, sizeof(u->proxy), "http://[%s]:%u", srv->parent.host, srv->parent.port);
+    else
+      snprintf(u->proxy, sizeof(u->proxy), "http://%s:%u", srv->parent.host, srv->parent.port);
+    req->proxy = u->proxy;
+    req->proxy_userinfo = srv->cfg->parent_proxy_userinfo;
+  }
+  return 0;
+}
+
+void rp__mitm_request(struct rp_conn *c, const struct rp_http_head *h) {
   c->log.route = "mitm";
   c->log.cache = "pass";
   snprintf(c->log.host, sizeof(c->log.host), "%s", c->mitm_host);
@@ -310,54 +362,24 @@ void rp__mitm_request(struct rp_conn *c, const struct rp_http_head *h) {
   c->up_body = NULL;
   c->up_body_tail = &c->up_body;
   c->up_body_bytes = 0;
+  rp_reg_path_parse(c->target.path, c->target.path_len, &c->reg);
+  if (rp__regcache_request(c, h))
+    return; /* the registry cache answers it */
+  rp__mitm_pass_start(c);
+}
 
-  /* End-to-end headers go up as they came; Host is the URL's. */
-  hdrs = malloc((h->nheaders + 1) * sizeof(*hdrs));
-  if (hdrs == NULL) {
+void rp__mitm_pass_start(struct rp_conn *c) {
+  const struct rp_http_head *h = c->head;
+  struct rp__upreq u;
+
+  if (rp__upreq_build(c, h, c->log.method, false, &u) != 0) {
     rp__conn_respond(c, 502, "out of memory", true);
     return;
-  }
-  for (size_t i = 0; i < h->nheaders; i++) {
-    const struct rp_http_header *hd = &h->headers[i];
-    if (rp_http_is_hop_by_hop(h, hd) || rp_http_token_eq(hd->name, hd->name_len, "host") ||
-        rp_http_token_eq(hd->name, hd->name_len, "expect"))
-      continue;
-    hdrs[nh++] = *hd;
-  }
-  {
-    struct rp_target t = {0};
-    snprintf(t.host, sizeof(t.host), "%s", c->mitm_host);
-    t.host_is_ip6 = strchr(c->mitm_host, ':') != NULL;
-    t.port = c->mitm_port;
-    rp_target_hostport(&t, c->mitm_port != 443, hostport, sizeof(hostport));
-  }
-  ulen = strlen(hostport) + c->target.path_len + 16;
-  url = malloc(ulen);
-  if (url == NULL) {
-    free(hdrs);
-    rp__conn_respond(c, 502, "out of memory", true);
-    return;
-  }
-  snprintf(url, ulen, "https://%s%.*s", hostport, (int)c->target.path_len, c->target.path);
-  memset(&req, 0, sizeof(req));
-  req.method = c->log.method;
-  req.url = url;
-  req.headers = hdrs;
-  req.nheaders = nh;
-  req.body_len = h->chunked ? -1 : (h->content_length > 0 ? h->content_length : 0);
-  if (srv->parent.host[0] != '\0') {
-    if (strchr(srv->parent.host, ':') != NULL)
-      snprintf(proxy, sizeof(proxy), "http://[%s]:%u", srv->parent.host, srv->parent.port);
-    else
-      snprintf(proxy, sizeof(proxy), "http://%s:%u", srv->parent.host, srv->parent.port);
-    req.proxy = proxy;
-    req.proxy_userinfo = srv->cfg->parent_proxy_userinfo;
   }
   rp__conn_go_state(c, RP_CONN_PASS);
-  c->fetch = rp_fetch_start(srv->up, &req,
-                            req.body_len != 0 ? &fetch_callbacks : &fetch_callbacks_nobody, c);
-  free(url);
-  free(hdrs);
+  c->fetch = rp_fetch_start(c->srv->up, &u.req,
+                            u.req.body_len != 0 ? &fetch_callbacks : &fetch_callbacks_nobody, c);
+  rp__upreq_free(&u);
   if (c->fetch == NULL)
     rp__conn_respond(c, 502, "out of memory", true);
 }

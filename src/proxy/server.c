@@ -12,6 +12,7 @@
 #include "regproxy/error.h"
 #include "regproxy/log.h"
 #include "regproxy/proxy.h"
+#include "regproxy/cache.h"
 #include "regproxy/rules.h"
 #include "regproxy/tls.h"
 #include "regproxy/upstream.h"
@@ -130,9 +131,13 @@ static void on_listener_close(uv_handle_t *h) {
 }
 
 static void finish_shutdown(struct rp_server *srv) {
-  /* The engine's timer and sockets would keep the loop running. */
+  /* The engine's timer and sockets would keep the loop running; the cache
+   * finishes its queued index writes while the loop winds down. */
+  rp__regcache_shutdown(srv);
   rp_upstream_destroy(srv->up);
   srv->up = NULL;
+  rp_cache_close(srv->cache);
+  srv->cache = NULL;
   for (int i = 0; i < 3; i++)
     if (!uv_is_closing((uv_handle_t *)&srv->sig[i]))
       uv_close((uv_handle_t *)&srv->sig[i], NULL);
@@ -344,6 +349,16 @@ static int start_mitm(struct rp_server *srv, char **err) {
   rc = rp_leafcache_create(srv->ca, 1024, &srv->leaves);
   if (rc != 0)
     return rc;
+  {
+    struct rp_cache_opts co;
+    memset(&co, 0, sizeof(co));
+    co.dir = cfg->cache_dir;
+    co.max_size = cfg->cache_max_size;
+    co.orphan_fill_max = cfg->orphan_fill_max;
+    rc = rp_cache_open(srv->loop, &co, &srv->cache, err);
+    if (rc != 0)
+      return rc;
+  }
   memset(&o, 0, sizeof(o));
   o.ca_file = cfg->upstream_ca;
   o.connect_to = cfg->connect_to;
@@ -389,7 +404,9 @@ int rp_server_start(struct rp_server *srv, char **err) {
 void rp_server_destroy(struct rp_server *srv) {
   if (srv == NULL)
     return;
+  rp__regcache_shutdown(srv);
   rp_upstream_destroy(srv->up);
+  rp_cache_close(srv->cache);
   rp_leafcache_destroy(srv->leaves);
   rp_ca_destroy(srv->ca);
   free(srv->listeners);

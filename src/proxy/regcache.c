@@ -1,0 +1,614 @@
+/* The registry cache inside MITM (SPEC §3): blobs and manifests requested by
+ * digest are served from the content-addressed store when this client may
+ * have them, or fetched once into it while the client reads the growing
+ * fill. Everything else, and every case the cache cannot decide safely, is
+ * left to the pass-through relay.
+ *
+ * Who may receive what: a cached object is served for (registry, repository)
+ * only when it is known to belong there and the client's credential was
+ * confirmed for that repository by an upstream 2xx within access_ttl (the
+ * HEAD of a pull's tag check does that), or with access_check off. Otherwise
+ * the request goes upstream, which decides. */
+#include <llhttp.h>
+#include <openssl/evp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "internal.h"
+#include "regproxy/cache.h"
+#include "regproxy/error.h"
+#include "regproxy/log.h"
+#include "regproxy/metrics.h"
+
+/* ---- access memo ---- */
+
+#define MEMO_SLOTS 8192
+
+struct memo_slot {
+  unsigned char key[16]; /* sha256(registry, repository, credential) truncated */
+  uint64_t when_ms;
+};
+
+struct rp__memo {
+  struct memo_slot slot[MEMO_SLOTS];
+};
+
+static void memo_key(const char *registry, const char *repo, const struct rp_http_head *h,
+                     unsigned char out[16]) {
+  const struct rp_http_header *a = rp_http_header_find(h, "authorization");
+  unsigned char md[32];
+  unsigned int mdlen = 0;
+  EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+
+  memset(out, 0, 16);
+  if (ctx == NULL)
+    return;
+  if (EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) == 1) {
+    EVP_DigestUpdate(ctx, registry, strlen(registry) + 1);
+    EVP_DigestUpdate(ctx, repo, strlen(repo) + 1);
+    if (a != NULL)
+      EVP_DigestUpdate(ctx, a->value, a->value_len);
+    if (EVP_DigestFinal_ex(ctx, md, &mdlen) == 1)
+      memcpy(out, md, 16);
+  }
+  EVP_MD_CTX_free(ctx);
+}
+
+static struct memo_slot *memo_find(struct rp__memo *m, const unsigned char key[16]) {
+  uint32_t idx;
+  memcpy(&idx, key, sizeof(idx));
+  return &m->slot[idx % MEMO_SLOTS];
+}
+
+static void memo_confirm(struct rp_server *srv, const char *registry, const char *repo,
+                         const struct rp_http_head *h) {
+  unsigned char key[16];
+  struct memo_slot *s;
+
+  if (srv->memo == NULL && (srv->memo = calloc(1, sizeof(*srv->memo))) == NULL)
+    return;
+  memo_key(registry, repo, h, key);
+  s = memo_find(srv->memo, key);
+  memcpy(s->key, key, 16);
+  s->when_ms = uv_now(srv->loop) + 1; /* 0 marks an empty slot */
+}
+
+static bool memo_ok(struct rp_server *srv, const char *registry, const char *repo,
+                    const struct rp_http_head *h) {
+  unsigned char key[16];
+  struct memo_slot *s;
+
+  if (srv->memo == NULL)
+    return false;
+  memo_key(registry, repo, h, key);
+  s = memo_find(srv->memo, key);
+  /* when_ms is the confirmation time plus one (0 marks an empty slot). */
+  return s->when_ms != 0 && memcmp(s->key, key, 16) == 0 &&
+         uv_now(srv->loop) + 1 - s->when_ms < srv->cfg->access_ttl_ms;
+}
+
+/* ---- per-request state ---- */
+
+struct rp__filljob;
+
+struct rp__regreq {
+  struct rp_conn *c;
+  struct rp_reader *reader;
+  struct rp__filljob *job;        /* while the upstream answer is still ours to relay */
+  struct rp__filljob *waiting_on; /* coalesced before the fill started */
+  struct rp__regreq *next_waiter;
+  uint64_t length;
+  char registry[300];
+};
+
+/* One upstream fetch feeding one fill. It outlives the client that started
+ * it: a fill nobody reads any more still completes (the cache decides when it
+ * is too large to bother, through on_state). */
+struct rp__filljob {
+  struct rp__filljob *next;   /* srv->jobs */
+  struct rp__regreq *waiters; /* same object, same repository, before the head */
+  uint64_t size;
+  char ctype[128];
+  struct rp_server *srv;
+  struct rp__regreq *rq; /* NULL once the client is gone or served by a reader */
+  struct rp_fetch *fetch;
+  struct rp_fill *fill;
+  struct rp_digest d;
+  bool is_manifest;
+  bool passing; /* not a cacheable answer: relayed by the pass-through */
+  bool done;    /* the transfer ended; the fill may still be publishing */
+  bool paused;
+  char registry[300];
+  char repo[256];
+};
+
+static void regreq_finish(struct rp__regreq *rq) {
+  struct rp_conn *c = rq->c;
+  c->rc = NULL;
+  free(rq);
+  rp__conn_go_state(c, RP_CONN_RESPOND);
+  rp__conn_response_done(c);
+}
+
+static void on_reader_done(struct rp_reader *r, void *data, int status) {
+  struct rp__regreq *rq = data;
+  struct rp_conn *c = rq->c;
+
+  (void)r;
+  rq->reader = NULL;
+  if (status != 0) {
+    /* Never a complete wrong body: the client sees the connection cut. */
+    snprintf(c->log.reason, sizeof(c->log.reason), "cache read failed: %s", rp_strerror(status));
+    rp__conn_close(c);
+    return;
+  }
+  c->log.bytes_out += rq->length;
+  rp_metrics
+      .bytes[1][strcmp(c->log.cache, "hit") == 0 ? RP_SRC_BYTES_CACHE : RP_SRC_BYTES_UPSTREAM] +=
+      rq->length;
+  regreq_finish(rq);
+}
+
+/* 200 (or 206 for a range) with the object's identity, then the bytes from a
+ * reader on the published object (d) or the running fill (f). */
+static int serve(struct rp_conn *c, struct rp__regreq *rq, const struct rp_digest *d,
+                 struct rp_fill *f, uint64_t size, const char *media_type, uint64_t off,
+                 int64_t len, bool partial) {
+  struct rp_sbuf b = {0};
+  char dg[140];
+  uint64_t n = len < 0 ? size - off : (uint64_t)len;
+  char *head;
+  size_t hlen;
+  uv_buf_t buf;
+
+  rp_digest_format(d, dg, sizeof(dg));
+  if (partial)
+    rp_sbuf_addf(&b, "HTTP/1.1 206 Partial Content\r\nContent-Range: bytes %llu-%llu/%llu\r\n",
+                 (unsigned long long)off, (unsigned long long)(off + n - 1),
+                 (unsigned long long)size);
+  else
+    rp_sbuf_adds(&b, "HTTP/1.1 200 OK\r\n");
+  rp_sbuf_addf(&b,
+               "Content-Type: %s\r\nContent-Length: %llu\r\nDocker-Content-Digest: %s\r\n"
+               "Accept-Ranges: bytes\r\nDocker-Distribution-API-Version: registry/2.0\r\n%s\r\n",
+               media_type != NULL && media_type[0] ? media_type : "application/octet-stream",
+               (unsigned long long)n, dg, c->keep_alive ? "" : "Connection: close\r\n");
+  head = rp_sbuf_take(&b, &hlen);
+  if (head == NULL)
+    return UV_ENOMEM;
+  buf = uv_buf_init(head, (unsigned)hlen);
+  if (rp__conn_write(c, c->client, &buf, 1, NULL, head) != 0)
+    return UV_EPIPE;
+  c->log.status = partial ? 206 : 200;
+  if (c->req_is_head || n == 0) {
+    regreq_finish(rq);
+    return 0;
+  }
+  rq->length = n;
+  /* The reader paces itself on the stream; the idle timer would not see it. */
+  rp__conn_set_timer(c, RP_TM_NONE, 0);
+  rq->reader = rp_reader_start(c->srv->cache, f == NULL ? d : NULL, f, off, (int64_t)n, c->client,
+                               on_reader_done, rq);
+  if (rq->reader == NULL)
+    return UV_EIO;
+  return 0;
+}
+
+/* "bytes=N-" or "bytes=N-M" against a known size; false for anything else
+ * (multiple ranges, suffix ranges): those go upstream. */
+static bool parse_range(const struct rp_http_head *h, uint64_t size, uint64_t *off, int64_t *len,
+                        bool *present) {
+  const struct rp_http_header *r = rp_http_header_find(h, "range");
+  char buf[64], *end;
+  unsigned long long a, b;
+
+  *present = r != NULL;
+  *off = 0;
+  *len = -1;
+  if (r == NULL)
+    return true;
+  if (r->value_len >= sizeof(buf) || r->value_len < 7 || strncasecmp(r->value, "bytes=", 6) != 0)
+    return false;
+  memcpy(buf, r->value + 6, r->value_len - 6);
+  buf[r->value_len - 6] = '\0';
+  if (buf[0] < '0' || buf[0] > '9')
+    return false;
+  a = strtoull(buf, &end, 10);
+  if (*end != '-' || a >= size)
+    return false;
+  if (end[1] == '\0') {
+    *off = a;
+    return true;
+  }
+  b = strtoull(end + 1, &end, 10);
+  if (*end != '\0' || b < a)
+    return false;
+  if (b >= size)
+    b = size - 1;
+  *off = a;
+  *len = (int64_t)(b - a + 1);
+  return true;
+}
+
+/* ---- the fill job ---- */
+
+static void job_free(struct rp__filljob *job) {
+  struct rp__filljob **pp = &job->srv->jobs;
+  while (*pp != NULL && *pp != job)
+    pp = &(*pp)->next;
+  if (*pp == job)
+    *pp = job->next;
+  rp_fill_unref(job->fill);
+  free(job);
+}
+
+/* A job stays listed after its transfer ended until its fill is published or
+ * failed: in between (verify, fsync, rename on the thread pool) new readers
+ * still join the fill. Settled jobs are swept here. */
+static struct rp__filljob *job_find(struct rp_server *srv, const struct rp_digest *d) {
+  struct rp__filljob *found = NULL, *j, *next;
+  for (j = srv->jobs; j != NULL; j = next) {
+    next = j->next;
+    if (j->done && (j->fill == NULL || rp_fill_state(j->fill) != RP_FILL_RUNNING)) {
+      job_free(j);
+      continue;
+    }
+    if (found == NULL && j->d.algo == d->algo && strcmp(j->d.hex, d->hex) == 0 && !j->passing)
+      found = j;
+  }
+  return found;
+}
+
+/* The waiters of a job are served from its fill once it started, or relay
+ * their own request when the upstream answer was not cacheable. */
+static void release_waiters(struct rp__filljob *job) {
+  while (job->waiters != NULL) {
+    struct rp__regreq *rq = job->waiters;
+    struct rp_conn *c = rq->c;
+    job->waiters = rq->next_waiter;
+    rq->waiting_on = NULL;
+    if (job->fill != NULL && !job->passing && rp_fill_state(job->fill) != RP_FILL_FAILED) {
+      c->log.cache = "coalesced";
+      if (serve(c, rq, &job->d, job->fill, job->size, job->ctype, 0, -1, false) != 0) {
+        c->rc = NULL;
+        free(rq);
+        rp__conn_close(c);
+      }
+    } else {
+      c->rc = NULL;
+      free(rq);
+      rp__mitm_pass_start(c);
+    }
+  }
+}
+
+static void on_fill_writable(struct rp_fill *f, void *data) {
+  struct rp__filljob *job = data;
+  (void)f;
+  if (job->paused && job->fetch != NULL) {
+    job->paused = false;
+    rp_fetch_resume(job->fetch);
+  }
+}
+
+static void on_fill_state(struct rp_fill *f, void *data) {
+  struct rp__filljob *job = data;
+  (void)f;
+  /* The cache gave the fill up: stop the upstream transfer. */
+  if (job->fetch != NULL) {
+    rp_fetch_cancel(job->fetch);
+    job->fetch = NULL;
+  }
+  if (job->rq == NULL)
+    job_free(job);
+}
+
+static int64_t header_size(const struct rp_http_header *h, size_t n, const char *name) {
+  for (size_t i = 0; i < n; i++) {
+    if (rp_http_token_eq(h[i].name, h[i].name_len, name)) {
+      char buf[32];
+      char *end;
+      unsigned long long v;
+      if (h[i].value_len == 0 || h[i].value_len >= sizeof(buf))
+        return -1;
+      memcpy(buf, h[i].value, h[i].value_len);
+      buf[h[i].value_len] = '\0';
+      v = strtoull(buf, &end, 10);
+      return *end == '\0' ? (int64_t)v : -1;
+    }
+  }
+  return -1;
+}
+
+static void header_copy(const struct rp_http_header *h, size_t n, const char *name, char *out,
+                        size_t outsz) {
+  out[0] = '\0';
+  for (size_t i = 0; i < n; i++) {
+    if (rp_http_token_eq(h[i].name, h[i].name_len, name)) {
+      size_t k = h[i].value_len < outsz - 1 ? h[i].value_len : outsz - 1;
+      memcpy(out, h[i].value, k);
+      out[k] = '\0';
+      return;
+    }
+  }
+}
+
+static int job_on_head(struct rp_fetch *f, void *data, int status, const char *reason,
+                       const struct rp_http_header *h, size_t n) {
+  struct rp__filljob *job = data;
+  struct rp__regreq *rq = job->rq;
+  struct rp_conn *c = rq != NULL ? rq->c : NULL;
+  char ctype[128];
+  int64_t size = header_size(h, n, "content-length");
+
+  header_copy(h, n, "content-type", ctype, sizeof(ctype));
+  if (c == NULL)
+    return -1; /* the client left before any answer: nothing worth keeping */
+  if (status != 200 || size < 0 || (job->is_manifest && strstr(ctype, "prettyjws") != NULL)) {
+    /* Not a cacheable answer (401, 404, a signed schema-1 manifest…): the
+     * pass-through relays it as it is. */
+    job->passing = true;
+    c->fetch = f;
+    release_waiters(job);
+    return rp__mitm_pass_head(f, c, status, reason, h, n);
+  }
+  job->size = (uint64_t)size;
+  snprintf(job->ctype, sizeof(job->ctype), "%s", ctype);
+  job->fill = rp_fill_start(c->srv->cache, &job->d, size, job->is_manifest, ctype);
+  if (job->fill == NULL) {
+    /* Another fill for this digest started meanwhile: relay this one plainly. */
+    job->passing = true;
+    c->fetch = f;
+    release_waiters(job);
+    return rp__mitm_pass_head(f, c, status, reason, h, n);
+  }
+  rp_fill_set_producer(job->fill, on_fill_writable, on_fill_state, job);
+  rp_cache_note_repo(c->srv->cache, &job->d, job->registry, job->repo);
+  memo_confirm(c->srv, job->registry, job->repo, c->head);
+  c->log.cache = "miss";
+  job->rq = NULL; /* from here the reader serves the client; the job only fills */
+  rq->job = NULL;
+  if (serve(c, rq, &job->d, job->fill, (uint64_t)size, ctype, 0, -1, false) != 0) {
+    c->rc = NULL;
+    free(rq);
+    rp__conn_close(c);
+  }
+  release_waiters(job);
+  return 0;
+}
+
+static int job_on_body(struct rp_fetch *f, void *data, const char *p, size_t n) {
+  struct rp__filljob *job = data;
+  int rc;
+
+  if (job->passing)
+    return job->rq != NULL ? rp__mitm_pass_body(f, job->rq->c, p, n) : -1;
+  rc = rp_fill_write(job->fill, p, n);
+  if (rc == RP_FILL_AGAIN) {
+    job->paused = true;
+    return RP_FETCH_PAUSE;
+  }
+  rp_metrics.upstream_bytes += n;
+  return rc == 0 ? 0 : -1;
+}
+
+static void job_on_done(struct rp_fetch *f, void *data, int status, const char *reason) {
+  struct rp__filljob *job = data;
+
+  job->fetch = NULL;
+  release_waiters(job);
+  if (job->passing) {
+    if (job->rq != NULL) {
+      struct rp_conn *c = job->rq->c;
+      job->rq->job = NULL;
+      c->rc = NULL;
+      free(job->rq);
+      rp__mitm_pass_done(f, c, status, reason);
+    }
+    job_free(job);
+    return;
+  }
+  if (job->fill != NULL) {
+    job->done = true;
+    if (status == 0) {
+      rp_fill_finish(job->fill);
+      return; /* listed until published: job_find sweeps it */
+    }
+    rp_fill_abort(job->fill, reason);
+  } else if (job->rq != NULL) {
+    /* Failed before any head: the client gets the pass-through's 502. */
+    struct rp_conn *c = job->rq->c;
+    job->rq->job = NULL;
+    c->rc = NULL;
+    free(job->rq);
+    rp__mitm_pass_done(f, c, status, reason);
+  }
+  job_free(job);
+}
+
+static const struct rp_fetch_callbacks job_callbacks = {
+    .on_head = job_on_head,
+    .on_body = job_on_body,
+    .on_done = job_on_done,
+};
+
+/* ---- entry points ---- */
+
+bool rp__regcache_request(struct rp_conn *c, const struct rp_http_head *h) {
+  struct rp_server *srv = c->srv;
+  struct rp_object_info info;
+  struct rp_digest d;
+  struct rp__regreq *rq;
+  struct rp__upreq u;
+  struct rp__filljob *job;
+  bool is_manifest = c->reg.kind == RP_REG_MANIFEST, partial;
+  uint64_t off;
+  int64_t len;
+
+  if (srv->cache == NULL || !c->reg.ref_is_digest ||
+      (c->reg.kind != RP_REG_BLOB && c->reg.kind != RP_REG_MANIFEST) ||
+      (h->method_id != HTTP_GET && h->method_id != HTTP_HEAD) ||
+      rp_digest_parse(c->reg.ref, strlen(c->reg.ref), &d) != 0)
+    return false;
+  /* SPEC §3: HEAD on a blob goes upstream (push relies on a truthful HEAD). */
+  if (h->method_id == HTTP_HEAD && !is_manifest)
+    return false;
+  rq = calloc(1, sizeof(*rq));
+  if (rq == NULL)
+    return false;
+  rq->c = c;
+  rp_reg_canonical(c->mitm_host, c->mitm_port, rq->registry, sizeof(rq->registry));
+
+  if (rp_cache_has(srv->cache, &d, &info) && info.is_manifest == is_manifest &&
+      (!srv->cfg->access_check || (rp_cache_in_repo(srv->cache, &d, rq->registry, c->reg.name) &&
+                                   memo_ok(srv, rq->registry, c->reg.name, h)))) {
+    if (!parse_range(h, info.size, &off, &len, &partial)) {
+      free(rq);
+      return false;
+    }
+    c->rc = rq;
+    c->log.cache = "hit";
+    rp__conn_go_state(c, RP_CONN_PASS);
+    if (serve(c, rq, &d, NULL, info.size, info.media_type, off, len, partial) != 0) {
+      c->rc = NULL;
+      free(rq);
+      rp__conn_close(c);
+    }
+    return true;
+  }
+  /* Single-flight: the same object being fetched for the same repository by
+   * a confirmed client. Join it (now, or when its fill starts). */
+  {
+    struct rp__filljob *run = job_find(srv, &d);
+    if (run != NULL && strcmp(run->repo, c->reg.name) == 0 &&
+        strcmp(run->registry, rq->registry) == 0 && rp_http_header_find(h, "range") == NULL &&
+        h->method_id == HTTP_GET &&
+        (!srv->cfg->access_check || memo_ok(srv, rq->registry, c->reg.name, h))) {
+      c->rc = rq;
+      rp__conn_go_state(c, RP_CONN_PASS);
+      if (run->fill != NULL && rp_fill_state(run->fill) != RP_FILL_FAILED) {
+        c->log.cache = "coalesced";
+        if (serve(c, rq, &d, run->fill, run->size, run->ctype, 0, -1, false) != 0) {
+          c->rc = NULL;
+          free(rq);
+          rp__conn_close(c);
+        }
+      } else if (run->fill == NULL) {
+        rq->waiting_on = run;
+        rq->next_waiter = run->waiters;
+        run->waiters = rq;
+      } else {
+        c->rc = NULL;
+        free(rq);
+        return false;
+      }
+      return true;
+    }
+  }
+  /* Not servable from the cache. A fill already running, a range, or an
+   * object cached but not yet confirmed for this client: upstream decides. */
+  if (rp_cache_has(srv->cache, &d, NULL) || rp_http_header_find(h, "range") != NULL ||
+      h->method_id == HTTP_HEAD) {
+    free(rq);
+    return false;
+  }
+  {
+    struct rp_fill *running = rp_fill_find(srv->cache, &d);
+    if (running != NULL) {
+      rp_fill_unref(running);
+      free(rq);
+      return false;
+    }
+  }
+  job = calloc(1, sizeof(*job));
+  if (job == NULL || rp__upreq_build(c, h, "GET", true, &u) != 0) {
+    free(job);
+    free(rq);
+    return false;
+  }
+  job->srv = srv;
+  job->rq = rq;
+  job->d = d;
+  job->next = srv->jobs;
+  srv->jobs = job;
+  job->is_manifest = is_manifest;
+  snprintf(job->registry, sizeof(job->registry), "%s", rq->registry);
+  snprintf(job->repo, sizeof(job->repo), "%s", c->reg.name);
+  /* Redirects to a CDN are followed here; the digest stays the key. */
+  u.req.follow_redirects = true;
+  u.req.body_len = 0;
+  rq->job = job;
+  c->rc = rq;
+  rp__conn_go_state(c, RP_CONN_PASS);
+  job->fetch = rp_fetch_start(srv->up, &u.req, &job_callbacks, job);
+  rp__upreq_free(&u);
+  if (job->fetch == NULL) {
+    c->rc = NULL;
+    free(rq);
+    job_free(job);
+    rp__conn_respond(c, 502, "out of memory", true);
+  }
+  return true;
+}
+
+void rp__regcache_observe(struct rp_conn *c, int status, const struct rp_http_header *h, size_t n) {
+  char registry[300];
+  (void)h;
+  (void)n;
+  if (status < 200 || status > 299 || c->head == NULL ||
+      (c->reg.kind != RP_REG_MANIFEST && c->reg.kind != RP_REG_BLOB))
+    return;
+  rp_reg_canonical(c->mitm_host, c->mitm_port, registry, sizeof(registry));
+  memo_confirm(c->srv, registry, c->reg.name, c->head);
+}
+
+void rp__regcache_destroy(struct rp_conn *c) {
+  struct rp__regreq *rq = c->rc;
+  if (rq == NULL)
+    return;
+  c->rc = NULL;
+  rp_reader_cancel(rq->reader);
+  if (rq->waiting_on != NULL) {
+    struct rp__regreq **pp = &rq->waiting_on->waiters;
+    while (*pp != NULL && *pp != rq)
+      pp = &(*pp)->next_waiter;
+    if (*pp == rq)
+      *pp = rq->next_waiter;
+  }
+  if (rq->job != NULL) {
+    struct rp__filljob *job = rq->job;
+    job->rq = NULL;
+    if (job->passing || job->fill == NULL) {
+      /* Nothing is being cached yet: the transfer has no reason to go on;
+       * clients waiting for it relay their own requests. */
+      if (job->fetch != NULL)
+        rp_fetch_cancel(job->fetch);
+      job->fetch = NULL;
+      job->passing = true;
+      release_waiters(job);
+      if (c->fetch == job->fetch)
+        c->fetch = NULL;
+      job_free(job);
+    }
+  }
+  free(rq);
+}
+
+void rp__regcache_shutdown(struct rp_server *srv) {
+  while (srv->jobs != NULL) {
+    struct rp__filljob *job = srv->jobs;
+    if (job->fetch != NULL)
+      rp_fetch_cancel(job->fetch);
+    job->fetch = NULL;
+    if (job->rq != NULL)
+      job->rq->job = NULL;
+    job->rq = NULL;
+    job->passing = true;
+    release_waiters(job);
+    job_free(job);
+  }
+  free(srv->memo);
+  srv->memo = NULL;
+}

@@ -1,0 +1,207 @@
+"""The registry cache inside MITM (SPEC §3, issue 4 — blobs and manifests by digest):
+the second pull of an image makes no upstream blob request and gets identical bytes;
+two repositories sharing a layer store it once; an object cached for one client is
+never served from the cache to a client the registry would refuse; a fill killed with
+SIGKILL leaves nothing partial behind."""
+
+import glob
+import os
+import shutil
+import signal
+import subprocess
+
+import harness as h
+
+HOST = "registry-1.docker.io"
+
+
+class HubTokenServer(h.TokenServer):
+    @property
+    def realm(self):
+        return "https://auth.docker.io/token"
+
+
+def setup():
+    global CA, REG, IMG, IMG2, TS, TREG, PRIV
+    CA = h.shared_ca()
+    REG = h.Registry()
+    IMG = h.OciImage(os.path.join(h.tmpdir(), "src"), layer_sizes=(4096, 2 * 1024 * 1024))
+    push(IMG, "docker://127.0.0.1:%d/library/alpine:3.18" % REG.port)
+    # A second repository holding the same layers.
+    push(IMG, "docker://127.0.0.1:%d/other/copy:3.18" % REG.port)
+    TS = HubTokenServer(users={"alice": "s3cret"}, public=("library/alpine",))
+    TREG = h.TokenRegistry(TS)
+    tunnel = h.Regproxy(["--mitm", "", "--connect-to", "%s:443:127.0.0.1:%d" % (HOST, TREG.port),
+                         "--connect-to", "auth.docker.io:443:127.0.0.1:%d" % TS.port])
+    IMG2 = h.OciImage(os.path.join(h.tmpdir(), "pub"), tag="1", layer_sizes=(5000,))
+    PRIV = h.OciImage(os.path.join(h.tmpdir(), "priv"), tag="1", layer_sizes=(70 * 1024,))
+    for img, repo in ((IMG2, "library/alpine"), (PRIV, "private/app")):
+        h.skopeo(["copy", "--dest-cert-dir", CA.certdir, "--dest-creds", "alice:s3cret",
+                  "oci:%s:1" % img.path, "docker://%s/%s:1" % (HOST, repo)],
+                 env={"HTTPS_PROXY": tunnel.url})
+    tunnel.stop()
+
+
+def push(img, dest):
+    h.skopeo(["copy", "--dest-cert-dir", CA.certdir, "oci:%s:%s" % (img.path, img.tag), dest])
+
+
+def proxy(reg=None, cache_dir=None):
+    args = ["--mitm", HOST, "--connect-to", "%s:443:127.0.0.1:%d" % (HOST, (reg or REG).port),
+            "--connect-to", "auth.docker.io:443:127.0.0.1:%d" % TS.port,
+            "--upstream-ca", CA.ca_crt]
+    if cache_dir:
+        args += ["--cache-dir", cache_dir]
+    return h.Regproxy(args)
+
+
+def certdir(rp):
+    d = h.tmpdir()
+    shutil.copy(os.path.join(rp.dir, "ca", "ca.crt"), os.path.join(d, "regproxy.crt"))
+    shutil.copy(CA.ca_crt, os.path.join(d, "test-ca.crt"))
+    return d
+
+
+def pull(rp, repo="library/alpine", tag="3.18", creds=None, check=True):
+    out = os.path.join(h.tmpdir(), "out")
+    args = ["copy", "--src-cert-dir", certdir(rp)] + (["--src-creds", creds] if creds else [])
+    p = h.skopeo(args + ["docker://%s/%s:%s" % (HOST, repo, tag), "oci:%s:%s" % (out, tag)],
+                 env={"HTTPS_PROXY": rp.url}, check=check)
+    return out, p
+
+
+def upstream_blob_gets(reg, repo="library/alpine"):
+    text = open(reg.log_path, errors="replace").read()
+    return text.count("GET /v2/%s/blobs/sha256:" % repo)
+
+
+def settled(fn, timeout=3.0):
+    """fn() once it stopped changing (the registry logs a request after its body)."""
+    last = [fn()]
+
+    def same():
+        now = fn()
+        ok = now == last[0]
+        last[0] = now
+        return ok
+    h.wait_until(same, timeout, "registry log settled", interval=0.3)
+    return last[0]
+
+
+def test_second_pull_served_from_cache():
+    rp = proxy()
+    before = settled(lambda: upstream_blob_gets(REG))
+    out1, _ = pull(rp)
+    first = settled(lambda: upstream_blob_gets(REG)) - before
+    assert first == len(IMG.blobs), "first pull fetched %d blobs upstream" % first
+    out2, _ = pull(rp)
+    assert settled(lambda: upstream_blob_gets(REG)) - before == first, \
+        "the second pull fetched blobs upstream"
+    assert h.layout_blobs(out1) == h.layout_blobs(out2) and h.layout_blobs(out2)[1] == IMG.blobs
+    hits = rp.request_logs(route="mitm", cache="hit")
+    assert {ln["path"].rsplit("/", 1)[1] for ln in hits} >= IMG.blobs, hits
+    assert rp.metrics().sum("regproxy_bytes_total", direction="out", source="cache") > 2 << 20
+
+
+def test_shared_layers_stored_once():
+    rp = proxy()
+    pull(rp)
+    pull(rp, repo="other/copy")
+    for dg in IMG.blobs:
+        files = glob.glob(os.path.join(rp.dir, "cache", "blobs", "sha256", "*", dg[7:]))
+        assert len(files) == 1, "%s stored %d times" % (dg, len(files))
+
+
+def test_private_blob_not_served_through_public_repo():
+    rp = proxy(TREG)
+    pull(rp, repo="private/app", tag="1", creds="alice:s3cret")  # cached by alice
+    layer = PRIV.layers[0]
+    rpca = os.path.join(rp.dir, "ca", "ca.crt")
+    # An anonymous client with a valid token for the public repository asks for the
+    # private layer through the public path.
+    tok = h.run(["curl", "-sS", "--cacert", CA.ca_crt, "--connect-to",
+                 "auth.docker.io:443:127.0.0.1:%d" % TS.port,
+                 "https://auth.docker.io/token?service=%s&scope=repository:library/alpine:pull" %
+                 TS.service]).stdout
+    import json
+    token = json.loads(tok)["token"]
+    r = h.curl(["-o", "/dev/null", "-w", "%{http_code}", "-x", rp.url, "--cacert", rpca,
+                "-H", "Authorization: Bearer " + token,
+                "https://%s/v2/library/alpine/blobs/%s" % (HOST, layer)])
+    code = r.stdout.decode().strip()
+    assert code in ("401", "403", "404"), "private layer served through a public path: %s" % code
+    lines = rp.request_logs(route="mitm", path="/v2/library/alpine/blobs/%s" % layer)
+    assert lines and lines[-1].get("cache") != "hit", lines
+    # alice, through her own repository, gets it from the cache.
+    out, _ = pull(rp, repo="private/app", tag="1", creds="alice:s3cret")
+    assert h.layout_blobs(out)[1] == PRIV.blobs
+
+
+def test_kill9_during_fill_leaves_nothing_partial():
+    cache = os.path.join(h.tmpdir(), "cache")
+    big = h.OciImage(os.path.join(h.tmpdir(), "big"), tag="9", layer_sizes=(24 * 1024 * 1024,))
+    push(big, "docker://127.0.0.1:%d/library/big:9" % REG.port)
+    rp = proxy(cache_dir=cache)
+    rpca = os.path.join(rp.dir, "ca", "ca.crt")
+    layer = big.layers[0]
+    p = subprocess.Popen(["curl", "-sS", "-o", "/dev/null", "--limit-rate", "4M", "-x", rp.url,
+                          "--cacert", rpca, "https://%s/v2/library/big/blobs/%s" % (HOST, layer)],
+                         stderr=subprocess.PIPE)
+    h.defer(lambda: p.poll() is None and p.kill())
+    h.wait_until(lambda: glob.glob(os.path.join(cache, "tmp", "*")), 10, "a fill in progress")
+    rp.proc.signal(signal.SIGKILL)
+    rp.wait_exit(5)
+    p.wait(10)
+    assert not glob.glob(os.path.join(cache, "blobs", "sha256", "*", layer[7:])), \
+        "a partial object was published"
+    rp2 = proxy(cache_dir=cache)
+    assert not glob.glob(os.path.join(cache, "tmp", "*")), "leftover temp files after restart"
+    out = os.path.join(h.tmpdir(), "o")
+    h.skopeo(["copy", "--src-cert-dir", certdir(rp2), "docker://%s/library/big:9" % HOST,
+              "oci:%s:9" % out], env={"HTTPS_PROXY": rp2.url})
+    assert h.layout_blobs(out)[1] == big.blobs
+
+
+def test_concurrent_cold_gets_one_upstream_fetch():
+    big = h.OciImage(os.path.join(h.tmpdir(), "conc"), tag="c", layer_sizes=(16 * 1024 * 1024,))
+    push(big, "docker://127.0.0.1:%d/library/conc:c" % REG.port)
+    layer = big.layers[0]
+    rp = proxy()
+    rpca = os.path.join(rp.dir, "ca", "ca.crt")
+    url = "https://%s/v2/library/conc/blobs/%s" % (HOST, layer)
+    # A manifest request confirms this (anonymous) client for the repository first,
+    # as a pull's tag check does.
+    r = h.curl(["-o", "/dev/null", "-w", "%{http_code}", "-x", rp.url, "--cacert", rpca, "-H",
+                "Accept: application/vnd.oci.image.manifest.v1+json",
+                "https://%s/v2/library/conc/manifests/c" % HOST])
+    assert r.stdout.strip() == b"200", r
+    outs = [os.path.join(h.tmpdir(), "b%d" % i) for i in range(20)]
+    procs = [subprocess.Popen(["curl", "-sS", "-o", o, "-x", rp.url, "--cacert", rpca, url])
+             for o in outs]
+    for p in procs:
+        h.defer(lambda p=p: p.poll() is None and p.kill())
+    for p in procs:
+        assert p.wait(60) == 0
+    for o in outs:
+        assert h.sha256_file(o) == layer[7:], "a client got different bytes"
+    def layer_gets():
+        return open(REG.log_path, errors="replace").read().count(
+            "GET /v2/library/conc/blobs/%s " % layer)
+    # The registry writes its access line when it has sent the body.
+    h.wait_until(lambda: layer_gets() >= 1, 5, "the registry's access line for the layer")
+    got = layer_gets()
+    assert got == 1, "20 concurrent cold GETs made %d upstream GETs" % got
+    kinds = [ln.get("cache") for ln in rp.request_logs(route="mitm", path="/v2/library/conc/blobs/" + layer)]
+    assert kinds.count("miss") == 1 and kinds.count("coalesced") + kinds.count("hit") == 19, kinds
+
+
+def test_second_instance_on_same_cache_dir_refused():
+    cache = os.path.join(h.tmpdir(), "cache")
+    rp = proxy(cache_dir=cache)
+    rc, err = h.run_regproxy_expect_exit(["--cache-dir", cache, "--mitm", "",
+                                          "--listen", "127.0.0.1:%d" % h.free_port()])
+    assert rc == 2 and str(rp.proc.pid) in err, (rc, err)
+
+
+if __name__ == "__main__":
+    h.main(globals())
