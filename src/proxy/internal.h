@@ -180,8 +180,9 @@ struct rp__upreq {
   char *url;
   char proxy[300];
 };
+/** path: the upstream path and query, NULL for the client's. */
 int rp__upreq_build(struct rp_conn *c, const struct rp_http_head *h, const char *method,
-                    bool drop_range, struct rp__upreq *u);
+                    bool drop_range, const char *path, struct rp__upreq *u);
 void rp__upreq_free(struct rp__upreq *u);
 
 struct rp_body_chunk {

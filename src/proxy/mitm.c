@@ -290,7 +290,7 @@ void rp__upreq_free(struct rp__upreq *u) {
 }
 
 int rp__upreq_build(struct rp_conn *c, const struct rp_http_head *h, const char *method,
-                    bool drop_range, struct rp__upreq *u) {
+                    bool drop_range, const char *path, struct rp__upreq *u) {
   struct rp_server *srv = c->srv;
   struct rp_fetch_req *req = &u->req;
   size_t nh = 0, ulen;
@@ -317,14 +317,17 @@ int rp__upreq_build(struct rp_conn *c, const struct rp_http_head *h, const char 
     t.port = c->mitm_port;
     rp_target_hostport(&t, c->mitm_port != 443, hostport, sizeof(hostport));
   }
-  ulen = strlen(hostport) + c->target.path_len + 16;
+  ulen = strlen(hostport) + (path != NULL ? strlen(path) : c->target.path_len) + 16;
   u->url = malloc(ulen);
   if (u->url == NULL) {
     rp__upreq_free(u);
     return UV_ENOMEM;
   }
-  snprintf(u->url, ulen, "https://%s%s%.*s", hostport, c->target.path_needs_slash ? "/" : "",
-           (int)c->target.path_len, c->target.path);
+  if (path != NULL)
+    snprintf(u->url, ulen, "https://%s%s", hostport, path);
+  else
+    snprintf(u->url, ulen, "https://%s%s%.*s", hostport, c->target.path_needs_slash ? "/" : "",
+             (int)c->target.path_len, c->target.path);
   req->method = method;
   req->url = u->url;
   req->headers = u->headers;
@@ -372,7 +375,7 @@ void rp__mitm_pass_start(struct rp_conn *c) {
   const struct rp_http_head *h = c->head;
   struct rp__upreq u;
 
-  if (rp__upreq_build(c, h, c->log.method, false, &u) != 0) {
+  if (rp__upreq_build(c, h, c->log.method, false, NULL, &u) != 0) {
     rp__conn_respond(c, 502, "out of memory", true);
     return;
   }

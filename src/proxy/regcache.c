@@ -99,6 +99,7 @@ struct rp__regreq {
   struct rp__filljob *job;        /* while the upstream answer is still ours to relay */
   struct rp__filljob *waiting_on; /* coalesced before the fill started */
   struct rp__regreq *next_waiter;
+  struct tagcheck *tc; /* GET by tag: the upstream HEAD in flight */
   uint64_t length;
   char registry[300];
 };
@@ -434,6 +435,164 @@ static const struct rp_fetch_callbacks job_callbacks = {
     .on_done = job_on_done,
 };
 
+/* Fetch d from upstream into a new fill while c reads it (cache=miss).
+ * path: the upstream path (manifests by digest after a tag check), or NULL
+ * for the client's. false (rq freed) when the request should pass instead. */
+static bool start_job(struct rp_conn *c, struct rp__regreq *rq, const struct rp_http_head *h,
+                      const struct rp_digest *dp, bool is_manifest, const char *path) {
+  struct rp_server *srv = c->srv;
+  struct rp__filljob *job;
+  struct rp__upreq u;
+  struct rp_digest d = *dp;
+
+  job = calloc(1, sizeof(*job));
+  if (job == NULL || rp__upreq_build(c, h, "GET", true, path, &u) != 0) {
+    free(job);
+    free(rq);
+    return false;
+  }
+  job->srv = srv;
+  job->rq = rq;
+  job->d = d;
+  job->next = srv->jobs;
+  srv->jobs = job;
+  job->is_manifest = is_manifest;
+  snprintf(job->registry, sizeof(job->registry), "%s", rq->registry);
+  snprintf(job->repo, sizeof(job->repo), "%s", c->reg.name);
+  /* Redirects to a CDN are followed here; the digest stays the key. */
+  u.req.follow_redirects = true;
+  u.req.body_len = 0;
+  rq->job = job;
+  c->rc = rq;
+  rp__conn_go_state(c, RP_CONN_PASS);
+  job->fetch = rp_fetch_start(srv->up, &u.req, &job_callbacks, job);
+  rp__upreq_free(&u);
+  if (job->fetch == NULL) {
+    c->rc = NULL;
+    free(rq);
+    job_free(job);
+    rp__conn_respond(c, 502, "out of memory", true);
+  }
+  return true;
+}
+
+/* ---- GET manifest by tag: an upstream HEAD, the body from the cache ----
+ * SPEC §3: a HEAD is free against Docker Hub's pull limit and names the
+ * current digest; when that manifest is cached for this repository the body
+ * comes from the cache (cache=revalidated), otherwise it is fetched by digest
+ * into the cache. A registry that answers the HEAD without a digest, or with
+ * anything but 200, gets the client's GET as it was. */
+
+struct tagcheck {
+  struct rp__regreq *rq; /* NULL once the client left */
+  struct rp_fetch *fetch;
+  int status;
+  bool have_digest;
+  struct rp_digest d;
+};
+
+static int tag_on_head(struct rp_fetch *f, void *data, int status, const char *reason,
+                       const struct rp_http_header *h, size_t n) {
+  struct tagcheck *tc = data;
+  char dg[160];
+
+  (void)f;
+  (void)reason;
+  tc->status = status;
+  header_copy(h, n, "docker-content-digest", dg, sizeof(dg));
+  tc->have_digest = dg[0] != '\0' && rp_digest_parse(dg, strlen(dg), &tc->d) == 0;
+  return 0;
+}
+
+static void tag_on_done(struct rp_fetch *f, void *data, int status, const char *reason) {
+  struct tagcheck *tc = data;
+  struct rp__regreq *rq = tc->rq;
+  struct rp_conn *c;
+  struct rp_object_info info;
+  struct rp_digest d = tc->d;
+  bool ok = status == 0 && tc->status == 200 && tc->have_digest;
+  char path[600];
+
+  (void)f;
+  (void)reason;
+  free(tc);
+  if (rq == NULL)
+    return;
+  rq->tc = NULL;
+  c = rq->c;
+  if (!ok) {
+    c->rc = NULL;
+    free(rq);
+    rp__mitm_pass_start(c);
+    return;
+  }
+  memo_confirm(c->srv, rq->registry, c->reg.name, c->head);
+  if (rp_cache_has(c->srv->cache, &d, &info) && info.is_manifest &&
+      rp_cache_in_repo(c->srv->cache, &d, rq->registry, c->reg.name)) {
+    c->log.cache = "revalidated";
+    if (serve(c, rq, &d, NULL, info.size, info.media_type, 0, -1, false) != 0) {
+      c->rc = NULL;
+      free(rq);
+      rp__conn_close(c);
+    }
+    return;
+  }
+  {
+    char dg[140];
+    rp_digest_format(&d, dg, sizeof(dg));
+    snprintf(path, sizeof(path), "/v2/%s/manifests/%s", c->reg.name, dg);
+  }
+  {
+    struct rp_fill *running = rp_fill_find(c->srv->cache, &d);
+    bool busy = running != NULL || job_find(c->srv, &d) != NULL;
+    rp_fill_unref(running);
+    if (!busy) {
+      if (!start_job(c, rq, c->head, &d, true, path)) { /* rq is gone then */
+        c->rc = NULL;
+        rp__mitm_pass_start(c);
+      }
+      return;
+    }
+  }
+  /* Someone else is fetching it: the plain GET is simpler than joining. */
+  c->rc = NULL;
+  free(rq);
+  rp__mitm_pass_start(c);
+}
+
+static const struct rp_fetch_callbacks tag_callbacks = {
+    .on_head = tag_on_head,
+    .on_done = tag_on_done,
+};
+
+static bool start_tagcheck(struct rp_conn *c, const struct rp_http_head *h) {
+  struct rp__regreq *rq = calloc(1, sizeof(*rq));
+  struct tagcheck *tc = calloc(1, sizeof(*tc));
+  struct rp__upreq u;
+
+  if (rq == NULL || tc == NULL || rp__upreq_build(c, h, "HEAD", true, NULL, &u) != 0) {
+    free(rq);
+    free(tc);
+    return false;
+  }
+  rq->c = c;
+  rp_reg_canonical(c->mitm_host, c->mitm_port, rq->registry, sizeof(rq->registry));
+  u.req.body_len = 0;
+  tc->rq = rq;
+  rq->tc = tc;
+  c->rc = rq;
+  rp__conn_go_state(c, RP_CONN_PASS);
+  tc->fetch = rp_fetch_start(c->srv->up, &u.req, &tag_callbacks, tc);
+  rp__upreq_free(&u);
+  if (tc->fetch == NULL) {
+    c->rc = NULL;
+    free(rq);
+    free(tc);
+    return false;
+  }
+  return true;
+}
+
 /* ---- entry points ---- */
 
 bool rp__regcache_request(struct rp_conn *c, const struct rp_http_head *h) {
@@ -441,12 +600,13 @@ bool rp__regcache_request(struct rp_conn *c, const struct rp_http_head *h) {
   struct rp_object_info info;
   struct rp_digest d;
   struct rp__regreq *rq;
-  struct rp__upreq u;
-  struct rp__filljob *job;
   bool is_manifest = c->reg.kind == RP_REG_MANIFEST, partial;
   uint64_t off;
   int64_t len;
 
+  if (srv->cache != NULL && c->reg.kind == RP_REG_MANIFEST && !c->reg.ref_is_digest &&
+      h->method_id == HTTP_GET && rp_http_header_find(h, "range") == NULL)
+    return start_tagcheck(c, h);
   if (srv->cache == NULL || !c->reg.ref_is_digest ||
       (c->reg.kind != RP_REG_BLOB && c->reg.kind != RP_REG_MANIFEST) ||
       (h->method_id != HTTP_GET && h->method_id != HTTP_HEAD) ||
@@ -522,35 +682,7 @@ bool rp__regcache_request(struct rp_conn *c, const struct rp_http_head *h) {
       return false;
     }
   }
-  job = calloc(1, sizeof(*job));
-  if (job == NULL || rp__upreq_build(c, h, "GET", true, &u) != 0) {
-    free(job);
-    free(rq);
-    return false;
-  }
-  job->srv = srv;
-  job->rq = rq;
-  job->d = d;
-  job->next = srv->jobs;
-  srv->jobs = job;
-  job->is_manifest = is_manifest;
-  snprintf(job->registry, sizeof(job->registry), "%s", rq->registry);
-  snprintf(job->repo, sizeof(job->repo), "%s", c->reg.name);
-  /* Redirects to a CDN are followed here; the digest stays the key. */
-  u.req.follow_redirects = true;
-  u.req.body_len = 0;
-  rq->job = job;
-  c->rc = rq;
-  rp__conn_go_state(c, RP_CONN_PASS);
-  job->fetch = rp_fetch_start(srv->up, &u.req, &job_callbacks, job);
-  rp__upreq_free(&u);
-  if (job->fetch == NULL) {
-    c->rc = NULL;
-    free(rq);
-    job_free(job);
-    rp__conn_respond(c, 502, "out of memory", true);
-  }
-  return true;
+  return start_job(c, rq, h, &d, is_manifest, NULL);
 }
 
 void rp__regcache_observe(struct rp_conn *c, int status, const struct rp_http_header *h, size_t n) {
@@ -570,6 +702,10 @@ void rp__regcache_destroy(struct rp_conn *c) {
     return;
   c->rc = NULL;
   rp_reader_cancel(rq->reader);
+  if (rq->tc != NULL) {
+    /* The HEAD finishes on its own (it is small); it just has nobody to tell. */
+    rq->tc->rq = NULL;
+  }
   if (rq->waiting_on != NULL) {
     struct rp__regreq **pp = &rq->waiting_on->waiters;
     while (*pp != NULL && *pp != rq)

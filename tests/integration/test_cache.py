@@ -75,6 +75,11 @@ def upstream_blob_gets(reg, repo="library/alpine"):
     return text.count("GET /v2/%s/blobs/sha256:" % repo)
 
 
+def upstream_manifest_gets(reg, repo="library/alpine"):
+    text = open(reg.log_path, errors="replace").read()
+    return text.count("GET /v2/%s/manifests/" % repo)
+
+
 def settled(fn, timeout=3.0):
     """fn() once it stopped changing (the registry logs a request after its body)."""
     last = [fn()]
@@ -94,9 +99,14 @@ def test_second_pull_served_from_cache():
     out1, _ = pull(rp)
     first = settled(lambda: upstream_blob_gets(REG)) - before
     assert first == len(IMG.blobs), "first pull fetched %d blobs upstream" % first
+    man_before = settled(lambda: upstream_manifest_gets(REG))
     out2, _ = pull(rp)
     assert settled(lambda: upstream_blob_gets(REG)) - before == first, \
         "the second pull fetched blobs upstream"
+    # skopeo GETs the manifest by tag: regproxy asks upstream with a HEAD only.
+    assert settled(lambda: upstream_manifest_gets(REG)) == man_before, \
+        "the second pull made an upstream manifest GET"
+    assert rp.request_logs(route="mitm", cache="revalidated"), "no revalidated manifest"
     assert h.layout_blobs(out1) == h.layout_blobs(out2) and h.layout_blobs(out2)[1] == IMG.blobs
     hits = rp.request_logs(route="mitm", cache="hit")
     assert {ln["path"].rsplit("/", 1)[1] for ln in hits} >= IMG.blobs, hits
