@@ -84,5 +84,24 @@ def test_docker_pull_through_mitm():
         "no MITM log line for the layer blob"
 
 
+def test_docker_warm_pull_from_cache():
+    """rmi + pull again: the layers and the manifest come from regproxy's cache; the
+    only upstream manifest request is dockerd's HEAD by tag."""
+    DOCKER.docker(["pull", "alpine:3.18"], timeout=180)  # warm (no-op if already)
+    DOCKER.docker(["rmi", "alpine:3.18"])
+
+    def counts():
+        text = open(REG.log_path, errors="replace").read()
+        return (text.count("GET /v2/library/alpine/blobs/"),
+                text.count("GET /v2/library/alpine/manifests/"))
+    before = counts()
+    DOCKER.docker(["pull", "alpine:3.18"], timeout=180)
+    h.wait_until(lambda: RP.request_logs(route="mitm", cache="hit"), 5, "cache hits")
+    assert counts() == before, "warm pull went upstream: %r -> %r" % (before, counts())
+    hits = {ln.get("path", "").rsplit("/", 1)[-1] for ln in RP.request_logs(route="mitm",
+                                                                            cache="hit")}
+    assert set(IMG.layers) <= hits and IMG.manifest in hits, hits
+
+
 if __name__ == "__main__":
     h.main(globals())
