@@ -128,5 +128,8 @@ void rp_sbuf_addf(struct rp_sbuf *b, const char *fmt, ...) __attribute__((format
 /** Hand the bytes over (caller frees) and reset the buffer. */
 char *rp_sbuf_take(struct rp_sbuf *b, size_t *len);
 void rp_sbuf_free(struct rp_sbuf *b);
+/** Append h's end-to-end header lines ("Name: value\r\n"): hop-by-hop ones
+ * and the one named skip (may be NULL) are left out. */
+void rp_sbuf_add_end_to_end(struct rp_sbuf *b, const struct rp_http_head *h, const char *skip);
 
 #endif

@@ -61,6 +61,19 @@ bool rp_http_is_hop_by_hop(const struct rp_http_head *h, const struct rp_http_he
   return listed_in_connection(h, hd->name, hd->name_len);
 }
 
+void rp_sbuf_add_end_to_end(struct rp_sbuf *b, const struct rp_http_head *h, const char *skip) {
+  for (size_t i = 0; i < h->nheaders; i++) {
+    const struct rp_http_header *hd = &h->headers[i];
+    if (rp_http_is_hop_by_hop(h, hd) ||
+        (skip != NULL && rp_http_token_eq(hd->name, hd->name_len, skip)))
+      continue;
+    rp_sbuf_add(b, hd->name, hd->name_len);
+    rp_sbuf_adds(b, ": ");
+    rp_sbuf_add(b, hd->value, hd->value_len);
+    rp_sbuf_adds(b, "\r\n");
+  }
+}
+
 const char *rp_http_reason(int status) {
   switch (status) {
   case 100: return "Continue";

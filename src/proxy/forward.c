@@ -64,16 +64,8 @@ static bool build_request_head(struct rp_conn *c, const struct rp_http_head *h, 
   rp_sbuf_adds(&b, " HTTP/1.1\r\nHost: ");
   rp_sbuf_adds(&b, hostport);
   rp_sbuf_adds(&b, "\r\n");
-  for (size_t i = 0; i < h->nheaders; i++) {
-    const struct rp_http_header *hd = &h->headers[i];
-    /* RFC 9112 §3.2.2: the target URI's authority replaces Host. */
-    if (rp_http_is_hop_by_hop(h, hd) || rp_http_token_eq(hd->name, hd->name_len, "host"))
-      continue;
-    rp_sbuf_add(&b, hd->name, hd->name_len);
-    rp_sbuf_adds(&b, ": ");
-    rp_sbuf_add(&b, hd->value, hd->value_len);
-    rp_sbuf_adds(&b, "\r\n");
-  }
+  /* RFC 9112 §3.2.2: the target URI's authority replaces Host. */
+  rp_sbuf_add_end_to_end(&b, h, "host");
   if (h->chunked)
     rp_sbuf_adds(&b, "Transfer-Encoding: chunked\r\n");
   if (via_parent && c->srv->parent.auth != NULL) {
@@ -113,15 +105,7 @@ static int on_resp_head(void *data, const struct rp_http_head *h) {
   rp_sbuf_addf(&b, "HTTP/1.1 %d ", h->status);
   rp_sbuf_add(&b, h->reason, h->reason_len);
   rp_sbuf_adds(&b, "\r\n");
-  for (size_t i = 0; i < h->nheaders; i++) {
-    const struct rp_http_header *hd = &h->headers[i];
-    if (rp_http_is_hop_by_hop(h, hd))
-      continue;
-    rp_sbuf_add(&b, hd->name, hd->name_len);
-    rp_sbuf_adds(&b, ": ");
-    rp_sbuf_add(&b, hd->value, hd->value_len);
-    rp_sbuf_adds(&b, "\r\n");
-  }
+  rp_sbuf_add_end_to_end(&b, h, NULL);
   if (h->status >= 200) {
     no_body = c->req_is_head || h->status == 204 || h->status == 304;
     c->up_chunked_out = 0;

@@ -131,17 +131,10 @@ int rp__mitm_pass_head(struct rp_fetch *f, void *data, int status, const char *r
   (void)f;
   rp_sbuf_addf(&b, "HTTP/1.1 %d %s\r\n", status,
                reason != NULL && reason[0] ? reason : rp_http_reason(status));
-  for (size_t i = 0; i < n; i++) {
-    const struct rp_http_header *hd = &headers[i];
-    struct rp_http_head fake = {.headers = (struct rp_http_header *)headers, .nheaders = n};
-    if (rp_http_is_hop_by_hop(&fake, hd))
-      continue;
-    if (rp_http_token_eq(hd->name, hd->name_len, "content-length"))
-      has_length = true;
-    rp_sbuf_add(&b, hd->name, hd->name_len);
-    rp_sbuf_adds(&b, ": ");
-    rp_sbuf_add(&b, hd->value, hd->value_len);
-    rp_sbuf_adds(&b, "\r\n");
+  {
+    struct rp_http_head up = {.headers = (struct rp_http_header *)headers, .nheaders = n};
+    rp_sbuf_add_end_to_end(&b, &up, NULL);
+    has_length = rp_http_header_find(&up, "content-length") != NULL;
   }
   no_body = c->req_is_head || status == 204 || status == 304;
   c->up_chunked_out = !no_body && !has_length;

@@ -400,18 +400,7 @@ static void job_on_done(struct rp_fetch *f, void *data, int status, const char *
 
   job->fetch = NULL;
   release_waiters(job);
-  if (job->passing) {
-    if (job->rq != NULL) {
-      struct rp_conn *c = job->rq->c;
-      job->rq->job = NULL;
-      c->rc = NULL;
-      free(job->rq);
-      rp__mitm_pass_done(f, c, status, reason);
-    }
-    job_free(job);
-    return;
-  }
-  if (job->fill != NULL) {
+  if (job->fill != NULL && !job->passing) {
     job->done = true;
     if (status == 0) {
       rp_fill_finish(job->fill);
@@ -419,7 +408,8 @@ static void job_on_done(struct rp_fetch *f, void *data, int status, const char *
     }
     rp_fill_abort(job->fill, reason);
   } else if (job->rq != NULL) {
-    /* Failed before any head: the client gets the pass-through's 502. */
+    /* A relayed answer ended, or the fetch failed before any head: the
+     * pass-through finishes the client's response (its 502 then). */
     struct rp_conn *c = job->rq->c;
     job->rq->job = NULL;
     c->rc = NULL;
