@@ -171,6 +171,7 @@ struct rp_conn {
   int fetch_paused;       /* the response body is paused (client queue full) */
   struct rp_reg_path reg; /* the registry path of the current request */
   struct rp__regreq *rc;  /* the registry cache's state for this request */
+  int stale_pending;      /* upstream answered 5xx/429: answer from memory */
 };
 
 /* An upstream request built from a client request inside MITM. */
@@ -260,6 +261,11 @@ bool rp__regcache_request(struct rp_conn *c, const struct rp_http_head *h);
  * credential for the repository (access memo). */
 void rp__regcache_observe(struct rp_conn *c, int status, const struct rp_http_header *h, size_t n);
 void rp__regcache_destroy(struct rp_conn *c);
+/** The upstream is unreachable or failing (SPEC §3 table): answer the
+ * current request from memory when it can; false when it cannot (502). */
+bool rp__regcache_stale(struct rp_conn *c);
+/** Could rp__regcache_stale answer the current request? */
+bool rp__regcache_can_stale(struct rp_conn *c);
 /** Drop every fill job and the memo (server stopping). */
 void rp__regcache_shutdown(struct rp_server *srv);
 /* admin.c */

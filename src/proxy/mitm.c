@@ -129,6 +129,10 @@ int rp__mitm_pass_head(struct rp_fetch *f, void *data, int status, const char *r
   uv_buf_t buf;
 
   (void)f;
+  if ((status >= 500 || status == 429) && rp__regcache_can_stale(c)) {
+    c->stale_pending = 1;
+    return -1; /* the answer comes from memory once the fetch is gone */
+  }
   rp_sbuf_addf(&b, "HTTP/1.1 %d %s\r\n", status,
                reason != NULL && reason[0] ? reason : rp_http_reason(status));
   {
@@ -240,14 +244,22 @@ void rp__mitm_pass_done(struct rp_fetch *f, void *data, int status, const char *
   c->fetch = NULL;
   if (c->closing)
     return;
+  if (c->stale_pending) {
+    c->stale_pending = 0;
+    if (!rp__regcache_stale(c))
+      rp__conn_respond(c, 502, "upstream failing and nothing remembered", true);
+    return;
+  }
   if (status != 0) {
     rp_metrics_upstream_error("upstream");
     if (c->log.reason[0] == '\0')
       snprintf(c->log.reason, sizeof(c->log.reason), "%s", reason);
-    if (!c->up_head_sent)
-      rp__conn_respond(c, 502, reason, true);
-    else
+    /* Unreachable (refused, reset, DNS, timeout) may be answered from memory;
+     * a certificate that does not verify may not. */
+    if (c->up_head_sent)
       rp__conn_close(c); /* a cut body, never a wrong one */
+    else if (status == RP_EUPSTREAM_TLS || !rp__regcache_stale(c))
+      rp__conn_respond(c, 502, reason, true);
     return;
   }
   if (c->up_chunked_out) {

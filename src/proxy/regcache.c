@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <time.h>
 
 #include "internal.h"
 #include "regproxy/cache.h"
@@ -466,6 +467,132 @@ static bool start_job(struct rp_conn *c, struct rp__regreq *rq, const struct rp_
   return true;
 }
 
+/* ---- tag memory and answers from memory (SPEC §3 "Upstream unreachable") ---- */
+
+static void remember_tag(struct rp_conn *c, const char *registry, struct rp_tag_entry *e) {
+  char key[RP_REG_ACCEPT_KEY_SIZE];
+  if (c->reg.kind != RP_REG_MANIFEST || c->reg.ref_is_digest || e->media_type[0] == '\0')
+    return;
+  rp_reg_accept_key(c->head, key, sizeof(key));
+  e->checked = (int64_t)time(NULL);
+  rp_cache_tag_put(c->srv->cache, registry, c->reg.name, c->reg.ref, key, e);
+}
+
+static bool may_serve(struct rp_conn *c, const char *registry, const struct rp_digest *d) {
+  struct rp_server *srv = c->srv;
+  return !srv->cfg->access_check || (rp_cache_in_repo(srv->cache, d, registry, c->reg.name) &&
+                                     memo_ok(srv, registry, c->reg.name, c->head));
+}
+
+static bool write_local(struct rp_conn *c, const char *head, const char *body) {
+  struct rp_sbuf b = {0};
+  char *p;
+  size_t n;
+  uv_buf_t buf;
+
+  rp_sbuf_adds(&b, head);
+  if (body != NULL)
+    rp_sbuf_adds(&b, body);
+  p = rp_sbuf_take(&b, &n);
+  if (p == NULL)
+    return false;
+  buf = uv_buf_init(p, (unsigned)n);
+  if (rp__conn_write(c, c->client, &buf, 1, NULL, p) != 0)
+    return false;
+  rp__conn_go_state(c, RP_CONN_RESPOND);
+  rp__conn_response_done(c);
+  return true;
+}
+
+/* What memory can answer for the current request, without answering. */
+static bool stale_lookup(struct rp_conn *c, const char *registry, struct rp_digest *d,
+                         struct rp_object_info *info, struct rp_tag_entry *tag, bool *by_tag) {
+  struct rp_server *srv = c->srv;
+  const struct rp_http_head *h = c->head;
+  bool head_only = h->method_id == HTTP_HEAD;
+
+  *by_tag = false;
+  if (srv->cache == NULL || (h->method_id != HTTP_GET && !head_only))
+    return false;
+  if (c->reg.kind == RP_REG_BASE)
+    return true;
+  if (c->reg.kind == RP_REG_MANIFEST && !c->reg.ref_is_digest) {
+    char key[RP_REG_ACCEPT_KEY_SIZE];
+    rp_reg_accept_key(h, key, sizeof(key));
+    if (!rp_cache_tag_get(srv->cache, registry, c->reg.name, c->reg.ref, key, tag) ||
+        !rp_reg_accept_allows(key, tag->media_type))
+      return false;
+    *by_tag = true;
+    *d = tag->digest;
+  } else if ((c->reg.kind == RP_REG_MANIFEST || c->reg.kind == RP_REG_BLOB) &&
+             c->reg.ref_is_digest) {
+    if (rp_digest_parse(c->reg.ref, strlen(c->reg.ref), d) != 0)
+      return false;
+  } else {
+    return false;
+  }
+  if (!rp_cache_has(srv->cache, d, info) || !may_serve(c, registry, d))
+    return *by_tag && head_only; /* a HEAD by tag needs only the memory */
+  return true;
+}
+
+bool rp__regcache_can_stale(struct rp_conn *c) {
+  char registry[300];
+  struct rp_digest d;
+  struct rp_object_info info;
+  struct rp_tag_entry tag;
+  bool by_tag;
+
+  if (!c->mitm || c->head == NULL)
+    return false;
+  rp_reg_canonical(c->mitm_host, c->mitm_port, registry, sizeof(registry));
+  return stale_lookup(c, registry, &d, &info, &tag, &by_tag);
+}
+
+bool rp__regcache_stale(struct rp_conn *c) {
+  char registry[300], dg[140], head[600];
+  struct rp_digest d;
+  struct rp_object_info info;
+  struct rp_tag_entry tag;
+  struct rp__regreq *rq;
+  bool by_tag;
+
+  if (!c->mitm || c->head == NULL || c->closing)
+    return false;
+  rp_reg_canonical(c->mitm_host, c->mitm_port, registry, sizeof(registry));
+  memset(&info, 0, sizeof(info));
+  if (!stale_lookup(c, registry, &d, &info, &tag, &by_tag))
+    return false;
+  c->log.cache = "stale";
+  c->log.status = 200;
+  if (c->reg.kind == RP_REG_BASE)
+    return write_local(c,
+                       "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                       "Docker-Distribution-API-Version: registry/2.0\r\nContent-Length: 2\r\n\r\n",
+                       c->head->method_id == HTTP_HEAD ? NULL : "{}");
+  if (c->head->method_id == HTTP_HEAD && by_tag) {
+    rp_digest_format(&d, dg, sizeof(dg));
+    snprintf(head, sizeof(head),
+             "HTTP/1.1 200 OK\r\nContent-Type: %s\r\nContent-Length: %llu\r\n"
+             "Docker-Content-Digest: %s\r\nDocker-Distribution-API-Version: registry/2.0\r\n\r\n",
+             tag.media_type, (unsigned long long)tag.size, dg);
+    return write_local(c, head, NULL);
+  }
+  rq = calloc(1, sizeof(*rq));
+  if (rq == NULL)
+    return false;
+  rq->c = c;
+  snprintf(rq->registry, sizeof(rq->registry), "%s", registry);
+  c->rc = rq;
+  rp__conn_go_state(c, RP_CONN_PASS);
+  if (serve(c, rq, &d, NULL, info.size, info.media_type, 0, -1, false) != 0) {
+    c->rc = NULL;
+    free(rq);
+    rp__conn_close(c);
+  }
+  return true;
+}
+
 /* ---- GET manifest by tag: an upstream HEAD, the body from the cache ----
  * SPEC §3: a HEAD is free against Docker Hub's pull limit and names the
  * current digest; when that manifest is cached for this repository the body
@@ -479,6 +606,8 @@ struct tagcheck {
   int status;
   bool have_digest;
   struct rp_digest d;
+  char ctype[128];
+  int64_t size;
 };
 
 static int tag_on_head(struct rp_fetch *f, void *data, int status, const char *reason,
@@ -491,6 +620,8 @@ static int tag_on_head(struct rp_fetch *f, void *data, int status, const char *r
   tc->status = status;
   header_copy(h, n, "docker-content-digest", dg, sizeof(dg));
   tc->have_digest = dg[0] != '\0' && rp_digest_parse(dg, strlen(dg), &tc->d) == 0;
+  header_copy(h, n, "content-type", tc->ctype, sizeof(tc->ctype));
+  tc->size = header_size(h, n, "content-length");
   return 0;
 }
 
@@ -503,8 +634,16 @@ static void tag_on_done(struct rp_fetch *f, void *data, int status, const char *
   bool ok = status == 0 && tc->status == 200 && tc->have_digest;
   char path[600];
 
+  bool unreachable =
+      (status != 0 && status != RP_EUPSTREAM_TLS) || tc->status >= 500 || tc->status == 429;
+  struct rp_tag_entry e;
+
   (void)f;
   (void)reason;
+  memset(&e, 0, sizeof(e));
+  e.digest = tc->d;
+  snprintf(e.media_type, sizeof(e.media_type), "%s", tc->ctype);
+  e.size = tc->size > 0 ? (uint64_t)tc->size : 0;
   free(tc);
   if (rq == NULL)
     return;
@@ -513,10 +652,12 @@ static void tag_on_done(struct rp_fetch *f, void *data, int status, const char *
   if (!ok) {
     c->rc = NULL;
     free(rq);
-    rp__mitm_pass_start(c);
+    if (!(unreachable && rp__regcache_stale(c)))
+      rp__mitm_pass_start(c);
     return;
   }
   memo_confirm(c->srv, rq->registry, c->reg.name, c->head);
+  remember_tag(c, rq->registry, &e);
   if (rp_cache_has(c->srv->cache, &d, &info) && info.is_manifest &&
       rp_cache_in_repo(c->srv->cache, &d, rq->registry, c->reg.name)) {
     c->log.cache = "revalidated";
@@ -676,14 +817,25 @@ bool rp__regcache_request(struct rp_conn *c, const struct rp_http_head *h) {
 }
 
 void rp__regcache_observe(struct rp_conn *c, int status, const struct rp_http_header *h, size_t n) {
-  char registry[300];
-  (void)h;
-  (void)n;
+  char registry[300], dg[160];
+  struct rp_tag_entry e;
+  int64_t size;
+
   if (status < 200 || status > 299 || c->head == NULL ||
       (c->reg.kind != RP_REG_MANIFEST && c->reg.kind != RP_REG_BLOB))
     return;
   rp_reg_canonical(c->mitm_host, c->mitm_port, registry, sizeof(registry));
   memo_confirm(c->srv, registry, c->reg.name, c->head);
+  /* A manifest by tag: remember what the tag names, for answers from memory. */
+  memset(&e, 0, sizeof(e));
+  header_copy(h, n, "docker-content-digest", dg, sizeof(dg));
+  header_copy(h, n, "content-type", e.media_type, sizeof(e.media_type));
+  size = header_size(h, n, "content-length");
+  if (c->srv->cache != NULL && dg[0] != '\0' && size > 0 &&
+      rp_digest_parse(dg, strlen(dg), &e.digest) == 0) {
+    e.size = (uint64_t)size;
+    remember_tag(c, registry, &e);
+  }
 }
 
 void rp__regcache_destroy(struct rp_conn *c) {

@@ -205,6 +205,25 @@ def test_concurrent_cold_gets_one_upstream_fetch():
     assert kinds.count("miss") == 1 and kinds.count("coalesced") + kinds.count("hit") == 19, kinds
 
 
+def test_registry_down_pull_from_cache():
+    reg = h.Registry()
+    img = h.OciImage(os.path.join(h.tmpdir(), "down"), tag="d", layer_sizes=(3000, 90 * 1024))
+    push(img, "docker://127.0.0.1:%d/library/down:d" % reg.port)
+    rp = proxy(reg)
+    pull(rp, repo="library/down", tag="d")  # warm
+    reg.proc.stop()
+    out, _ = pull(rp, repo="library/down", tag="d")
+    assert h.layout_blobs(out)[1] == img.blobs
+    stale = rp.request_logs(route="mitm", cache="stale")
+    paths = {ln.get("path") for ln in stale}
+    assert "/v2/" in paths and "/v2/library/down/manifests/d" in paths, paths
+    # Something never seen is still a 502, not an invented answer.
+    r = h.curl(["-o", "/dev/null", "-w", "%{http_code}", "-x", rp.url, "--cacert",
+                os.path.join(rp.dir, "ca", "ca.crt"),
+                "https://%s/v2/library/down/manifests/other" % HOST])
+    assert r.stdout.strip() == b"502", r
+
+
 def test_second_instance_on_same_cache_dir_refused():
     cache = os.path.join(h.tmpdir(), "cache")
     rp = proxy(cache_dir=cache)
