@@ -119,8 +119,11 @@ struct rp__filljob {
   struct rp_fill *fill;
   struct rp_digest d;
   bool is_manifest;
-  bool passing; /* not a cacheable answer: relayed by the pass-through */
-  bool done;    /* the transfer ended; the fill may still be publishing */
+  struct saved_req *saved; /* the registry request, to resume a cut body */
+  unsigned attempts;       /* resumptions so far (SPEC §3: at most 3) */
+  uint64_t skip;           /* a resumed answer restarted at 0: bytes to drop */
+  bool passing;            /* not a cacheable answer: relayed by the pass-through */
+  bool done;               /* the transfer ended; the fill may still be publishing */
   bool paused;
   char registry[300];
   char repo[256];
@@ -236,8 +239,60 @@ static bool parse_range(const struct rp_http_head *h, uint64_t size, uint64_t *o
 
 /* ---- the fill job ---- */
 
+/* A deep copy of an upstream request, so it can be sent again (with a Range)
+ * after the client that caused it left; one allocation. */
+struct saved_req {
+  struct rp_fetch_req req;
+  size_t n;
+  struct rp_http_header h[];
+};
+
+static struct saved_req *saved_req_copy(const struct rp_fetch_req *r) {
+  size_t n = r->nheaders,
+         bytes = sizeof(struct saved_req) + (n + 1) * sizeof(struct rp_http_header);
+  struct saved_req *sr;
+  char *p;
+
+  bytes += strlen(r->url) + 1 + (r->proxy ? strlen(r->proxy) + 1 : 0) +
+           (r->proxy_userinfo ? strlen(r->proxy_userinfo) + 1 : 0) + 64;
+  for (size_t i = 0; i < n; i++)
+    bytes += r->headers[i].name_len + r->headers[i].value_len;
+  sr = malloc(bytes);
+  if (sr == NULL)
+    return NULL;
+  sr->req = *r;
+  sr->n = n;
+  p = (char *)&sr->h[n + 1];
+  for (size_t i = 0; i < n; i++) {
+    sr->h[i].name = memcpy(p, r->headers[i].name, r->headers[i].name_len);
+    sr->h[i].name_len = r->headers[i].name_len;
+    p += r->headers[i].name_len;
+    sr->h[i].value = memcpy(p, r->headers[i].value, r->headers[i].value_len);
+    sr->h[i].value_len = r->headers[i].value_len;
+    p += r->headers[i].value_len;
+  }
+  sr->req.url = strcpy(p, r->url);
+  p += strlen(r->url) + 1;
+  if (r->proxy != NULL) {
+    sr->req.proxy = strcpy(p, r->proxy);
+    p += strlen(r->proxy) + 1;
+  }
+  if (r->proxy_userinfo != NULL) {
+    sr->req.proxy_userinfo = strcpy(p, r->proxy_userinfo);
+    p += strlen(r->proxy_userinfo) + 1;
+  }
+  sr->req.headers = sr->h;
+  /* The last slot and 64 bytes are kept for the Range of a resumption. */
+  sr->h[n].name = "Range";
+  sr->h[n].name_len = 5;
+  sr->h[n].value = p;
+  sr->h[n].value_len = 0;
+  return sr;
+}
+
 static void job_free(struct rp__filljob *job) {
   struct rp__filljob **pp = &job->srv->jobs;
+  free(job->saved);
   while (*pp != NULL && *pp != job)
     pp = &(*pp)->next;
   if (*pp == job)
@@ -346,6 +401,17 @@ static int job_on_head(struct rp_fetch *f, void *data, int status, const char *r
   int64_t size = header_size(h, n, "content-length");
 
   header_copy(h, n, "content-type", ctype, sizeof(ctype));
+  if (job->fill != NULL) {
+    /* A resumption: 206 continues where the fill stands; a registry that
+     * ignores Range answers 200 from the start, which we skip up to there. */
+    if (status == 206)
+      return 0;
+    if (status == 200) {
+      job->skip = rp_fill_received(job->fill);
+      return 0;
+    }
+    return -1;
+  }
   if (c == NULL)
     return -1; /* the client left before any answer: nothing worth keeping */
   if (status != 200 || size < 0 || (job->is_manifest && strstr(ctype, "prettyjws") != NULL)) {
@@ -387,6 +453,14 @@ static int job_on_body(struct rp_fetch *f, void *data, const char *p, size_t n) 
 
   if (job->passing)
     return job->rq != NULL ? rp__mitm_pass_body(f, job->rq->c, p, n) : -1;
+  if (job->skip > 0) {
+    size_t drop = job->skip < n ? (size_t)job->skip : n;
+    job->skip -= drop;
+    p += drop;
+    n -= drop;
+    if (n == 0)
+      return 0;
+  }
   rc = rp_fill_write(job->fill, p, n);
   if (rc == RP_FILL_AGAIN) {
     job->paused = true;
@@ -396,11 +470,29 @@ static int job_on_body(struct rp_fetch *f, void *data, const char *p, size_t n) 
   return rc == 0 ? 0 : -1;
 }
 
+static const struct rp_fetch_callbacks job_callbacks;
+
 static void job_on_done(struct rp_fetch *f, void *data, int status, const char *reason) {
   struct rp__filljob *job = data;
 
   job->fetch = NULL;
   release_waiters(job);
+  if (status != 0 && job->fill != NULL && !job->passing && job->saved != NULL &&
+      job->attempts < 3 && rp_fill_state(job->fill) == RP_FILL_RUNNING) {
+    /* Upstream cut mid-fill: ask the registry URL again (a CDN URL may have
+     * expired) for the rest, with the same credentials. */
+    struct saved_req *sr = job->saved;
+    char *range = (char *)sr->h[sr->n].value;
+    job->attempts++;
+    sr->h[sr->n].value_len =
+        (size_t)snprintf(range, 64, "bytes=%llu-", (unsigned long long)rp_fill_received(job->fill));
+    sr->req.nheaders = sr->n + 1;
+    rp_log_info("fill %s: upstream cut (%s), resuming at byte %s (attempt %u of 3)", job->d.hex,
+                reason, range + 6, job->attempts);
+    job->fetch = rp_fetch_start(job->srv->up, &sr->req, &job_callbacks, job);
+    if (job->fetch != NULL)
+      return;
+  }
   if (job->fill != NULL && !job->passing) {
     job->done = true;
     if (status == 0) {
@@ -453,6 +545,7 @@ static bool start_job(struct rp_conn *c, struct rp__regreq *rq, const struct rp_
   /* Redirects to a CDN are followed here; the digest stays the key. */
   u.req.follow_redirects = true;
   u.req.body_len = 0;
+  job->saved = saved_req_copy(&u.req);
   rq->job = job;
   c->rc = rq;
   rp__conn_go_state(c, RP_CONN_PASS);

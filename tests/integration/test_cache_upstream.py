@@ -2,7 +2,8 @@
 thing the distribution registry cannot do: answer with a CDN redirect, wrong bytes, or a
 cut body). (a) A 307 to a second host is followed by regproxy and the blob is cached
 under its digest; (b) wrong bytes never enter the cache and the client never receives a
-complete body; (c) a body cut mid-way publishes nothing."""
+complete body; (c) a body cut mid-way is resumed from the registry URL with Range (at most three
+times) and publishes nothing when it cannot be completed."""
 
 import glob
 import hashlib
@@ -46,14 +47,24 @@ class Standin:
                     bad = bytearray(GOOD)
                     bad[len(bad) // 2] ^= 0xff
                     return self._send(200, bytes(bad))
-                # cut: announce everything, send half, close
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(GOOD)))
+                # cut / cut-once: Range is honoured; a cut body announces its full
+                # length, sends half and closes.
+                rng = self.headers.get("Range")
+                start = int(rng[6:-1]) if rng else 0
+                body = GOOD[start:]
+                self.send_response(206 if rng else 200)
+                if rng:
+                    self.send_header("Content-Range", "bytes %d-%d/%d" % (
+                        start, len(GOOD) - 1, len(GOOD)))
+                self.send_header("Content-Length", str(len(body)))
                 self.send_header("Docker-Content-Digest", DIGEST)
                 self.end_headers()
-                self.wfile.write(GOOD[:len(GOOD) // 2])
-                self.wfile.flush()
-                self.close_connection = True
+                if outer.mode == "cut" or not rng:
+                    self.wfile.write(body[:len(body) // 2])
+                    self.wfile.flush()
+                    self.close_connection = True
+                    return
+                self.wfile.write(body)
 
             def _send(self, code, body):
                 self.send_response(code)
@@ -121,6 +132,19 @@ def test_wrong_bytes_never_cached_nor_delivered_whole():
     assert "digest_mismatch" in rp.stderr()
 
 
+def test_cut_once_resumed_with_range():
+    st = Standin(CA, "cut-once")
+    rp = proxy(st)
+    out = os.path.join(h.tmpdir(), "r")
+    r = get_blob(rp, out)
+    assert r.stdout.strip() == b"200" and h.sha256_file(out) == DIGEST[7:], \
+        "the client did not get the whole blob after a resumption: %r" % (r,)
+    h.wait_until(lambda: published(rp), 5, "the resumed blob published")
+    gets = [p for _, p in st.requests if "/blobs/" in p]
+    assert len(gets) == 2, "expected the cut GET and one resumption, saw %r" % gets
+    assert "resuming at byte" in rp.stderr()
+
+
 def test_cut_body_publishes_nothing():
     st = Standin(CA, "cut")
     rp = proxy(st)
@@ -128,6 +152,8 @@ def test_cut_body_publishes_nothing():
     r = get_blob(rp, out)
     assert r.returncode != 0, "curl completed a cut blob"
     assert not published(rp), "a cut blob was published"
+    gets = [p for _, p in st.requests if "/blobs/" in p]
+    assert len(gets) == 4, "expected 1 GET and 3 resumptions, saw %d" % len(gets)
     h.wait_until(lambda: not glob.glob(os.path.join(rp.dir, "cache", "tmp", "*")), 5,
                  "temp file removed")
     assert rp.alive()
