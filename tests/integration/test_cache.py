@@ -113,6 +113,24 @@ def test_second_pull_served_from_cache():
     assert rp.metrics().sum("regproxy_bytes_total", direction="out", source="cache") > 2 << 20
 
 
+def test_range_from_cache():
+    rp = proxy()
+    pull(rp)  # cached, and this client confirmed for the repository
+    layer = IMG.layers[1]
+    with open(os.path.join(IMG.path, "blobs", "sha256", layer[7:]), "rb") as f:
+        data = f.read()
+    rpca = os.path.join(rp.dir, "ca", "ca.crt")
+    url = "https://%s/v2/library/alpine/blobs/%s" % (HOST, layer)
+    for rng, want in (("100-199", data[100:200]), ("%d-" % (len(data) - 5000), data[-5000:])):
+        out = os.path.join(h.tmpdir(), "r")
+        r = h.curl(["-o", out, "-w", "%{http_code}", "-r", rng, "-x", rp.url, "--cacert", rpca,
+                    "-H", "Accept: */*", url])
+        assert r.stdout.strip() == b"206", (rng, r)
+        assert open(out, "rb").read() == want, "wrong bytes for range " + rng
+    lines = rp.request_logs(route="mitm", path="/v2/library/alpine/blobs/" + layer, status="206")
+    assert lines and all(ln.get("cache") == "hit" for ln in lines), lines
+
+
 def test_shared_layers_stored_once():
     rp = proxy()
     pull(rp)
@@ -217,6 +235,12 @@ def test_registry_down_pull_from_cache():
     stale = rp.request_logs(route="mitm", cache="stale")
     paths = {ln.get("path") for ln in stale}
     assert "/v2/" in paths and "/v2/library/down/manifests/d" in paths, paths
+    # HEAD of a cached blob is answered from the cache while the registry is away.
+    r = h.curl(["-I", "-x", rp.url, "--cacert", os.path.join(rp.dir, "ca", "ca.crt"),
+                "https://%s/v2/library/down/blobs/%s" % (HOST, img.layers[1])])
+    head = r.stdout.decode(errors="replace")
+    assert head.startswith("HTTP/1.1 200") and "docker-content-digest: %s" % img.layers[1] in \
+        head.lower(), head
     # Something never seen is still a 502, not an invented answer.
     r = h.curl(["-o", "/dev/null", "-w", "%{http_code}", "-x", rp.url, "--cacert",
                 os.path.join(rp.dir, "ca", "ca.crt"),
