@@ -248,6 +248,24 @@ def test_registry_down_pull_from_cache():
     assert r.stdout.strip() == b"502", r
 
 
+def test_eviction_keeps_cache_under_bound():
+    img = h.OciImage(os.path.join(h.tmpdir(), "ev"), tag="e",
+                     layer_sizes=(3 * 1024 * 1024, 3 * 1024 * 1024, 3 * 1024 * 1024))
+    push(img, "docker://127.0.0.1:%d/library/ev:e" % REG.port)
+    cache = os.path.join(h.tmpdir(), "cache")
+    rp = h.Regproxy(["--mitm", HOST, "--connect-to", "%s:443:127.0.0.1:%d" % (HOST, REG.port),
+                     "--upstream-ca", CA.ca_crt, "--cache-dir", cache, "--cache-max-size", "5M"])
+    out, _ = pull(rp, repo="library/ev", tag="e")
+    assert h.layout_blobs(out)[1] == img.blobs  # the pull itself is unaffected
+
+    def stored():
+        return sum(os.path.getsize(f) for f in glob.glob(os.path.join(cache, "blobs", "*", "*", "*")))
+    h.wait_until(lambda: stored() <= 5 * 1024 * 1024, 10, "cache under its 5 MiB bound")
+    m = rp.metrics()
+    assert m.sum("regproxy_evictions_total") >= 1, "no eviction counted"
+    assert m.sum("regproxy_cache_size_bytes") <= 5 * 1024 * 1024
+
+
 def test_second_instance_on_same_cache_dir_refused():
     cache = os.path.join(h.tmpdir(), "cache")
     rp = proxy(cache_dir=cache)
