@@ -58,6 +58,7 @@ struct rp_server {
   struct rp_cache *cache;   /* NULL: caching off (the directory is unusable) */
   struct rp__memo *memo;    /* access confirmations (registry, repository, credential) */
   struct rp__filljob *jobs; /* upstream fetches feeding fills, for single-flight */
+  struct rp__public *pub;   /* which repositories are public (publicrepo.c) */
 };
 
 /* A read block shared by the writes that point into it. */
@@ -266,6 +267,13 @@ void rp__regcache_destroy(struct rp_conn *c);
 bool rp__regcache_stale(struct rp_conn *c);
 /** Could rp__regcache_stale answer the current request? */
 bool rp__regcache_can_stale(struct rp_conn *c);
+/* publicrepo.c */
+/** Known (within the hour) to be readable anonymously? */
+bool rp__public_known(struct rp_server *srv, const char *registry, const char *repo);
+/** Find out in the background, with a manifest HEAD of ref on hostport. */
+void rp__public_probe(struct rp_server *srv, const char *registry, const char *repo,
+                      const char *hostport, const char *ref);
+void rp__public_shutdown(struct rp_server *srv);
 /** Drop every fill job and the memo (server stopping). */
 void rp__regcache_shutdown(struct rp_server *srv);
 /* admin.c */

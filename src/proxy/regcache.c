@@ -90,6 +90,32 @@ static bool memo_ok(struct rp_server *srv, const char *registry, const char *rep
          uv_now(srv->loop) + 1 - s->when_ms < srv->cfg->access_ttl_ms;
 }
 
+/* May this client read this repository without asking upstream? With
+ * access_check off, yes; else when the repository is public or the client's
+ * credential was confirmed there within access_ttl. */
+static bool client_ok(struct rp_conn *c, const char *registry) {
+  struct rp_server *srv = c->srv;
+  return !srv->cfg->access_check || rp__public_known(srv, registry, c->reg.name) ||
+         memo_ok(srv, registry, c->reg.name, c->head);
+}
+
+/* Learn in the background whether the repository is public. */
+static void probe_public(struct rp_conn *c, const char *registry) {
+  struct rp_target t = {0};
+  char hostport[300];
+  snprintf(t.host, sizeof(t.host), "%s", c->mitm_host);
+  t.host_is_ip6 = strchr(c->mitm_host, ':') != NULL;
+  t.port = c->mitm_port;
+  rp_target_hostport(&t, c->mitm_port != 443, hostport, sizeof(hostport));
+  if (c->reg.kind == RP_REG_MANIFEST)
+    rp__public_probe(c->srv, registry, c->reg.name, hostport, c->reg.ref);
+}
+
+static bool may_serve(struct rp_conn *c, const char *registry, const struct rp_digest *d) {
+  return !c->srv->cfg->access_check ||
+         (rp_cache_in_repo(c->srv->cache, d, registry, c->reg.name) && client_ok(c, registry));
+}
+
 /* ---- per-request state ---- */
 
 struct rp__filljob;
@@ -435,6 +461,7 @@ static int job_on_head(struct rp_fetch *f, void *data, int status, const char *r
   rp_fill_set_producer(job->fill, on_fill_writable, on_fill_state, job);
   rp_cache_note_repo(c->srv->cache, &job->d, job->registry, job->repo);
   memo_confirm(c->srv, job->registry, job->repo, c->head);
+  probe_public(c, job->registry);
   c->log.cache = "miss";
   job->rq = NULL; /* from here the reader serves the client; the job only fills */
   rq->job = NULL;
@@ -569,12 +596,6 @@ static void remember_tag(struct rp_conn *c, const char *registry, struct rp_tag_
   rp_reg_accept_key(c->head, key, sizeof(key));
   e->checked = (int64_t)time(NULL);
   rp_cache_tag_put(c->srv->cache, registry, c->reg.name, c->reg.ref, key, e);
-}
-
-static bool may_serve(struct rp_conn *c, const char *registry, const struct rp_digest *d) {
-  struct rp_server *srv = c->srv;
-  return !srv->cfg->access_check || (rp_cache_in_repo(srv->cache, d, registry, c->reg.name) &&
-                                     memo_ok(srv, registry, c->reg.name, c->head));
 }
 
 static bool write_local(struct rp_conn *c, const char *head, const char *body) {
@@ -750,6 +771,7 @@ static void tag_on_done(struct rp_fetch *f, void *data, int status, const char *
     return;
   }
   memo_confirm(c->srv, rq->registry, c->reg.name, c->head);
+  probe_public(c, rq->registry);
   remember_tag(c, rq->registry, &e);
   if (rp_cache_has(c->srv->cache, &d, &info) && info.is_manifest &&
       rp_cache_in_repo(c->srv->cache, &d, rq->registry, c->reg.name)) {
@@ -846,8 +868,7 @@ bool rp__regcache_request(struct rp_conn *c, const struct rp_http_head *h) {
   rp_reg_canonical(c->mitm_host, c->mitm_port, rq->registry, sizeof(rq->registry));
 
   if (rp_cache_has(srv->cache, &d, &info) && info.is_manifest == is_manifest &&
-      (!srv->cfg->access_check || (rp_cache_in_repo(srv->cache, &d, rq->registry, c->reg.name) &&
-                                   memo_ok(srv, rq->registry, c->reg.name, h)))) {
+      may_serve(c, rq->registry, &d)) {
     if (!parse_range(h, info.size, &off, &len, &partial)) {
       free(rq);
       return false;
@@ -868,8 +889,7 @@ bool rp__regcache_request(struct rp_conn *c, const struct rp_http_head *h) {
     struct rp__filljob *run = job_find(srv, &d);
     if (run != NULL && strcmp(run->repo, c->reg.name) == 0 &&
         strcmp(run->registry, rq->registry) == 0 && rp_http_header_find(h, "range") == NULL &&
-        h->method_id == HTTP_GET &&
-        (!srv->cfg->access_check || memo_ok(srv, rq->registry, c->reg.name, h))) {
+        h->method_id == HTTP_GET && client_ok(c, rq->registry)) {
       c->rc = rq;
       rp__conn_go_state(c, RP_CONN_PASS);
       if (run->fill != NULL && rp_fill_state(run->fill) != RP_FILL_FAILED) {
@@ -919,6 +939,7 @@ void rp__regcache_observe(struct rp_conn *c, int status, const struct rp_http_he
     return;
   rp_reg_canonical(c->mitm_host, c->mitm_port, registry, sizeof(registry));
   memo_confirm(c->srv, registry, c->reg.name, c->head);
+  probe_public(c, registry);
   /* A manifest by tag: remember what the tag names, for answers from memory. */
   memset(&e, 0, sizeof(e));
   header_copy(h, n, "docker-content-digest", dg, sizeof(dg));

@@ -134,6 +134,7 @@ static void finish_shutdown(struct rp_server *srv) {
   /* The engine's timer and sockets would keep the loop running; the cache
    * finishes its queued index writes while the loop winds down. */
   rp__regcache_shutdown(srv);
+  rp__public_shutdown(srv);
   rp_upstream_destroy(srv->up);
   srv->up = NULL;
   rp_cache_close(srv->cache);
@@ -405,6 +406,7 @@ void rp_server_destroy(struct rp_server *srv) {
   if (srv == NULL)
     return;
   rp__regcache_shutdown(srv);
+  rp__public_shutdown(srv);
   rp_upstream_destroy(srv->up);
   rp_cache_close(srv->cache);
   rp_leafcache_destroy(srv->leaves);

@@ -165,6 +165,25 @@ def test_private_blob_not_served_through_public_repo():
     assert h.layout_blobs(out)[1] == PRIV.blobs
 
 
+def test_public_repository_detected_with_anonymous_token():
+    # --access-ttl 0: no client credential is ever remembered, so only regproxy's own
+    # finding that a repository is public lets the cache serve it.
+    rp = h.Regproxy(["--mitm", HOST, "--connect-to", "%s:443:127.0.0.1:%d" % (HOST, TREG.port),
+                     "--connect-to", "auth.docker.io:443:127.0.0.1:%d" % TS.port,
+                     "--upstream-ca", CA.ca_crt, "--access-ttl", "0"])
+    pull(rp, repo="library/alpine", tag="1")
+    rp.wait_log(msg="repository docker.io/library/alpine is public")
+    pull(rp, repo="private/app", tag="1", creds="alice:s3cret")
+    rp.wait_log(msg="repository docker.io/private/app is not public")
+    out, _ = pull(rp, repo="library/alpine", tag="1")
+    assert h.layout_blobs(out)[1] == IMG2.blobs
+    hits = {ln["path"].rsplit("/", 1)[1] for ln in rp.request_logs(route="mitm", cache="hit")}
+    assert IMG2.blobs <= hits, "public repository not served from the cache: %s" % hits
+    pull(rp, repo="private/app", tag="1", creds="alice:s3cret")
+    hits = {ln["path"].rsplit("/", 1)[1] for ln in rp.request_logs(route="mitm", cache="hit")}
+    assert not (PRIV.blobs & hits), "private blobs served without a confirmed credential"
+
+
 def test_kill9_during_fill_leaves_nothing_partial():
     cache = os.path.join(h.tmpdir(), "cache")
     big = h.OciImage(os.path.join(h.tmpdir(), "big"), tag="9", layer_sizes=(24 * 1024 * 1024,))
