@@ -162,4 +162,23 @@ struct rp_cache_stats {
 };
 void rp_cache_stats(const struct rp_cache *c, struct rp_cache_stats *out);
 
+/* ---- direct maintenance (`regproxy cache …` on an unlocked directory) ---- */
+
+/** Call cb for every published object, most recently used first; stop early
+ * when cb returns false. Do not change the cache from cb. */
+typedef bool (*rp_cache_foreach_cb)(const struct rp_object_info *info, void *data);
+void rp_cache_foreach(struct rp_cache *c, rp_cache_foreach_cb cb, void *data);
+/** Forget d and remove its file and index row (the removal is queued: run the
+ * loop until rp_cache_close finished). 0; RP_EINVAL when unknown; RP_EDENIED
+ * while a reader uses it; RP_ENOMEM. */
+int rp_cache_remove(struct rp_cache *c, const struct rp_digest *d);
+/** Re-hash d's file synchronously (blocking I/O: for the command line, not the
+ * proxy's loop). 0 when size and digest match; RP_EDIGEST when they do not;
+ * RP_EINVAL when d is unknown; a negative errno when the file cannot be read. */
+int rp_cache_verify_one(struct rp_cache *c, const struct rp_digest *d);
+/** Evict least-recently-used objects until the cache holds at most max_size
+ * bytes (0: no bound) and make it the bound from now on. Returns the number
+ * of objects evicted; *freed (may be NULL) gets their bytes. */
+uint64_t rp_cache_trim(struct rp_cache *c, uint64_t max_size, uint64_t *freed);
+
 #endif

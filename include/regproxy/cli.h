@@ -13,4 +13,9 @@ struct rp_config;
  * the PEM; path prints the certificate's path. */
 int rp_cli_ca(struct rp_config *cfg);
 
+/** `regproxy cache ls|du|verify|gc|rm <digest>` (cfg->args: "cache", verb[,
+ * digest]) on cfg->cache_dir directly (takes the directory's lock; fails with
+ * 1 naming the PID when a running regproxy holds it). */
+int rp_cli_cache(struct rp_config *cfg);
+
 #endif

@@ -427,3 +427,122 @@ void rp_cache_stats(const struct rp_cache *c, struct rp_cache_stats *out) {
   out->digest_mismatches = c->mismatches;
   out->fills_in_flight = c->fills_running;
 }
+
+/* ---- direct maintenance ---- */
+
+void rp_cache_foreach(struct rp_cache *c, rp_cache_foreach_cb cb, void *data) {
+  struct rp_object_info info;
+
+  if (c == NULL || cb == NULL)
+    return;
+  for (struct rp__obj *o = c->lru_head; o != NULL; o = o->next) {
+    memset(&info, 0, sizeof info);
+    info.digest = o->digest;
+    info.size = o->size;
+    snprintf(info.media_type, sizeof info.media_type, "%s",
+             o->media_type != NULL ? o->media_type : "");
+    info.last_access = o->last_access;
+    info.is_manifest = o->is_manifest;
+    if (!cb(&info, data))
+      break;
+  }
+}
+
+int rp_cache_remove(struct rp_cache *c, const struct rp_digest *d) {
+  struct rp__obj *o;
+  struct rp__idx_op *op;
+  char *path;
+
+  if (c == NULL || d == NULL)
+    return RP_EINVAL;
+  o = rp__obj_find(c, d);
+  if (o == NULL)
+    return RP_EINVAL;
+  if (o->pins > 0)
+    return RP_EDENIED;
+  path = rp__blob_path(c, d);
+  if (path == NULL)
+    return RP_ENOMEM;
+  op = rp__idx_op_new(RP_IDX_EVICT, NULL, path, NULL, NULL, NULL, NULL);
+  free(path);
+  if (op == NULL)
+    return RP_ENOMEM;
+  op->digest = *d;
+  rp__obj_remove(c, o);
+  rp__index_submit(c, op);
+  return 0;
+}
+
+int rp_cache_verify_one(struct rp_cache *c, const struct rp_digest *d) {
+  unsigned char md[EVP_MAX_MD_SIZE];
+  char hex[2 * EVP_MAX_MD_SIZE + 1];
+  unsigned mdlen = 0;
+  uint64_t want, total = 0;
+  EVP_MD_CTX *ctx = NULL;
+  struct rp__obj *o;
+  char *path = NULL, *buf = NULL;
+  int fd = -1;
+  int rc;
+
+  if (c == NULL || d == NULL || (o = rp__obj_find(c, d)) == NULL)
+    return RP_EINVAL;
+  want = o->size;
+  rc = RP_ENOMEM;
+  path = rp__blob_path(c, d);
+  buf = malloc(RP_CACHE_CHUNK);
+  ctx = EVP_MD_CTX_new();
+  if (path == NULL || buf == NULL || ctx == NULL)
+    goto out;
+  fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+  if (fd < 0) {
+    rc = -errno;
+    goto out;
+  }
+  if (EVP_DigestInit_ex(ctx, d->algo == 512 ? EVP_sha512() : EVP_sha256(), NULL) != 1)
+    goto out;
+  for (;;) {
+    ssize_t n = read(fd, buf, RP_CACHE_CHUNK);
+    if (n < 0 && errno == EINTR)
+      continue;
+    if (n < 0) {
+      rc = -errno;
+      goto out;
+    }
+    if (n == 0)
+      break;
+    total += (uint64_t)n;
+    if (EVP_DigestUpdate(ctx, buf, (size_t)n) != 1)
+      goto out;
+  }
+  if (EVP_DigestFinal_ex(ctx, md, &mdlen) != 1)
+    goto out;
+  for (unsigned i = 0; i < mdlen; i++)
+    snprintf(hex + 2 * i, 3, "%02x", md[i]);
+  hex[2 * mdlen] = '\0';
+  rc = total == want && strcmp(hex, d->hex) == 0 ? 0 : RP_EDIGEST;
+  if (rc != 0)
+    c->mismatches++;
+out:
+  if (fd >= 0)
+    close(fd);
+  EVP_MD_CTX_free(ctx);
+  free(buf);
+  free(path);
+  return rc;
+}
+
+uint64_t rp_cache_trim(struct rp_cache *c, uint64_t max_size, uint64_t *freed) {
+  uint64_t before_n, before_b;
+
+  if (freed != NULL)
+    *freed = 0;
+  if (c == NULL)
+    return 0;
+  before_n = c->nobjects;
+  before_b = c->size_bytes;
+  c->max_size = max_size;
+  rp__cache_evict(c);
+  if (freed != NULL)
+    *freed = before_b - c->size_bytes;
+  return before_n - c->nobjects;
+}
