@@ -663,7 +663,32 @@ bool rp__regcache_can_stale(struct rp_conn *c) {
   return stale_lookup(c, registry, &d, &info, &tag, &by_tag);
 }
 
+static bool answer_from_memory(struct rp_conn *c, const char *label);
+
 bool rp__regcache_stale(struct rp_conn *c) {
+  return answer_from_memory(c, "stale");
+}
+
+/* --tag-ttl: a tag confirmed upstream that recently is answered from memory. */
+static bool tag_fresh(struct rp_conn *c) {
+  struct rp_server *srv = c->srv;
+  char registry[300], key[RP_REG_ACCEPT_KEY_SIZE];
+  struct rp_tag_entry e;
+  int64_t age;
+
+  if (srv->cfg->tag_ttl_ms == 0 || srv->cache == NULL)
+    return false;
+  rp_reg_canonical(c->mitm_host, c->mitm_port, registry, sizeof(registry));
+  rp_reg_accept_key(c->head, key, sizeof(key));
+  if (!rp_cache_tag_get(srv->cache, registry, c->reg.name, c->reg.ref, key, &e) ||
+      !rp_reg_accept_allows(key, e.media_type))
+    return false;
+  age = (int64_t)time(NULL) - e.checked;
+  return age >= 0 && (uint64_t)age * 1000 < srv->cfg->tag_ttl_ms;
+}
+
+/* Answer from the tag memory and the cache alone; label is the log's cache=. */
+static bool answer_from_memory(struct rp_conn *c, const char *label) {
   char registry[300], dg[140], head[600];
   struct rp_digest d;
   struct rp_object_info info;
@@ -677,7 +702,7 @@ bool rp__regcache_stale(struct rp_conn *c) {
   memset(&info, 0, sizeof(info));
   if (!stale_lookup(c, registry, &d, &info, &tag, &by_tag))
     return false;
-  c->log.cache = "stale";
+  c->log.cache = label;
   c->log.status = 200;
   if (c->reg.kind == RP_REG_BASE)
     return write_local(c,
@@ -850,6 +875,10 @@ bool rp__regcache_request(struct rp_conn *c, const struct rp_http_head *h) {
   uint64_t off;
   int64_t len;
 
+  if (c->reg.kind == RP_REG_MANIFEST && !c->reg.ref_is_digest &&
+      (h->method_id == HTTP_GET || h->method_id == HTTP_HEAD) && tag_fresh(c) &&
+      answer_from_memory(c, "hit"))
+    return true;
   if (srv->cache != NULL && c->reg.kind == RP_REG_MANIFEST && !c->reg.ref_is_digest &&
       h->method_id == HTTP_GET && rp_http_header_find(h, "range") == NULL)
     return start_tagcheck(c, h);

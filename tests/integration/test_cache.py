@@ -131,6 +131,22 @@ def test_range_from_cache():
     assert lines and all(ln.get("cache") == "hit" for ln in lines), lines
 
 
+def test_tag_ttl_answers_tags_from_memory():
+    rp = h.Regproxy(["--mitm", HOST, "--connect-to", "%s:443:127.0.0.1:%d" % (HOST, REG.port),
+                     "--upstream-ca", CA.ca_crt, "--tag-ttl", "1h"])
+    pull(rp)
+
+    def manifest_requests():
+        text = open(REG.log_path, errors="replace").read()
+        return text.count("/v2/library/alpine/manifests/")
+    before = settled(manifest_requests)
+    out, _ = pull(rp)
+    assert h.layout_blobs(out)[1] == IMG.blobs
+    assert settled(manifest_requests) == before, "a tag within --tag-ttl was asked upstream"
+    lines = rp.request_logs(route="mitm", path="/v2/library/alpine/manifests/3.18")
+    assert lines[-1].get("cache") == "hit", lines[-1]
+
+
 def test_shared_layers_stored_once():
     rp = proxy()
     pull(rp)
