@@ -916,14 +916,18 @@ bool rp__regcache_request(struct rp_conn *c, const struct rp_http_head *h) {
    * a confirmed client. Join it (now, or when its fill starts). */
   {
     struct rp__filljob *run = job_find(srv, &d);
+    bool ranged = rp_http_header_find(h, "range") != NULL;
+    /* A range joins a fill whose size is known (it started); before that it
+     * goes upstream. */
     if (run != NULL && strcmp(run->repo, c->reg.name) == 0 &&
-        strcmp(run->registry, rq->registry) == 0 && rp_http_header_find(h, "range") == NULL &&
-        h->method_id == HTTP_GET && client_ok(c, rq->registry)) {
+        strcmp(run->registry, rq->registry) == 0 && (!ranged || run->fill != NULL) &&
+        h->method_id == HTTP_GET && client_ok(c, rq->registry) &&
+        parse_range(h, run->size, &off, &len, &partial)) {
       c->rc = rq;
       rp__conn_go_state(c, RP_CONN_PASS);
       if (run->fill != NULL && rp_fill_state(run->fill) != RP_FILL_FAILED) {
         c->log.cache = "coalesced";
-        if (serve(c, rq, &d, run->fill, run->size, run->ctype, 0, -1, false) != 0) {
+        if (serve(c, rq, &d, run->fill, run->size, run->ctype, off, len, partial) != 0) {
           c->rc = NULL;
           free(rq);
           rp__conn_close(c);

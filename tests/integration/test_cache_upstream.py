@@ -10,7 +10,9 @@ import hashlib
 import http.server
 import os
 import ssl
+import subprocess
 import threading
+import time
 
 import harness as h
 
@@ -42,6 +44,18 @@ class Standin:
                     self.send_header("Location", "https://other.test/cdn/blob?sig=abc")
                     self.send_header("Content-Length", "0")
                     self.end_headers()
+                    return
+                if outer.mode == "slow":
+                    # The whole blob, trickled over ~2 s: a fill that stays open.
+                    self.send_response(200)
+                    self.send_header("Content-Length", str(len(GOOD)))
+                    self.send_header("Docker-Content-Digest", DIGEST)
+                    self.end_headers()
+                    step = len(GOOD) // 20
+                    for i in range(0, len(GOOD), step):
+                        self.wfile.write(GOOD[i:i + step])
+                        self.wfile.flush()
+                        time.sleep(0.1)
                     return
                 if outer.mode == "wrong":
                     bad = bytearray(GOOD)
@@ -130,6 +144,26 @@ def test_wrong_bytes_never_cached_nor_delivered_whole():
     h.wait_until(lambda: rp.metrics().sum("regproxy_digest_mismatch_total") >= 1, 5,
                  "regproxy_digest_mismatch_total counted")
     assert "digest_mismatch" in rp.stderr()
+
+
+def test_range_served_from_a_growing_fill():
+    st = Standin(CA, "slow")
+    rp = proxy(st)
+    rpca = os.path.join(rp.dir, "ca", "ca.crt")
+    url = "https://%s/v2/library/x/blobs/%s" % (HOST, DIGEST)
+    first = subprocess.Popen(["curl", "-sS", "-o", os.path.join(h.tmpdir(), "f"), "-x", rp.url,
+                              "--cacert", rpca, url])
+    h.defer(lambda: first.poll() is None and first.kill())
+    h.wait_until(lambda: glob.glob(os.path.join(rp.dir, "cache", "tmp", "*")), 10,
+                 "the fill running")
+    out = os.path.join(h.tmpdir(), "part")
+    r = h.curl(["-o", out, "-w", "%{http_code}", "-r", "100-199", "-x", rp.url, "--cacert",
+                rpca, url])
+    assert r.stdout.strip() == b"206" and open(out, "rb").read() == GOOD[100:200], r
+    line = rp.wait_log(route="mitm", status="206")
+    assert line.get("cache") == "coalesced", line
+    assert first.wait(30) == 0
+    assert len([p for _, p in st.requests if "/blobs/" in p]) == 1, st.requests
 
 
 def test_cut_once_resumed_with_range():
