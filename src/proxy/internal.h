@@ -19,7 +19,8 @@
 struct rp_parent {
   char host[256];
   uint16_t port;
-  char *auth; /* "Basic …" or NULL */
+  char url[300]; /* "http://host:port", for the upstream engine */
+  char *auth;    /* "Basic …" or NULL */
 };
 
 struct rp_listener {
@@ -180,7 +181,6 @@ struct rp__upreq {
   struct rp_fetch_req req;
   struct rp_http_header *headers;
   char *url;
-  char proxy[300];
 };
 /** path: the upstream path and query, NULL for the client's. */
 int rp__upreq_build(struct rp_conn *c, const struct rp_http_head *h, const char *method,
@@ -246,6 +246,8 @@ void rp__mitm_request_done(struct rp_conn *c);
 void rp__mitm_client_drained(struct rp_conn *c);
 void rp__mitm_destroy(struct rp_conn *c);
 bool rp__mitm_body_full(const struct rp_conn *c);
+/** The MITM target as URL authority ("host", "host:port", "[v6]:port"). */
+void rp__mitm_hostport(const struct rp_conn *c, char *buf, size_t bufsz);
 /** Relay the current request (c->head) upstream as it is. */
 void rp__mitm_pass_start(struct rp_conn *c);
 /* The pass-through relay's fetch callbacks (data = the conn). */

@@ -315,13 +315,7 @@ int rp__upreq_build(struct rp_conn *c, const struct rp_http_head *h, const char 
       continue;
     u->headers[nh++] = *hd;
   }
-  {
-    struct rp_target t = {0};
-    snprintf(t.host, sizeof(t.host), "%s", c->mitm_host);
-    t.host_is_ip6 = strchr(c->mitm_host, ':') != NULL;
-    t.port = c->mitm_port;
-    rp_target_hostport(&t, c->mitm_port != 443, hostport, sizeof(hostport));
-  }
+  rp__mitm_hostport(c, hostport, sizeof(hostport));
   ulen = strlen(hostport) + (path != NULL ? strlen(path) : c->target.path_len) + 16;
   u->url = malloc(ulen);
   if (u->url == NULL) {
@@ -339,14 +333,18 @@ int rp__upreq_build(struct rp_conn *c, const struct rp_http_head *h, const char 
   req->nheaders = nh;
   req->body_len = h->chunked ? -1 : (h->content_length > 0 ? h->content_length : 0);
   if (srv->parent.host[0] != '\0') {
-    if (strchr(srv->parent.host, ':') != NULL)
-      snprintf(u->proxy, sizeof(u->proxy), "http://[%s]:%u", srv->parent.host, srv->parent.port);
-    else
-      snprintf(u->proxy, sizeof(u->proxy), "http://%s:%u", srv->parent.host, srv->parent.port);
-    req->proxy = u->proxy;
+    req->proxy = srv->parent.url;
     req->proxy_userinfo = srv->cfg->parent_proxy_userinfo;
   }
   return 0;
+}
+
+void rp__mitm_hostport(const struct rp_conn *c, char *buf, size_t bufsz) {
+  struct rp_target t = {0};
+  snprintf(t.host, sizeof(t.host), "%s", c->mitm_host);
+  t.host_is_ip6 = strchr(c->mitm_host, ':') != NULL;
+  t.port = c->mitm_port;
+  rp_target_hostport(&t, c->mitm_port != 443, buf, bufsz);
 }
 
 void rp__mitm_request(struct rp_conn *c, const struct rp_http_head *h) {

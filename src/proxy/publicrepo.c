@@ -172,7 +172,6 @@ static void probe_head(struct probe *pr) {
   struct rp_server *srv = pr->srv;
   struct rp_http_header hd[2];
   struct rp_fetch_req req;
-  char proxy[300];
 
   memset(&req, 0, sizeof(req));
   hd[0].name = "Accept";
@@ -191,11 +190,7 @@ static void probe_head(struct probe *pr) {
   req.url = pr->url;
   req.headers = hd;
   if (srv->parent.host[0] != '\0') {
-    if (strchr(srv->parent.host, ':') != NULL)
-      snprintf(proxy, sizeof(proxy), "http://[%s]:%u", srv->parent.host, srv->parent.port);
-    else
-      snprintf(proxy, sizeof(proxy), "http://%s:%u", srv->parent.host, srv->parent.port);
-    req.proxy = proxy;
+    req.proxy = srv->parent.url;
     req.proxy_userinfo = srv->cfg->parent_proxy_userinfo;
   }
   pr->status = 0;

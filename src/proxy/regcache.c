@@ -101,14 +101,11 @@ static bool client_ok(struct rp_conn *c, const char *registry) {
 
 /* Learn in the background whether the repository is public. */
 static void probe_public(struct rp_conn *c, const char *registry) {
-  struct rp_target t = {0};
   char hostport[300];
-  snprintf(t.host, sizeof(t.host), "%s", c->mitm_host);
-  t.host_is_ip6 = strchr(c->mitm_host, ':') != NULL;
-  t.port = c->mitm_port;
-  rp_target_hostport(&t, c->mitm_port != 443, hostport, sizeof(hostport));
-  if (c->reg.kind == RP_REG_MANIFEST)
-    rp__public_probe(c->srv, registry, c->reg.name, hostport, c->reg.ref);
+  if (c->reg.kind != RP_REG_MANIFEST)
+    return;
+  rp__mitm_hostport(c, hostport, sizeof(hostport));
+  rp__public_probe(c->srv, registry, c->reg.name, hostport, c->reg.ref);
 }
 
 static bool may_serve(struct rp_conn *c, const char *registry, const struct rp_digest *d) {

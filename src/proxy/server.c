@@ -40,6 +40,10 @@ static int apply_parent(struct rp_parent *out, const struct rp_config *cfg, char
   }
   snprintf(out->host, sizeof(out->host), "%s", cfg->parent_proxy_host);
   out->port = cfg->parent_proxy_port;
+  if (strchr(out->host, ':') != NULL)
+    snprintf(out->url, sizeof(out->url), "http://[%s]:%u", out->host, out->port);
+  else
+    snprintf(out->url, sizeof(out->url), "http://%s:%u", out->host, out->port);
   if (cfg->parent_proxy_userinfo != NULL && cfg->parent_proxy_userinfo[0] != '\0') {
     size_t ulen = strlen(cfg->parent_proxy_userinfo);
     unsigned char *b64 = malloc(4 * ((ulen + 2) / 3) + 1);
