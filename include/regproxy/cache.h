@@ -65,6 +65,8 @@ void rp_cache_note_repo(struct rp_cache *c, const struct rp_digest *d, const cha
                         const char *repository);
 bool rp_cache_in_repo(struct rp_cache *c, const struct rp_digest *d, const char *registry,
                       const char *repository);
+/** Has anything been remembered for this registry (an object, a tag)? */
+bool rp_cache_knows_registry(struct rp_cache *c, const char *registry);
 
 /* Tag memory: (registry, repository, tag, accept key) -> digest, media type, size. */
 struct rp_tag_entry {

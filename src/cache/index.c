@@ -343,6 +343,8 @@ static struct tag_node *tag_find(const struct rp_cache *c, const char *key, size
   return NULL;
 }
 
+static const char *nz(const char *s);
+
 /* Remember in memory; true when it was not known yet. */
 static bool repo_add(struct rp_cache *c, const char *dkey, const char *registry,
                      const char *repository) {
@@ -362,7 +364,21 @@ static bool repo_add(struct rp_cache *c, const char *dkey, const char *registry,
   }
   r->hn.hash = h;
   rp__htab_insert(&c->repos, &r->hn);
+  /* An empty digest key marks the registry itself as known. */
+  if (dkey[0] != '\0')
+    (void)repo_add(c, "", registry, "");
   return true;
+}
+
+bool rp_cache_knows_registry(struct rp_cache *c, const char *registry) {
+  const char *parts[3] = {"", nz(registry), ""};
+  char key[512];
+  size_t klen = join_key(NULL, parts, 3);
+
+  if (c == NULL || klen > sizeof key)
+    return false;
+  join_key(key, parts, 3);
+  return repo_find(c, key, klen, rp__hash(key, klen)) != NULL;
 }
 
 static const char *nz(const char *s) {
@@ -429,6 +445,7 @@ static struct tag_node *tag_set(struct rp_cache *c, const char *const parts[4],
   } else {
     t->hn.hash = h;
     rp__htab_insert(&c->tags, &t->hn);
+    (void)repo_add(c, "", parts[0], "");
   }
   t->e = *e;
   t->e.media_type[sizeof t->e.media_type - 1] = '\0';

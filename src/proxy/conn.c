@@ -452,6 +452,7 @@ static void dispatch(struct rp_conn *c, const struct rp_http_head *h) {
   c->head = h;
   c->client_minor = h->minor;
   c->keep_alive = h->keep_alive && !srv->draining;
+  c->up_plain = 0;
   rp__conn_set_timer(c, RP_TM_IDLE, srv->cfg->idle_timeout_ms);
 
   if (rp_target_parse(h->target, h->target_len, is_connect, &c->target, &why) != 0) {
@@ -487,7 +488,8 @@ static void dispatch(struct rp_conn *c, const struct rp_http_head *h) {
       rp__conn_respond(c, 400, "https:// targets need CONNECT", true);
       break;
     }
-    rp__forward_start(c, h);
+    if (!rp__mitm_plain_request(c, h))
+      rp__forward_start(c, h);
     break;
   case RP_TARGET_ORIGIN: rp__admin_handle(c, h); break;
   default: rp__conn_respond(c, 400, "asterisk-form is not proxied", true); break;

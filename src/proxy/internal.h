@@ -174,6 +174,8 @@ struct rp_conn {
   struct rp_reg_path reg; /* the registry path of the current request */
   struct rp__regreq *rc;  /* the registry cache's state for this request */
   int stale_pending;      /* upstream answered 5xx/429: answer from memory */
+  int up_plain;           /* a plain-HTTP registry request (insecure registry):
+                           * mitm_host/port name its origin, upstream is http:// */
 };
 
 /* An upstream request built from a client request inside MITM. */
@@ -247,7 +249,13 @@ void rp__mitm_client_drained(struct rp_conn *c);
 void rp__mitm_destroy(struct rp_conn *c);
 bool rp__mitm_body_full(const struct rp_conn *c);
 /** The MITM target as URL authority ("host", "host:port", "[v6]:port"). */
-void rp__mitm_hostport(const struct rp_conn *c, char *buf, size_t bufsz);
+/** "https://host[:port]" (or http:// for up_plain) of the current request's origin. */
+void rp__mitm_origin(const struct rp_conn *c, char *buf, size_t bufsz);
+/** The registry identity keys use (canonical, "http://"-prefixed for up_plain). */
+void rp__mitm_registry(const struct rp_conn *c, char *buf, size_t bufsz);
+/** A plain-HTTP absolute-form request to a `mitm` registry host: relayed with
+ * the registry cache; false when it is not one (the byte relay takes it). */
+bool rp__mitm_plain_request(struct rp_conn *c, const struct rp_http_head *h);
 /** Relay the current request (c->head) upstream as it is. */
 void rp__mitm_pass_start(struct rp_conn *c);
 /* The pass-through relay's fetch callbacks (data = the conn). */
@@ -272,9 +280,9 @@ bool rp__regcache_can_stale(struct rp_conn *c);
 /* publicrepo.c */
 /** Known (within the hour) to be readable anonymously? */
 bool rp__public_known(struct rp_server *srv, const char *registry, const char *repo);
-/** Find out in the background, with a manifest HEAD of ref on hostport. */
+/** Find out in the background, with a manifest HEAD of ref on origin ("https://host[:port]"). */
 void rp__public_probe(struct rp_server *srv, const char *registry, const char *repo,
-                      const char *hostport, const char *ref);
+                      const char *origin, const char *ref);
 void rp__public_shutdown(struct rp_server *srv);
 /** Drop every fill job and the memo (server stopping). */
 void rp__regcache_shutdown(struct rp_server *srv);

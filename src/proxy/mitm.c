@@ -299,7 +299,7 @@ int rp__upreq_build(struct rp_conn *c, const struct rp_http_head *h, const char 
   struct rp_server *srv = c->srv;
   struct rp_fetch_req *req = &u->req;
   size_t nh = 0, ulen;
-  char hostport[300];
+  char origin[320];
 
   memset(u, 0, sizeof(*u));
   /* End-to-end headers go up as they came; Host is the URL's. */
@@ -315,17 +315,17 @@ int rp__upreq_build(struct rp_conn *c, const struct rp_http_head *h, const char 
       continue;
     u->headers[nh++] = *hd;
   }
-  rp__mitm_hostport(c, hostport, sizeof(hostport));
-  ulen = strlen(hostport) + (path != NULL ? strlen(path) : c->target.path_len) + 16;
+  rp__mitm_origin(c, origin, sizeof(origin));
+  ulen = strlen(origin) + (path != NULL ? strlen(path) : c->target.path_len) + 16;
   u->url = malloc(ulen);
   if (u->url == NULL) {
     rp__upreq_free(u);
     return UV_ENOMEM;
   }
   if (path != NULL)
-    snprintf(u->url, ulen, "https://%s%s", hostport, path);
+    snprintf(u->url, ulen, "%s%s", origin, path);
   else
-    snprintf(u->url, ulen, "https://%s%s%.*s", hostport, c->target.path_needs_slash ? "/" : "",
+    snprintf(u->url, ulen, "%s%s%.*s", origin, c->target.path_needs_slash ? "/" : "",
              (int)c->target.path_len, c->target.path);
   req->method = method;
   req->url = u->url;
@@ -339,17 +339,35 @@ int rp__upreq_build(struct rp_conn *c, const struct rp_http_head *h, const char 
   return 0;
 }
 
-void rp__mitm_hostport(const struct rp_conn *c, char *buf, size_t bufsz) {
+void rp__mitm_origin(const struct rp_conn *c, char *buf, size_t bufsz) {
   struct rp_target t = {0};
+  char hostport[300];
   snprintf(t.host, sizeof(t.host), "%s", c->mitm_host);
   t.host_is_ip6 = strchr(c->mitm_host, ':') != NULL;
   t.port = c->mitm_port;
-  rp_target_hostport(&t, c->mitm_port != 443, buf, bufsz);
+  rp_target_hostport(&t, c->mitm_port != (c->up_plain ? 80 : 443), hostport, sizeof(hostport));
+  snprintf(buf, bufsz, "%s://%s", c->up_plain ? "http" : "https", hostport);
 }
+
+void rp__mitm_registry(const struct rp_conn *c, char *buf, size_t bufsz) {
+  /* SPEC §3: plain HTTP and HTTPS never share tag memory or repository
+   * knowledge; blob bytes are shared by digest anyway. */
+  size_t n = 0;
+  if (c->up_plain && bufsz > 7) {
+    memcpy(buf, "http://", 7);
+    n = 7;
+  }
+  rp_reg_canonical(c->mitm_host, c->mitm_port, buf + n, bufsz - n);
+  if (buf[n] == '\0')
+    buf[0] = '\0';
+}
+
+static void relay_request(struct rp_conn *c, const struct rp_http_head *h);
 
 void rp__mitm_request(struct rp_conn *c, const struct rp_http_head *h) {
   c->log.route = "mitm";
   c->log.cache = "pass";
+  c->up_plain = 0;
   snprintf(c->log.host, sizeof(c->log.host), "%s", c->mitm_host);
   c->log.port = c->mitm_port;
   if (!host_matches(c, h)) {
@@ -360,6 +378,30 @@ void rp__mitm_request(struct rp_conn *c, const struct rp_http_head *h) {
     rp__conn_respond(c, 400, "requests inside a tunnel use origin-form targets", true);
     return;
   }
+  rp_reg_path_parse(c->target.path, c->target.path_len, &c->reg);
+  relay_request(c, h);
+}
+
+bool rp__mitm_plain_request(struct rp_conn *c, const struct rp_http_head *h) {
+  struct rp_server *srv = c->srv;
+
+  if (srv->up == NULL || c->target.https ||
+      rp__server_route_bypass(srv, c->target.host, c->target.port) ||
+      !rp_hostlist_match(srv->cfg->mitm_list, c->target.host, c->target.port))
+    return false;
+  rp_reg_path_parse(c->target.path, c->target.path_len, &c->reg);
+  if (c->reg.kind != RP_REG_BASE && c->reg.kind != RP_REG_MANIFEST && c->reg.kind != RP_REG_BLOB)
+    return false; /* uploads, tag lists…: the byte relay */
+  c->log.route = "http";
+  c->log.cache = "pass";
+  c->up_plain = 1;
+  snprintf(c->mitm_host, sizeof(c->mitm_host), "%s", c->target.host);
+  c->mitm_port = c->target.port;
+  relay_request(c, h);
+  return true;
+}
+
+static void relay_request(struct rp_conn *c, const struct rp_http_head *h) {
   c->req_is_head = h->method_id == HTTP_HEAD;
   c->up_head_sent = 0;
   c->up_chunked_out = 0;
@@ -368,7 +410,6 @@ void rp__mitm_request(struct rp_conn *c, const struct rp_http_head *h) {
   c->up_body = NULL;
   c->up_body_tail = &c->up_body;
   c->up_body_bytes = 0;
-  rp_reg_path_parse(c->target.path, c->target.path_len, &c->reg);
   if (rp__regcache_request(c, h))
     return; /* the registry cache answers it */
   rp__mitm_pass_start(c);

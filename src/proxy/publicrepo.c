@@ -203,7 +203,7 @@ static void probe_head(struct probe *pr) {
 }
 
 void rp__public_probe(struct rp_server *srv, const char *registry, const char *repo,
-                      const char *hostport, const char *ref) {
+                      const char *origin, const char *ref) {
   struct probe *pr;
   struct pub_entry *e;
   char key[560];
@@ -238,7 +238,7 @@ void rp__public_probe(struct rp_server *srv, const char *registry, const char *r
   pr->srv = srv;
   pr->entry = e;
   snprintf(pr->key, sizeof(pr->key), "%s", key);
-  snprintf(pr->url, sizeof(pr->url), "https://%s/v2/%s/manifests/%s", hostport, repo, ref);
+  snprintf(pr->url, sizeof(pr->url), "%s/v2/%s/manifests/%s", origin, repo, ref);
   pr->next = srv->pub->probes;
   srv->pub->probes = pr;
   probe_head(pr);

@@ -101,11 +101,11 @@ static bool client_ok(struct rp_conn *c, const char *registry) {
 
 /* Learn in the background whether the repository is public. */
 static void probe_public(struct rp_conn *c, const char *registry) {
-  char hostport[300];
+  char origin[320];
   if (c->reg.kind != RP_REG_MANIFEST)
     return;
-  rp__mitm_hostport(c, hostport, sizeof(hostport));
-  rp__public_probe(c->srv, registry, c->reg.name, hostport, c->reg.ref);
+  rp__mitm_origin(c, origin, sizeof(origin));
+  rp__public_probe(c->srv, registry, c->reg.name, origin, c->reg.ref);
 }
 
 static bool may_serve(struct rp_conn *c, const char *registry, const struct rp_digest *d) {
@@ -625,8 +625,10 @@ static bool stale_lookup(struct rp_conn *c, const char *registry, struct rp_dige
   *by_tag = false;
   if (srv->cache == NULL || (h->method_id != HTTP_GET && !head_only))
     return false;
+  /* /v2/ is vouched for only for a registry pulled from before: a 200 for
+   * one never reached would stop clients falling back from https to http. */
   if (c->reg.kind == RP_REG_BASE)
-    return true;
+    return rp_cache_knows_registry(srv->cache, registry);
   if (c->reg.kind == RP_REG_MANIFEST && !c->reg.ref_is_digest) {
     char key[RP_REG_ACCEPT_KEY_SIZE];
     rp_reg_accept_key(h, key, sizeof(key));
@@ -654,9 +656,9 @@ bool rp__regcache_can_stale(struct rp_conn *c) {
   struct rp_tag_entry tag;
   bool by_tag;
 
-  if (!c->mitm || c->head == NULL)
+  if (!(c->mitm || c->up_plain) || c->head == NULL)
     return false;
-  rp_reg_canonical(c->mitm_host, c->mitm_port, registry, sizeof(registry));
+  rp__mitm_registry(c, registry, sizeof(registry));
   return stale_lookup(c, registry, &d, &info, &tag, &by_tag);
 }
 
@@ -675,7 +677,7 @@ static bool tag_fresh(struct rp_conn *c) {
 
   if (srv->cfg->tag_ttl_ms == 0 || srv->cache == NULL)
     return false;
-  rp_reg_canonical(c->mitm_host, c->mitm_port, registry, sizeof(registry));
+  rp__mitm_registry(c, registry, sizeof(registry));
   rp_reg_accept_key(c->head, key, sizeof(key));
   if (!rp_cache_tag_get(srv->cache, registry, c->reg.name, c->reg.ref, key, &e) ||
       !rp_reg_accept_allows(key, e.media_type))
@@ -693,9 +695,9 @@ static bool answer_from_memory(struct rp_conn *c, const char *label) {
   struct rp__regreq *rq;
   bool by_tag;
 
-  if (!c->mitm || c->head == NULL || c->closing)
+  if (!(c->mitm || c->up_plain) || c->head == NULL || c->closing)
     return false;
-  rp_reg_canonical(c->mitm_host, c->mitm_port, registry, sizeof(registry));
+  rp__mitm_registry(c, registry, sizeof(registry));
   memset(&info, 0, sizeof(info));
   if (!stale_lookup(c, registry, &d, &info, &tag, &by_tag))
     return false;
@@ -844,7 +846,7 @@ static bool start_tagcheck(struct rp_conn *c, const struct rp_http_head *h) {
     return false;
   }
   rq->c = c;
-  rp_reg_canonical(c->mitm_host, c->mitm_port, rq->registry, sizeof(rq->registry));
+  rp__mitm_registry(c, rq->registry, sizeof(rq->registry));
   u.req.body_len = 0;
   tc->rq = rq;
   rq->tc = tc;
@@ -891,7 +893,7 @@ bool rp__regcache_request(struct rp_conn *c, const struct rp_http_head *h) {
   if (rq == NULL)
     return false;
   rq->c = c;
-  rp_reg_canonical(c->mitm_host, c->mitm_port, rq->registry, sizeof(rq->registry));
+  rp__mitm_registry(c, rq->registry, sizeof(rq->registry));
 
   if (rp_cache_has(srv->cache, &d, &info) && info.is_manifest == is_manifest &&
       may_serve(c, rq->registry, &d)) {
@@ -967,7 +969,7 @@ void rp__regcache_observe(struct rp_conn *c, int status, const struct rp_http_he
   if (status < 200 || status > 299 || c->head == NULL ||
       (c->reg.kind != RP_REG_MANIFEST && c->reg.kind != RP_REG_BLOB))
     return;
-  rp_reg_canonical(c->mitm_host, c->mitm_port, registry, sizeof(registry));
+  rp__mitm_registry(c, registry, sizeof(registry));
   memo_confirm(c->srv, registry, c->reg.name, c->head);
   probe_public(c, registry);
   /* A manifest by tag: remember what the tag names, for answers from memory. */

@@ -163,17 +163,18 @@ def test_inner_host_mismatch_421_and_keepalive():
 
 
 def test_registry_down_502_inside_tls():
-    # Nothing remembered for this path (the cache answers /v2/ itself, SPEC §3).
+    # Nothing remembered for this registry.
     rp = start_proxy(registry_port=h.free_port())
     r = h.curl(["-sS", "-o", "/dev/null", "-w", "%{http_code}", "-x", rp.url,
                 "--cacert", os.path.join(rp.dir, "ca", "ca.crt"),
                 "https://%s/v2/library/alpine/tags/list" % HOST])
     assert r.stdout.strip() == b"502", "registry down: got %r %r" % (r.stdout, r.stderr)
     rp.wait_log(route="mitm", status="502")
+    # /v2/ is answered from memory only for a registry pulled from before (test_cache):
+    # a 200 for one never reached would stop a client falling back to http://.
     r = h.curl(["-sS", "-o", "/dev/null", "-w", "%{http_code}", "-x", rp.url,
                 "--cacert", os.path.join(rp.dir, "ca", "ca.crt"), "https://%s/v2/" % HOST])
-    assert r.stdout.strip() == b"200", "GET /v2/ with the registry down: %r" % (r.stdout,)
-    rp.wait_log(route="mitm", path="/v2/", cache="stale")
+    assert r.stdout.strip() == b"502", "GET /v2/ of an unknown registry, down: %r" % (r.stdout,)
 
 
 def test_upstream_certificate_invalid_502_with_reason():
