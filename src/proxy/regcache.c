@@ -260,6 +260,44 @@ static bool parse_range(const struct rp_http_head *h, uint64_t size, uint64_t *o
   return true;
 }
 
+/* The client's range (or the whole object) of a fill whose size the upstream
+ * just told; 416 for a range that lies outside it. */
+static void serve_range(struct rp_conn *c, struct rp__regreq *rq, const struct rp_digest *d,
+                        struct rp_fill *f, uint64_t size, const char *ctype) {
+  uint64_t off;
+  int64_t len;
+  bool partial;
+
+  if (!parse_range(c->head, size, &off, &len, &partial)) {
+    struct rp_sbuf b = {0};
+    char *p;
+    size_t n;
+    uv_buf_t buf;
+
+    c->rc = NULL;
+    free(rq);
+    c->log.status = 416;
+    rp_sbuf_addf(&b,
+                 "HTTP/1.1 416 Range Not Satisfiable\r\nContent-Range: bytes */%llu\r\n"
+                 "Content-Length: 0\r\n%s\r\n",
+                 (unsigned long long)size, c->keep_alive ? "" : "Connection: close\r\n");
+    p = rp_sbuf_take(&b, &n);
+    buf = uv_buf_init(p, (unsigned)n);
+    if (p == NULL || rp__conn_write(c, c->client, &buf, 1, NULL, p) != 0) {
+      rp__conn_close(c);
+      return;
+    }
+    rp__conn_go_state(c, RP_CONN_RESPOND);
+    rp__conn_response_done(c);
+    return;
+  }
+  if (serve(c, rq, d, f, size, ctype, off, len, partial) != 0) {
+    c->rc = NULL;
+    free(rq);
+    rp__conn_close(c);
+  }
+}
+
 /* ---- the fill job ---- */
 
 /* A deep copy of an upstream request, so it can be sent again (with a Range)
@@ -351,11 +389,7 @@ static void release_waiters(struct rp__filljob *job) {
     rq->waiting_on = NULL;
     if (job->fill != NULL && !job->passing && rp_fill_state(job->fill) != RP_FILL_FAILED) {
       c->log.cache = "coalesced";
-      if (serve(c, rq, &job->d, job->fill, job->size, job->ctype, 0, -1, false) != 0) {
-        c->rc = NULL;
-        free(rq);
-        rp__conn_close(c);
-      }
+      serve_range(c, rq, &job->d, job->fill, job->size, job->ctype);
     } else {
       c->rc = NULL;
       free(rq);
@@ -462,11 +496,7 @@ static int job_on_head(struct rp_fetch *f, void *data, int status, const char *r
   c->log.cache = "miss";
   job->rq = NULL; /* from here the reader serves the client; the job only fills */
   rq->job = NULL;
-  if (serve(c, rq, &job->d, job->fill, (uint64_t)size, ctype, 0, -1, false) != 0) {
-    c->rc = NULL;
-    free(rq);
-    rp__conn_close(c);
-  }
+  serve_range(c, rq, &job->d, job->fill, (uint64_t)size, ctype);
   release_waiters(job);
   return 0;
 }
@@ -915,13 +945,12 @@ bool rp__regcache_request(struct rp_conn *c, const struct rp_http_head *h) {
    * a confirmed client. Join it (now, or when its fill starts). */
   {
     struct rp__filljob *run = job_find(srv, &d);
-    bool ranged = rp_http_header_find(h, "range") != NULL;
-    /* A range joins a fill whose size is known (it started); before that it
-     * goes upstream. */
+    /* Before the fill started its size is unknown: the range is checked
+     * against it when the waiter is released. */
     if (run != NULL && strcmp(run->repo, c->reg.name) == 0 &&
-        strcmp(run->registry, rq->registry) == 0 && (!ranged || run->fill != NULL) &&
-        h->method_id == HTTP_GET && client_ok(c, rq->registry) &&
-        parse_range(h, run->size, &off, &len, &partial)) {
+        strcmp(run->registry, rq->registry) == 0 && h->method_id == HTTP_GET &&
+        client_ok(c, rq->registry) &&
+        (run->fill == NULL || parse_range(h, run->size, &off, &len, &partial))) {
       c->rc = rq;
       rp__conn_go_state(c, RP_CONN_PASS);
       if (run->fill != NULL && rp_fill_state(run->fill) != RP_FILL_FAILED) {
@@ -943,10 +972,11 @@ bool rp__regcache_request(struct rp_conn *c, const struct rp_http_head *h) {
       return true;
     }
   }
-  /* Not servable from the cache. A fill already running, a range, or an
-   * object cached but not yet confirmed for this client: upstream decides. */
-  if (rp_cache_has(srv->cache, &d, NULL) || rp_http_header_find(h, "range") != NULL ||
-      h->method_id == HTTP_HEAD) {
+  /* Not servable from the cache. A fill already running, or an object
+   * cached but not yet confirmed for this client: upstream decides. A range
+   * of an object nobody fetches yet starts the whole fill and is served from
+   * it (a resumed pull then leaves the object cached). */
+  if (rp_cache_has(srv->cache, &d, NULL) || h->method_id == HTTP_HEAD) {
     free(rq);
     return false;
   }

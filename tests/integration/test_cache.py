@@ -131,6 +131,37 @@ def test_range_from_cache():
     assert lines and all(ln.get("cache") == "hit" for ln in lines), lines
 
 
+def test_range_of_uncached_blob_fills_the_cache():
+    """containerd and dockerd resume with Range: on an object nobody fetches yet the
+    whole fill starts and the range is served from it; afterwards it is cached."""
+    rp = proxy()
+    layer = IMG.layers[1]
+    with open(os.path.join(IMG.path, "blobs", "sha256", layer[7:]), "rb") as f:
+        data = f.read()
+    rpca = os.path.join(rp.dir, "ca", "ca.crt")
+    url = "https://%s/v2/library/alpine/blobs/%s" % (HOST, layer)
+    before = settled(lambda: upstream_blob_gets(REG))
+    out = os.path.join(h.tmpdir(), "r")
+    r = h.curl(["-o", out, "-D", "-", "-w", "%{http_code}", "-r", "1000-", "-x", rp.url,
+                "--cacert", rpca, url])
+    assert r.stdout.strip().endswith(b"206"), r
+    assert b"content-range: bytes 1000-%d/%d" % (len(data) - 1, len(data)) in r.stdout.lower()
+    assert open(out, "rb").read() == data[1000:], "wrong bytes for a range of a cold blob"
+    assert rp.wait_log(path="/v2/library/alpine/blobs/" + layer, status="206")["cache"] == "miss"
+    # The whole object was fetched once (no Range upstream) and published.
+    out2 = os.path.join(h.tmpdir(), "w")
+    h.wait_until(lambda: rp.metrics().sum("regproxy_cache_objects") >= 1, 10, "published")
+    r = h.curl(["-o", out2, "-w", "%{http_code}", "-x", rp.url, "--cacert", rpca, url])
+    assert r.stdout.strip() == b"200" and open(out2, "rb").read() == data
+    assert settled(lambda: upstream_blob_gets(REG)) - before == 1
+    assert rp.request_logs(path="/v2/library/alpine/blobs/" + layer, status="200")[-1][
+        "cache"] == "hit"
+    # A range past the end: 416 with the size.
+    r = h.curl(["-o", "/dev/null", "-D", "-", "-w", "%{http_code}", "-r",
+                "%d-" % (len(data) + 10), "-x", rp.url, "--cacert", rpca, url])
+    assert r.stdout.strip().endswith(b"416"), r
+
+
 def test_tag_ttl_answers_tags_from_memory():
     rp = h.Regproxy(["--mitm", HOST, "--connect-to", "%s:443:127.0.0.1:%d" % (HOST, REG.port),
                      "--upstream-ca", CA.ca_crt, "--tag-ttl", "1h"])
