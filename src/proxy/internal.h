@@ -174,6 +174,8 @@ struct rp_conn {
   struct rp_reg_path reg; /* the registry path of the current request */
   struct rp__regreq *rc;  /* the registry cache's state for this request */
   int stale_pending;      /* upstream answered 5xx/429: answer from memory */
+  int grab_manifest;      /* GET by tag relayed without a digest: hash the body */
+  struct rp__grab *grab;  /* that body, while it is relayed (regcache.c) */
   int up_plain;           /* a plain-HTTP registry request (insecure registry):
                            * mitm_host/port name its origin, upstream is http:// */
 };
@@ -271,6 +273,11 @@ bool rp__regcache_request(struct rp_conn *c, const struct rp_http_head *h);
 /** A pass-through answer for the current request: 2xx confirms the client's
  * credential for the repository (access memo). */
 void rp__regcache_observe(struct rp_conn *c, int status, const struct rp_http_header *h, size_t n);
+/** Body bytes of a pass-through answer (a manifest by tag being kept, see
+ * grab_manifest). */
+void rp__regcache_relay_body(struct rp_conn *c, const char *p, size_t n);
+/** The pass-through answer ended (status 0: complete). */
+void rp__regcache_relay_done(struct rp_conn *c, int status);
 void rp__regcache_destroy(struct rp_conn *c);
 /** The upstream is unreachable or failing (SPEC §3 table): answer the
  * current request from memory when it can; false when it cannot (502). */

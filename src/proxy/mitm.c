@@ -167,6 +167,8 @@ int rp__mitm_pass_body(struct rp_fetch *f, void *data, const char *p, size_t n) 
     c->fetch_paused = 1;
     return RP_FETCH_PAUSE; /* offered again after rp_fetch_resume */
   }
+  if (c->grab != NULL)
+    rp__regcache_relay_body(c, p, n);
   /* libcurl reuses its buffer after we return, so the bytes are copied, into
    * pool blocks rather than fresh allocations of varying size (which made
    * glibc's heap grow with every body relayed). Chunked framing, when the
@@ -244,6 +246,7 @@ void rp__mitm_pass_done(struct rp_fetch *f, void *data, int status, const char *
   c->fetch = NULL;
   if (c->closing)
     return;
+  rp__regcache_relay_done(c, status);
   if (c->stale_pending) {
     c->stale_pending = 0;
     if (!rp__regcache_stale(c))
@@ -403,6 +406,7 @@ bool rp__mitm_plain_request(struct rp_conn *c, const struct rp_http_head *h) {
 
 static void relay_request(struct rp_conn *c, const struct rp_http_head *h) {
   c->req_is_head = h->method_id == HTTP_HEAD;
+  c->grab_manifest = 0;
   c->up_head_sent = 0;
   c->up_chunked_out = 0;
   c->fetch_paused = 0;

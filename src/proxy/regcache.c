@@ -11,6 +11,7 @@
  * the request goes upstream, which decides. */
 #include <llhttp.h>
 #include <openssl/evp.h>
+#include <openssl/sha.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -112,6 +113,19 @@ static bool may_serve(struct rp_conn *c, const char *registry, const struct rp_d
   return !c->srv->cfg->access_check ||
          (rp_cache_in_repo(c->srv->cache, d, registry, c->reg.name) && client_ok(c, registry));
 }
+
+/* ---- a manifest relayed by tag, kept ---- */
+
+#define GRAB_MAX (4u << 20) /* distribution refuses manifests over 4 MiB */
+
+struct rp__grab {
+  struct rp_sbuf body;
+  size_t len;
+  bool failed;
+  bool has_named;
+  struct rp_digest named; /* Docker-Content-Digest of the GET answer, if any */
+  char ctype[128];
+};
 
 /* ---- per-request state ---- */
 
@@ -804,6 +818,8 @@ static void tag_on_done(struct rp_fetch *f, void *data, int status, const char *
 
   bool unreachable =
       (status != 0 && status != RP_EUPSTREAM_TLS) || tc->status >= 500 || tc->status == 429;
+  int tc_status = tc->status;
+  bool have_digest = tc->have_digest;
   struct rp_tag_entry e;
 
   (void)f;
@@ -820,8 +836,12 @@ static void tag_on_done(struct rp_fetch *f, void *data, int status, const char *
   if (!ok) {
     c->rc = NULL;
     free(rq);
-    if (!(unreachable && rp__regcache_stale(c)))
-      rp__mitm_pass_start(c);
+    if (unreachable && rp__regcache_stale(c))
+      return;
+    /* A registry that answers HEAD with 405 or names no digest: its GET
+     * answer is hashed as it is relayed, then kept like one by digest. */
+    c->grab_manifest = status == 0 && (tc_status == 405 || (tc_status == 200 && !have_digest));
+    rp__mitm_pass_start(c);
     return;
   }
   memo_confirm(c->srv, rq->registry, c->reg.name, c->head);
@@ -1012,10 +1032,100 @@ void rp__regcache_observe(struct rp_conn *c, int status, const struct rp_http_he
     e.size = (uint64_t)size;
     remember_tag(c, registry, &e);
   }
+  if (c->grab_manifest && status == 200 && !c->req_is_head && c->srv->cache != NULL &&
+      size <= GRAB_MAX && strstr(e.media_type, "prettyjws") == NULL) {
+    c->grab = calloc(1, sizeof(*c->grab));
+    if (c->grab != NULL) {
+      snprintf(c->grab->ctype, sizeof(c->grab->ctype), "%s", e.media_type);
+      if (dg[0] != '\0' && rp_digest_parse(dg, strlen(dg), &c->grab->named) == 0)
+        c->grab->has_named = true;
+    }
+  }
+}
+
+void rp__regcache_relay_body(struct rp_conn *c, const char *p, size_t n) {
+  struct rp__grab *g = c->grab;
+  if (g->failed)
+    return;
+  if (g->len + n > GRAB_MAX) {
+    g->failed = true; /* larger than any manifest we keep */
+    return;
+  }
+  rp_sbuf_add(&g->body, p, n);
+  g->failed = g->body.oom != 0;
+  g->len += n;
+}
+
+/* Keep a manifest that was relayed by tag: its digest is its sha256. */
+void rp__regcache_relay_done(struct rp_conn *c, int status) {
+  struct rp__grab *g = c->grab;
+  struct rp_server *srv = c->srv;
+  struct rp_tag_entry e;
+  struct rp_fill *fill;
+  struct rp__filljob *job;
+  char registry[300];
+  unsigned char md[32];
+  size_t n = 0;
+  char *body;
+
+  if (g == NULL)
+    return;
+  c->grab = NULL;
+  body = rp_sbuf_take(&g->body, &n);
+  if (status != 0 || g->failed || body == NULL || n == 0) {
+    free(body);
+    free(g);
+    return;
+  }
+  memset(&e, 0, sizeof(e));
+  SHA256((const unsigned char *)body, n, md);
+  e.digest.algo = 256;
+  for (size_t i = 0; i < 32; i++)
+    snprintf(e.digest.hex + 2 * i, 3, "%02x", md[i]);
+  if (g->has_named && (g->named.algo != 256 || strcmp(g->named.hex, e.digest.hex) != 0)) {
+    /* A digest header that does not match the bytes: remember nothing. */
+    rp_log_warn("manifest %s: Docker-Content-Digest does not match its body; not cached",
+                c->log.path);
+    free(body);
+    free(g);
+    return;
+  }
+  rp__mitm_registry(c, registry, sizeof(registry));
+  snprintf(e.media_type, sizeof(e.media_type), "%s", g->ctype);
+  e.size = n;
+  remember_tag(c, registry, &e);
+  rp_cache_note_repo(srv->cache, &e.digest, registry, c->reg.name);
+  fill = rp_fill_start(srv->cache, &e.digest, (int64_t)n, true, g->ctype);
+  if (fill != NULL && rp_fill_write(fill, body, n) == 0) {
+    rp_fill_finish(fill);
+    /* Listed as a finished job until published (job_find sweeps it). */
+    job = calloc(1, sizeof(*job));
+    if (job != NULL) {
+      job->srv = srv;
+      job->fill = fill;
+      job->d = e.digest;
+      job->is_manifest = true;
+      job->size = n;
+      job->done = true;
+      snprintf(job->ctype, sizeof(job->ctype), "%s", g->ctype);
+      snprintf(job->registry, sizeof(job->registry), "%s", registry);
+      snprintf(job->repo, sizeof(job->repo), "%s", c->reg.name);
+      job->next = srv->jobs;
+      srv->jobs = job;
+      fill = NULL;
+    }
+  } else if (fill != NULL) {
+    rp_fill_abort(fill, "write failed");
+  }
+  rp_fill_unref(fill);
+  free(body);
+  free(g);
 }
 
 void rp__regcache_destroy(struct rp_conn *c) {
   struct rp__regreq *rq = c->rc;
+  if (c->grab != NULL)
+    rp__regcache_relay_done(c, RP_EABORTED);
   if (rq == NULL)
     return;
   c->rc = NULL;
