@@ -885,7 +885,73 @@ static const struct rp_fetch_callbacks tag_callbacks = {
     .on_done = tag_on_done,
 };
 
-static bool start_tagcheck(struct rp_conn *c, const struct rp_http_head *h) {
+/* ---- a cached object this client is not confirmed for ----
+ * SPEC §3: an upstream HEAD of the same path with the client's credential
+ * decides. 2xx/3xx: the object belongs to the repository and the credential
+ * reads it; the body comes from the cache (cache=revalidated). Anything else
+ * goes to the registry as the client's own GET, whose answer is relayed. */
+
+static int confirm_on_head(struct rp_fetch *f, void *data, int status, const char *reason,
+                           const struct rp_http_header *h, size_t n) {
+  struct tagcheck *tc = data;
+  (void)f;
+  (void)reason;
+  (void)h;
+  (void)n;
+  tc->status = status;
+  return 0;
+}
+
+static void confirm_on_done(struct rp_fetch *f, void *data, int status, const char *reason) {
+  struct tagcheck *tc = data;
+  struct rp__regreq *rq = tc->rq;
+  struct rp_digest d = tc->d;
+  int st = tc->status;
+  bool unreachable = (status != 0 && status != RP_EUPSTREAM_TLS) || st >= 500 || st == 429;
+  struct rp_object_info info;
+  struct rp_conn *c;
+  uint64_t off;
+  int64_t len;
+  bool partial;
+
+  (void)f;
+  (void)reason;
+  free(tc);
+  if (rq == NULL)
+    return;
+  rq->tc = NULL;
+  c = rq->c;
+  if (status == 0 && st >= 200 && st < 400) {
+    memo_confirm(c->srv, rq->registry, c->reg.name, c->head);
+    rp_cache_note_repo(c->srv->cache, &d, rq->registry, c->reg.name);
+    probe_public(c, rq->registry);
+    if (rp_cache_has(c->srv->cache, &d, &info) &&
+        parse_range(c->head, info.size, &off, &len, &partial)) {
+      c->log.cache = "revalidated";
+      if (serve(c, rq, &d, NULL, info.size, info.media_type, off, len, partial) != 0) {
+        c->rc = NULL;
+        free(rq);
+        rp__conn_close(c);
+      }
+      return;
+    }
+  }
+  c->rc = NULL;
+  free(rq);
+  if (unreachable && rp__regcache_stale(c))
+    return;
+  rp__mitm_pass_start(c);
+}
+
+static const struct rp_fetch_callbacks confirm_callbacks = {
+    .on_head = confirm_on_head,
+    .on_done = confirm_on_done,
+};
+
+/* An upstream HEAD of the client's path with its credentials; the answer
+ * goes to cb with tc->d = d (NULL for a tag check). */
+static bool start_head(struct rp_conn *c, const struct rp_http_head *h,
+                       const struct rp_fetch_callbacks *cb, const struct rp_digest *d) {
   struct rp__regreq *rq = calloc(1, sizeof(*rq));
   struct tagcheck *tc = calloc(1, sizeof(*tc));
   struct rp__upreq u;
@@ -898,11 +964,13 @@ static bool start_tagcheck(struct rp_conn *c, const struct rp_http_head *h) {
   rq->c = c;
   rp__mitm_registry(c, rq->registry, sizeof(rq->registry));
   u.req.body_len = 0;
+  if (d != NULL)
+    tc->d = *d;
   tc->rq = rq;
   rq->tc = tc;
   c->rc = rq;
   rp__conn_go_state(c, RP_CONN_PASS);
-  tc->fetch = rp_fetch_start(c->srv->up, &u.req, &tag_callbacks, tc);
+  tc->fetch = rp_fetch_start(c->srv->up, &u.req, cb, tc);
   rp__upreq_free(&u);
   if (tc->fetch == NULL) {
     c->rc = NULL;
@@ -930,7 +998,7 @@ bool rp__regcache_request(struct rp_conn *c, const struct rp_http_head *h) {
     return true;
   if (srv->cache != NULL && c->reg.kind == RP_REG_MANIFEST && !c->reg.ref_is_digest &&
       h->method_id == HTTP_GET && rp_http_header_find(h, "range") == NULL)
-    return start_tagcheck(c, h);
+    return start_head(c, h, &tag_callbacks, NULL);
   if (srv->cache == NULL || !c->reg.ref_is_digest ||
       (c->reg.kind != RP_REG_BLOB && c->reg.kind != RP_REG_MANIFEST) ||
       (h->method_id != HTTP_GET && h->method_id != HTTP_HEAD) ||
@@ -960,6 +1028,11 @@ bool rp__regcache_request(struct rp_conn *c, const struct rp_http_head *h) {
       rp__conn_close(c);
     }
     return true;
+  }
+  if (rp_cache_has(srv->cache, &d, &info) && info.is_manifest == is_manifest &&
+      h->method_id == HTTP_GET) {
+    free(rq);
+    return start_head(c, h, &confirm_callbacks, &d);
   }
   /* Single-flight: the same object being fetched for the same repository by
    * a confirmed client. Join it (now, or when its fill starts). */

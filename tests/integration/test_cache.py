@@ -5,6 +5,7 @@ never served from the cache to a client the registry would refuse; a fill killed
 SIGKILL leaves nothing partial behind."""
 
 import glob
+import json
 import os
 import shutil
 import signal
@@ -181,10 +182,19 @@ def test_tag_ttl_answers_tags_from_memory():
 def test_shared_layers_stored_once():
     rp = proxy()
     pull(rp)
-    pull(rp, repo="other/copy")
+    before = settled(lambda: upstream_blob_gets(REG, "other/copy"))
+    out, _ = pull(rp, repo="other/copy")
+    assert h.layout_blobs(out)[1] == IMG.blobs
     for dg in IMG.blobs:
         files = glob.glob(os.path.join(rp.dir, "cache", "blobs", "sha256", "*", dg[7:]))
         assert len(files) == 1, "%s stored %d times" % (dg, len(files))
+    # Layers cached through library/alpine are confirmed for other/copy with an upstream
+    # HEAD each; their bytes come from the cache.
+    assert settled(lambda: upstream_blob_gets(REG, "other/copy")) == before, \
+        "a layer already cached was fetched again through another repository"
+    reval = {ln["path"].rsplit("/", 1)[1] for ln in rp.request_logs(
+        route="mitm", cache="revalidated") if "/other/copy/blobs/" in ln["path"]}
+    assert reval >= IMG.blobs, reval
 
 
 def test_private_blob_not_served_through_public_repo():
@@ -198,7 +208,6 @@ def test_private_blob_not_served_through_public_repo():
                  "auth.docker.io:443:127.0.0.1:%d" % TS.port,
                  "https://auth.docker.io/token?service=%s&scope=repository:library/alpine:pull" %
                  TS.service]).stdout
-    import json
     token = json.loads(tok)["token"]
     r = h.curl(["-o", "/dev/null", "-w", "%{http_code}", "-x", rp.url, "--cacert", rpca,
                 "-H", "Authorization: Bearer " + token,
@@ -207,6 +216,22 @@ def test_private_blob_not_served_through_public_repo():
     assert code in ("401", "403", "404"), "private layer served through a public path: %s" % code
     lines = rp.request_logs(route="mitm", path="/v2/library/alpine/blobs/%s" % layer)
     assert lines and lines[-1].get("cache") != "hit", lines
+    # Anonymous on the private repository's own path: the registry's 401, not the bytes.
+    url = "https://%s/v2/private/app/blobs/%s" % (HOST, layer)
+    r = h.curl(["-o", "/dev/null", "-w", "%{http_code}", "-x", rp.url, "--cacert", rpca, url])
+    assert r.stdout.strip() == b"401", r
+    # alice with a fresh token (never seen by regproxy): an upstream HEAD confirms it, the
+    # bytes come from the cache.
+    tok = h.run(["curl", "-sS", "-u", "alice:s3cret", "--cacert", CA.ca_crt, "--connect-to",
+                 "auth.docker.io:443:127.0.0.1:%d" % TS.port,
+                 "https://auth.docker.io/token?service=%s&scope=repository:private/app:pull" %
+                 TS.service]).stdout
+    out = os.path.join(h.tmpdir(), "alice")
+    r = h.curl(["-o", out, "-w", "%{http_code}", "-x", rp.url, "--cacert", rpca, "-H",
+                "Authorization: Bearer " + json.loads(tok)["token"], url])
+    assert r.stdout.strip() == b"200" and h.sha256_file(out) == layer[7:], r
+    assert rp.wait_log(path="/v2/private/app/blobs/" + layer, status="200")["cache"] == \
+        "revalidated"
     # alice, through her own repository, gets it from the cache.
     out, _ = pull(rp, repo="private/app", tag="1", creds="alice:s3cret")
     assert h.layout_blobs(out)[1] == PRIV.blobs
