@@ -393,6 +393,10 @@ static struct rp__filljob *job_find(struct rp_server *srv, const struct rp_diges
   return found;
 }
 
+static const struct rp_fetch_callbacks confirm_callbacks;
+static bool start_head(struct rp_conn *c, const struct rp_http_head *h,
+                       const struct rp_fetch_callbacks *cb, const struct rp_digest *d);
+
 /* The waiters of a job are served from its fill once it started, or relay
  * their own request when the upstream answer was not cacheable. */
 static void release_waiters(struct rp__filljob *job) {
@@ -402,8 +406,16 @@ static void release_waiters(struct rp__filljob *job) {
     job->waiters = rq->next_waiter;
     rq->waiting_on = NULL;
     if (job->fill != NULL && !job->passing && rp_fill_state(job->fill) != RP_FILL_FAILED) {
-      c->log.cache = "coalesced";
-      serve_range(c, rq, &job->d, job->fill, job->size, job->ctype);
+      if (client_ok(c, job->registry)) {
+        c->log.cache = "coalesced";
+        serve_range(c, rq, &job->d, job->fill, job->size, job->ctype);
+      } else {
+        /* Another credential than the one the upstream just accepted. */
+        c->rc = NULL;
+        free(rq);
+        if (!start_head(c, c->head, &confirm_callbacks, &job->d))
+          rp__mitm_pass_start(c);
+      }
     } else {
       c->rc = NULL;
       free(rq);
@@ -935,6 +947,20 @@ static void confirm_on_done(struct rp_fetch *f, void *data, int status, const ch
       }
       return;
     }
+    {
+      /* Still being fetched (for another client): join the fill. */
+      struct rp__filljob *run = job_find(c->srv, &d);
+      if (run != NULL && run->fill != NULL && rp_fill_state(run->fill) != RP_FILL_FAILED &&
+          parse_range(c->head, run->size, &off, &len, &partial)) {
+        c->log.cache = "coalesced";
+        if (serve(c, rq, &d, run->fill, run->size, run->ctype, off, len, partial) != 0) {
+          c->rc = NULL;
+          free(rq);
+          rp__conn_close(c);
+        }
+        return;
+      }
+    }
   }
   c->rc = NULL;
   free(rq);
@@ -1038,29 +1064,34 @@ bool rp__regcache_request(struct rp_conn *c, const struct rp_http_head *h) {
    * a confirmed client. Join it (now, or when its fill starts). */
   {
     struct rp__filljob *run = job_find(srv, &d);
-    /* Before the fill started its size is unknown: the range is checked
-     * against it when the waiter is released. */
     if (run != NULL && strcmp(run->repo, c->reg.name) == 0 &&
-        strcmp(run->registry, rq->registry) == 0 && h->method_id == HTTP_GET &&
-        client_ok(c, rq->registry) &&
-        (run->fill == NULL || parse_range(h, run->size, &off, &len, &partial))) {
-      c->rc = rq;
-      rp__conn_go_state(c, RP_CONN_PASS);
-      if (run->fill != NULL && rp_fill_state(run->fill) != RP_FILL_FAILED) {
-        c->log.cache = "coalesced";
-        if (serve(c, rq, &d, run->fill, run->size, run->ctype, off, len, partial) != 0) {
-          c->rc = NULL;
-          free(rq);
-          rp__conn_close(c);
-        }
-      } else if (run->fill == NULL) {
+        strcmp(run->registry, rq->registry) == 0 && h->method_id == HTTP_GET) {
+      if (run->fill == NULL) {
+        /* Before the upstream answered: wait for it. The size (for a range)
+         * and this client's access are checked when the waiter is released. */
+        c->rc = rq;
+        rp__conn_go_state(c, RP_CONN_PASS);
         rq->waiting_on = run;
         rq->next_waiter = run->waiters;
         run->waiters = rq;
-      } else {
-        c->rc = NULL;
+        return true;
+      }
+      if (rp_fill_state(run->fill) == RP_FILL_FAILED ||
+          !parse_range(h, run->size, &off, &len, &partial)) {
         free(rq);
         return false;
+      }
+      if (!client_ok(c, rq->registry)) {
+        free(rq);
+        return start_head(c, h, &confirm_callbacks, &d);
+      }
+      c->rc = rq;
+      rp__conn_go_state(c, RP_CONN_PASS);
+      c->log.cache = "coalesced";
+      if (serve(c, rq, &d, run->fill, run->size, run->ctype, off, len, partial) != 0) {
+        c->rc = NULL;
+        free(rq);
+        rp__conn_close(c);
       }
       return true;
     }

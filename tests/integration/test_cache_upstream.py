@@ -24,6 +24,7 @@ DIGEST = "sha256:" + hashlib.sha256(GOOD).hexdigest()
 class Standin:
     def __init__(self, ca, mode):
         self.mode = mode
+        self.dropped = False
         self.requests = []
         outer = self
 
@@ -52,10 +53,14 @@ class Standin:
                     self.send_header("Docker-Content-Digest", DIGEST)
                     self.end_headers()
                     step = len(GOOD) // 20
-                    for i in range(0, len(GOOD), step):
-                        self.wfile.write(GOOD[i:i + step])
-                        self.wfile.flush()
-                        time.sleep(0.1)
+                    try:
+                        for i in range(0, len(GOOD), step):
+                            self.wfile.write(GOOD[i:i + step])
+                            self.wfile.flush()
+                            time.sleep(0.1)
+                    except (OSError, ssl.SSLError):
+                        outer.dropped = True  # regproxy stopped the transfer
+                        self.close_connection = True
                     return
                 if outer.mode == "wrong":
                     bad = bytearray(GOOD)
@@ -164,6 +169,79 @@ def test_range_served_from_a_growing_fill():
     assert line.get("cache") == "coalesced", line
     assert first.wait(30) == 0
     assert len([p for _, p in st.requests if "/blobs/" in p]) == 1, st.requests
+
+
+def blob_gets(st):
+    return len([p for _, p in st.requests if "/blobs/" in p])
+
+
+def log_epoch(line):
+    """The ts= of a regproxy log line as seconds since the epoch."""
+    import datetime
+    return datetime.datetime.strptime(line["ts"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(
+        tzinfo=datetime.timezone.utc).timestamp()
+
+
+def test_twenty_clients_read_one_fill_as_it_grows():
+    """20 concurrent GETs of an uncached blob the upstream trickles over ~2 s: one
+    upstream GET, 20 byte-exact bodies, and every client's first byte before the fill
+    completes (nobody waits for the whole blob)."""
+    st = Standin(CA, "slow")
+    rp = proxy(st)
+    rpca = os.path.join(rp.dir, "ca", "ca.crt")
+    url = "https://%s/v2/library/x/blobs/%s" % (HOST, DIGEST)
+    outs = [os.path.join(h.tmpdir(), "b%d" % i) for i in range(20)]
+    procs = []
+    for o in outs:
+        started = time.time()
+        procs.append((started, subprocess.Popen(
+            ["curl", "-sS", "-o", o, "-w", "%{time_starttransfer}", "-x", rp.url,
+             "--cacert", rpca, url], stdout=subprocess.PIPE)))
+    for _, p in procs:
+        h.defer(lambda p=p: p.poll() is None and p.kill())
+    first_bytes = []
+    for started, p in procs:
+        out, _ = p.communicate(timeout=60)
+        assert p.returncode == 0
+        first_bytes.append(started + float(out))
+    for o in outs:
+        assert h.sha256_file(o) == DIGEST[7:], "a client got different bytes"
+    assert blob_gets(st) == 1, st.requests
+    done = log_epoch(rp.wait_log(msg="cache fill published"))
+    late = [t - done for t in first_bytes if t >= done]
+    assert not late, "clients whose first byte came after the fill completed: %r" % late
+    kinds = [ln.get("cache") for ln in rp.request_logs(route="mitm", status="200")
+             if "/blobs/" in ln["path"]]
+    assert kinds.count("miss") == 1 and kinds.count("coalesced") == 19, kinds
+
+
+def test_fill_outlives_the_client_that_started_it():
+    st = Standin(CA, "slow")
+    rp = proxy(st)
+    r = h.curl(["-o", "/dev/null", "--max-time", "0.5", "-x", rp.url, "--cacert",
+                os.path.join(rp.dir, "ca", "ca.crt"),
+                "https://%s/v2/library/x/blobs/%s" % (HOST, DIGEST)])
+    assert r.returncode == 28, "the client should have given up mid-body: %r" % (r,)
+    h.wait_until(lambda: published(rp), 10, "the fill completed without its client")
+    out = os.path.join(h.tmpdir(), "again")
+    r = get_blob(rp, out)
+    assert r.stdout.strip() == b"200" and h.sha256_file(out) == DIGEST[7:], r
+    assert blob_gets(st) == 1, "the next GET went upstream: %r" % st.requests
+
+
+def test_orphan_fill_max_stops_a_large_fill_nobody_reads():
+    st = Standin(CA, "slow")
+    rp = h.Regproxy(["--mitm", HOST, "--upstream-ca", CA.ca_crt, "--orphan-fill-max", "1M",
+                     "--connect-to", "%s:443:127.0.0.1:%d" % (HOST, st.port)])
+    r = h.curl(["-o", "/dev/null", "--max-time", "0.5", "-x", rp.url, "--cacert",
+                os.path.join(rp.dir, "ca", "ca.crt"),
+                "https://%s/v2/library/x/blobs/%s" % (HOST, DIGEST)])
+    assert r.returncode == 28, r
+    rp.wait_log(msg="cache fill failed")
+    h.wait_until(lambda: not glob.glob(os.path.join(rp.dir, "cache", "tmp", "*")), 5,
+                 "temp file removed")
+    assert not published(rp), "a 3 MiB fill over --orphan-fill-max 1M completed without readers"
+    h.wait_until(lambda: st.dropped, 5, "regproxy to stop the upstream transfer")
 
 
 def test_cut_once_resumed_with_range():
