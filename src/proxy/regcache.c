@@ -187,8 +187,10 @@ static void on_reader_done(struct rp_reader *r, void *data, int status) {
     return;
   }
   c->log.bytes_out += rq->length;
+  /* Only the client that caused a fill cost upstream bytes; hits, joiners,
+   * revalidated and stale answers are bytes the cache saved. */
   rp_metrics
-      .bytes[1][strcmp(c->log.cache, "hit") == 0 ? RP_SRC_BYTES_CACHE : RP_SRC_BYTES_UPSTREAM] +=
+      .bytes[1][strcmp(c->log.cache, "miss") == 0 ? RP_SRC_BYTES_UPSTREAM : RP_SRC_BYTES_CACHE] +=
       rq->length;
   regreq_finish(rq);
 }
