@@ -335,6 +335,29 @@ def test_registry_down_pull_from_cache():
     assert r.stdout.strip() == b"502", r
 
 
+def test_token_registry_down_public_image_pulls_from_cache():
+    """Docker Hub's shape: the registry is down, its token service is up. A public
+    image pulled before still pulls; a private one does not leak (SPEC §3)."""
+    treg = h.TokenRegistry(TS)
+    tunnel = h.Regproxy(["--mitm", "", "--connect-to", "%s:443:127.0.0.1:%d" % (HOST, treg.port),
+                         "--connect-to", "auth.docker.io:443:127.0.0.1:%d" % TS.port])
+    for img, repo in ((IMG2, "library/alpine"), (PRIV, "private/app")):
+        h.skopeo(["copy", "--dest-cert-dir", CA.certdir, "--dest-creds", "alice:s3cret",
+                  "oci:%s:1" % img.path, "docker://%s/%s:1" % (HOST, repo)],
+                 env={"HTTPS_PROXY": tunnel.url})
+    tunnel.stop()
+    rp = proxy(treg)
+    pull(rp, repo="library/alpine", tag="1")
+    pull(rp, repo="private/app", tag="1", creds="alice:s3cret")
+    rp.wait_log(msg="repository docker.io/library/alpine is public")
+    treg.proc.stop()
+    out, _ = pull(rp, repo="library/alpine", tag="1")
+    assert h.layout_blobs(out)[1] == IMG2.blobs
+    assert rp.request_logs(route="mitm", path="/v2/library/alpine/manifests/1", cache="stale")
+    _, p = pull(rp, repo="private/app", tag="1", check=False)
+    assert p.returncode != 0, "a private image pulled anonymously while the registry was down"
+
+
 def test_eviction_keeps_cache_under_bound():
     img = h.OciImage(os.path.join(h.tmpdir(), "ev"), tag="e",
                      layer_sizes=(3 * 1024 * 1024, 3 * 1024 * 1024, 3 * 1024 * 1024))
