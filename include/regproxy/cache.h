@@ -157,6 +157,7 @@ void rp_reader_cancel(struct rp_reader *r);
 
 struct rp_cache_stats {
   uint64_t size_bytes;
+  uint64_t max_size; /* the eviction bound (0: none) */
   uint64_t objects;
   uint64_t evictions;
   uint64_t digest_mismatches;
@@ -182,5 +183,48 @@ int rp_cache_verify_one(struct rp_cache *c, const struct rp_digest *d);
  * bytes (0: no bound) and make it the bound from now on. Returns the number
  * of objects evicted; *freed (may be NULL) gets their bytes. */
 uint64_t rp_cache_trim(struct rp_cache *c, uint64_t max_size, uint64_t *freed);
+
+/* ---- maintenance while serving (the admin endpoints of `regproxy run`) ---- */
+
+/** Evict least-recently-used objects not being served or filled until the
+ * cache holds at most size bytes (0: evict nothing), once: the bound stays
+ * as it is. Returns the number evicted; *freed (may be NULL) gets their bytes.
+ * The files go in the background (rp_cache_flush waits for them). */
+uint64_t rp_cache_evict_to(struct rp_cache *c, uint64_t size, uint64_t *freed);
+
+/** Result of rp_cache_verify_start, on the loop: status as for
+ * rp_cache_verify_one, or UV_ECANCELED when the cache was closed first (no
+ * verdict). The object is no longer pinned when it runs. */
+typedef void (*rp_cache_verify_cb)(struct rp_cache *c, const struct rp_digest *d, int status,
+                                   void *data);
+/** Re-hash d's file on libuv's thread pool; the object is pinned (neither
+ * evicted nor removed) meanwhile. 0: done runs exactly once, later, even when
+ * the cache is closed in between (the cache stays allocated until it ran).
+ * RP_EINVAL when d is unknown or the cache is closing; RP_ENOMEM. */
+int rp_cache_verify_start(struct rp_cache *c, const struct rp_digest *d, rp_cache_verify_cb done,
+                          void *data);
+
+typedef void (*rp_cache_flush_cb)(struct rp_cache *c, int status, void *data);
+/** done runs on the loop once every index change and file removal queued
+ * before this call is on disk (status 0, or the worker's error). 0: done runs
+ * exactly once, later; RP_EINVAL when the cache is closing; RP_ENOMEM. */
+int rp_cache_flush(struct rp_cache *c, rp_cache_flush_cb done, void *data);
+
+/* ---- the owner of a cache directory (SPEC §3 "One owner per cache
+ * directory"): `<dir>/lock` holds the PID of `regproxy run` on its first
+ * line and, once its listeners are bound, "admin=<URL>" on the second. ---- */
+
+/** Record in the lock file the URL at which this process answers admin
+ * requests ("http://127.0.0.1:2080"): one line, printable, no spaces. 0;
+ * RP_EINVAL; a negative errno when the file cannot be written. */
+int rp_cache_set_owner(struct rp_cache *c, const char *admin_url);
+
+struct rp_cache_owner {
+  long pid;        /* 0 when the lock file names none */
+  char admin[256]; /* "" when it records no admin URL (or an unusable one) */
+};
+/** Read what the holder of dir's lock recorded (whether the lock is held is
+ * not checked: rp_cache_open tells). 0, or a negative errno. */
+int rp_cache_owner_read(const char *dir, struct rp_cache_owner *out);
 
 #endif

@@ -82,6 +82,7 @@ struct rp__obj {
 
 struct rp__index;
 struct rp__idx_op;
+struct rp__verify;
 
 struct rp_cache {
   uv_loop_t *loop;
@@ -107,9 +108,11 @@ struct rp_cache {
   uv_idle_t idle;
   struct rp__task *tasks_head, *tasks_tail;
 
+  struct rp__verify *verifies; /* running rp_cache_verify_start jobs */
+
   uint64_t evictions;
   uint64_t mismatches;
-  unsigned alive; /* fills and readers not yet freed */
+  unsigned alive; /* fills, readers and verifications not yet freed */
   bool closing;
   bool finalizing;
 };
@@ -134,6 +137,7 @@ enum rp__idx_kind {
   RP_IDX_EVICT, /* delete the row, unlink to */
   RP_IDX_REPO,
   RP_IDX_TAG,
+  RP_IDX_BARRIER, /* nothing: its done runs once everything before it is written */
   RP_IDX_KIND_LAST
 };
 

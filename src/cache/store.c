@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -285,7 +286,94 @@ static int take_lock(struct rp_cache *c, char **err) {
   return 0;
 }
 
+/* The admin URL is written by us and read by another process: one line of
+ * printable ASCII without spaces, so it can be neither a second line nor
+ * part of a command. */
+static bool url_ok(const char *u, size_t n) {
+  if (n == 0 || n >= sizeof(((struct rp_cache_owner *)0)->admin))
+    return false;
+  if (strncmp(u, "http://", 7) != 0 && strncmp(u, "https://", 8) != 0)
+    return false;
+  for (size_t i = 0; i < n; i++)
+    if (u[i] <= ' ' || u[i] >= 0x7f)
+      return false;
+  return true;
+}
+
+int rp_cache_set_owner(struct rp_cache *c, const char *admin_url) {
+  char buf[512];
+  ssize_t w;
+  int n;
+
+  if (c == NULL || c->lock_fd < 0 || admin_url == NULL || !url_ok(admin_url, strlen(admin_url)))
+    return RP_EINVAL;
+  n = snprintf(buf, sizeof buf, "%ld\nadmin=%s\n", (long)getpid(), admin_url);
+  if (n < 0 || (size_t)n >= sizeof buf)
+    return RP_EINVAL;
+  /* The PID line keeps its bytes, so a concurrent reader sees it whole;
+   * the file only grows, the truncate is for a shorter URL than before. */
+  w = pwrite(c->lock_fd, buf, (size_t)n, 0);
+  if (w < 0)
+    return -errno;
+  if (w != n)
+    return -EIO;
+  if (ftruncate(c->lock_fd, n) != 0)
+    return -errno;
+  return 0;
+}
+
+int rp_cache_owner_read(const char *dir, struct rp_cache_owner *out) {
+  char path[4096];
+  char buf[1024];
+  char *line, *save = NULL;
+  ssize_t n;
+  int fd;
+
+  memset(out, 0, sizeof *out);
+  if (dir == NULL)
+    return RP_EINVAL;
+  snprintf(path, sizeof path, "%s/lock", dir);
+  fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+  if (fd < 0)
+    return -errno;
+  n = pread(fd, buf, sizeof buf - 1, 0);
+  if (n < 0) {
+    n = -errno;
+    close(fd);
+    return (int)n;
+  }
+  close(fd);
+  buf[n] = '\0';
+  line = strtok_r(buf, "\n", &save);
+  if (line != NULL) {
+    char *end = NULL;
+    long pid = strtol(line, &end, 10);
+    if (end != line && *end == '\0' && pid > 0)
+      out->pid = pid;
+    while ((line = strtok_r(NULL, "\n", &save)) != NULL) {
+      if (strncmp(line, "admin=", 6) == 0 && url_ok(line + 6, strlen(line + 6)))
+        snprintf(out->admin, sizeof out->admin, "%s", line + 6);
+    }
+  }
+  return 0;
+}
+
 /* ---- open / close ---- */
+
+/* A running rp_cache_verify_start: closing the cache cancels it. */
+struct rp__verify {
+  uv_work_t work;
+  struct rp__verify *prev, *next; /* on c->verifies */
+  atomic_bool cancel;             /* the cache is closing: stop hashing */
+  struct rp_cache *c;
+  struct rp__obj *obj; /* pinned until the hash is done */
+  struct rp_digest digest;
+  uint64_t size;
+  char *path;
+  int result;
+  rp_cache_verify_cb done;
+  void *data;
+};
 
 static void cache_free(struct rp_cache *c) {
   if (c == NULL)
@@ -380,6 +468,12 @@ void rp_cache_close(struct rp_cache *c) {
     return;
   c->closing = true;
   rp__fills_close(c);
+  /* A verification of a large object would hold the close up for as long
+   * as it hashes: stop it (done reports UV_ECANCELED). */
+  for (struct rp__verify *j = c->verifies; j != NULL; j = j->next) {
+    atomic_store_explicit(&j->cancel, true, memory_order_relaxed);
+    uv_cancel((uv_req_t *)&j->work);
+  }
   rp__cache_maybe_finalize(c);
 }
 
@@ -404,12 +498,10 @@ static void evict_one(struct rp_cache *c, struct rp__obj *o) {
   rp__index_submit(c, op);
 }
 
-void rp__cache_evict(struct rp_cache *c) {
+static void evict_down_to(struct rp_cache *c, uint64_t limit) {
   struct rp__obj *o = c->lru_tail;
 
-  if (c->max_size == 0)
-    return;
-  while (c->size_bytes > c->max_size && o != NULL) {
+  while (c->size_bytes > limit && o != NULL) {
     struct rp__obj *prev = o->prev;
     if (o->pins == 0)
       evict_one(c, o);
@@ -417,11 +509,17 @@ void rp__cache_evict(struct rp_cache *c) {
   }
 }
 
+void rp__cache_evict(struct rp_cache *c) {
+  if (c->max_size != 0)
+    evict_down_to(c, c->max_size);
+}
+
 void rp_cache_stats(const struct rp_cache *c, struct rp_cache_stats *out) {
   memset(out, 0, sizeof *out);
   if (c == NULL)
     return;
   out->size_bytes = c->size_bytes;
+  out->max_size = c->max_size;
   out->objects = c->nobjects;
   out->evictions = c->evictions;
   out->digest_mismatches = c->mismatches;
@@ -473,25 +571,23 @@ int rp_cache_remove(struct rp_cache *c, const struct rp_digest *d) {
   return 0;
 }
 
-int rp_cache_verify_one(struct rp_cache *c, const struct rp_digest *d) {
+/* Does the file at path hold exactly size bytes hashing to d? Touches no
+ * cache state, so it runs on any thread. 0, RP_EDIGEST, RP_ENOMEM, a
+ * negative errno, or UV_ECANCELED once *cancel (may be NULL) is set. */
+static int hash_file(const char *path, const struct rp_digest *d, uint64_t size,
+                     const atomic_bool *cancel) {
   unsigned char md[EVP_MAX_MD_SIZE];
   char hex[2 * EVP_MAX_MD_SIZE + 1];
   unsigned mdlen = 0;
-  uint64_t want, total = 0;
+  uint64_t total = 0;
   EVP_MD_CTX *ctx = NULL;
-  struct rp__obj *o;
-  char *path = NULL, *buf = NULL;
+  char *buf = NULL;
   int fd = -1;
-  int rc;
+  int rc = RP_ENOMEM;
 
-  if (c == NULL || d == NULL || (o = rp__obj_find(c, d)) == NULL)
-    return RP_EINVAL;
-  want = o->size;
-  rc = RP_ENOMEM;
-  path = rp__blob_path(c, d);
   buf = malloc(RP_CACHE_CHUNK);
   ctx = EVP_MD_CTX_new();
-  if (path == NULL || buf == NULL || ctx == NULL)
+  if (buf == NULL || ctx == NULL)
     goto out;
   fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
   if (fd < 0) {
@@ -501,7 +597,12 @@ int rp_cache_verify_one(struct rp_cache *c, const struct rp_digest *d) {
   if (EVP_DigestInit_ex(ctx, d->algo == 512 ? EVP_sha512() : EVP_sha256(), NULL) != 1)
     goto out;
   for (;;) {
-    ssize_t n = read(fd, buf, RP_CACHE_CHUNK);
+    ssize_t n;
+    if (cancel != NULL && atomic_load_explicit(cancel, memory_order_relaxed)) {
+      rc = UV_ECANCELED;
+      goto out;
+    }
+    n = read(fd, buf, RP_CACHE_CHUNK);
     if (n < 0 && errno == EINTR)
       continue;
     if (n < 0) {
@@ -519,30 +620,158 @@ int rp_cache_verify_one(struct rp_cache *c, const struct rp_digest *d) {
   for (unsigned i = 0; i < mdlen; i++)
     snprintf(hex + 2 * i, 3, "%02x", md[i]);
   hex[2 * mdlen] = '\0';
-  rc = total == want && strcmp(hex, d->hex) == 0 ? 0 : RP_EDIGEST;
-  if (rc != 0)
-    c->mismatches++;
+  rc = total == size && strcmp(hex, d->hex) == 0 ? 0 : RP_EDIGEST;
 out:
   if (fd >= 0)
     close(fd);
   EVP_MD_CTX_free(ctx);
   free(buf);
-  free(path);
   return rc;
 }
 
-uint64_t rp_cache_trim(struct rp_cache *c, uint64_t max_size, uint64_t *freed) {
+int rp_cache_verify_one(struct rp_cache *c, const struct rp_digest *d) {
+  struct rp__obj *o;
+  char *path;
+  int rc;
+
+  if (c == NULL || d == NULL || (o = rp__obj_find(c, d)) == NULL)
+    return RP_EINVAL;
+  path = rp__blob_path(c, d);
+  if (path == NULL)
+    return RP_ENOMEM;
+  rc = hash_file(path, d, o->size, NULL);
+  free(path);
+  if (rc == RP_EDIGEST)
+    c->mismatches++;
+  return rc;
+}
+
+uint64_t rp_cache_evict_to(struct rp_cache *c, uint64_t size, uint64_t *freed) {
   uint64_t before_n, before_b;
 
   if (freed != NULL)
     *freed = 0;
-  if (c == NULL)
+  if (c == NULL || size == 0)
     return 0;
   before_n = c->nobjects;
   before_b = c->size_bytes;
-  c->max_size = max_size;
-  rp__cache_evict(c);
+  evict_down_to(c, size);
   if (freed != NULL)
     *freed = before_b - c->size_bytes;
   return before_n - c->nobjects;
+}
+
+uint64_t rp_cache_trim(struct rp_cache *c, uint64_t max_size, uint64_t *freed) {
+  if (freed != NULL)
+    *freed = 0;
+  if (c == NULL)
+    return 0;
+  c->max_size = max_size;
+  return rp_cache_evict_to(c, max_size, freed);
+}
+
+/* ---- maintenance while serving ---- */
+
+static void on_verify_work(uv_work_t *w) {
+  struct rp__verify *j = w->data;
+
+  j->result = hash_file(j->path, &j->digest, j->size, &j->cancel);
+}
+
+static void on_verify_done(uv_work_t *w, int status) {
+  struct rp__verify *j = w->data;
+  struct rp_cache *c = j->c;
+  int rc = status != 0 ? status : j->result;
+
+  if (rc == RP_EDIGEST) {
+    c->mismatches++;
+    rp_metrics.digest_mismatch++;
+  }
+  if (j->prev != NULL)
+    j->prev->next = j->next;
+  else
+    c->verifies = j->next;
+  if (j->next != NULL)
+    j->next->prev = j->prev;
+  /* Unpinned first, so that done may remove the object. */
+  rp__obj_unpin(c, j->obj);
+  j->done(c, &j->digest, rc, j->data);
+  free(j->path);
+  free(j);
+  c->alive--;
+  rp__cache_maybe_finalize(c);
+}
+
+int rp_cache_verify_start(struct rp_cache *c, const struct rp_digest *d, rp_cache_verify_cb done,
+                          void *data) {
+  struct rp__verify *j = NULL;
+  struct rp__obj *o;
+  int rc;
+
+  if (c == NULL || d == NULL || done == NULL || c->closing || (o = rp__obj_find(c, d)) == NULL)
+    return RP_EINVAL;
+  j = calloc(1, sizeof *j);
+  if (j == NULL)
+    return RP_ENOMEM;
+  j->path = rp__blob_path(c, d);
+  if (j->path == NULL) {
+    free(j);
+    return RP_ENOMEM;
+  }
+  j->c = c;
+  j->obj = o;
+  j->digest = *d;
+  j->size = o->size;
+  j->done = done;
+  j->data = data;
+  j->work.data = j;
+  atomic_init(&j->cancel, false);
+  rc = uv_queue_work(c->loop, &j->work, on_verify_work, on_verify_done);
+  if (rc != 0) {
+    free(j->path);
+    free(j);
+    return rc;
+  }
+  j->next = c->verifies;
+  if (c->verifies != NULL)
+    c->verifies->prev = j;
+  c->verifies = j;
+  o->pins++;
+  c->alive++;
+  return 0;
+}
+
+struct flush_req {
+  struct rp_cache *c;
+  rp_cache_flush_cb done;
+  void *data;
+};
+
+static void on_flushed(struct rp__idx_op *op) {
+  struct flush_req *fr = op->arg;
+
+  fr->done(fr->c, op->result, fr->data);
+  free(fr);
+}
+
+int rp_cache_flush(struct rp_cache *c, rp_cache_flush_cb done, void *data) {
+  struct rp__idx_op *op;
+  struct flush_req *fr;
+
+  if (c == NULL || done == NULL || c->closing)
+    return RP_EINVAL;
+  fr = malloc(sizeof *fr);
+  op = rp__idx_op_new(RP_IDX_BARRIER, NULL, NULL, NULL, NULL, NULL, NULL);
+  if (fr == NULL || op == NULL) {
+    free(fr);
+    free(op);
+    return RP_ENOMEM;
+  }
+  fr->c = c;
+  fr->done = done;
+  fr->data = data;
+  op->done = on_flushed;
+  op->arg = fr;
+  rp__index_submit(c, op);
+  return 0;
 }

@@ -1562,6 +1562,168 @@ static void test_bench(void **state) {
   free(dir);
 }
 
+/* ---- maintenance while serving (the admin endpoints) ---- */
+
+struct vres {
+  bool done;
+  int status;
+  struct rp_digest d;
+};
+
+static void on_vdone(struct rp_cache *c, const struct rp_digest *d, int status, void *data) {
+  struct vres *v = data;
+  (void)c;
+  v->done = true;
+  v->status = status;
+  v->d = *d;
+}
+
+struct fres {
+  bool done;
+  int status;
+  const char *gone; /* a path that must be gone when the flush reports */
+  bool was_gone;
+};
+
+static void on_fdone(struct rp_cache *c, int status, void *data) {
+  struct fres *f = data;
+  struct stat st;
+  (void)c;
+  f->done = true;
+  f->status = status;
+  f->was_gone = f->gone == NULL || stat(f->gone, &st) != 0;
+}
+
+/* The lock file names the owner's PID, then its admin URL; a digest is
+ * re-hashed on the thread pool while pinned; a flush reports once removals
+ * are on disk; evict_to trims once and leaves the bound alone; a cache closed
+ * under a running verification cancels it and waits for its report. */
+static void test_maintenance(void **state) {
+  const size_t len = 1 * MIB;
+  unsigned char *blobs[3];
+  struct rp_digest d[3], unknown;
+  char *dir = make_dir();
+  struct rp_cache *c = open_cache(dir, 0, 1ULL << 40), *c2 = NULL;
+  struct rp_cache_opts o = {.dir = dir};
+  struct rp_cache_owner own;
+  struct rp_cache_stats st;
+  struct vres v = {0};
+  struct fres f = {0};
+  char want[4200];
+  char *err = NULL, *path;
+  uint64_t freed = 0, mism0 = rp_metrics.digest_mismatch;
+  unsigned char x;
+  int fd;
+
+  for (int i = 0; i < 3; i++) {
+    blobs[i] = random_blob(len, 40 + (uint64_t)i);
+    digest_of(blobs[i], len, 256, &d[i]);
+    fill_blob(c, blobs[i], len, &d[i], false, NULL);
+  }
+  digest_of("x", 1, 256, &unknown);
+
+  /* The owner's address. */
+  assert_int_equal(rp_cache_owner_read(dir, &own), 0);
+  assert_int_equal(own.pid, (long)getpid());
+  assert_string_equal(own.admin, "");
+  assert_int_equal(rp_cache_set_owner(c, "http://[2001:db8::1234:5678]:20800"), 0);
+  assert_int_equal(rp_cache_set_owner(c, "http://127.0.0.1:2080"), 0);
+  assert_int_equal(rp_cache_owner_read(dir, &own), 0);
+  assert_int_equal(own.pid, (long)getpid());
+  assert_string_equal(own.admin, "http://127.0.0.1:2080");
+  snprintf(want, sizeof want, "%s/lock", dir);
+  fd = open(want, O_RDONLY);
+  assert_true(fd >= 0);
+  {
+    char buf[128];
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    assert_true(n > 0);
+    buf[n] = '\0';
+    snprintf(want, sizeof want, "%ld\nadmin=http://127.0.0.1:2080\n", (long)getpid());
+    assert_string_equal(buf, want);
+  }
+  close(fd);
+  assert_int_equal(rp_cache_set_owner(c, "http://a b"), RP_EINVAL);
+  assert_int_equal(rp_cache_set_owner(c, "http://a\nadmin=http://evil"), RP_EINVAL);
+  assert_int_equal(rp_cache_set_owner(c, "file:///etc/passwd"), RP_EINVAL);
+  assert_int_equal(rp_cache_open(&loop, &o, &c2, &err), RP_ECONFIG);
+  snprintf(want, sizeof want, "cache directory %s is in use by PID %ld", dir, (long)getpid());
+  assert_string_equal(err, want);
+  free(err);
+
+  /* An intact object. */
+  assert_int_equal(rp_cache_verify_start(c, &d[0], on_vdone, &v), 0);
+  assert_false(v.done);
+  run_until(v.done);
+  assert_int_equal(v.status, 0);
+  assert_memory_equal(&v.d, &d[0], sizeof v.d);
+  assert_int_equal(rp_cache_verify_start(c, &unknown, on_vdone, &v), RP_EINVAL);
+
+  /* A corrupt one: pinned while hashed, removable afterwards. */
+  path = blob_path(dir, &d[1]);
+  fd = open(path, O_RDWR);
+  assert_true(fd >= 0);
+  assert_int_equal(pread(fd, &x, 1, 4096), 1);
+  x ^= 0xff;
+  assert_int_equal(pwrite(fd, &x, 1, 4096), 1);
+  close(fd);
+  memset(&v, 0, sizeof v);
+  assert_int_equal(rp_cache_verify_start(c, &d[1], on_vdone, &v), 0);
+  assert_int_equal(rp_cache_remove(c, &d[1]), RP_EDENIED);
+  assert_int_equal(rp_cache_evict_to(c, 1, NULL), 2); /* all but the pinned one */
+  assert_true(rp_cache_has(c, &d[1], NULL));
+  run_until(v.done);
+  assert_int_equal(v.status, RP_EDIGEST);
+  rp_cache_stats(c, &st);
+  assert_int_equal(st.digest_mismatches, 1);
+  assert_int_equal(rp_metrics.digest_mismatch, mism0 + 1);
+  assert_int_equal(rp_cache_remove(c, &d[1]), 0);
+  f.gone = path;
+  assert_int_equal(rp_cache_flush(c, on_fdone, &f), 0);
+  assert_false(f.done);
+  run_until(f.done);
+  assert_int_equal(f.status, 0);
+  assert_true(f.was_gone);
+  assert_int_equal(count_files(dir, "blobs"), 0);
+  free(path);
+
+  /* evict_to leaves the bound as it was (0: none), trim sets it. */
+  for (int i = 0; i < 3; i++)
+    fill_blob(c, blobs[i], len, &d[i], false, NULL);
+  assert_int_equal(rp_cache_evict_to(c, 2 * MIB, &freed), 1);
+  assert_int_equal(freed, len);
+  assert_false(rp_cache_has(c, &d[0], NULL)); /* the least recently used */
+  assert_int_equal(rp_cache_evict_to(c, 0, &freed), 0);
+  rp_cache_stats(c, &st);
+  assert_int_equal(st.max_size, 0);
+  assert_int_equal(st.objects, 2);
+  fill_blob(c, blobs[0], len, &d[0], false, NULL);
+  rp_cache_stats(c, &st);
+  assert_int_equal(st.objects, 3);
+  assert_int_equal(rp_cache_trim(c, 2 * MIB, NULL), 1);
+  rp_cache_stats(c, &st);
+  assert_int_equal(st.max_size, 2 * MIB);
+
+  /* Closed while a verification runs: it is cancelled (unless it was done
+   * already) and reports, then the cache goes. */
+  memset(&v, 0, sizeof v);
+  assert_int_equal(rp_cache_verify_start(c, &d[0], on_vdone, &v), 0);
+  rp_cache_close(c);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  assert_true(v.done);
+  assert_true(v.status == UV_ECANCELED || v.status == 0);
+  c = open_cache(dir, 0, 0); /* the lock was released */
+  assert_int_equal(rp_cache_flush(c, on_fdone, &f), 0);
+  rp_cache_close(c);
+  memset(&f, 0, sizeof f);
+  assert_int_equal(rp_cache_flush(c, on_fdone, &f), RP_EINVAL); /* closing */
+  uv_run(&loop, UV_RUN_DEFAULT);
+  for (int i = 0; i < 3; i++)
+    free(blobs[i]);
+  rm_rf(dir);
+  free(dir);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_digest_parse),
@@ -1583,6 +1745,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_eviction, setup, teardown),
       cmocka_unit_test_setup_teardown(test_disk_error, setup, teardown),
       cmocka_unit_test_setup_teardown(test_close_with_fill, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_maintenance, setup, teardown),
       cmocka_unit_test_setup_teardown(test_bench, setup, teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
