@@ -342,6 +342,40 @@ static void startup_lines(struct rp_server *srv) {
   rp_logline_end(&l);
 }
 
+/* Tell `regproxy cache …` where to reach us (SPEC §3 "One owner per cache
+ * directory"): the first --listen address as bound, a wildcard one as the
+ * loopback address of its family. */
+static void record_owner(struct rp_server *srv) {
+  struct sockaddr_storage ss;
+  char ip[INET6_ADDRSTRLEN] = "";
+  char url[128];
+  int len = sizeof(ss);
+  int rc;
+
+  if (srv->cache == NULL || srv->cfg->n_listen == 0 || srv->nlisteners == 0 ||
+      srv->listeners[0].transparent)
+    return;
+  memset(&ss, 0, sizeof(ss));
+  if (uv_tcp_getsockname(&srv->listeners[0].tcp, (struct sockaddr *)&ss, &len) != 0)
+    return;
+  if (ss.ss_family == AF_INET6) {
+    struct sockaddr_in6 *a = (struct sockaddr_in6 *)&ss;
+    if (IN6_IS_ADDR_UNSPECIFIED(&a->sin6_addr))
+      a->sin6_addr = in6addr_loopback;
+    uv_ip6_name(a, ip, sizeof(ip));
+    snprintf(url, sizeof(url), "http://[%s]:%u", ip, ntohs(a->sin6_port));
+  } else {
+    struct sockaddr_in *a = (struct sockaddr_in *)&ss;
+    if (a->sin_addr.s_addr == htonl(INADDR_ANY))
+      a->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    uv_ip4_name(a, ip, sizeof(ip));
+    snprintf(url, sizeof(url), "http://%s:%u", ip, ntohs(a->sin_port));
+  }
+  rc = rp_cache_set_owner(srv->cache, url);
+  if (rc != 0)
+    rp_log_warn("cache: cannot record the admin URL %s in the lock file: %s", url, rp_strerror(rc));
+}
+
 /* The CA (created on first start), its leaf cache and the upstream engine. */
 static int start_mitm(struct rp_server *srv, char **err) {
   const struct rp_config *cfg = srv->cfg;
@@ -392,6 +426,7 @@ int rp_server_start(struct rp_server *srv, char **err) {
   srv->nlisteners = k;
   if (rc != 0)
     return rc;
+  record_owner(srv);
   uv_timer_init(srv->loop, &srv->grace);
   srv->grace.data = srv;
   {
