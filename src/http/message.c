@@ -90,6 +90,7 @@ const char *rp_http_reason(int status) {
   case 405: return "Method Not Allowed";
   case 407: return "Proxy Authentication Required";
   case 408: return "Request Timeout";
+  case 409: return "Conflict";
   case 413: return "Content Too Large";
   case 421: return "Misdirected Request";
   case 431: return "Request Header Fields Too Large";
