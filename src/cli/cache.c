@@ -1,9 +1,12 @@
-/* `regproxy cache ls|du|verify|gc|rm <digest>` (SPEC §4), direct mode: the
- * command opens the cache directory itself (taking its lock). When a running
- * regproxy holds the lock it says so and fails; talking to that instance
- * through its admin endpoint is not done here. */
+/* `regproxy cache ls|du|verify|gc|rm <digest>` (SPEC §4, §3 "One owner per
+ * cache directory"). Direct mode: the command opens the cache directory
+ * itself (taking its lock). When a running regproxy holds the lock, the
+ * command asks that instance through the admin URL it recorded in the lock
+ * file instead (docs/admin.md), with the same output and exit codes. */
+#include <curl/curl.h>
 #include <dirent.h>
 #include <inttypes.h>
+#include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,7 +19,15 @@
 #include "regproxy/config.h"
 #include "regproxy/error.h"
 
-#define CACHE_USAGE "usage: regproxy cache ls|du|verify|gc|rm <digest> [--cache-dir DIR]"
+#define CACHE_USAGE                                                                                \
+  "usage: regproxy cache ls|du|verify|gc|rm <digest> [--cache-dir DIR] [--cache-max-size SIZE]\n"  \
+  "(with a regproxy running on the directory, through its admin endpoint)"
+
+/* The admin line of the lock file appears once the instance's listeners are
+ * bound, shortly after it took the lock: wait this long for it. */
+#define OWNER_WAIT_MS 3000
+/* Largest admin answer read (a listing of about five million objects). */
+#define ADMIN_BODY_MAX ((size_t)1 << 30)
 
 struct obj_list {
   struct rp_object_info *v;
@@ -88,48 +99,82 @@ static void scan_blobs(const char *dir, uint64_t *files, uint64_t *bytes) {
   }
 }
 
-static int open_failed(const struct rp_config *cfg, int rc, char *err) {
-  const char *pid = err != NULL ? strstr(err, "in use by PID ") : NULL;
+/* ---- output, the same in both modes ---- */
 
-  if (pid != NULL) {
-    fprintf(stderr,
-            "regproxy: cache directory %s is in use by a running regproxy (PID %ld); stop it "
-            "or use its admin endpoint\n",
-            cfg->cache_dir, strtol(pid + strlen("in use by PID "), NULL, 10));
+static int print_ls(struct obj_list *l, const char *verb) {
+  char dg[160], when[64];
+
+  if (l->oom) {
+    free(l->v);
+    fprintf(stderr, "regproxy: cache %s: out of memory\n", verb);
     return 1;
   }
-  fprintf(stderr, "regproxy: %s\n", err != NULL ? err : rp_strerror(rc));
-  return err != NULL && strstr(err, "in use by") != NULL ? 1 : (rc == RP_ECONFIG ? 2 : 1);
+  if (l->n > 1)
+    qsort(l->v, l->n, sizeof *l->v, by_access_desc);
+  for (size_t i = 0; i < l->n; i++) {
+    rp_digest_format(&l->v[i].digest, dg, sizeof dg);
+    iso8601(l->v[i].last_access, when, sizeof when);
+    printf("%s %" PRIu64 " %s %s\n", dg, l->v[i].size,
+           l->v[i].media_type[0] != '\0' ? l->v[i].media_type : "-", when);
+  }
+  free(l->v);
+  return 0;
 }
+
+static void print_du(uint64_t size, uint64_t objects, uint64_t max_size) {
+  printf("%" PRIu64 " bytes in %" PRIu64 " objects (cache_max_size %" PRIu64 " bytes)\n", size,
+         objects, max_size);
+}
+
+/* why: NULL when the object is intact. */
+static void print_verified(const char *dg, const char *why) {
+  if (why == NULL)
+    printf("ok %s\n", dg);
+  else
+    printf("BAD %s (%s)\n", dg, why);
+}
+
+static int print_verify_summary(uint64_t n, uint64_t bad) {
+  printf("%" PRIu64 " object(s) verified, %" PRIu64 " bad%s\n", n, bad,
+         bad > 0 ? " (removed)" : "");
+  return bad > 0 ? 1 : 0;
+}
+
+struct gc_result {
+  uint64_t evicted, evicted_bytes, stray_files, stray_bytes, size_bytes, objects, max_size;
+};
+
+static void print_gc(const struct gc_result *g) {
+  printf("evicted %" PRIu64 " object(s), %" PRIu64 " bytes\n", g->evicted, g->evicted_bytes);
+  printf("removed %" PRIu64 " file(s) without an index row, %" PRIu64 " bytes\n", g->stray_files,
+         g->stray_bytes);
+  printf("freed %" PRIu64 " bytes; %" PRIu64 " bytes in %" PRIu64
+         " objects remain (cache_max_size %" PRIu64 " bytes)\n",
+         g->evicted_bytes + g->stray_bytes, g->size_bytes, g->objects, g->max_size);
+}
+
+static void rm_failed(const char *arg, const char *why) {
+  fprintf(stderr, "regproxy: cache rm: %s: %s\n", arg, why);
+}
+
+static void rm_unknown(const char *arg) {
+  fprintf(stderr, "regproxy: cache rm: %s is not in the cache\n", arg);
+}
+
+/* ---- direct mode: the directory is ours ---- */
 
 static int cmd_ls(struct rp_cache *c) {
   struct obj_list l = {0};
-  char dg[160], when[64];
 
   rp_cache_foreach(c, collect, &l);
-  if (l.oom) {
-    free(l.v);
-    fprintf(stderr, "regproxy: cache ls: out of memory\n");
-    return 1;
-  }
-  if (l.n > 1)
-    qsort(l.v, l.n, sizeof *l.v, by_access_desc);
-  for (size_t i = 0; i < l.n; i++) {
-    rp_digest_format(&l.v[i].digest, dg, sizeof dg);
-    iso8601(l.v[i].last_access, when, sizeof when);
-    printf("%s %" PRIu64 " %s %s\n", dg, l.v[i].size,
-           l.v[i].media_type[0] != '\0' ? l.v[i].media_type : "-", when);
-  }
-  free(l.v);
-  return 0;
+  return print_ls(&l, "ls");
 }
 
 static int cmd_du(struct rp_cache *c, const struct rp_config *cfg) {
   struct rp_cache_stats st;
 
   rp_cache_stats(c, &st);
-  printf("%" PRIu64 " bytes in %" PRIu64 " objects (cache_max_size %" PRIu64 " bytes)\n",
-         st.size_bytes, st.objects, cfg->cache_max_size);
+  print_du(st.size_bytes, st.objects, cfg->cache_max_size);
   return 0;
 }
 
@@ -147,38 +192,33 @@ static int cmd_verify(struct rp_cache *c) {
   for (size_t i = 0; i < l.n; i++) {
     int rc = rp_cache_verify_one(c, &l.v[i].digest);
     rp_digest_format(&l.v[i].digest, dg, sizeof dg);
-    if (rc == 0) {
-      printf("ok %s\n", dg);
+    print_verified(dg, rc == 0 ? NULL : rp_strerror(rc));
+    if (rc == 0)
       continue;
-    }
     bad++;
-    printf("BAD %s (%s)\n", dg,
-           rc == RP_EDIGEST ? "content does not match its digest or size" : rp_strerror(rc));
     rc = rp_cache_remove(c, &l.v[i].digest);
     if (rc != 0)
       fprintf(stderr, "regproxy: cache verify: cannot remove %s: %s\n", dg, rp_strerror(rc));
   }
-  printf("%zu object(s) verified, %zu bad%s\n", l.n, bad, bad > 0 ? " (removed)" : "");
   free(l.v);
-  return bad > 0 ? 1 : 0;
+  return print_verify_summary(l.n, bad);
 }
 
 static int cmd_gc(struct rp_cache *c, const struct rp_config *cfg, uint64_t files_before,
                   uint64_t bytes_before) {
   struct rp_cache_stats st;
-  uint64_t freed = 0, evicted, stray_files, stray_bytes;
+  struct gc_result g;
 
+  memset(&g, 0, sizeof g);
   rp_cache_stats(c, &st);
-  stray_files = files_before > st.objects ? files_before - st.objects : 0;
-  stray_bytes = bytes_before > st.size_bytes ? bytes_before - st.size_bytes : 0;
-  evicted = rp_cache_trim(c, cfg->cache_max_size, &freed);
+  g.stray_files = files_before > st.objects ? files_before - st.objects : 0;
+  g.stray_bytes = bytes_before > st.size_bytes ? bytes_before - st.size_bytes : 0;
+  g.evicted = rp_cache_trim(c, cfg->cache_max_size, &g.evicted_bytes);
   rp_cache_stats(c, &st);
-  printf("evicted %" PRIu64 " object(s), %" PRIu64 " bytes\n", evicted, freed);
-  printf("removed %" PRIu64 " file(s) without an index row, %" PRIu64 " bytes\n", stray_files,
-         stray_bytes);
-  printf("freed %" PRIu64 " bytes; %" PRIu64 " bytes in %" PRIu64
-         " objects remain (cache_max_size %" PRIu64 " bytes)\n",
-         freed + stray_bytes, st.size_bytes, st.objects, cfg->cache_max_size);
+  g.size_bytes = st.size_bytes;
+  g.objects = st.objects;
+  g.max_size = cfg->cache_max_size;
+  print_gc(&g);
   return 0;
 }
 
@@ -186,15 +226,315 @@ static int cmd_rm(struct rp_cache *c, const struct rp_digest *d, const char *arg
   int rc = rp_cache_remove(c, d);
 
   if (rc == RP_EINVAL) {
-    fprintf(stderr, "regproxy: cache rm: %s is not in the cache\n", arg);
+    rm_unknown(arg);
     return 1;
   }
   if (rc != 0) {
-    fprintf(stderr, "regproxy: cache rm: %s: %s\n", arg, rp_strerror(rc));
+    rm_failed(arg, rp_strerror(rc));
     return 1;
   }
   printf("removed %s\n", arg);
   return 0;
+}
+
+/* ---- admin mode: a running regproxy holds the directory ---- */
+
+struct admin {
+  const char *dir;
+  const char *verb;
+  long pid;
+  const char *url; /* "http://127.0.0.1:2080" */
+};
+
+struct body_buf {
+  char *p;
+  size_t n, cap;
+  bool too_big;
+};
+
+static size_t on_body(char *ptr, size_t size, size_t nmemb, void *data) {
+  struct body_buf *b = data;
+  size_t n = size * nmemb;
+
+  if (b->n + n + 1 > ADMIN_BODY_MAX) {
+    b->too_big = true;
+    return 0;
+  }
+  if (b->n + n + 1 > b->cap) {
+    size_t ncap = b->cap != 0 ? b->cap : 64 * 1024;
+    char *np;
+    while (ncap < b->n + n + 1)
+      ncap *= 2;
+    np = realloc(b->p, ncap);
+    if (np == NULL)
+      return 0;
+    b->p = np;
+    b->cap = ncap;
+  }
+  memcpy(b->p + b->n, ptr, n);
+  b->n += n;
+  b->p[b->n] = '\0';
+  return n;
+}
+
+/* The message of an error answer: its "error" member, else its first line. */
+static void answer_reason(const struct body_buf *b, const json_t *j, char *out, size_t outsz) {
+  const char *e = json_string_value(json_object_get(j, "error"));
+  size_t n;
+
+  if (e != NULL) {
+    snprintf(out, outsz, "%s", e);
+    return;
+  }
+  n = b->p != NULL ? strcspn(b->p, "\r\n") : 0;
+  snprintf(out, outsz, "%.*s", (int)(n < 200 ? n : 200), n > 0 ? b->p : "(no body)");
+}
+
+/* One request to the instance. Returns 0 with *status and *json (NULL when
+ * the body is not JSON; the caller frees it), or 1 after saying why on
+ * stderr. Verification may run for long: it has no overall time limit. */
+static int admin_call(const struct admin *a, const char *method, const char *path, long *status,
+                      json_t **json, char *reason, size_t reasonsz) {
+  char url[512], errbuf[CURL_ERROR_SIZE] = "";
+  struct curl_slist *hdrs = NULL;
+  struct body_buf b = {0};
+  CURL *h = curl_easy_init();
+  CURLcode cc;
+  int rc = 1;
+
+  *json = NULL;
+  *status = 0;
+  snprintf(url, sizeof url, "%s%s", a->url, path);
+  hdrs = curl_slist_append(NULL, "X-Regproxy-Cli: 1");
+  if (h == NULL || hdrs == NULL) {
+    fprintf(stderr, "regproxy: cache %s: out of memory\n", a->verb);
+    goto out;
+  }
+  curl_easy_setopt(h, CURLOPT_URL, url);
+  curl_easy_setopt(h, CURLOPT_CUSTOMREQUEST, method);
+  if (strcmp(method, "POST") == 0) {
+    curl_easy_setopt(h, CURLOPT_POSTFIELDS, "");
+    curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE, 0L);
+  }
+  curl_easy_setopt(h, CURLOPT_HTTPHEADER, hdrs);
+  /* Straight to the instance: never through $HTTP_PROXY (which is likely
+   * the instance itself). */
+  curl_easy_setopt(h, CURLOPT_PROXY, "");
+  curl_easy_setopt(h, CURLOPT_NOPROXY, "*");
+  curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, "http,https");
+  curl_easy_setopt(h, CURLOPT_FOLLOWLOCATION, 0L);
+  curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
+  curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, 5000L);
+  if (strcmp(a->verb, "verify") != 0)
+    curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, 120000L);
+  curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_body);
+  curl_easy_setopt(h, CURLOPT_WRITEDATA, &b);
+  curl_easy_setopt(h, CURLOPT_ERRORBUFFER, errbuf);
+  cc = curl_easy_perform(h);
+  if (cc != CURLE_OK) {
+    if (b.too_big)
+      fprintf(stderr, "regproxy: cache %s: the answer of %s is larger than %zu bytes\n", a->verb,
+              url, ADMIN_BODY_MAX);
+    else
+      fprintf(stderr,
+              "regproxy: cache directory %s is in use by a running regproxy (PID %ld), but its "
+              "admin endpoint %s does not answer: %s\n",
+              a->dir, a->pid, a->url, errbuf[0] != '\0' ? errbuf : curl_easy_strerror(cc));
+    goto out;
+  }
+  curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, status);
+  if (b.p != NULL)
+    *json = json_loadb(b.p, b.n, 0, NULL);
+  answer_reason(&b, *json, reason, reasonsz);
+  rc = 0;
+out:
+  free(b.p);
+  curl_slist_free_all(hdrs);
+  curl_easy_cleanup(h);
+  return rc;
+}
+
+static int unexpected(const struct admin *a, const char *method, const char *path, long status,
+                      const char *reason) {
+  fprintf(stderr, "regproxy: cache %s: %s %s%s (regproxy PID %ld) answered %ld: %s\n", a->verb,
+          method, a->url, path, a->pid, status, reason);
+  return 1;
+}
+
+static uint64_t u64(const json_t *o, const char *key) {
+  json_int_t v = json_integer_value(json_object_get(o, key));
+  return v > 0 ? (uint64_t)v : 0;
+}
+
+static int bad_answer(const struct admin *a) {
+  fprintf(stderr, "regproxy: cache %s: unexpected answer from %s (regproxy PID %ld)\n", a->verb,
+          a->url, a->pid);
+  return 1;
+}
+
+static int admin_ls(const struct admin *a, json_t *j) {
+  json_t *arr = json_object_get(j, "objects");
+  struct obj_list l = {0};
+  size_t i;
+  json_t *o;
+
+  if (!json_is_array(arr))
+    return bad_answer(a);
+  json_array_foreach(arr, i, o) {
+    const char *dg = json_string_value(json_object_get(o, "digest"));
+    const char *mt = json_string_value(json_object_get(o, "media_type"));
+    struct rp_object_info info;
+
+    memset(&info, 0, sizeof info);
+    if (dg == NULL || rp_digest_parse(dg, strlen(dg), &info.digest) != 0) {
+      free(l.v);
+      return bad_answer(a);
+    }
+    info.size = u64(o, "size");
+    snprintf(info.media_type, sizeof info.media_type, "%s", mt != NULL ? mt : "");
+    info.last_access = json_integer_value(json_object_get(o, "last_access"));
+    info.is_manifest = json_is_true(json_object_get(o, "manifest"));
+    if (!collect(&info, &l))
+      break;
+  }
+  return print_ls(&l, "ls");
+}
+
+static int admin_verify(const struct admin *a, json_t *j) {
+  json_t *arr = json_object_get(j, "results");
+  size_t i;
+  json_t *r;
+
+  if (!json_is_array(arr))
+    return bad_answer(a);
+  json_array_foreach(arr, i, r) {
+    const char *dg = json_string_value(json_object_get(r, "digest"));
+    const char *why = json_string_value(json_object_get(r, "error"));
+    const char *rm_err = json_string_value(json_object_get(r, "remove_error"));
+    bool ok = json_is_true(json_object_get(r, "ok"));
+
+    if (dg == NULL)
+      continue;
+    print_verified(dg, ok ? NULL : why != NULL ? why : "bad");
+    if (!ok && !json_is_true(json_object_get(r, "removed")))
+      fprintf(stderr, "regproxy: cache verify: cannot remove %s: %s\n", dg,
+              rm_err != NULL ? rm_err : "unknown error");
+  }
+  return print_verify_summary(u64(j, "verified"), u64(j, "bad"));
+}
+
+static int admin_gc(const struct admin *a, json_t *j) {
+  struct gc_result g;
+
+  if (!json_is_object(j) || json_object_get(j, "evicted") == NULL)
+    return bad_answer(a);
+  g.evicted = u64(j, "evicted");
+  g.evicted_bytes = u64(j, "evicted_bytes");
+  g.stray_files = u64(j, "stray_files");
+  g.stray_bytes = u64(j, "stray_bytes");
+  g.size_bytes = u64(j, "size_bytes");
+  g.objects = u64(j, "objects");
+  g.max_size = u64(j, "max_size");
+  print_gc(&g);
+  return 0;
+}
+
+/* The lock is held: find the holder's admin URL (waiting a little for a
+ * holder that is still starting) and ask it. */
+static int via_admin(const struct rp_config *cfg, const char *verb, const char *arg,
+                     long pid_hint) {
+  struct rp_cache_owner own;
+  struct admin a;
+  char path[256], reason[256];
+  const char *method = "GET";
+  long status = 0;
+  json_t *j = NULL;
+  int rc = 1;
+
+  for (int waited = 0;; waited += 100) {
+    if (rp_cache_owner_read(cfg->cache_dir, &own) != 0)
+      memset(&own, 0, sizeof own);
+    if (own.admin[0] != '\0' || waited >= OWNER_WAIT_MS)
+      break;
+    uv_sleep(100);
+  }
+  a.dir = cfg->cache_dir;
+  a.verb = verb;
+  a.pid = own.pid > 0 ? own.pid : pid_hint;
+  a.url = own.admin;
+  if (own.admin[0] == '\0') {
+    fprintf(stderr,
+            "regproxy: cache directory %s is in use by a running regproxy (PID %ld) that records "
+            "no admin endpoint in %s/lock (it has no --listen address, or is older than this "
+            "command); stop it to work on the directory directly\n",
+            a.dir, a.pid, a.dir);
+    return 1;
+  }
+  if (strcmp(verb, "ls") == 0) {
+    snprintf(path, sizeof path, "/cache/objects");
+  } else if (strcmp(verb, "du") == 0) {
+    snprintf(path, sizeof path, "/cache/du");
+  } else if (strcmp(verb, "verify") == 0) {
+    method = "POST";
+    snprintf(path, sizeof path, "/cache/verify");
+  } else if (strcmp(verb, "gc") == 0) {
+    method = "POST";
+    snprintf(path, sizeof path, "/cache/gc?max_size=%" PRIu64, cfg->cache_max_size);
+  } else {
+    method = "DELETE";
+    snprintf(path, sizeof path, "/cache/objects/%s", arg); /* a validated digest */
+  }
+  if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
+    fprintf(stderr, "regproxy: cache %s: cannot initialise libcurl\n", verb);
+    return 1;
+  }
+  if (admin_call(&a, method, path, &status, &j, reason, sizeof reason) != 0)
+    goto out;
+  if (strcmp(verb, "rm") == 0) {
+    if (status == 200) {
+      printf("removed %s\n", arg);
+      rc = 0;
+    } else if (status == 404) {
+      rm_unknown(arg);
+    } else if (status == 409) {
+      rm_failed(arg, reason);
+    } else {
+      unexpected(&a, method, path, status, reason);
+    }
+    goto out;
+  }
+  if (status != 200) {
+    rc = unexpected(&a, method, path, status, reason);
+    goto out;
+  }
+  if (strcmp(verb, "ls") == 0)
+    rc = admin_ls(&a, j);
+  else if (strcmp(verb, "du") == 0)
+    rc = json_object_get(j, "size_bytes") == NULL
+             ? bad_answer(&a)
+             : (print_du(u64(j, "size_bytes"), u64(j, "objects"), u64(j, "max_size")), 0);
+  else if (strcmp(verb, "verify") == 0)
+    rc = admin_verify(&a, j);
+  else
+    rc = admin_gc(&a, j);
+out:
+  json_decref(j);
+  curl_global_cleanup();
+  return rc;
+}
+
+/* ---- the command ---- */
+
+/* The directory could not be opened: locked by a running instance (ask it),
+ * or unusable. */
+static int open_failed(const struct rp_config *cfg, const char *verb, const char *arg, int rc,
+                       char *err) {
+  const char *pid = err != NULL ? strstr(err, "in use by PID ") : NULL;
+
+  if (pid != NULL)
+    return via_admin(cfg, verb, arg, strtol(pid + strlen("in use by PID "), NULL, 10));
+  fprintf(stderr, "regproxy: %s\n", err != NULL ? err : rp_strerror(rc));
+  return err != NULL && strstr(err, "in use by") != NULL ? 1 : (rc == RP_ECONFIG ? 2 : 1);
 }
 
 int rp_cli_cache(struct rp_config *cfg) {
@@ -250,11 +590,11 @@ int rp_cli_cache(struct rp_config *cfg) {
   co.orphan_fill_max = cfg->orphan_fill_max;
   rc = rp_cache_open(&loop, &co, &c, &err);
   if (rc != 0) {
-    rc = open_failed(cfg, rc, err);
-    free(err);
     uv_run(&loop, UV_RUN_DEFAULT);
     uv_loop_close(&loop);
-    return rc;
+    rc = open_failed(cfg, verb, cfg->args.n >= 3 ? cfg->args.v[2] : NULL, rc, err);
+    free(err);
+    goto flush;
   }
   if (strcmp(verb, "ls") == 0)
     rc = cmd_ls(c);
@@ -271,6 +611,7 @@ int rp_cli_cache(struct rp_config *cfg) {
   uv_run(&loop, UV_RUN_DEFAULT);
   if (uv_loop_close(&loop) != 0)
     fprintf(stderr, "regproxy: cache: event loop did not close cleanly\n");
+flush:
   if (fflush(stdout) != 0) {
     fprintf(stderr, "regproxy: cannot write to stdout\n");
     rc = 1;
