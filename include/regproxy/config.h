@@ -65,7 +65,8 @@ struct rp_config {
   char *parent_proxy_userinfo;
   char *allow;
   enum rp_config_source allow_source; /* RP_SRC_DEFAULT = not explicit */
-  char *connect_ports;                /* NULL = SPEC §2 default policy */
+  enum rp_config_source cache_max_size_source;
+  char *connect_ports; /* NULL = SPEC §2 default policy */
   char *proxy_auth_file;
   struct rp_connect_to *connect_to;
   size_t n_connect_to;

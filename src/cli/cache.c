@@ -479,7 +479,11 @@ static int via_admin(const struct rp_config *cfg, const char *verb, const char *
     snprintf(path, sizeof path, "/cache/verify");
   } else if (strcmp(verb, "gc") == 0) {
     method = "POST";
-    snprintf(path, sizeof path, "/cache/gc?max_size=%" PRIu64, cfg->cache_max_size);
+    /* Without an explicit bound the instance trims to its own. */
+    if (cfg->cache_max_size_source != RP_SRC_DEFAULT)
+      snprintf(path, sizeof path, "/cache/gc?max_size=%" PRIu64, cfg->cache_max_size);
+    else
+      snprintf(path, sizeof path, "/cache/gc");
   } else {
     method = "DELETE";
     snprintf(path, sizeof path, "/cache/objects/%s", arg); /* a validated digest */

@@ -1879,6 +1879,7 @@ static int finish(struct load *ld) {
   }
   cfg->parent_proxy_source = ld->src[opt_index(find_key("parent_proxy"))];
   cfg->allow_source = ld->src[opt_index(find_key("allow"))];
+  cfg->cache_max_size_source = ld->src[opt_index(find_key("cache_max_size"))];
   return 0;
 }
 

@@ -284,12 +284,13 @@ def test_verify_through_the_instance_removes_a_corrupt_object_and_a_pull_refills
 
 def test_gc_through_the_instance_trims_once():
     d = fresh()
-    rp = proxy(d)
+    rp = proxy(d, "--cache-max-size", "1G")
     before = listing(d)
-    rc, out, err = cache(d, "gc")  # the default bound: nothing to evict
+    rc, out, err = cache(d, "gc")  # no bound given: the instance's own, nothing to evict
     assert rc == 0, (rc, out, err)
     assert "evicted 0 object(s), 0 bytes" in out and \
         "removed 0 file(s) without an index row, 0 bytes" in out, out
+    assert "(cache_max_size %d bytes)" % (1 << 30) in out, out
     rc, out, err = cache(d, "gc", "--cache-max-size", "100K")
     assert rc == 0, (rc, out, err)
     m = re.search(r"evicted (\d+) object\(s\), (\d+) bytes", out)
@@ -299,11 +300,11 @@ def test_gc_through_the_instance_trims_once():
     assert sum(int(r[1]) for r in after) <= 100 * 1024, after
     assert int(m.group(2)) == sum(int(r[1]) for r in before) - sum(int(r[1]) for r in after)
     assert not os.path.exists(blob_file(d, IMG.layers[1])), "evicted file still on disk"
-    # Once: the instance's own bound (20G) is unchanged, the next pull stays cached.
+    # Once: the instance's own bound (1G) is unchanged, the next pull stays cached.
     serving(rp)
     h.wait_until(lambda: os.path.exists(blob_file(d, IMG.layers[1])), 5, "the layer refilled")
     rc, out, err = cache(d, "du")
-    assert rc == 0 and "(cache_max_size %d bytes)" % (20 << 30) in out, (rc, out, err)
+    assert rc == 0 and "(cache_max_size %d bytes)" % (1 << 30) in out, (rc, out, err)
     assert sum(int(r[1]) for r in listing(d)) > 100 * 1024
 
 
