@@ -51,7 +51,7 @@ void rp_cache_close(struct rp_cache *c);
 struct rp_object_info {
   struct rp_digest digest;
   uint64_t size;
-  char media_type[128]; /* manifests: their Content-Type; blobs: "" */
+  char media_type[128]; /* the Content-Type the registry gave (manifests need theirs) */
   int64_t last_access;  /* unix seconds */
   bool is_manifest;
 };
