@@ -133,6 +133,20 @@ def wait_until(pred, timeout=10.0, what="condition", interval=0.02):
         interval = min(interval * 1.5, 0.2)
 
 
+def settled(fn, timeout=3.0, what="registry log settled"):
+    """fn() once two readings 0.3 s apart agree (a server that logs a request after
+    its body: the count is final once it stops moving)."""
+    last = [fn()]
+
+    def same():
+        now = fn()
+        ok = now == last[0]
+        last[0] = now
+        return ok
+    wait_until(same, timeout, what, interval=0.3)
+    return last[0]
+
+
 def free_port(host="127.0.0.1"):
     """A port nobody listens on right now (bind port 0, read it, close)."""
     fam = socket.AF_INET6 if ":" in host else socket.AF_INET

@@ -81,31 +81,18 @@ def upstream_manifest_gets(reg, repo="library/alpine"):
     return text.count("GET /v2/%s/manifests/" % repo)
 
 
-def settled(fn, timeout=3.0):
-    """fn() once it stopped changing (the registry logs a request after its body)."""
-    last = [fn()]
-
-    def same():
-        now = fn()
-        ok = now == last[0]
-        last[0] = now
-        return ok
-    h.wait_until(same, timeout, "registry log settled", interval=0.3)
-    return last[0]
-
-
 def test_second_pull_served_from_cache():
     rp = proxy()
-    before = settled(lambda: upstream_blob_gets(REG))
+    before = h.settled(lambda: upstream_blob_gets(REG))
     out1, _ = pull(rp)
-    first = settled(lambda: upstream_blob_gets(REG)) - before
+    first = h.settled(lambda: upstream_blob_gets(REG)) - before
     assert first == len(IMG.blobs), "first pull fetched %d blobs upstream" % first
-    man_before = settled(lambda: upstream_manifest_gets(REG))
+    man_before = h.settled(lambda: upstream_manifest_gets(REG))
     out2, _ = pull(rp)
-    assert settled(lambda: upstream_blob_gets(REG)) - before == first, \
+    assert h.settled(lambda: upstream_blob_gets(REG)) - before == first, \
         "the second pull fetched blobs upstream"
     # skopeo GETs the manifest by tag: regproxy asks upstream with a HEAD only.
-    assert settled(lambda: upstream_manifest_gets(REG)) == man_before, \
+    assert h.settled(lambda: upstream_manifest_gets(REG)) == man_before, \
         "the second pull made an upstream manifest GET"
     assert rp.request_logs(route="mitm", cache="revalidated"), "no revalidated manifest"
     assert h.layout_blobs(out1) == h.layout_blobs(out2) and h.layout_blobs(out2)[1] == IMG.blobs
@@ -141,7 +128,7 @@ def test_range_of_uncached_blob_fills_the_cache():
         data = f.read()
     rpca = os.path.join(rp.dir, "ca", "ca.crt")
     url = "https://%s/v2/library/alpine/blobs/%s" % (HOST, layer)
-    before = settled(lambda: upstream_blob_gets(REG))
+    before = h.settled(lambda: upstream_blob_gets(REG))
     out = os.path.join(h.tmpdir(), "r")
     r = h.curl(["-o", out, "-D", "-", "-w", "%{http_code}", "-r", "1000-", "-x", rp.url,
                 "--cacert", rpca, url])
@@ -154,7 +141,7 @@ def test_range_of_uncached_blob_fills_the_cache():
     h.wait_until(lambda: rp.metrics().sum("regproxy_cache_objects") >= 1, 10, "published")
     r = h.curl(["-o", out2, "-w", "%{http_code}", "-x", rp.url, "--cacert", rpca, url])
     assert r.stdout.strip() == b"200" and open(out2, "rb").read() == data
-    assert settled(lambda: upstream_blob_gets(REG)) - before == 1
+    assert h.settled(lambda: upstream_blob_gets(REG)) - before == 1
     assert rp.request_logs(path="/v2/library/alpine/blobs/" + layer, status="200")[-1][
         "cache"] == "hit"
     # A range past the end: 416 with the size.
@@ -171,10 +158,10 @@ def test_tag_ttl_answers_tags_from_memory():
     def manifest_requests():
         text = open(REG.log_path, errors="replace").read()
         return text.count("/v2/library/alpine/manifests/")
-    before = settled(manifest_requests)
+    before = h.settled(manifest_requests)
     out, _ = pull(rp)
     assert h.layout_blobs(out)[1] == IMG.blobs
-    assert settled(manifest_requests) == before, "a tag within --tag-ttl was asked upstream"
+    assert h.settled(manifest_requests) == before, "a tag within --tag-ttl was asked upstream"
     lines = rp.request_logs(route="mitm", path="/v2/library/alpine/manifests/3.18")
     assert lines[-1].get("cache") == "hit", lines[-1]
 
@@ -182,7 +169,7 @@ def test_tag_ttl_answers_tags_from_memory():
 def test_shared_layers_stored_once():
     rp = proxy()
     pull(rp)
-    before = settled(lambda: upstream_blob_gets(REG, "other/copy"))
+    before = h.settled(lambda: upstream_blob_gets(REG, "other/copy"))
     out, _ = pull(rp, repo="other/copy")
     assert h.layout_blobs(out)[1] == IMG.blobs
     for dg in IMG.blobs:
@@ -190,7 +177,7 @@ def test_shared_layers_stored_once():
         assert len(files) == 1, "%s stored %d times" % (dg, len(files))
     # Layers cached through library/alpine are confirmed for other/copy with an upstream
     # HEAD each; their bytes come from the cache.
-    assert settled(lambda: upstream_blob_gets(REG, "other/copy")) == before, \
+    assert h.settled(lambda: upstream_blob_gets(REG, "other/copy")) == before, \
         "a layer already cached was fetched again through another repository"
     reval = {ln["path"].rsplit("/", 1)[1] for ln in rp.request_logs(
         route="mitm", cache="revalidated") if "/other/copy/blobs/" in ln["path"]}

@@ -66,30 +66,18 @@ def pull(rp, check=True):
     return out, p
 
 
-def settled(fn, timeout=3.0):
-    last = [fn()]
-
-    def same():
-        now = fn()
-        ok = now == last[0]
-        last[0] = now
-        return ok
-    h.wait_until(same, timeout, "registry log settled", interval=0.3)
-    return last[0]
-
-
 def test_second_pull_from_cache():
     rp = proxy(REG)
     blobs = lambda: REG.count("GET /v2/library/alpine/blobs/sha256:")
     manifests = lambda: REG.count("GET /v2/library/alpine/manifests/")
-    b0 = settled(blobs)
+    b0 = h.settled(blobs)
     out1, _ = pull(rp)
-    assert settled(blobs) - b0 == len(IMG.blobs), "first pull: blobs not fetched once each"
+    assert h.settled(blobs) - b0 == len(IMG.blobs), "first pull: blobs not fetched once each"
     assert rp.request_logs(route="http", cache="miss"), "no cache=miss on the http route"
-    b1, m1 = settled(blobs), settled(manifests)
+    b1, m1 = h.settled(blobs), h.settled(manifests)
     out2, _ = pull(rp)
-    assert settled(blobs) == b1, "the second pull fetched blobs upstream"
-    assert settled(manifests) == m1, "the second pull made an upstream manifest GET"
+    assert h.settled(blobs) == b1, "the second pull fetched blobs upstream"
+    assert h.settled(manifests) == m1, "the second pull made an upstream manifest GET"
     assert rp.request_logs(route="http", cache="revalidated"), "tag not revalidated"
     hits = rp.request_logs(route="http", cache="hit")
     assert {ln["path"].rsplit("/", 1)[1] for ln in hits} >= IMG.blobs, hits
