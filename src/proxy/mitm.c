@@ -144,6 +144,8 @@ int rp__mitm_pass_head(struct rp_fetch *f, void *data, int status, const char *r
   c->up_chunked_out = !no_body && !has_length;
   if (c->up_chunked_out)
     rp_sbuf_adds(&b, "Transfer-Encoding: chunked\r\n");
+  if (c->up_plain)
+    rp_sbuf_adds(&b, "Via: 1.1 regproxy\r\n");
   if (!c->keep_alive || c->srv->draining) {
     c->keep_alive = 0;
     rp_sbuf_adds(&b, "Connection: close\r\n");
@@ -306,7 +308,7 @@ int rp__upreq_build(struct rp_conn *c, const struct rp_http_head *h, const char 
 
   memset(u, 0, sizeof(*u));
   /* End-to-end headers go up as they came; Host is the URL's. */
-  u->headers = malloc((h->nheaders + 1) * sizeof(*u->headers));
+  u->headers = malloc((h->nheaders + 2) * sizeof(*u->headers));
   if (u->headers == NULL)
     return UV_ENOMEM;
   for (size_t i = 0; i < h->nheaders; i++) {
@@ -317,6 +319,16 @@ int rp__upreq_build(struct rp_conn *c, const struct rp_http_head *h, const char 
                         rp_http_token_eq(hd->name, hd->name_len, "if-range"))))
       continue;
     u->headers[nh++] = *hd;
+  }
+  if (c->up_plain) {
+    /* Forwarded plain HTTP carries Via, as in forward.c (inside MITM the
+     * client talks to the origin, as far as it knows). */
+    static const char via[] = "Via", via_value[] = "1.1 regproxy";
+    u->headers[nh].name = via;
+    u->headers[nh].name_len = sizeof(via) - 1;
+    u->headers[nh].value = via_value;
+    u->headers[nh].value_len = sizeof(via_value) - 1;
+    nh++;
   }
   rp__mitm_origin(c, origin, sizeof(origin));
   ulen = strlen(origin) + (path != NULL ? strlen(path) : c->target.path_len) + 16;

@@ -100,6 +100,14 @@ def test_registry_down_pulls_from_memory():
     assert any("/manifests/3.18" in ln["path"] for ln in stale), stale
 
 
+def test_relayed_answers_carry_via():
+    rp = proxy(REG)
+    r = h.curl(["-sS", "-D", "-", "-o", "/dev/null", "-x", rp.url,
+                "http://%s:%d/v2/" % (NAME, PORT)])
+    head = r.stdout.decode().lower()
+    assert head.startswith("http/1.1 200") and "via: 1.1 regproxy" in head, head
+
+
 def test_other_paths_use_the_byte_relay():
     rp = proxy(REG)
     r = h.curl(["-o", "/dev/null", "-w", "%{http_code}", "-x", rp.url,
