@@ -17,6 +17,7 @@
   XX(UPSTREAM_TLS, -10102, "upstream TLS handshake or verification failed")                        \
   XX(ABORTED, -10103, "transfer aborted by its receiver")                                          \
   XX(AUTH, -10104, "registry authentication failed")                                               \
+  XX(UPSTREAM_HANDSHAKE, -10105, "upstream TLS handshake failed (not a TLS server?)")              \
   XX(DIGEST, -10201, "content does not match its digest or size")
 
 enum rp_error {

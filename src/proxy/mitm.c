@@ -261,9 +261,17 @@ void rp__mitm_pass_done(struct rp_fetch *f, void *data, int status, const char *
       snprintf(c->log.reason, sizeof(c->log.reason), "%s", reason);
     /* Unreachable (refused, reset, DNS, timeout) may be answered from memory;
      * a certificate that does not verify may not. */
-    if (c->up_head_sent)
+    if (c->up_head_sent) {
       rp__conn_close(c); /* a cut body, never a wrong one */
-    else if (status == RP_EUPSTREAM_TLS || !rp__regcache_stale(c))
+    } else if (status == RP_EUPSTREAM_HANDSHAKE && c->mitm) {
+      /* The origin does not speak TLS (or refused the handshake): the client
+       * sees its connection fail, as it would have through a tunnel, rather
+       * than an answer. (dockerd then falls back to http:// for an insecure
+       * registry; a 502 inside TLS made it give up.) */
+      c->log.status = 502;
+      rp__conn_close(c);
+    } else if (status == RP_EUPSTREAM_TLS || status == RP_EUPSTREAM_HANDSHAKE ||
+               !rp__regcache_stale(c))
       rp__conn_respond(c, 502, reason, true);
     return;
   }

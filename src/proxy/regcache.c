@@ -59,8 +59,7 @@ static void tag_on_done(struct rp_fetch *f, void *data, int status, const char *
   bool ok = status == 0 && tc->status == 200 && tc->have_digest;
   char path[600];
 
-  bool unreachable =
-      (status != 0 && status != RP_EUPSTREAM_TLS) || tc->status >= 500 || tc->status == 429;
+  bool unreachable = rp__reg_unreachable(status, tc->status);
   int tc_status = tc->status;
   bool have_digest = tc->have_digest;
   struct rp_tag_entry e;
@@ -150,7 +149,7 @@ static void confirm_on_done(struct rp_fetch *f, void *data, int status, const ch
   struct rp__regreq *rq = tc->rq;
   struct rp_digest d = tc->d;
   int st = tc->status;
-  bool unreachable = (status != 0 && status != RP_EUPSTREAM_TLS) || st >= 500 || st == 429;
+  bool unreachable = rp__reg_unreachable(status, st);
   struct rp_object_info info;
   struct rp_conn *c;
   uint64_t off;

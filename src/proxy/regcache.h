@@ -13,6 +13,7 @@
 
 #include "internal.h"
 #include "regproxy/cache.h"
+#include "regproxy/error.h"
 #include "regproxy/upstream.h"
 
 /* ---- a manifest relayed by tag, kept (regmemory.c) ---- */
@@ -66,6 +67,14 @@ struct rp__filljob {
   char registry[300];
   char repo[256];
 };
+
+/** Is the registry unreachable or failing (SPEC §3: answers from memory)?
+ * status: the transfer's; http: the answer's status. A TLS failure never is:
+ * a certificate that does not verify is not papered over. */
+static inline bool rp__reg_unreachable(int status, int http) {
+  return (status != 0 && status != RP_EUPSTREAM_TLS && status != RP_EUPSTREAM_HANDSHAKE) ||
+         http >= 500 || http == 429;
+}
 
 /* regaccess.c */
 /** Remember that this client's credential read (registry, repo) upstream. */

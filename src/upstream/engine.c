@@ -603,8 +603,8 @@ static int map_result(struct rp_fetch *f, CURLcode code) {
     curl_easy_getinfo(f->easy, CURLINFO_OS_ERRNO, &os_errno);
     return os_errno > 0 ? -(int)os_errno : UV_ECONNREFUSED;
   case CURLE_OPERATION_TIMEDOUT: return RP_ETIMEDOUT;
+  case CURLE_SSL_CONNECT_ERROR: return RP_EUPSTREAM_HANDSHAKE;
   case CURLE_PEER_FAILED_VERIFICATION:
-  case CURLE_SSL_CONNECT_ERROR:
   case CURLE_SSL_CERTPROBLEM:
   case CURLE_SSL_CIPHER:
   case CURLE_SSL_CACERT_BADFILE:

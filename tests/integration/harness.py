@@ -1217,6 +1217,36 @@ class Registry:
             c.close()
 
 
+class PlainRegistry(Registry):
+    """distribution without TLS, as an insecure registry is run."""
+
+    def __init__(self):
+        self.dir = tmpdir("rpit-registry-")
+        self.port = free_port()
+        conf = write_file(os.path.join(self.dir, "config.yml"), "\n".join([
+            "version: 0.1",
+            "log:", "  level: info", "  accesslog:", "    disabled: false",
+            "storage:", "  filesystem:", "    rootdirectory: %s/data" % self.dir,
+            "http:", "  addr: 127.0.0.1:%d" % self.port, "  secret: regproxy-plain", ""]))
+        self.log_path = os.path.join(self.dir, "registry.log")
+        self.proc = Proc(["docker-registry", "serve", conf], name="docker-registry",
+                         stdout=self.log_path, stderr=self.log_path)
+        defer(lambda: self.proc.stop(signal.SIGTERM, timeout=3))
+
+        def ready():
+            if not self.proc.alive():
+                raise AssertionError("registry exited: %s" % tail(self.log_path))
+            c = HttpConn("127.0.0.1", self.port, timeout=2)
+            try:
+                return c.request("GET", "/v2/", [("Host", "127.0.0.1")]).status == 200
+            finally:
+                c.close()
+        wait_until(ready, 15, "plain registry GET /v2/")
+
+    def count(self, what):
+        return open(self.log_path, errors="replace").read().count(what)
+
+
 # ---------------------------------------------------------------------------------------
 # Docker-Hub-style token auth: a token server and a registry that trusts it
 

@@ -11,6 +11,7 @@ import subprocess
 import harness as h
 
 HOST = "registry-1.docker.io"
+INSECURE = "registry.insecure.test:5000"
 SYSTEM_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 
 
@@ -22,7 +23,7 @@ def docker_bin():
 
 
 def setup():
-    global CA, REG, IMG, RP, DOCKER
+    global CA, REG, IMG, RP, DOCKER, PLAIN, APP
     if shutil.which("dockerd") is None or docker_bin() is None:
         raise h.Skip("dockerd not installed (apt-get install docker.io)")
     CA = h.shared_ca()
@@ -30,13 +31,19 @@ def setup():
     IMG = h.OciImage(os.path.join(h.tmpdir(), "src"), layer_sizes=(4096, 256 * 1024))
     h.skopeo(["copy", "--dest-cert-dir", CA.certdir, "oci:%s:3.18" % IMG.path,
               "docker://127.0.0.1:%d/library/alpine:3.18" % REG.port])
-    RP = h.Regproxy(["--mitm", HOST, "--connect-to", "%s:443:127.0.0.1:%d" % (HOST, REG.port),
-                     "--upstream-ca", CA.ca_crt])
-    DOCKER = Dockerd(RP)
+    # An insecure (plain-HTTP) registry too, as LAN registries often are.
+    PLAIN = h.PlainRegistry()
+    APP = h.OciImage(os.path.join(h.tmpdir(), "app"), tag="1", layer_sizes=(3000, 120 * 1024))
+    h.skopeo(["copy", "--dest-tls-verify=false", "oci:%s:1" % APP.path,
+              "docker://127.0.0.1:%d/tools/app:1" % PLAIN.port])
+    RP = h.Regproxy(["--mitm", "%s,%s" % (HOST, INSECURE), "--upstream-ca", CA.ca_crt,
+                     "--connect-to", "%s:443:127.0.0.1:%d" % (HOST, REG.port),
+                     "--connect-to", "%s:127.0.0.1:%d" % (INSECURE, PLAIN.port)])
+    DOCKER = Dockerd(RP, ["--insecure-registry", INSECURE])
 
 
 class Dockerd:
-    def __init__(self, rp):
+    def __init__(self, rp, extra=()):
         self.dir = h.tmpdir("rpit-dockerd-")
         self.sock = os.path.join(self.dir, "docker.sock")
         bundle = os.path.join(self.dir, "bundle.pem")
@@ -52,7 +59,7 @@ class Dockerd:
                             "--data-root", os.path.join(self.dir, "data"),
                             "--exec-root", os.path.join(self.dir, "exec"),
                             "--pidfile", os.path.join(self.dir, "docker.pid"),
-                            "-H", "unix://" + self.sock],
+                            "-H", "unix://" + self.sock] + list(extra),
                            name="dockerd", env=env, stdout=log, stderr=log)
         h.defer(lambda: self.proc.stop(timeout=10))
 
@@ -113,6 +120,21 @@ def test_docker_pull_with_registry_down():
     p = DOCKER.docker(["image", "inspect", "alpine:3.18", "--format", "{{json .RepoDigests}}"])
     assert IMG.manifest in p.stdout.decode()
     assert RP.request_logs(route="mitm", cache="stale"), "nothing answered from memory"
+
+
+def test_insecure_registry_pulled_over_http_and_cached():
+    """dockerd with --insecure-registry: its https attempt fails, it falls back to
+    http:// through HTTP_PROXY, and regproxy caches the plain-HTTP pull (route=http)."""
+    ref = INSECURE + "/tools/app:1"
+    DOCKER.docker(["pull", ref], timeout=180)
+    assert RP.request_logs(route="http", cache="miss"), "the plain-HTTP pull was not cached"
+    DOCKER.docker(["rmi", ref])
+    before = PLAIN.count("GET /v2/tools/app/blobs/")
+    DOCKER.docker(["pull", ref], timeout=180)
+    assert h.settled(lambda: PLAIN.count("GET /v2/tools/app/blobs/")) == before, \
+        "the second pull fetched layers from the insecure registry"
+    hits = {ln["path"].rsplit("/", 1)[-1] for ln in RP.request_logs(route="http", cache="hit")}
+    assert set(APP.layers) <= hits, hits
 
 
 if __name__ == "__main__":
