@@ -56,10 +56,11 @@ struct rp_server {
   struct rp_ca *ca;
   struct rp_leafcache *leaves;
   struct rp_upstream *up;
-  struct rp_cache *cache;   /* NULL: caching off (the directory is unusable) */
-  struct rp__memo *memo;    /* access confirmations (registry, repository, credential) */
-  struct rp__filljob *jobs; /* upstream fetches feeding fills, for single-flight */
-  struct rp__public *pub;   /* which repositories are public (publicrepo.c) */
+  struct rp_cache *cache;      /* NULL: caching off (the directory is unusable) */
+  struct rp__memo *memo;       /* access confirmations (registry, repository, credential) */
+  struct rp__filljob *jobs;    /* upstream fetches feeding fills, for single-flight */
+  struct rp__headcheck *heads; /* upstream HEADs in flight (tag checks, confirmations) */
+  struct rp__public *pub;      /* which repositories are public (publicrepo.c) */
 };
 
 /* A read block shared by the writes that point into it. */

@@ -25,7 +25,9 @@
  * into the cache. A registry that answers the HEAD without a digest, or with
  * anything but 200, gets the client's GET as it was. */
 
-struct tagcheck {
+struct rp__headcheck {
+  struct rp__headcheck *next, **pprev; /* srv->heads */
+  struct rp_server *srv;
   struct rp__regreq *rq; /* NULL once the client left */
   struct rp_fetch *fetch;
   int status;
@@ -35,9 +37,17 @@ struct tagcheck {
   int64_t size;
 };
 
+/* Unlisted and freed once its answer came, or cancelled at shutdown. */
+static void head_free(struct rp__headcheck *tc) {
+  *tc->pprev = tc->next;
+  if (tc->next != NULL)
+    tc->next->pprev = tc->pprev;
+  free(tc);
+}
+
 static int tag_on_head(struct rp_fetch *f, void *data, int status, const char *reason,
                        const struct rp_http_header *h, size_t n) {
-  struct tagcheck *tc = data;
+  struct rp__headcheck *tc = data;
   char dg[160];
 
   (void)f;
@@ -51,7 +61,7 @@ static int tag_on_head(struct rp_fetch *f, void *data, int status, const char *r
 }
 
 static void tag_on_done(struct rp_fetch *f, void *data, int status, const char *reason) {
-  struct tagcheck *tc = data;
+  struct rp__headcheck *tc = data;
   struct rp__regreq *rq = tc->rq;
   struct rp_conn *c;
   struct rp_object_info info;
@@ -70,7 +80,7 @@ static void tag_on_done(struct rp_fetch *f, void *data, int status, const char *
   e.digest = tc->d;
   snprintf(e.media_type, sizeof(e.media_type), "%s", tc->ctype);
   e.size = tc->size > 0 ? (uint64_t)tc->size : 0;
-  free(tc);
+  head_free(tc);
   if (rq == NULL)
     return;
   rq->tc = NULL;
@@ -135,7 +145,7 @@ static const struct rp_fetch_callbacks tag_callbacks = {
 
 static int confirm_on_head(struct rp_fetch *f, void *data, int status, const char *reason,
                            const struct rp_http_header *h, size_t n) {
-  struct tagcheck *tc = data;
+  struct rp__headcheck *tc = data;
   (void)f;
   (void)reason;
   (void)h;
@@ -145,7 +155,7 @@ static int confirm_on_head(struct rp_fetch *f, void *data, int status, const cha
 }
 
 static void confirm_on_done(struct rp_fetch *f, void *data, int status, const char *reason) {
-  struct tagcheck *tc = data;
+  struct rp__headcheck *tc = data;
   struct rp__regreq *rq = tc->rq;
   struct rp_digest d = tc->d;
   int st = tc->status;
@@ -158,7 +168,7 @@ static void confirm_on_done(struct rp_fetch *f, void *data, int status, const ch
 
   (void)f;
   (void)reason;
-  free(tc);
+  head_free(tc);
   if (rq == NULL)
     return;
   rq->tc = NULL;
@@ -209,7 +219,7 @@ const struct rp_fetch_callbacks rp__reg_confirm_callbacks = {
 bool rp__reg_start_head(struct rp_conn *c, const struct rp_http_head *h,
                         const struct rp_fetch_callbacks *cb, const struct rp_digest *d) {
   struct rp__regreq *rq = calloc(1, sizeof(*rq));
-  struct tagcheck *tc = calloc(1, sizeof(*tc));
+  struct rp__headcheck *tc = calloc(1, sizeof(*tc));
   struct rp__upreq u;
 
   if (rq == NULL || tc == NULL || rp__upreq_build(c, h, "HEAD", true, NULL, &u) != 0) {
@@ -225,13 +235,19 @@ bool rp__reg_start_head(struct rp_conn *c, const struct rp_http_head *h,
   tc->rq = rq;
   rq->tc = tc;
   c->rc = rq;
+  tc->srv = c->srv;
+  tc->next = c->srv->heads;
+  if (tc->next != NULL)
+    tc->next->pprev = &tc->next;
+  tc->pprev = &c->srv->heads;
+  c->srv->heads = tc;
   rp__conn_go_state(c, RP_CONN_PASS);
   tc->fetch = rp_fetch_start(c->srv->up, &u.req, cb, tc);
   rp__upreq_free(&u);
   if (tc->fetch == NULL) {
     c->rc = NULL;
     free(rq);
-    free(tc);
+    head_free(tc);
     return false;
   }
   return true;
@@ -416,6 +432,13 @@ void rp__regcache_destroy(struct rp_conn *c) {
 }
 
 void rp__regcache_shutdown(struct rp_server *srv) {
+  while (srv->heads != NULL) {
+    struct rp__headcheck *tc = srv->heads;
+    rp_fetch_cancel(tc->fetch);
+    if (tc->rq != NULL)
+      tc->rq->tc = NULL;
+    head_free(tc);
+  }
   while (srv->jobs != NULL) {
     struct rp__filljob *job = srv->jobs;
     if (job->fetch != NULL)

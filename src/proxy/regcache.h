@@ -39,7 +39,7 @@ struct rp__regreq {
   struct rp__filljob *job;        /* while the upstream answer is still ours to relay */
   struct rp__filljob *waiting_on; /* coalesced before the fill started */
   struct rp__regreq *next_waiter;
-  struct tagcheck *tc; /* GET by tag: the upstream HEAD in flight */
+  struct rp__headcheck *tc; /* GET by tag: the upstream HEAD in flight */
   uint64_t length;
   char registry[300];
 };

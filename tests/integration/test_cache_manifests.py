@@ -9,7 +9,9 @@ import hashlib
 import http.server
 import json
 import os
+import signal
 import ssl
+import subprocess
 import threading
 
 import harness as h
@@ -38,6 +40,7 @@ class Standin:
     def __init__(self, ca, mode):
         self.mode = mode
         self.down = False  # answer 503 to everything (keep-alive connections included)
+        self.stalled, self.release = threading.Event(), threading.Event()
         self.requests = []
         outer = self
         body, ctype = (SIGNED, SCHEMA1) if mode == "schema1" else (MANIFEST, OCI)
@@ -56,6 +59,10 @@ class Standin:
                     return self._send(200, b"{}", "application/json", head_only, False)
                 if not self.path.startswith("/v2/library/x/manifests/"):
                     return self._send(404, b"{}", "application/json", head_only, False)
+                if head_only and outer.mode == "stall":
+                    outer.stalled.set()
+                    outer.release.wait(30)  # a HEAD that does not answer
+                    return self._send(503, b"", "text/plain", True, False)
                 if head_only and outer.mode == "head405":
                     return self._send(405, b"", "text/plain", True, False)
                 named = outer.mode != "nodigest" or not head_only
@@ -86,6 +93,7 @@ class Standin:
         h.defer(self.stop)
 
     def stop(self):
+        self.release.set()
         if self.httpd is not None:
             self.httpd.shutdown()
             self.httpd.server_close()
@@ -157,6 +165,23 @@ def test_signed_schema1_passes_and_is_never_cached():
     assert len(st.gets()) == 4, st.gets()
     assert not stored(rp, dg), "a signed schema-1 manifest entered the cache"
     assert not rp.request_logs(path="/v2/library/x/manifests/" + dg, cache="hit")
+
+
+def test_sigterm_with_a_tag_check_in_flight():
+    """A tag HEAD that never answers: SIGTERM still exits within the grace time, and
+    (under ASan) nothing it allocated is leaked."""
+    st = Standin(CA, "stall")
+    rp = h.Regproxy(["--mitm", HOST, "--upstream-ca", CA.ca_crt, "--shutdown-grace", "1s",
+                     "--connect-to", "%s:443:127.0.0.1:%d" % (HOST, st.port)])
+    p = subprocess.Popen(["curl", "-sS", "-o", "/dev/null", "-x", rp.url, "--cacert",
+                          os.path.join(rp.dir, "ca", "ca.crt"),
+                          "https://%s/v2/library/x/manifests/1" % HOST],
+                         stderr=subprocess.DEVNULL)
+    h.defer(lambda: p.poll() is None and p.kill())
+    assert st.stalled.wait(10), "the tag HEAD never reached the registry"
+    rp.signal(signal.SIGTERM)
+    assert rp.wait_exit(10) == 0
+    rp.check()  # raises if a sanitizer reported anything (a leak at exit)
 
 
 if __name__ == "__main__":
