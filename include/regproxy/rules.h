@@ -23,6 +23,8 @@ int rp_hostlist_parse(const char *spec, unsigned flags, struct rp_hostlist **out
  * any case, may carry one trailing dot) with this port match the list? */
 bool rp_hostlist_match(const struct rp_hostlist *list, const char *host, uint16_t port);
 void rp_hostlist_destroy(struct rp_hostlist *list);
+/** Does an entry name this port explicitly ("host:port")? */
+bool rp_hostlist_names_port(const struct rp_hostlist *list, uint16_t port);
 
 struct rp_acl;
 

@@ -73,7 +73,7 @@ bool rp__server_connect_port_ok(struct rp_server *srv, uint16_t port) {
   /* SPEC §2: any port while only loopback clients may connect. */
   if (rp_acl_loopback_only(cfg->acl))
     return true;
-  if (port == 443)
+  if (port == 443 || rp_hostlist_names_port(cfg->mitm_list, port))
     return true;
   for (size_t i = 0; i < cfg->n_connect_to; i++)
     if (cfg->connect_to[i].port == port)

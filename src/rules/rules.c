@@ -704,6 +704,15 @@ out:
   return hit;
 }
 
+bool rp_hostlist_names_port(const struct rp_hostlist *list, uint16_t port) {
+  if (list == NULL)
+    return false;
+  for (size_t i = 0; i < list->n; i++)
+    if (list->rules[i].port == (int32_t)port)
+      return true;
+  return false;
+}
+
 void rp_hostlist_destroy(struct rp_hostlist *list) {
   if (list)
     hostlist_free(list);

@@ -189,6 +189,13 @@ def test_connect_port_policy_with_non_loopback_allow():
                      "origin.test:%d:127.0.0.1:%d" % (ORIGIN.https_port, ORIGIN.https_port)])
     r = connect_status(rp, "origin.test:%d" % ORIGIN.https_port)
     assert r.status == 200, "port named in --connect-to refused: %r" % r
+    # A port named in a mitm entry ("registry.lan:5000") is open too, and only that one.
+    rp = h.Regproxy(["--allow", "127.0.0.1,10.9.9.9", "--mitm",
+                     "registry.lan.test:%d" % ORIGIN.http_port])
+    r = connect_status(rp, "127.0.0.1:%d" % ORIGIN.http_port)
+    assert r.status == 200, "port named in --mitm refused: %r" % r
+    r = connect_status(rp, "127.0.0.1:%d" % ORIGIN.https_port)
+    assert r.status == 403, "a port no rule names was allowed: %r" % r
 
 
 if __name__ == "__main__":

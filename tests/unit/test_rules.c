@@ -370,6 +370,21 @@ static void test_hostlist_api_edges(void **state) {
 }
 
 /* A long list and a long host: nothing is copied into fixed buffers. */
+static void test_hostlist_names_port(void **state) {
+  struct rp_hostlist *l = NULL;
+  char *err = NULL;
+
+  (void)state;
+  assert_int_equal(
+      rp_hostlist_parse("registry.lan:5000,.example.com,10.0.0.0/8,[::1]:8443", 0, &l, &err), 0);
+  assert_true(rp_hostlist_names_port(l, 5000));
+  assert_true(rp_hostlist_names_port(l, 8443));
+  assert_false(rp_hostlist_names_port(l, 443)); /* entries without a port name none */
+  assert_false(rp_hostlist_names_port(l, 80));
+  assert_false(rp_hostlist_names_port(NULL, 5000));
+  rp_hostlist_destroy(l);
+}
+
 static void test_hostlist_long_input(void **state) {
   size_t n = 200000;
   char *spec = malloc(n + 32);
@@ -648,6 +663,7 @@ int main(void) {
       cmocka_unit_test(test_hostlist_parse),
       cmocka_unit_test(test_hostlist_api_edges),
       cmocka_unit_test(test_hostlist_long_input),
+      cmocka_unit_test(test_hostlist_names_port),
       cmocka_unit_test(test_acl_match_table),
       cmocka_unit_test(test_acl_parse),
       cmocka_unit_test(test_acl_edges),
