@@ -88,6 +88,12 @@ bool rp_http_token_eq(const char *a, size_t alen, const char *lit);
 /** Hop-by-hop: the RFC 9110 list, Proxy-*, and names listed in Connection. */
 bool rp_http_is_hop_by_hop(const struct rp_http_head *h, const struct rp_http_header *hd);
 const char *rp_http_reason(int status);
+/** One "bytes=N-" or "bytes=N-M" range (RFC 9110 §14.1.2) against an object
+ * of size bytes: 0 with [*off, *off + *len) inside it (M past the end is
+ * cut to it); RP_EPARSE for anything else (several ranges, suffix ranges,
+ * other units, stray characters, numbers past 2^64); RP_EINVAL when N is at
+ * or past the end (416). */
+int rp_http_range_parse(const char *v, size_t n, uint64_t size, uint64_t *off, uint64_t *len);
 
 /* Request targets (SPEC §2). */
 enum rp_target_form {

@@ -1,11 +1,13 @@
 /* Header helpers shared by every path that writes HTTP: lookups, the
  * hop-by-hop rule, reason phrases and a small growable buffer. */
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 
+#include "regproxy/error.h"
 #include "regproxy/http.h"
 
 bool rp_http_token_eq(const char *a, size_t alen, const char *lit) {
@@ -72,6 +74,47 @@ void rp_sbuf_add_end_to_end(struct rp_sbuf *b, const struct rp_http_head *h, con
     rp_sbuf_add(b, hd->value, hd->value_len);
     rp_sbuf_adds(b, "\r\n");
   }
+}
+
+/* Decimal digits at *p (at least one), no sign, no space, no overflow. */
+static bool range_number(const char **p, const char *end, uint64_t *out) {
+  uint64_t v = 0;
+  const char *s = *p;
+
+  if (s == end || *s < '0' || *s > '9')
+    return false;
+  for (; s < end && *s >= '0' && *s <= '9'; s++) {
+    unsigned d = (unsigned)(*s - '0');
+    if (v > (UINT64_MAX - d) / 10)
+      return false;
+    v = v * 10 + d;
+  }
+  *p = s;
+  *out = v;
+  return true;
+}
+
+int rp_http_range_parse(const char *v, size_t n, uint64_t size, uint64_t *off, uint64_t *len) {
+  const char *p = v, *end = v + n;
+  uint64_t first, last;
+
+  if (n < 8 || strncasecmp(v, "bytes=", 6) != 0)
+    return RP_EPARSE;
+  p += 6;
+  if (!range_number(&p, end, &first) || p == end || *p++ != '-')
+    return RP_EPARSE;
+  if (p == end) {
+    last = UINT64_MAX;
+  } else if (!range_number(&p, end, &last) || p != end || last < first) {
+    return RP_EPARSE;
+  }
+  if (first >= size)
+    return RP_EINVAL;
+  if (last >= size)
+    last = size - 1;
+  *off = first;
+  *len = last - first + 1;
+  return 0;
 }
 
 const char *rp_http_reason(int status) {

@@ -95,34 +95,16 @@ int rp__reg_serve(struct rp_conn *c, struct rp__regreq *rq, const struct rp_dige
 bool rp__reg_parse_range(const struct rp_http_head *h, uint64_t size, uint64_t *off, int64_t *len,
                          bool *present) {
   const struct rp_http_header *r = rp_http_header_find(h, "range");
-  char buf[64], *end;
-  unsigned long long a, b;
+  uint64_t n;
 
   *present = r != NULL;
   *off = 0;
   *len = -1;
   if (r == NULL)
     return true;
-  if (r->value_len >= sizeof(buf) || r->value_len < 7 || strncasecmp(r->value, "bytes=", 6) != 0)
+  if (rp_http_range_parse(r->value, r->value_len, size, off, &n) != 0)
     return false;
-  memcpy(buf, r->value + 6, r->value_len - 6);
-  buf[r->value_len - 6] = '\0';
-  if (buf[0] < '0' || buf[0] > '9')
-    return false;
-  a = strtoull(buf, &end, 10);
-  if (*end != '-' || a >= size)
-    return false;
-  if (end[1] == '\0') {
-    *off = a;
-    return true;
-  }
-  b = strtoull(end + 1, &end, 10);
-  if (*end != '\0' || b < a)
-    return false;
-  if (b >= size)
-    b = size - 1;
-  *off = a;
-  *len = (int64_t)(b - a + 1);
+  *len = (int64_t)n;
   return true;
 }
 

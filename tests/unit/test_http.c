@@ -8,6 +8,7 @@
 
 #include <cmocka.h>
 
+#include "regproxy/error.h"
 #include "regproxy/http.h"
 
 struct target_case {
@@ -248,11 +249,61 @@ static void test_connect_upgrade(void **state) {
   rp_http_parser_destroy(p);
 }
 
+/* Range values: what a Range header may carry, against a 1000-byte object. */
+static void test_ranges(void **state) {
+  static const struct {
+    const char *v;
+    int rc;
+    uint64_t off, len;
+  } t[] = {
+      {"bytes=0-", 0, 0, 1000},
+      {"bytes=100-", 0, 100, 900},
+      {"bytes=100-199", 0, 100, 100},
+      {"bytes=999-", 0, 999, 1},
+      {"bytes=5-5", 0, 5, 1},
+      {"BYTES=1-2", 0, 1, 2},
+      {"bytes=100-5000", 0, 100, 900},              /* past the end: cut */
+      {"bytes=0-18446744073709551615", 0, 0, 1000}, /* 2^64-1 */
+      {"bytes=1000-", RP_EINVAL, 0, 0},             /* at the end: 416 */
+      {"bytes=5000-6000", RP_EINVAL, 0, 0},
+      {"bytes=0-18446744073709551616", RP_EPARSE, 0, 0}, /* 2^64 */
+      {"bytes=18446744073709551616-", RP_EPARSE, 0, 0},
+      {"bytes=-500", RP_EPARSE, 0, 0}, /* suffix ranges go upstream */
+      {"bytes=0-1,5-6", RP_EPARSE, 0, 0},
+      {"bytes=5-4", RP_EPARSE, 0, 0},
+      {"bytes=5--7", RP_EPARSE, 0, 0},
+      {"bytes=5-+7", RP_EPARSE, 0, 0},
+      {"bytes=+5-", RP_EPARSE, 0, 0},
+      {"bytes= 5-", RP_EPARSE, 0, 0},
+      {"bytes=5- 7", RP_EPARSE, 0, 0},
+      {"bytes=5-7 ", RP_EPARSE, 0, 0},
+      {"bytes=5", RP_EPARSE, 0, 0},
+      {"bytes=", RP_EPARSE, 0, 0},
+      {"items=0-5", RP_EPARSE, 0, 0},
+      {"bytes=0x10-", RP_EPARSE, 0, 0},
+  };
+  (void)state;
+  for (size_t i = 0; i < sizeof t / sizeof t[0]; i++) {
+    uint64_t off = 77, len = 77;
+    int rc = rp_http_range_parse(t[i].v, strlen(t[i].v), 1000, &off, &len);
+    if (rc != t[i].rc)
+      fail_msg("%s: rc %d, want %d", t[i].v, rc, t[i].rc);
+    if (rc == 0 && (off != t[i].off || len != t[i].len))
+      fail_msg("%s: [%llu, +%llu), want [%llu, +%llu)", t[i].v, (unsigned long long)off,
+               (unsigned long long)len, (unsigned long long)t[i].off, (unsigned long long)t[i].len);
+  }
+  {
+    uint64_t off, len;
+    assert_int_equal(rp_http_range_parse("bytes=0-", 8, 0, &off, &len), RP_EINVAL); /* empty */
+  }
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_targets),    cmocka_unit_test(test_hostport),
       cmocka_unit_test(test_requests),   cmocka_unit_test(test_body_and_head),
       cmocka_unit_test(test_head_limit), cmocka_unit_test(test_connect_upgrade),
+      cmocka_unit_test(test_ranges),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
