@@ -13,7 +13,7 @@
 #include "regproxy/metrics.h"
 #include "regproxy/tls.h"
 
-static bool host_allowed(const struct rp_config *cfg, const struct rp_http_head *h) {
+bool rp__admin_host_allowed(const struct rp_config *cfg, const struct rp_http_head *h) {
   const struct rp_http_header *hd = rp_http_header_find(h, "host");
   char host[256];
   unsigned char bin[16];
@@ -128,7 +128,7 @@ void rp__admin_handle(struct rp_conn *c, const struct rp_http_head *h) {
 
   c->log.via = "admin";
   c->log.route = "admin";
-  if (!host_allowed(c->srv->cfg, h)) {
+  if (!rp__admin_host_allowed(c->srv->cfg, h)) {
     rp__conn_respond(c, 421,
                      "admin requests need Host: localhost, an IP address or a server_names entry",
                      false);

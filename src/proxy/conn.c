@@ -116,6 +116,7 @@ void rp__conn_close(struct rp_conn *c) {
   rp__forward_destroy(c);
   rp__regcache_destroy(c);
   rp__mitm_destroy(c);
+  rp__mirror_request_end(c);
   rp_http_parser_destroy(c->parser);
   c->parser = NULL;
   rp__bref_put(c->in);
@@ -453,6 +454,7 @@ static void dispatch(struct rp_conn *c, const struct rp_http_head *h) {
   c->client_minor = h->minor;
   c->keep_alive = h->keep_alive && !srv->draining;
   c->up_plain = 0;
+  rp__mirror_request_end(c);
   rp__conn_set_timer(c, RP_TM_IDLE, srv->cfg->idle_timeout_ms);
 
   if (rp_target_parse(h->target, h->target_len, is_connect, &c->target, &why) != 0) {
@@ -491,7 +493,14 @@ static void dispatch(struct rp_conn *c, const struct rp_http_head *h) {
     if (!rp__mitm_plain_request(c, h))
       rp__forward_start(c, h);
     break;
-  case RP_TARGET_ORIGIN: rp__admin_handle(c, h); break;
+  case RP_TARGET_ORIGIN:
+    /* SPEC §2: origin-form /v2/… is mirror mode, anything else admin. */
+    if (c->target.path_len >= 3 && memcmp(c->target.path, "/v2", 3) == 0 &&
+        (c->target.path_len == 3 || c->target.path[3] == '/' || c->target.path[3] == '?'))
+      rp__mirror_request(c, h);
+    else
+      rp__admin_handle(c, h);
+    break;
   default: rp__conn_respond(c, 400, "asterisk-form is not proxied", true); break;
   }
 }

@@ -60,6 +60,7 @@ struct rp_server {
   struct rp__memo *memo;       /* access confirmations (registry, repository, credential) */
   struct rp__filljob *jobs;    /* upstream fetches feeding fills, for single-flight */
   struct rp__headcheck *heads; /* upstream HEADs in flight (tag checks, confirmations) */
+  struct rp__mirror *mirror;   /* mirror mode's auth client and registry challenges */
   struct rp__public *pub;      /* which repositories are public (publicrepo.c) */
 };
 
@@ -170,15 +171,20 @@ struct rp_conn {
   struct rp_body_chunk *up_body; /* request body waiting for libcurl */
   struct rp_body_chunk **up_body_tail;
   size_t up_body_bytes;
-  int up_body_waiting;    /* libcurl asked and got RP_FETCH_PAUSE */
-  int fetch_paused;       /* the response body is paused (client queue full) */
-  struct rp_reg_path reg; /* the registry path of the current request */
-  struct rp__regreq *rc;  /* the registry cache's state for this request */
-  int stale_pending;      /* upstream answered 5xx/429: answer from memory */
-  int grab_manifest;      /* GET by tag relayed without a digest: hash the body */
-  struct rp__grab *grab;  /* that body, while it is relayed (regcache.c) */
-  int up_plain;           /* a plain-HTTP registry request (insecure registry):
-                           * mitm_host/port name its origin, upstream is http:// */
+  int up_body_waiting;       /* libcurl asked and got RP_FETCH_PAUSE */
+  int fetch_paused;          /* the response body is paused (client queue full) */
+  struct rp_reg_path reg;    /* the registry path of the current request */
+  struct rp__regreq *rc;     /* the registry cache's state for this request */
+  int stale_pending;         /* upstream answered 5xx/429: answer from memory */
+  int mirror;                /* a mirror-mode request (mirror.c) */
+  char mirror_ns[256];       /* its ?ns=, echoed as OCI-Namespace */
+  char *mirror_authz;        /* regproxy's own Authorization for it, or NULL */
+  char *up_path;             /* upstream path+query when not the client's (ns stripped) */
+  struct rp__mirror_op *mop; /* its credential being prepared */
+  int grab_manifest;         /* GET by tag relayed without a digest: hash the body */
+  struct rp__grab *grab;     /* that body, while it is relayed (regcache.c) */
+  int up_plain;              /* a plain-HTTP registry request (insecure registry):
+                              * mitm_host/port name its origin, upstream is http:// */
 };
 
 /* An upstream request built from a client request inside MITM. */
@@ -254,6 +260,9 @@ bool rp__mitm_body_full(const struct rp_conn *c);
 /** The MITM target as URL authority ("host", "host:port", "[v6]:port"). */
 /** "https://host[:port]" (or http:// for up_plain) of the current request's origin. */
 void rp__mitm_origin(const struct rp_conn *c, char *buf, size_t bufsz);
+/** Response header lines the client gets on relayed and cached answers
+ * (Via for plain HTTP, OCI-Namespace for a mirror request with ?ns=). */
+void rp__mitm_extra_headers(const struct rp_conn *c, struct rp_sbuf *b);
 /** The registry identity keys use (canonical, "http://"-prefixed for up_plain). */
 void rp__mitm_registry(const struct rp_conn *c, char *buf, size_t bufsz);
 /** A plain-HTTP absolute-form request to a `mitm` registry host: relayed with
@@ -266,6 +275,16 @@ int rp__mitm_pass_head(struct rp_fetch *f, void *data, int status, const char *r
                        const struct rp_http_header *headers, size_t nheaders);
 int rp__mitm_pass_body(struct rp_fetch *f, void *data, const char *p, size_t n);
 void rp__mitm_pass_done(struct rp_fetch *f, void *data, int status, const char *reason);
+/** The relay (and registry cache) for a request whose origin is set in
+ * c->mitm_host/port (MITM, plain-HTTP registry, mirror). */
+void rp__mitm_relay(struct rp_conn *c, const struct rp_http_head *h);
+/* mirror.c */
+void rp__mirror_request(struct rp_conn *c, const struct rp_http_head *h);
+/** The registry refused regproxy's own credential: forget the cached token. */
+void rp__mirror_unauthorized(struct rp_conn *c);
+/** Release the per-request mirror state (next request, connection closing). */
+void rp__mirror_request_end(struct rp_conn *c);
+void rp__mirror_shutdown(struct rp_server *srv);
 /* regcache.c: the registry cache inside MITM */
 struct rp__regreq;
 /** Take the request when the cache can answer it (blobs and manifests by
@@ -296,6 +315,8 @@ void rp__public_shutdown(struct rp_server *srv);
 void rp__regcache_shutdown(struct rp_server *srv);
 /* admin.c */
 void rp__admin_handle(struct rp_conn *c, const struct rp_http_head *h);
+/** Host is an IP literal, localhost or a server_names entry (no DNS rebinding). */
+bool rp__admin_host_allowed(const struct rp_config *cfg, const struct rp_http_head *h);
 
 /* server.c */
 void rp__server_conn_gone(struct rp_server *srv);

@@ -144,8 +144,9 @@ int rp__mitm_pass_head(struct rp_fetch *f, void *data, int status, const char *r
   c->up_chunked_out = !no_body && !has_length;
   if (c->up_chunked_out)
     rp_sbuf_adds(&b, "Transfer-Encoding: chunked\r\n");
-  if (c->up_plain)
-    rp_sbuf_adds(&b, "Via: 1.1 regproxy\r\n");
+  rp__mitm_extra_headers(c, &b);
+  if (c->mirror && status == 401)
+    rp__mirror_unauthorized(c);
   if (!c->keep_alive || c->srv->draining) {
     c->keep_alive = 0;
     rp_sbuf_adds(&b, "Connection: close\r\n");
@@ -316,17 +317,26 @@ int rp__upreq_build(struct rp_conn *c, const struct rp_http_head *h, const char 
 
   memset(u, 0, sizeof(*u));
   /* End-to-end headers go up as they came; Host is the URL's. */
-  u->headers = malloc((h->nheaders + 2) * sizeof(*u->headers));
+  u->headers = malloc((h->nheaders + 3) * sizeof(*u->headers));
   if (u->headers == NULL)
     return UV_ENOMEM;
   for (size_t i = 0; i < h->nheaders; i++) {
     const struct rp_http_header *hd = &h->headers[i];
+    if (c->mirror && rp_http_token_eq(hd->name, hd->name_len, "authorization"))
+      continue; /* a mirror fetches with its own credential (mirror.c) */
     if (rp_http_is_hop_by_hop(h, hd) || rp_http_token_eq(hd->name, hd->name_len, "host") ||
         rp_http_token_eq(hd->name, hd->name_len, "expect") ||
         (drop_range && (rp_http_token_eq(hd->name, hd->name_len, "range") ||
                         rp_http_token_eq(hd->name, hd->name_len, "if-range"))))
       continue;
     u->headers[nh++] = *hd;
+  }
+  if (c->mirror && c->mirror_authz != NULL) {
+    u->headers[nh].name = "Authorization";
+    u->headers[nh].name_len = 13;
+    u->headers[nh].value = c->mirror_authz;
+    u->headers[nh].value_len = strlen(c->mirror_authz);
+    nh++;
   }
   if (c->up_plain) {
     /* Forwarded plain HTTP carries Via, as in forward.c (inside MITM the
@@ -338,6 +348,8 @@ int rp__upreq_build(struct rp_conn *c, const struct rp_http_head *h, const char 
     u->headers[nh].value_len = sizeof(via_value) - 1;
     nh++;
   }
+  if (path == NULL)
+    path = c->up_path; /* NULL too: the client's own */
   rp__mitm_origin(c, origin, sizeof(origin));
   ulen = strlen(origin) + (path != NULL ? strlen(path) : c->target.path_len) + 16;
   u->url = malloc(ulen);
@@ -372,6 +384,13 @@ void rp__mitm_origin(const struct rp_conn *c, char *buf, size_t bufsz) {
   snprintf(buf, bufsz, "%s://%s", c->up_plain ? "http" : "https", hostport);
 }
 
+void rp__mitm_extra_headers(const struct rp_conn *c, struct rp_sbuf *b) {
+  if (c->up_plain)
+    rp_sbuf_adds(b, "Via: 1.1 regproxy\r\n");
+  if (c->mirror && c->mirror_ns[0] != '\0')
+    rp_sbuf_addf(b, "OCI-Namespace: %s\r\n", c->mirror_ns);
+}
+
 void rp__mitm_registry(const struct rp_conn *c, char *buf, size_t bufsz) {
   /* SPEC §3: plain HTTP and HTTPS never share tag memory or repository
    * knowledge; blob bytes are shared by digest anyway. */
@@ -384,8 +403,6 @@ void rp__mitm_registry(const struct rp_conn *c, char *buf, size_t bufsz) {
   if (buf[n] == '\0')
     buf[0] = '\0';
 }
-
-static void relay_request(struct rp_conn *c, const struct rp_http_head *h);
 
 void rp__mitm_request(struct rp_conn *c, const struct rp_http_head *h) {
   c->log.route = "mitm";
@@ -402,7 +419,7 @@ void rp__mitm_request(struct rp_conn *c, const struct rp_http_head *h) {
     return;
   }
   rp_reg_path_parse(c->target.path, c->target.path_len, &c->reg);
-  relay_request(c, h);
+  rp__mitm_relay(c, h);
 }
 
 bool rp__mitm_plain_request(struct rp_conn *c, const struct rp_http_head *h) {
@@ -420,11 +437,11 @@ bool rp__mitm_plain_request(struct rp_conn *c, const struct rp_http_head *h) {
   c->up_plain = 1;
   snprintf(c->mitm_host, sizeof(c->mitm_host), "%s", c->target.host);
   c->mitm_port = c->target.port;
-  relay_request(c, h);
+  rp__mitm_relay(c, h);
   return true;
 }
 
-static void relay_request(struct rp_conn *c, const struct rp_http_head *h) {
+void rp__mitm_relay(struct rp_conn *c, const struct rp_http_head *h) {
   c->req_is_head = h->method_id == HTTP_HEAD;
   c->grab_manifest = 0;
   c->up_head_sent = 0;

@@ -28,9 +28,13 @@ struct rp__memo {
   struct memo_slot slot[MEMO_SLOTS];
 };
 
-static void memo_key(const char *registry, const char *repo, const struct rp_http_head *h,
+/* The memo key: registry, repository and the credential the upstream saw
+ * (the client's Authorization, or for a mirror request regproxy's own, kept
+ * apart so that what regproxy's credentials may read is never confirmed for
+ * a client that sent the same, e.g. none). */
+static void memo_key(const struct rp_conn *c, const char *registry, const char *repo,
                      unsigned char out[16]) {
-  const struct rp_http_header *a = rp_http_header_find(h, "authorization");
+  const struct rp_http_header *a = c->mirror ? NULL : rp_http_header_find(c->head, "authorization");
   unsigned char md[32];
   unsigned int mdlen = 0;
   EVP_MD_CTX *ctx = EVP_MD_CTX_new();
@@ -41,8 +45,13 @@ static void memo_key(const char *registry, const char *repo, const struct rp_htt
   if (EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) == 1) {
     EVP_DigestUpdate(ctx, registry, strlen(registry) + 1);
     EVP_DigestUpdate(ctx, repo, strlen(repo) + 1);
-    if (a != NULL)
+    if (c->mirror) {
+      EVP_DigestUpdate(ctx, "\001mirror", 7);
+      if (c->mirror_authz != NULL)
+        EVP_DigestUpdate(ctx, c->mirror_authz, strlen(c->mirror_authz));
+    } else if (a != NULL) {
       EVP_DigestUpdate(ctx, a->value, a->value_len);
+    }
     if (EVP_DigestFinal_ex(ctx, md, &mdlen) == 1)
       memcpy(out, md, 16);
   }
@@ -55,27 +64,27 @@ static struct memo_slot *memo_find(struct rp__memo *m, const unsigned char key[1
   return &m->slot[idx % MEMO_SLOTS];
 }
 
-void rp__reg_memo_confirm(struct rp_server *srv, const char *registry, const char *repo,
-                          const struct rp_http_head *h) {
+void rp__reg_memo_confirm(struct rp_conn *c, const char *registry, const char *repo) {
+  struct rp_server *srv = c->srv;
   unsigned char key[16];
   struct memo_slot *s;
 
   if (srv->memo == NULL && (srv->memo = calloc(1, sizeof(*srv->memo))) == NULL)
     return;
-  memo_key(registry, repo, h, key);
+  memo_key(c, registry, repo, key);
   s = memo_find(srv->memo, key);
   memcpy(s->key, key, 16);
   s->when_ms = uv_now(srv->loop) + 1; /* 0 marks an empty slot */
 }
 
-static bool memo_ok(struct rp_server *srv, const char *registry, const char *repo,
-                    const struct rp_http_head *h) {
+static bool memo_ok(struct rp_conn *c, const char *registry, const char *repo) {
+  struct rp_server *srv = c->srv;
   unsigned char key[16];
   struct memo_slot *s;
 
   if (srv->memo == NULL)
     return false;
-  memo_key(registry, repo, h, key);
+  memo_key(c, registry, repo, key);
   s = memo_find(srv->memo, key);
   /* when_ms is the confirmation time plus one (0 marks an empty slot). */
   return s->when_ms != 0 && memcmp(s->key, key, 16) == 0 &&
@@ -88,7 +97,7 @@ static bool memo_ok(struct rp_server *srv, const char *registry, const char *rep
 bool rp__reg_client_ok(struct rp_conn *c, const char *registry) {
   struct rp_server *srv = c->srv;
   return !srv->cfg->access_check || rp__public_known(srv, registry, c->reg.name) ||
-         memo_ok(srv, registry, c->reg.name, c->head);
+         memo_ok(c, registry, c->reg.name);
 }
 
 /* Learn in the background whether the repository is public. */

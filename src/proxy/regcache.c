@@ -96,7 +96,7 @@ static void tag_on_done(struct rp_fetch *f, void *data, int status, const char *
     rp__mitm_pass_start(c);
     return;
   }
-  rp__reg_memo_confirm(c->srv, rq->registry, c->reg.name, c->head);
+  rp__reg_memo_confirm(c, rq->registry, c->reg.name);
   rp__reg_probe_public(c, rq->registry);
   rp__reg_remember_tag(c, rq->registry, &e);
   if (rp_cache_has(c->srv->cache, &d, &info) && info.is_manifest &&
@@ -174,7 +174,7 @@ static void confirm_on_done(struct rp_fetch *f, void *data, int status, const ch
   rq->tc = NULL;
   c = rq->c;
   if (status == 0 && st >= 200 && st < 400) {
-    rp__reg_memo_confirm(c->srv, rq->registry, c->reg.name, c->head);
+    rp__reg_memo_confirm(c, rq->registry, c->reg.name);
     rp_cache_note_repo(c->srv->cache, &d, rq->registry, c->reg.name);
     rp__reg_probe_public(c, rq->registry);
     if (rp_cache_has(c->srv->cache, &d, &info) &&
@@ -370,7 +370,7 @@ void rp__regcache_observe(struct rp_conn *c, int status, const struct rp_http_he
       (c->reg.kind != RP_REG_MANIFEST && c->reg.kind != RP_REG_BLOB))
     return;
   rp__mitm_registry(c, registry, sizeof(registry));
-  rp__reg_memo_confirm(c->srv, registry, c->reg.name, c->head);
+  rp__reg_memo_confirm(c, registry, c->reg.name);
   rp__reg_probe_public(c, registry);
   /* A manifest by tag: remember what the tag names, for answers from memory. */
   memset(&e, 0, sizeof(e));

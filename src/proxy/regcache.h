@@ -78,8 +78,7 @@ static inline bool rp__reg_unreachable(int status, int http) {
 
 /* regaccess.c */
 /** Remember that this client's credential read (registry, repo) upstream. */
-void rp__reg_memo_confirm(struct rp_server *srv, const char *registry, const char *repo,
-                          const struct rp_http_head *h);
+void rp__reg_memo_confirm(struct rp_conn *c, const char *registry, const char *repo);
 /** May this client read the repository without asking upstream? */
 bool rp__reg_client_ok(struct rp_conn *c, const char *registry);
 /** Learn in the background whether the repository is public. */

@@ -66,9 +66,11 @@ int rp__reg_serve(struct rp_conn *c, struct rp__regreq *rq, const struct rp_dige
     rp_sbuf_adds(&b, "HTTP/1.1 200 OK\r\n");
   rp_sbuf_addf(&b,
                "Content-Type: %s\r\nContent-Length: %llu\r\nDocker-Content-Digest: %s\r\n"
-               "Accept-Ranges: bytes\r\nDocker-Distribution-API-Version: registry/2.0\r\n%s\r\n",
+               "Accept-Ranges: bytes\r\nDocker-Distribution-API-Version: registry/2.0\r\n",
                media_type != NULL && media_type[0] ? media_type : "application/octet-stream",
-               (unsigned long long)n, dg, c->keep_alive ? "" : "Connection: close\r\n");
+               (unsigned long long)n, dg);
+  rp__mitm_extra_headers(c, &b);
+  rp_sbuf_adds(&b, c->keep_alive ? "\r\n" : "Connection: close\r\n\r\n");
   head = rp_sbuf_take(&b, &hlen);
   if (head == NULL)
     return UV_ENOMEM;
@@ -347,7 +349,7 @@ static int job_on_head(struct rp_fetch *f, void *data, int status, const char *r
   }
   rp_fill_set_producer(job->fill, on_fill_writable, on_fill_state, job);
   rp_cache_note_repo(c->srv->cache, &job->d, job->registry, job->repo);
-  rp__reg_memo_confirm(c->srv, job->registry, job->repo, c->head);
+  rp__reg_memo_confirm(c, job->registry, job->repo);
   rp__reg_probe_public(c, job->registry);
   c->log.cache = "miss";
   job->rq = NULL; /* from here the reader serves the client; the job only fills */

@@ -87,7 +87,7 @@ bool rp__regcache_can_stale(struct rp_conn *c) {
   struct rp_tag_entry tag;
   bool by_tag;
 
-  if (!(c->mitm || c->up_plain) || c->head == NULL)
+  if (!(c->mitm || c->up_plain || c->mirror) || c->head == NULL)
     return false;
   rp__mitm_registry(c, registry, sizeof(registry));
   return stale_lookup(c, registry, &d, &info, &tag, &by_tag);
@@ -124,7 +124,7 @@ bool rp__reg_answer_from_memory(struct rp_conn *c, const char *label) {
   struct rp__regreq *rq;
   bool by_tag;
 
-  if (!(c->mitm || c->up_plain) || c->head == NULL || c->closing)
+  if (!(c->mitm || c->up_plain || c->mirror) || c->head == NULL || c->closing)
     return false;
   rp__mitm_registry(c, registry, sizeof(registry));
   memset(&info, 0, sizeof(info));

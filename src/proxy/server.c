@@ -139,6 +139,7 @@ static void finish_shutdown(struct rp_server *srv) {
    * finishes its queued index writes while the loop winds down. */
   rp__regcache_shutdown(srv);
   rp__public_shutdown(srv);
+  rp__mirror_shutdown(srv);
   rp_upstream_destroy(srv->up);
   srv->up = NULL;
   rp_cache_close(srv->cache);
@@ -446,6 +447,7 @@ void rp_server_destroy(struct rp_server *srv) {
     return;
   rp__regcache_shutdown(srv);
   rp__public_shutdown(srv);
+  rp__mirror_shutdown(srv);
   rp_upstream_destroy(srv->up);
   rp_cache_close(srv->cache);
   rp_leafcache_destroy(srv->leaves);

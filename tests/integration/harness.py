@@ -1248,6 +1248,57 @@ class PlainRegistry(Registry):
 
 
 # ---------------------------------------------------------------------------------------
+# dockerd (TESTING.md recipe)
+
+SYSTEM_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
+
+
+def docker_bin():
+    for p in ("/usr/bin/docker", shutil.which("docker") or ""):
+        if p and os.path.exists(p):
+            return p
+    return None
+
+
+class Dockerd:
+    """dockerd on its own socket, data and exec roots. rp: a Regproxy to use as
+    HTTP(S)_PROXY (its CA joins the system bundle in SSL_CERT_FILE), or None for no
+    proxy environment (mirror tests). extra: more dockerd arguments."""
+
+    def __init__(self, rp, extra=()):
+        self.dir = tmpdir("rpit-dockerd-")
+        self.sock = os.path.join(self.dir, "docker.sock")
+        env = clean_env()
+        if rp is not None:
+            bundle = os.path.join(self.dir, "bundle.pem")
+            with open(bundle, "wb") as out:
+                if os.path.exists(SYSTEM_BUNDLE):
+                    out.write(open(SYSTEM_BUNDLE, "rb").read())
+                out.write(open(os.path.join(rp.dir, "ca", "ca.crt"), "rb").read())
+            env = clean_env(HTTPS_PROXY=rp.url, HTTP_PROXY=rp.url, NO_PROXY="localhost",
+                            SSL_CERT_FILE=bundle)
+        self.log = os.path.join(self.dir, "dockerd.log")
+        self.proc = Proc(["dockerd", "--iptables=false", "--ip6tables=false",
+                          "--bridge=none", "--storage-driver=vfs",
+                          "--data-root", os.path.join(self.dir, "data"),
+                          "--exec-root", os.path.join(self.dir, "exec"),
+                          "--pidfile", os.path.join(self.dir, "docker.pid"),
+                          "-H", "unix://" + self.sock] + list(extra),
+                         name="dockerd", env=env, stdout=self.log, stderr=self.log)
+        defer(lambda: self.proc.stop(timeout=10))
+
+        def ready():
+            if not self.proc.alive():
+                raise AssertionError("dockerd exited: %s" % tail(self.log))
+            return self.docker(["version"], check=False).returncode == 0
+        wait_until(ready, 30, "dockerd answering")
+
+    def docker(self, args, check=True, timeout=120):
+        return run([docker_bin(), "-H", "unix://" + self.sock] + args, timeout=timeout,
+                   check=check, env=clean_env())
+
+
+# ---------------------------------------------------------------------------------------
 # Docker-Hub-style token auth: a token server and a registry that trusts it
 
 def _b64url(data):

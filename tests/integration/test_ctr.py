@@ -49,5 +49,27 @@ def test_ctr_pull_through_mitm():
     assert all(ln.get("status") in ("200", "307") for ln in lines), lines
 
 
+def test_ctr_pull_through_mirror_hosts_toml():
+    """containerd's hosts.toml mirror (no proxy environment, no CA): ctr sends
+    ?ns=docker.io to regproxy's plain-HTTP listener, which fetches and caches."""
+    img = h.OciImage(os.path.join(h.tmpdir(), "bb"), tag="1", layer_sizes=(5000, 200 * 1024))
+    h.skopeo(["copy", "--dest-cert-dir", CA.certdir, "oci:%s:1" % img.path,
+              "docker://127.0.0.1:%d/library/busybox:1" % REG.port])
+    d = h.tmpdir()
+    os.makedirs(os.path.join(d, "docker.io"))
+    h.write_file(os.path.join(d, "docker.io", "hosts.toml"),
+                 'server = "https://registry-1.docker.io"\n'
+                 '[host."%s"]\n  capabilities = ["pull", "resolve"]\n' % RP.url)
+    h.run(["ctr", "-a", SOCK, "-n", "mirror", "images", "pull", "--snapshotter", "native",
+           "--hosts-dir", d, "docker.io/library/busybox:1"], timeout=180, env=h.clean_env())
+    p = h.run(["ctr", "-a", SOCK, "-n", "mirror", "images", "ls"])
+    assert img.manifest in p.stdout.decode(), p.stdout
+    lines = RP.request_logs(via="mirror", method="GET")
+    assert lines and all("ns=docker.io" in ln["path"] for ln in lines), lines
+    got = {ln["path"].split("?")[0].rsplit("/", 1)[-1] for ln in lines
+           if ln.get("status") == "200"}
+    assert set(img.layers) <= got, "layers not fetched through the mirror: %s" % lines
+
+
 if __name__ == "__main__":
     h.main(globals())

@@ -12,19 +12,11 @@ import harness as h
 
 HOST = "registry-1.docker.io"
 INSECURE = "registry.insecure.test:5000"
-SYSTEM_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
-
-
-def docker_bin():
-    for p in ("/usr/bin/docker", shutil.which("docker") or ""):
-        if p and os.path.exists(p):
-            return p
-    return None
 
 
 def setup():
     global CA, REG, IMG, RP, DOCKER, PLAIN, APP
-    if shutil.which("dockerd") is None or docker_bin() is None:
+    if shutil.which("dockerd") is None or h.docker_bin() is None:
         raise h.Skip("dockerd not installed (apt-get install docker.io)")
     CA = h.shared_ca()
     REG = h.Registry()
@@ -39,39 +31,7 @@ def setup():
     RP = h.Regproxy(["--mitm", "%s,%s" % (HOST, INSECURE), "--upstream-ca", CA.ca_crt,
                      "--connect-to", "%s:443:127.0.0.1:%d" % (HOST, REG.port),
                      "--connect-to", "%s:127.0.0.1:%d" % (INSECURE, PLAIN.port)])
-    DOCKER = Dockerd(RP, ["--insecure-registry", INSECURE])
-
-
-class Dockerd:
-    def __init__(self, rp, extra=()):
-        self.dir = h.tmpdir("rpit-dockerd-")
-        self.sock = os.path.join(self.dir, "docker.sock")
-        bundle = os.path.join(self.dir, "bundle.pem")
-        with open(bundle, "wb") as out:
-            if os.path.exists(SYSTEM_BUNDLE):
-                out.write(open(SYSTEM_BUNDLE, "rb").read())
-            out.write(open(os.path.join(rp.dir, "ca", "ca.crt"), "rb").read())
-        env = h.clean_env(HTTPS_PROXY=rp.url, HTTP_PROXY=rp.url, NO_PROXY="localhost",
-                          SSL_CERT_FILE=bundle)
-        log = os.path.join(self.dir, "dockerd.log")
-        self.proc = h.Proc(["dockerd", "--iptables=false", "--ip6tables=false",
-                            "--bridge=none", "--storage-driver=vfs",
-                            "--data-root", os.path.join(self.dir, "data"),
-                            "--exec-root", os.path.join(self.dir, "exec"),
-                            "--pidfile", os.path.join(self.dir, "docker.pid"),
-                            "-H", "unix://" + self.sock] + list(extra),
-                           name="dockerd", env=env, stdout=log, stderr=log)
-        h.defer(lambda: self.proc.stop(timeout=10))
-
-        def ready():
-            if not self.proc.alive():
-                raise AssertionError("dockerd exited: %s" % h.tail(log))
-            return self.docker(["version"], check=False).returncode == 0
-        h.wait_until(ready, 30, "dockerd answering")
-
-    def docker(self, args, check=True, timeout=120):
-        return h.run([docker_bin(), "-H", "unix://" + self.sock] + args, timeout=timeout,
-                     check=check, env=h.clean_env())
+    DOCKER = h.Dockerd(RP, ["--insecure-registry", INSECURE])
 
 
 def test_docker_info_shows_proxy():
