@@ -48,6 +48,26 @@ const char *rp_reg_canonical(const char *host, uint16_t port, char *buf, size_t 
  * "registry-1.docker.io"; others are returned as they are). */
 const char *rp_reg_upstream_host(const char *canonical);
 
+/* An image reference as `regproxy prefetch` takes it, normalised the way
+ * docker and containerd do (distribution/reference v0.6 ParseNormalizedNamed
+ * followed by TagNameOnly). */
+struct rp_reg_ref {
+  char registry[256]; /* canonical identity (rp_reg_canonical), "docker.io" for Docker Hub */
+  char repo[256];     /* repository path, "library/alpine" for Docker Hub official images */
+  char tag[129];      /* "" when a digest was given without a tag; "latest" when neither */
+  char digest[140];   /* "sha256:<hex>" / "sha512:<hex>" when given, else "" */
+};
+
+/** Parse a docker-style image reference ("alpine", "alpine:3.18", "ghcr.io/org/app:1",
+ * "localhost:5000/x", "[::1]:5000/x:tag", "library/alpine@sha256:…"). The first path
+ * component names the registry when it holds '.' or ':', is "localhost" or has an upper-case
+ * letter; otherwise the registry is Docker Hub. Any spelling of Docker Hub (rp_reg_canonical
+ * gives "docker.io") puts a one-component repository under "library/". A tag and a digest may
+ * both be given and are both kept. Only sha256 and sha512 digests are accepted. Reads exactly
+ * n bytes of s. 0, or RP_EPARSE with every field of *out "" and *why (when why is not NULL)
+ * set to a static message. */
+int rp_reg_ref_parse(const char *s, size_t n, struct rp_reg_ref *out, const char **why);
+
 /** The Accept key (SPEC §3): the sorted, de-duplicated set of media types
  * across all Accept header lines, parameters and q-values dropped, joined
  * with ','. The full wildcard ("*" "/" "*") stays a member. Malformed

@@ -7,9 +7,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "regproxy/error.h"
 #include "regproxy/registry.h"
 
-#define NAME_MAX_LEN     255 /* distribution's limit for a whole reference */
+#define NAME_MAX_LEN     255 /* distribution v0.6: the repository path, registry excluded */
 #define TAG_MAX_LEN      128
 #define HOST_MAX_LEN     253
 #define MEDIA_MAX_LEN    255
@@ -471,6 +472,149 @@ void rp_reg_path_parse(const char *path, size_t len, struct rp_reg_path *out) {
   memcpy(out->ref, ref, reflen);
   out->ref[reflen] = '\0';
   out->ref_is_digest = dc == DIGEST_CACHEABLE;
+}
+
+/* ---- image references ---------------------------------------------------------- */
+
+/* distribution/reference's splitDockerDomain: the first component of a name
+ * is a registry when it could not be a repository component, that is when it
+ * holds '.' or ':', is "localhost", or has an upper-case letter. */
+static bool names_registry(const char *s, size_t n) {
+  if (n == 9 && memcmp(s, "localhost", 9) == 0)
+    return true;
+  for (size_t i = 0; i < n; i++)
+    if (s[i] == '.' || s[i] == ':' || (s[i] >= 'A' && s[i] <= 'Z'))
+      return true;
+  return false;
+}
+
+/* A registry as distribution's domain grammar has it: the strict host of
+ * host_valid without a trailing dot, or an IPv6 address in brackets made of
+ * hex digits and colons only (no zone, no IPv4 tail), then an optional port.
+ * Written into buf as its canonical identity. */
+static bool ref_registry(const char *s, size_t n, char *buf, size_t bufsz) {
+  struct hostport hp;
+
+  if (!split_hostport(s, n, &hp))
+    return false;
+  if (hp.ip6) {
+    if (s[0] != '[')
+      return false;
+    for (size_t i = 0; i < hp.hlen; i++)
+      if (hp.host[i] != ':' && hex_value((unsigned char)hp.host[i]) < 0)
+        return false;
+  } else if (hp.hlen > 0 && hp.host[hp.hlen - 1] == '.') {
+    return false;
+  }
+  return host_valid(&hp, true) && write_canonical(&hp, 0, buf, bufsz);
+}
+
+/* Is s[0..n) an image ID, 64 lower-case hex digits? docker refuses one where
+ * a name is expected, so that an ID is never pulled as "library/<id>". */
+static bool is_image_id(const char *s, size_t n) {
+  if (n != 64)
+    return false;
+  for (size_t i = 0; i < n; i++)
+    if (!is_lower_hex((unsigned char)s[i]))
+      return false;
+  return true;
+}
+
+static bool has_upper(const char *s, size_t n) {
+  for (size_t i = 0; i < n; i++)
+    if (s[i] >= 'A' && s[i] <= 'Z')
+      return true;
+  return false;
+}
+
+int rp_reg_ref_parse(const char *s, size_t n, struct rp_reg_ref *out, const char **why) {
+  const char *msg = NULL, *rest = s, *slash, *at, *colon, *prefix = "";
+  size_t restn = n, namen, pathn, prefixn = 0, tagn = 0, dign = 0;
+  enum digest_class dc;
+  int rc = RP_EPARSE;
+
+  memset(out, 0, sizeof *out);
+  if (s == NULL || n == 0) {
+    msg = "empty image reference";
+    goto out;
+  }
+  if (is_image_id(s, n)) {
+    msg = "an image ID (64 hex digits) is not a repository name";
+    goto out;
+  }
+
+  slash = memchr(s, '/', n);
+  if (slash != NULL && names_registry(s, (size_t)(slash - s))) {
+    if (!ref_registry(s, (size_t)(slash - s), out->registry, sizeof out->registry)) {
+      msg = "invalid registry host[:port]";
+      goto out;
+    }
+    rest = slash + 1;
+    restn = n - (size_t)(rest - s);
+  } else {
+    memcpy(out->registry, "docker.io", sizeof "docker.io");
+  }
+
+  /* name [":" tag] ["@" digest]: the name has neither ':' nor '@' and the
+   * tag has no '@', so the first of each splits them. */
+  at = memchr(rest, '@', restn);
+  namen = at != NULL ? (size_t)(at - rest) : restn;
+  colon = memchr(rest, ':', namen);
+  pathn = colon != NULL ? (size_t)(colon - rest) : namen;
+  if (colon != NULL)
+    tagn = namen - pathn - 1;
+  if (at != NULL)
+    dign = restn - namen - 1;
+
+  /* Every spelling of Docker Hub shares one namespace for official images. */
+  if (strcmp(out->registry, "docker.io") == 0 && memchr(rest, '/', pathn) == NULL) {
+    prefix = "library/";
+    prefixn = 8;
+  }
+  /* distribution v0.6 bounds the repository path, not the registry. */
+  if (prefixn + pathn > NAME_MAX_LEN) {
+    msg = "repository name longer than 255 characters";
+    goto out;
+  }
+  if (!name_valid(rest, pathn)) {
+    msg = has_upper(rest, pathn) ? "repository name must be lower-case" : "invalid repository name";
+    goto out;
+  }
+  if (colon != NULL && !tag_valid(colon + 1, tagn)) {
+    msg = tagn > TAG_MAX_LEN ? "tag longer than 128 characters" : "invalid tag";
+    goto out;
+  }
+  if (at != NULL) {
+    dc = digest_classify(at + 1, dign);
+    if (dc != DIGEST_CACHEABLE) {
+      msg = dc == DIGEST_OTHER ? "unsupported digest algorithm (sha256 and sha512 only)"
+                               : "invalid digest";
+      goto out;
+    }
+  }
+
+  memcpy(out->repo, prefix, prefixn);
+  memcpy(out->repo + prefixn, rest, pathn);
+  out->repo[prefixn + pathn] = '\0';
+  if (colon != NULL) {
+    memcpy(out->tag, colon + 1, tagn);
+    out->tag[tagn] = '\0';
+  } else if (at == NULL) {
+    memcpy(out->tag, "latest", sizeof "latest");
+  }
+  if (at != NULL) {
+    memcpy(out->digest, at + 1, dign);
+    out->digest[dign] = '\0';
+  }
+  rc = 0;
+
+out:
+  if (rc != 0) {
+    memset(out, 0, sizeof *out);
+    if (why != NULL)
+      *why = msg;
+  }
+  return rc;
 }
 
 /* ---- Accept key -------------------------------------------------------------- */

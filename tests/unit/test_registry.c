@@ -1,7 +1,7 @@
-/* Registry paths, identities and the Accept key (SPEC §3): tables of valid
- * and hostile request paths, mirror-mode ?ns=, registry spellings, and the
- * Accept headers real clients send (dockerd 20.10, containerd 1.6,
- * skopeo 1.9). */
+/* Registry paths, identities, image references and the Accept key (SPEC §3,
+ * §4): tables of valid and hostile request paths, mirror-mode ?ns=, registry
+ * spellings, image references as docker normalises them, and the Accept
+ * headers real clients send (dockerd 20.10, containerd 1.6, skopeo 1.9). */
 
 #include <setjmp.h>
 #include <stdarg.h>
@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "regproxy/error.h"
 #include "regproxy/registry.h"
 
 /* ---- paths ---------------------------------------------------------------- */
@@ -412,6 +413,351 @@ static void test_upstream_host(void **state) {
   assert_string_equal(rp_reg_upstream_host(buf), "registry-1.docker.io");
 }
 
+/* ---- image references ------------------------------------------------------- */
+
+/* Rows from distribution/reference's normalize_test.go (ParseNormalizedNamed,
+ * then TagNameOnly), the shapes prefetch is given, and where regproxy
+ * deliberately differs: one identity for every spelling of Docker Hub, and
+ * registries that could never be dialled are refused up front. */
+
+#define HUB     "docker.io"
+#define ID64    "1a3f5e7d9c1b3a5f7e9d1c3b5a7f9e1d3c5b7a9f1e3d5d7c9b1a3f5e7d9c1b3a"
+#define DBCC    "dbcc1c35ac38df41fd2f5e4130b32ffdb93ebae8b3dbe638c23575912276fc9c"
+#define BUSYBOX "sha256:86e0e091d0da6bde2456dbb48306f3956bbeb2eae1b5b9a43045843f69fe4aaa"
+#define SONG    "thisisthesongthatneverendsitgoesonandonandonthisisthesongthatnev"
+#define NS255   "this_is_not_a_valid_namespace_because_its_lenth_is_greater_than_255_"
+#define LONGNS                                                                                     \
+  NS255 NS255 NS255 "this_is_not_a_valid_namespace_because_its_lenth_is_greater_than_255"
+#define T129    T128 "q"
+#define P240    T16 T16 T16 T16 T16 T16 T16 T16 T16 T16 T16 T16 T16 T16 T16
+#define P247    P240 "abcdefg"
+#define P248    P240 "abcdefgh"
+#define P255    P240 "abcdefghijklmno"
+#define P256    P240 T16
+#define L61     T16 T16 T16 "abcdefghijklm"
+#define L63     T16 T16 T16 "abcdefghijklmno"
+#define L64     T16 T16 T16 T16
+#define HOST253 L63 "." L63 "." L63 "." L61
+#define HOST255 L63 "." L63 "." L63 "." L63
+
+struct ref_case {
+  const char *in;
+  const char *registry; /* NULL: refused */
+  const char *repo;
+  const char *tag;
+  const char *digest; /* NULL: "" */
+};
+
+#define REFUSED(s)                                                                                 \
+  { s, NULL, NULL, NULL, NULL }
+
+static const struct ref_case ref_cases[] = {
+    /* TestValidateReferenceName */
+    {"docker/docker", HUB, "docker/docker", "latest", NULL},
+    {"library/debian", HUB, "library/debian", "latest", NULL},
+    {"debian", HUB, "library/debian", "latest", NULL},
+    {"docker.io/docker/docker", HUB, "docker/docker", "latest", NULL},
+    {"docker.io/library/debian", HUB, "library/debian", "latest", NULL},
+    {"docker.io/debian", HUB, "library/debian", "latest", NULL},
+    {"index.docker.io/docker/docker", HUB, "docker/docker", "latest", NULL},
+    {"index.docker.io/library/debian", HUB, "library/debian", "latest", NULL},
+    {"index.docker.io/debian", HUB, "library/debian", "latest", NULL},
+    {"127.0.0.1:5000/docker/docker", "127.0.0.1:5000", "docker/docker", "latest", NULL},
+    {"127.0.0.1:5000/library/debian", "127.0.0.1:5000", "library/debian", "latest", NULL},
+    {"127.0.0.1:5000/debian", "127.0.0.1:5000", "debian", "latest", NULL},
+    {SONG, HUB, "library/" SONG, "latest", NULL},
+    /* With a registry a 64-hex-digit name is no longer taken for an image ID. */
+    {"docker.io/" ID64, HUB, "library/" ID64, "latest", NULL},
+    REFUSED("https://github.com/docker/docker"),
+    REFUSED("docker/Docker"),
+    REFUSED("-docker"),
+    REFUSED("-docker/docker"),
+    REFUSED("-docker.io/docker/docker"),
+    REFUSED("docker///docker"),
+    REFUSED("docker.io/docker/Docker"),
+    REFUSED("docker.io/docker///docker"),
+    REFUSED(ID64),
+
+    /* TestValidateRemoteName */
+    {"docker-rules/docker", HUB, "docker-rules/docker", "latest", NULL},
+    {"docker---rules/docker", HUB, "docker---rules/docker", "latest", NULL},
+    {"doc/docker", HUB, "doc/docker", "latest", NULL},
+    {"d/docker", HUB, "d/docker", "latest", NULL},
+    {"jess/t", HUB, "jess/t", "latest", NULL},
+    {"dock__er/docker", HUB, "dock__er/docker", "latest", NULL},
+    REFUSED("docker-/docker"),
+    REFUSED("-docker-/docker"),
+    REFUSED("____/____"),
+    REFUSED("_docker/_docker"),
+    REFUSED("dock..er/docker"),
+    REFUSED("dock_.er/docker"),
+    REFUSED("dock-.er/docker"),
+    REFUSED("docker/"),
+    REFUSED(LONGNS "/docker"),
+
+    /* TestParseRepositoryInfo: familiar, full and ambiguous spellings. */
+    {"fooo/bar", HUB, "fooo/bar", "latest", NULL},
+    {"index.docker.io/fooo/bar", HUB, "fooo/bar", "latest", NULL},
+    {"nonlibrary/ubuntu", HUB, "nonlibrary/ubuntu", "latest", NULL},
+    {"other/library", HUB, "other/library", "latest", NULL},
+    {"127.0.0.1:8000/private/moonbase", "127.0.0.1:8000", "private/moonbase", "latest", NULL},
+    {"127.0.0.1:8000/privatebase", "127.0.0.1:8000", "privatebase", "latest", NULL},
+    {"example.com/private/moonbase", "example.com", "private/moonbase", "latest", NULL},
+    {"example.com/privatebase", "example.com", "privatebase", "latest", NULL},
+    {"example.com:8000/privatebasee", "example.com:8000", "privatebasee", "latest", NULL},
+    {"ubuntu-12.04-base", HUB, "library/ubuntu-12.04-base", "latest", NULL},
+    {"index.docker.io/library/ubuntu-12.04-base", HUB, "library/ubuntu-12.04-base", "latest", NULL},
+    {"library/foo/bar", HUB, "library/foo/bar", "latest", NULL},
+    {"store/foo/bar", HUB, "store/foo/bar", "latest", NULL},
+
+    /* TestParseReferenceWithTagAndDigest: both are kept. */
+    {"busybox:latest@" BUSYBOX, HUB, "library/busybox", "latest", BUSYBOX},
+
+    /* TestParseAnyReference, as far as ParseNormalizedNamed goes. */
+    {"redis:latest", HUB, "library/redis", "latest", NULL},
+    {"docker.io/library/redis:latest", HUB, "library/redis", "latest", NULL},
+    {"redis@sha256:" DBCC, HUB, "library/redis", "", "sha256:" DBCC},
+    {"dmcgowan/myapp@sha256:" DBCC, HUB, "dmcgowan/myapp", "", "sha256:" DBCC},
+    {"docker.io/mcgowan/myapp:latest", HUB, "mcgowan/myapp", "latest", NULL},
+    {"dbcc1c35ac38df41fd2f5e4130b32ffdb93ebae8b3dbe638c23575912276fc9", HUB,
+     "library/dbcc1c35ac38df41fd2f5e4130b32ffdb93ebae8b3dbe638c23575912276fc9", "latest", NULL},
+    {"dbcc1", HUB, "library/dbcc1", "latest", NULL},
+    /* A bare digest is an image "sha256" with a hex tag to ParseNormalizedNamed. */
+    {"sha256:" DBCC, HUB, "library/sha256", DBCC, NULL},
+
+    /* TestNormalizedSplitHostname */
+    {"test.com/foo", "test.com", "foo", "latest", NULL},
+    {"test_com/foo", HUB, "test_com/foo", "latest", NULL},
+    {"docker/migrator", HUB, "docker/migrator", "latest", NULL},
+    {"test.com:8080/foo", "test.com:8080", "foo", "latest", NULL},
+    {"test-com:8080/foo", "test-com:8080", "foo", "latest", NULL},
+    {"foo", HUB, "library/foo", "latest", NULL},
+    {"xn--n3h.com/foo", "xn--n3h.com", "foo", "latest", NULL},
+    {"xn--n3h.com:18080/foo", "xn--n3h.com:18080", "foo", "latest", NULL},
+    {"docker.io/library/foo/bar", HUB, "library/foo/bar", "latest", NULL},
+
+    /* TestInvalidReferenceComponents */
+    REFUSED("-foo"),
+    REFUSED("busybox:-foo"),
+    REFUSED("busybox@foo"),
+
+    /* What `regproxy prefetch` is given. */
+    {"alpine", HUB, "library/alpine", "latest", NULL},
+    {"alpine:3.18", HUB, "library/alpine", "3.18", NULL},
+    {"library/alpine@" S256, HUB, "library/alpine", "", S256},
+    {"alpine:3.18@" S256, HUB, "library/alpine", "3.18", S256},
+    {"alpine@" S512, HUB, "library/alpine", "", S512},
+    {"ghcr.io/org/app:1", "ghcr.io", "org/app", "1", NULL},
+    {"localhost:5000/x", "localhost:5000", "x", "latest", NULL},
+    {"localhost/x", "localhost", "x", "latest", NULL},
+    {"[::1]:5000/x:tag", "[::1]:5000", "x", "tag", NULL},
+    {"[::1]/x", "[::1]", "x", "latest", NULL},
+    {"[2001:DB8::1]:5000/a/b", "[2001:db8::1]:5000", "a/b", "latest", NULL},
+    {"docker.io/alpine", HUB, "library/alpine", "latest", NULL},
+    {"index.docker.io/library/alpine", HUB, "library/alpine", "latest", NULL},
+    /* Without a '/' there is no registry: these are Docker Hub images. */
+    {"localhost", HUB, "library/localhost", "latest", NULL},
+    {"localhost:5000", HUB, "library/localhost", "5000", NULL},
+    {"docker.io", HUB, "library/docker.io", "latest", NULL},
+    /* Only a whole input of 64 hex digits is an image ID. */
+    {ID64 ":v1", HUB, "library/" ID64, "v1", NULL},
+    {"library/" ID64, HUB, "library/" ID64, "latest", NULL},
+
+    /* One identity per registry. distribution keeps "registry-1.docker.io",
+     * "docker.io:443" and "DOCKER.IO" as other domains without "library/";
+     * to regproxy (rp_reg_canonical) they are all Docker Hub. */
+    {"registry-1.docker.io/alpine", HUB, "library/alpine", "latest", NULL},
+    {"registry-1.docker.io/library/alpine:3", HUB, "library/alpine", "3", NULL},
+    {"docker.io:443/alpine", HUB, "library/alpine", "latest", NULL},
+    {"DOCKER.IO/alpine", HUB, "library/alpine", "latest", NULL},
+    {"Index.Docker.IO/org/app", HUB, "org/app", "latest", NULL},
+    {"docker.io:5000/alpine", "docker.io:5000", "alpine", "latest", NULL},
+    {"GHCR.io:443/org/app", "ghcr.io", "org/app", "latest", NULL},
+    {"localhost:05000/x", "localhost:5000", "x", "latest", NULL},
+
+    /* distribution (v0.5+) takes an upper-case first component for a
+     * registry, since a repository component cannot hold one. */
+    {"Foo/bar", "foo", "bar", "latest", NULL},
+    {"MyRegistry/username/image:1", "myregistry", "username/image", "1", NULL},
+    {"LOCALHOST/x", "localhost", "x", "latest", NULL},
+    REFUSED("Foo"),
+    REFUSED("Foo_bar/x"),
+
+    /* Tags: [\w][\w.-]{0,127}. */
+    {"alpine:" T128, HUB, "library/alpine", T128, NULL},
+    {"alpine:Latest_1.0-rc", HUB, "library/alpine", "Latest_1.0-rc", NULL},
+    {"alpine:_x", HUB, "library/alpine", "_x", NULL},
+    REFUSED("alpine:" T129),
+    REFUSED("alpine:.x"),
+    REFUSED("alpine:-x"),
+    REFUSED("alpine:"),
+    REFUSED("alpine:a:b"),
+    REFUSED("alpine:a/b"),
+    REFUSED("alpine:a+b"),
+
+    /* Digests: sha256 and sha512 in lower-case hex of the exact length. */
+    REFUSED("alpine@"),
+    REFUSED("alpine@sha256"),
+    REFUSED("alpine@sha256:"),
+    REFUSED("alpine@sha256:" H63),
+    REFUSED("alpine@sha256:" H64 "0"),
+    REFUSED("alpine@sha256:" H64U),
+    REFUSED("alpine@SHA256:" H64),
+    REFUSED("alpine@sha384:" H64 T16 T16),
+    REFUSED("alpine@md5:0123456789abcdef0123456789abcdef"),
+    REFUSED("alpine@sha512:" H64),
+    REFUSED("alpine@" S256 "@" S256),
+    REFUSED("alpine@" S256 ":3.18"),
+    REFUSED("alpine@" S256 "/x"),
+    REFUSED("@" S256),
+
+    /* Lengths: the repository path (with "library/") is at most 255; the
+     * registry is bounded as a DNS name and by the identity buffer. */
+    {"example.com/" P255, "example.com", P255, "latest", NULL},
+    {P247, HUB, "library/" P247, "latest", NULL},
+    {HOST253 "/x", HOST253, "x", "latest", NULL},
+    REFUSED("example.com/" P256),
+    REFUSED(P248),
+    REFUSED(HOST255 "/x"),
+    REFUSED(HOST253 ":5000/x"),
+    REFUSED(L64 ".example.com/x"),
+
+    /* Registries distribution's domain grammar refuses, and ones it lets
+     * through that could never be dialled. */
+    REFUSED("ghcr.io:/x"),
+    REFUSED("ghcr.io:abc/x"),
+    REFUSED("ghcr.io:0/x"),
+    REFUSED("ghcr.io:65536/x"),
+    REFUSED("example.com./x"),
+    REFUSED(".example.com/x"),
+    REFUSED("ex_ample.com/x"), /* distribution: a name with no registry at all */
+    REFUSED("ex ample.com/x"),
+    REFUSED("::1/x"),
+    REFUSED("[::1/x"),
+    REFUSED("[::1]x/y"),
+    REFUSED("[]/x"),
+    REFUSED("[:::]/x"),
+    REFUSED("[::ffff:1.2.3.4]/x"),
+    REFUSED("[fe80::1%eth0]/x"),
+    REFUSED("user@ghcr.io/x"),
+
+    /* Shapes that are no reference. */
+    REFUSED(""),
+    REFUSED(" alpine"),
+    REFUSED("alpine "),
+    REFUSED("al pine"),
+    REFUSED("alpine\n"),
+    REFUSED("/alpine"),
+    REFUSED("alpine/"),
+    REFUSED("ghcr.io/"),
+    REFUSED("ghcr.io/x/"),
+    REFUSED("alpine//x"),
+    REFUSED("ghcr.io//x"),
+    REFUSED("https://ghcr.io/x"),
+    REFUSED("docker://alpine"),
+    REFUSED("ALPINE"),
+    REFUSED("alpine/X"),
+    REFUSED(":tag"),
+    REFUSED("ghcr.io/a/../b"),
+    REFUSED("ghcr.io/./b"),
+    REFUSED("ghcr.io/x?y"),
+    REFUSED("ghcr.io/x#y"),
+    REFUSED("alpine\xc3\xa9"),
+};
+
+static void check_ref(const char *s, size_t n, const struct ref_case *c) {
+  struct rp_reg_ref r;
+  const char *why = NULL;
+  int rc;
+
+  memset(&r, 0x5a, sizeof r); /* the parser must set every field */
+  rc = rp_reg_ref_parse(s, n, &r, &why);
+  if (c->registry == NULL) {
+    if (rc != RP_EPARSE || why == NULL || why[0] == '\0' || r.registry[0] != '\0' ||
+        r.repo[0] != '\0' || r.tag[0] != '\0' || r.digest[0] != '\0') {
+      print_error("ref '%s': rc %d why '%s', want refused\n", c->in, rc, why ? why : "(null)");
+      fail();
+    }
+    return;
+  }
+  if (rc != 0 || strcmp(r.registry, c->registry) != 0 || strcmp(r.repo, c->repo) != 0 ||
+      strcmp(r.tag, c->tag) != 0 || strcmp(r.digest, c->digest ? c->digest : "") != 0) {
+    print_error("ref '%s': rc %d (%s) registry '%s' repo '%s' tag '%s' digest '%s'\n", c->in, rc,
+                rc != 0 && why ? why : "", rc == 0 ? r.registry : "", rc == 0 ? r.repo : "",
+                rc == 0 ? r.tag : "", rc == 0 ? r.digest : "");
+    fail();
+  }
+}
+
+static void test_ref_table(void **state) {
+  (void)state;
+  for (size_t i = 0; i < sizeof ref_cases / sizeof ref_cases[0]; i++)
+    check_ref(ref_cases[i].in, strlen(ref_cases[i].in), &ref_cases[i]);
+}
+
+/* Exactly n bytes are read: NULs inside refuse, bytes past n do not count,
+ * and an input in a buffer of its own size is never overrun (ASan). */
+static void test_ref_lengths(void **state) {
+  static const struct ref_case alpine318 = {"(prefix)", HUB, "library/alpine", "3.18", NULL};
+  static const struct ref_case refused = REFUSED("(nul)");
+  static const char *const exact[] = {"alpine", "ghcr.io/org/app:1", "alpine@" S256, "[::1]"};
+  struct rp_reg_ref r;
+  const char *why = "untouched";
+  (void)state;
+
+  check_ref("alpine\0:3.18", 12, &refused);
+  check_ref("alpine:3.18\0", 12, &refused);
+  check_ref("\0", 1, &refused);
+  check_ref("ghcr.io\0/x", 10, &refused);
+  check_ref("[::1\0]/x", 8, &refused);
+  check_ref("alpine:3.18garbage", 11, &alpine318);
+  check_ref("alpine:3.18@garbage", 11, &alpine318);
+  for (size_t i = 0; i < sizeof exact / sizeof exact[0]; i++) {
+    size_t n = strlen(exact[i]);
+    char *copy = malloc(n);
+    assert_non_null(copy);
+    memcpy(copy, exact[i], n);
+    (void)rp_reg_ref_parse(copy, n, &r, &why);
+    free(copy);
+  }
+
+  /* NULL input is refused; why may be NULL. */
+  assert_int_equal(rp_reg_ref_parse(NULL, 5, &r, &why), RP_EPARSE);
+  assert_string_equal(why, "empty image reference");
+  assert_int_equal(rp_reg_ref_parse("Alpine", 6, &r, NULL), RP_EPARSE);
+  assert_int_equal(rp_reg_ref_parse("alpine", 6, &r, NULL), 0);
+}
+
+/* The messages say which part is wrong. */
+static void test_ref_messages(void **state) {
+  static const struct {
+    const char *in, *why;
+  } cases[] = {
+      {"", "empty image reference"},
+      {ID64, "an image ID (64 hex digits) is not a repository name"},
+      {"ghcr.io:0/x", "invalid registry host[:port]"},
+      {"docker/Docker", "repository name must be lower-case"},
+      {"docker//docker", "invalid repository name"},
+      {P248, "repository name longer than 255 characters"},
+      {"alpine:.x", "invalid tag"},
+      {"alpine:" T129, "tag longer than 128 characters"},
+      {"alpine@sha384:" H64 T16 T16, "unsupported digest algorithm (sha256 and sha512 only)"},
+      {"alpine@sha256:" H64U, "invalid digest"},
+  };
+  struct rp_reg_ref r;
+  (void)state;
+
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    const char *why = NULL;
+    assert_int_equal(rp_reg_ref_parse(cases[i].in, strlen(cases[i].in), &r, &why), RP_EPARSE);
+    assert_non_null(why);
+    if (strcmp(why, cases[i].why) != 0) {
+      print_error("ref '%s': why '%s', want '%s'\n", cases[i].in, why, cases[i].why);
+      fail();
+    }
+  }
+}
+
 /* ---- Accept key ------------------------------------------------------------- */
 
 #define DOCKER_V2     "application/vnd.docker.distribution.manifest.v2+json"
@@ -670,6 +1016,9 @@ int main(void) {
       cmocka_unit_test(test_path_overlong),
       cmocka_unit_test(test_canonical),
       cmocka_unit_test(test_upstream_host),
+      cmocka_unit_test(test_ref_table),
+      cmocka_unit_test(test_ref_lengths),
+      cmocka_unit_test(test_ref_messages),
       cmocka_unit_test(test_accept_key_table),
       cmocka_unit_test(test_accept_key_lengths),
       cmocka_unit_test(test_accept_key_small_buffer),
