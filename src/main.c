@@ -74,7 +74,12 @@ int main(int argc, char **argv) {
     rp_config_destroy(cfg);
     return rc;
   }
-  if (strcmp(cmd, "setup") == 0 || strcmp(cmd, "prefetch") == 0)
+  if (strcmp(cmd, "prefetch") == 0) {
+    int rc = rp_cli_prefetch(cfg, argc, argv, environ);
+    rp_config_destroy(cfg);
+    return rc;
+  }
+  if (strcmp(cmd, "setup") == 0)
     fprintf(stderr, "regproxy: '%s' is not available in this version yet\n", cmd);
   else
     fprintf(stderr, "regproxy: unknown command '%s' (see regproxy --help)\n", cmd);

@@ -18,4 +18,10 @@ int rp_cli_ca(struct rp_config *cfg);
  * 1 naming the PID when a running regproxy holds it). */
 int rp_cli_cache(struct rp_config *cfg);
 
+/** `regproxy prefetch <image-ref>...` (cfg->args: "prefetch", refs): every
+ * platform's manifests and blobs of each image into the cache, through the
+ * running instance that holds cfg->cache_dir, or through one started in this
+ * process (argc/argv/envp configure it). Progress on stdout. */
+int rp_cli_prefetch(struct rp_config *cfg, int argc, char **argv, char **envp);
+
 #endif

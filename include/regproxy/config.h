@@ -124,6 +124,9 @@ int rp_config_parse_duration(const char *s, uint64_t *out_ms);
 int rp_config_parse_connect_to(const char *s, struct rp_connect_to *out);
 /** Parse "ADDR:PORT" / "[v6]:PORT" / ":PORT" (all IPv4 addresses). */
 int rp_config_parse_listen(const char *s, struct rp_listen_addr *out);
+/** Replace every listener (and transparent listener) with addr alone (an
+ * in-process instance for `regproxy prefetch`). 0, RP_EPARSE or RP_ENOMEM. */
+int rp_config_listen_only(struct rp_config *cfg, const char *addr);
 
 /** Print --help (every option with its default) to stdout. */
 void rp_config_usage(void);

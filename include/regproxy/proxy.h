@@ -15,6 +15,12 @@ int rp_server_create(struct rp_server **out, uv_loop_t *loop, struct rp_config *
                      char **argv, char **envp, char **err);
 /** Bind the listeners, install signal handlers, print the start-up lines. */
 int rp_server_start(struct rp_server *srv, char **err);
+/** The first listener's URL as bound ("http://127.0.0.1:2080"; a wildcard
+ * address becomes loopback). 0 or UV_ENOENT. */
+int rp_server_url(const struct rp_server *srv, char *url, size_t n);
+/** Stop as SIGTERM does: listeners closed, transfers finish within the grace
+ * time, then the loop runs out. */
+void rp_server_stop(struct rp_server *srv);
 /** Free everything; call after uv_run returned. */
 void rp_server_destroy(struct rp_server *srv);
 

@@ -1093,6 +1093,26 @@ static void listen_free(struct rp_listen_addr *a, size_t n) {
   free(a);
 }
 
+int rp_config_listen_only(struct rp_config *cfg, const char *addr) {
+  struct rp_listen_addr *l = calloc(1, sizeof(*l));
+  int rc;
+
+  if (l == NULL)
+    return RP_ENOMEM;
+  rc = rp_config_parse_listen(addr, l);
+  if (rc != 0) {
+    free(l);
+    return rc;
+  }
+  listen_free(cfg->listen, cfg->n_listen);
+  listen_free(cfg->transparent, cfg->n_transparent);
+  cfg->listen = l;
+  cfg->n_listen = 1;
+  cfg->transparent = NULL;
+  cfg->n_transparent = 0;
+  return 0;
+}
+
 static void connect_to_free(struct rp_connect_to *c, size_t n) {
   for (size_t i = 0; i < n; i++) {
     free(c[i].host);
@@ -2048,7 +2068,9 @@ void rp__config_usage_write(FILE *fp) {
         "                                    list / total / re-hash (removing bad objects) /\n"
         "                                    evict to --cache-max-size / remove one object; asks\n"
         "                                    the running regproxy when one holds --cache-dir\n"
-        "  regproxy prefetch <image-ref>...  warm the cache (all platforms), with progress\n"
+        "  regproxy prefetch <image-ref>...  warm the cache (all platforms), with progress;\n"
+        "                                    through the running regproxy when one holds\n"
+        "                                    --cache-dir (credentials: --registry-auth)\n"
         "  regproxy --version | --help\n"
         "\n"
         "Every option is also a config-file key (--cache-max-size <-> cache_max_size) and an\n"

@@ -346,35 +346,45 @@ static void startup_lines(struct rp_server *srv) {
 /* Tell `regproxy cache …` where to reach us (SPEC §3 "One owner per cache
  * directory"): the first --listen address as bound, a wildcard one as the
  * loopback address of its family. */
-static void record_owner(struct rp_server *srv) {
+int rp_server_url(const struct rp_server *srv, char *url, size_t n) {
   struct sockaddr_storage ss;
   char ip[INET6_ADDRSTRLEN] = "";
-  char url[128];
   int len = sizeof(ss);
-  int rc;
 
-  if (srv->cache == NULL || srv->cfg->n_listen == 0 || srv->nlisteners == 0 ||
-      srv->listeners[0].transparent)
-    return;
+  if (srv->cfg->n_listen == 0 || srv->nlisteners == 0 || srv->listeners[0].transparent)
+    return UV_ENOENT;
   memset(&ss, 0, sizeof(ss));
   if (uv_tcp_getsockname(&srv->listeners[0].tcp, (struct sockaddr *)&ss, &len) != 0)
-    return;
+    return UV_ENOENT;
   if (ss.ss_family == AF_INET6) {
     struct sockaddr_in6 *a = (struct sockaddr_in6 *)&ss;
     if (IN6_IS_ADDR_UNSPECIFIED(&a->sin6_addr))
       a->sin6_addr = in6addr_loopback;
     uv_ip6_name(a, ip, sizeof(ip));
-    snprintf(url, sizeof(url), "http://[%s]:%u", ip, ntohs(a->sin6_port));
+    snprintf(url, n, "http://[%s]:%u", ip, ntohs(a->sin6_port));
   } else {
     struct sockaddr_in *a = (struct sockaddr_in *)&ss;
     if (a->sin_addr.s_addr == htonl(INADDR_ANY))
       a->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     uv_ip4_name(a, ip, sizeof(ip));
-    snprintf(url, sizeof(url), "http://%s:%u", ip, ntohs(a->sin_port));
+    snprintf(url, n, "http://%s:%u", ip, ntohs(a->sin_port));
   }
+  return 0;
+}
+
+static void record_owner(struct rp_server *srv) {
+  char url[128];
+  int rc;
+
+  if (srv->cache == NULL || rp_server_url(srv, url, sizeof(url)) != 0)
+    return;
   rc = rp_cache_set_owner(srv->cache, url);
   if (rc != 0)
     rp_log_warn("cache: cannot record the admin URL %s in the lock file: %s", url, rp_strerror(rc));
+}
+
+void rp_server_stop(struct rp_server *srv) {
+  begin_shutdown(srv, "stop requested");
 }
 
 /* The CA (created on first start), its leaf cache and the upstream engine. */

@@ -1512,6 +1512,34 @@ class OciImage:
         return set(self.layers) | {self.config}
 
 
+def multiarch_layout():
+    """An OCI layout whose tag is an image index over two platforms."""
+    a = OciImage(os.path.join(tmpdir(), "a"), layer_sizes=(2048, 64 * 1024))
+    b = OciImage(os.path.join(tmpdir(), "b"), layer_sizes=(3000,))
+    path = os.path.join(tmpdir(), "multi")
+    shutil.copytree(a.path, path)
+    for name in os.listdir(os.path.join(b.path, "blobs", "sha256")):
+        shutil.copy(os.path.join(b.path, "blobs", "sha256", name),
+                    os.path.join(path, "blobs", "sha256", name))
+    mans = []
+    for img, arch in ((a, "amd64"), (b, "arm64")):
+        size = os.path.getsize(os.path.join(img.path, "blobs", "sha256", img.manifest[7:]))
+        mans.append({"mediaType": OciImage.MT_MANIFEST, "digest": img.manifest,
+                     "size": size, "platform": {"architecture": arch, "os": "linux"}})
+    index = json.dumps({"schemaVersion": 2,
+                        "mediaType": "application/vnd.oci.image.index.v1+json",
+                        "manifests": mans}).encode()
+    dg = sha256(index)
+    write_file(os.path.join(path, "blobs", "sha256", dg), index)
+    write_file(os.path.join(path, "index.json"), json.dumps({
+        "schemaVersion": 2, "manifests": [{
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "digest": "sha256:" + dg, "size": len(index),
+            "annotations": {"org.opencontainers.image.ref.name": "multi"}}]}))
+    return {"path": path, "index": "sha256:" + dg,
+            "blobs": a.blobs | b.blobs | {a.manifest, b.manifest}}
+
+
 def layout_blobs(path):
     """Digests of the manifest's config and layers in an OCI layout (single image)."""
     with open(os.path.join(path, "index.json")) as f:

@@ -22,7 +22,7 @@ def setup():
     IMG = h.OciImage(os.path.join(h.tmpdir(), "src"), layer_sizes=(4096, 1024 * 1024))
     h.skopeo(["copy", "--dest-cert-dir", CA.certdir, "oci:%s:3.18" % IMG.path,
               "docker://127.0.0.1:%d/library/alpine:3.18" % REG.port])
-    MULTI = multiarch_layout()
+    MULTI = h.multiarch_layout()
     h.skopeo(["copy", "--all", "--dest-cert-dir", CA.certdir, "oci:%s:multi" % MULTI["path"],
               "docker://127.0.0.1:%d/library/multi:1" % REG.port])
     RP = start_proxy()
@@ -39,34 +39,6 @@ def rp_certdir(rp):
     d = h.tmpdir()
     shutil.copy(os.path.join(rp.dir, "ca", "ca.crt"), os.path.join(d, "ca.crt"))
     return d
-
-
-def multiarch_layout():
-    """An OCI layout whose tag is an image index over two platforms."""
-    a = h.OciImage(os.path.join(h.tmpdir(), "a"), layer_sizes=(2048, 64 * 1024))
-    b = h.OciImage(os.path.join(h.tmpdir(), "b"), layer_sizes=(3000,))
-    path = os.path.join(h.tmpdir(), "multi")
-    shutil.copytree(a.path, path)
-    for name in os.listdir(os.path.join(b.path, "blobs", "sha256")):
-        shutil.copy(os.path.join(b.path, "blobs", "sha256", name),
-                    os.path.join(path, "blobs", "sha256", name))
-    mans = []
-    for img, arch in ((a, "amd64"), (b, "arm64")):
-        size = os.path.getsize(os.path.join(img.path, "blobs", "sha256", img.manifest[7:]))
-        mans.append({"mediaType": h.OciImage.MT_MANIFEST, "digest": img.manifest,
-                     "size": size, "platform": {"architecture": arch, "os": "linux"}})
-    index = json.dumps({"schemaVersion": 2,
-                        "mediaType": "application/vnd.oci.image.index.v1+json",
-                        "manifests": mans}).encode()
-    dg = h.sha256(index)
-    h.write_file(os.path.join(path, "blobs", "sha256", dg), index)
-    h.write_file(os.path.join(path, "index.json"), json.dumps({
-        "schemaVersion": 2, "manifests": [{
-            "mediaType": "application/vnd.oci.image.index.v1+json",
-            "digest": "sha256:" + dg, "size": len(index),
-            "annotations": {"org.opencontainers.image.ref.name": "multi"}}]}))
-    return {"path": path, "index": "sha256:" + dg,
-            "blobs": a.blobs | b.blobs | {a.manifest, b.manifest}}
 
 
 def pull(rp, out, ref="docker://%s/library/alpine:3.18" % HOST, tag="3.18", all_=False,
