@@ -16,6 +16,9 @@ rp_require_pkg(YAML yaml-0.1 libyaml-dev)
 rp_require_pkg(IDN2 libidn2 libidn2-dev)
 rp_require_pkg(JANSSON jansson libjansson-dev)
 rp_require_pkg(SQLITE3 sqlite3 libsqlite3-dev)
+# htpasswd verification (bcrypt, apr1-MD5, SHA1, crypt), as Apache and nginx use it.
+rp_require_pkg(APR apr-1 libapr1-dev)
+rp_require_pkg(APRUTIL apr-util-1 libaprutil1-dev)
 
 find_package(OpenSSL 1.1.1)
 if(NOT OPENSSL_FOUND)

@@ -117,6 +117,7 @@ void rp__conn_close(struct rp_conn *c) {
   rp__regcache_destroy(c);
   rp__mitm_destroy(c);
   rp__mirror_request_end(c);
+  rp__proxyauth_detach(c);
   rp_http_parser_destroy(c->parser);
   c->parser = NULL;
   rp__bref_put(c->in);
@@ -306,6 +307,11 @@ int rp__conn_write_client(struct rp_conn *c, const char *p, size_t n) {
 }
 
 void rp__conn_respond(struct rp_conn *c, int status, const char *reason, bool close_after) {
+  rp__conn_respond_with(c, status, reason, "", close_after);
+}
+
+void rp__conn_respond_with(struct rp_conn *c, int status, const char *reason, const char *extra,
+                           bool close_after) {
   struct rp_sbuf b = {0};
   char *p;
   size_t n;
@@ -320,8 +326,8 @@ void rp__conn_respond(struct rp_conn *c, int status, const char *reason, bool cl
     snprintf(c->log.reason, sizeof(c->log.reason), "%s", reason);
   rp_sbuf_addf(&b,
                "HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\n"
-               "Content-Length: %zu\r\n%s\r\n%s\n",
-               status, rp_http_reason(status), strlen(reason) + 1,
+               "Content-Length: %zu\r\n%s%s\r\n%s\n",
+               status, rp_http_reason(status), strlen(reason) + 1, extra,
                c->keep_alive ? "" : "Connection: close\r\n", reason);
   p = rp_sbuf_take(&b, &n);
   if (p == NULL) {
@@ -478,6 +484,16 @@ static void dispatch(struct rp_conn *c, const struct rp_http_head *h) {
     rp__conn_respond(c, 403, "client address not allowed", true);
     return;
   }
+  /* --proxy-auth-file: requests to the proxy itself, not those inside an
+   * intercepted tunnel (its CONNECT was checked) nor origin-form ones. */
+  if (!c->mitm && strcmp(c->via, "proxy") == 0 &&
+      (c->target.form == RP_TARGET_AUTHORITY || c->target.form == RP_TARGET_ABSOLUTE) &&
+      !rp__proxyauth_check(c, h))
+    return;
+  rp__conn_route(c, h);
+}
+
+void rp__conn_route(struct rp_conn *c, const struct rp_http_head *h) {
   if (c->mitm) {
     rp__mitm_request(c, h);
     return;

@@ -56,12 +56,14 @@ struct rp_server {
   struct rp_ca *ca;
   struct rp_leafcache *leaves;
   struct rp_upstream *up;
-  struct rp_cache *cache;      /* NULL: caching off (the directory is unusable) */
-  struct rp__memo *memo;       /* access confirmations (registry, repository, credential) */
-  struct rp__filljob *jobs;    /* upstream fetches feeding fills, for single-flight */
-  struct rp__headcheck *heads; /* upstream HEADs in flight (tag checks, confirmations) */
-  struct rp__mirror *mirror;   /* mirror mode's auth client and registry challenges */
-  struct rp__public *pub;      /* which repositories are public (publicrepo.c) */
+  struct rp_cache *cache;       /* NULL: caching off (the directory is unusable) */
+  struct rp__memo *memo;        /* access confirmations (registry, repository, credential) */
+  struct rp__filljob *jobs;     /* upstream fetches feeding fills, for single-flight */
+  struct rp__headcheck *heads;  /* upstream HEADs in flight (tag checks, confirmations) */
+  struct rp__mirror *mirror;    /* mirror mode's auth client and registry challenges */
+  struct rp_htpasswd *htpasswd; /* --proxy-auth-file, or NULL */
+  struct rp__proxyauth *pauth;  /* its remembered answers */
+  struct rp__public *pub;       /* which repositories are public (publicrepo.c) */
 };
 
 /* A read block shared by the writes that point into it. */
@@ -181,6 +183,7 @@ struct rp_conn {
   char *mirror_authz;        /* regproxy's own Authorization for it, or NULL */
   char *up_path;             /* upstream path+query when not the client's (ns stripped) */
   struct rp__mirror_op *mop; /* its credential being prepared */
+  struct rp__pa_job *pa_job; /* Proxy-Authorization being checked (proxyauth.c) */
   int grab_manifest;         /* GET by tag relayed without a digest: hash the body */
   struct rp__grab *grab;     /* that body, while it is relayed (regcache.c) */
   int up_plain;              /* a plain-HTTP registry request (insecure registry):
@@ -210,6 +213,11 @@ void rp__conn_go_state(struct rp_conn *c, enum rp_conn_state s);
 void rp__conn_close(struct rp_conn *c);
 /** Answer with a short local response (status line + one-line reason). */
 void rp__conn_respond(struct rp_conn *c, int status, const char *reason, bool close_after);
+/** The same with extra header lines (each ending in CRLF). */
+void rp__conn_respond_with(struct rp_conn *c, int status, const char *reason, const char *extra,
+                           bool close_after);
+/** Route a request whose head passed the ACL and proxy authentication. */
+void rp__conn_route(struct rp_conn *c, const struct rp_http_head *h);
 /** Queue bufs on s (the client or the upstream). ref (may be NULL) gains
  * a reference until the write completes; owned (may be NULL) is freed then.
  * On completion the connection's drain logic runs. */
@@ -278,6 +286,13 @@ void rp__mitm_pass_done(struct rp_fetch *f, void *data, int status, const char *
 /** The relay (and registry cache) for a request whose origin is set in
  * c->mitm_host/port (MITM, plain-HTTP registry, mirror). */
 void rp__mitm_relay(struct rp_conn *c, const struct rp_http_head *h);
+/* proxyauth.c */
+/** true: the request may go on now; false: answered (407) or being checked
+ * on the thread pool (then routed with rp__conn_route). */
+bool rp__proxyauth_check(struct rp_conn *c, const struct rp_http_head *h);
+/** The connection is going away: its check answers nobody. */
+void rp__proxyauth_detach(struct rp_conn *c);
+void rp__proxyauth_shutdown(struct rp_server *srv);
 /* mirror.c */
 void rp__mirror_request(struct rp_conn *c, const struct rp_http_head *h);
 /** The registry refused regproxy's own credential: forget the cached token. */

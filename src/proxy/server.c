@@ -10,6 +10,7 @@
 
 #include "internal.h"
 #include "regproxy/error.h"
+#include "regproxy/htpasswd.h"
 #include "regproxy/log.h"
 #include "regproxy/proxy.h"
 #include "regproxy/cache.h"
@@ -140,6 +141,7 @@ static void finish_shutdown(struct rp_server *srv) {
   rp__regcache_shutdown(srv);
   rp__public_shutdown(srv);
   rp__mirror_shutdown(srv);
+  rp__proxyauth_shutdown(srv);
   rp_upstream_destroy(srv->up);
   srv->up = NULL;
   rp_cache_close(srv->cache);
@@ -180,6 +182,23 @@ static void begin_shutdown(struct rp_server *srv, const char *why) {
     finish_shutdown(srv);
 }
 
+/* --proxy-auth-file: "" or unset is off. */
+static int load_htpasswd(const struct rp_config *cfg, struct rp_htpasswd **out, char **err) {
+  char *why = NULL;
+  int rc;
+
+  *out = NULL;
+  if (cfg->proxy_auth_file == NULL || cfg->proxy_auth_file[0] == '\0')
+    return 0;
+  rc = rp_htpasswd_load(cfg->proxy_auth_file, out, &why);
+  if (rc != 0) {
+    set_err(err, "--proxy-auth-file", why != NULL ? why : rp_strerror(rc));
+    free(why);
+    return RP_ECONFIG;
+  }
+  return 0;
+}
+
 static void reload(struct rp_server *srv) {
   struct rp_config *ncfg = NULL;
   struct rp_parent parent;
@@ -195,6 +214,19 @@ static void reload(struct rp_server *srv) {
     free(err);
     rp_config_destroy(ncfg);
     return;
+  }
+  {
+    struct rp_htpasswd *hp = NULL;
+    if (load_htpasswd(ncfg, &hp, &err) != 0) {
+      rp_log_error("reload failed, keeping the running configuration: %s", err ? err : "?");
+      free(err);
+      free(parent.auth);
+      rp_config_destroy(ncfg);
+      return;
+    }
+    rp_htpasswd_destroy(srv->htpasswd);
+    srv->htpasswd = hp;
+    rp__proxyauth_shutdown(srv); /* other users, other answers */
   }
   if (ncfg->n_listen != srv->cfg->n_listen)
     rp_log_warn("reload: listener changes need a restart");
@@ -227,12 +259,6 @@ int rp_server_create(struct rp_server **out, uv_loop_t *loop, struct rp_config *
 
   *out = NULL;
   rc = rp_config_check_listeners(cfg, err);
-  if (rc == 0 && cfg->proxy_auth_file != NULL && cfg->proxy_auth_file[0] != '\0') {
-    /* Refuse rather than run as an unauthenticated proxy the operator did
-     * not ask for. */
-    set_err(err, "--proxy-auth-file", "client authentication is not implemented yet");
-    rc = RP_ECONFIG;
-  }
   if (rc != 0) {
     rp_config_destroy(cfg);
     return rc;
@@ -248,6 +274,8 @@ int rp_server_create(struct rp_server **out, uv_loop_t *loop, struct rp_config *
   srv->argv = argv;
   srv->envp = envp;
   rc = apply_parent(&srv->parent, cfg, err);
+  if (rc == 0)
+    rc = load_htpasswd(cfg, &srv->htpasswd, err);
   if (rc != 0) {
     rp_server_destroy(srv);
     return rc;
@@ -458,12 +486,14 @@ void rp_server_destroy(struct rp_server *srv) {
   rp__regcache_shutdown(srv);
   rp__public_shutdown(srv);
   rp__mirror_shutdown(srv);
+  rp__proxyauth_shutdown(srv);
   rp_upstream_destroy(srv->up);
   rp_cache_close(srv->cache);
   rp_leafcache_destroy(srv->leaves);
   rp_ca_destroy(srv->ca);
   free(srv->listeners);
   free(srv->parent.auth);
+  rp_htpasswd_destroy(srv->htpasswd);
   rp_config_destroy(srv->cfg);
   free(srv);
 }
