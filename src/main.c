@@ -79,10 +79,12 @@ int main(int argc, char **argv) {
     rp_config_destroy(cfg);
     return rc;
   }
-  if (strcmp(cmd, "setup") == 0)
-    fprintf(stderr, "regproxy: '%s' is not available in this version yet\n", cmd);
-  else
-    fprintf(stderr, "regproxy: unknown command '%s' (see regproxy --help)\n", cmd);
+  if (strcmp(cmd, "setup") == 0) {
+    int rc = rp_cli_setup(cfg);
+    rp_config_destroy(cfg);
+    return rc;
+  }
+  fprintf(stderr, "regproxy: unknown command '%s' (see regproxy --help)\n", cmd);
   rp_config_destroy(cfg);
   return 2;
 }

@@ -18,6 +18,10 @@ int rp_cli_ca(struct rp_config *cfg);
  * 1 naming the PID when a running regproxy holds it). */
 int rp_cli_cache(struct rp_config *cfg);
 
+/** `regproxy setup docker|containerd|podman [--dry-run] [--root DIR]`: the
+ * proxy drop-in and CA files for that engine (cfg->root as /). */
+int rp_cli_setup(struct rp_config *cfg);
+
 /** `regproxy prefetch <image-ref>...` (cfg->args: "prefetch", refs): every
  * platform's manifests and blobs of each image into the cache, through the
  * running instance that holds cfg->cache_dir, or through one started in this
