@@ -10,6 +10,7 @@
 #include <strings.h>
 
 #include "internal.h"
+#include "page.h"
 #include "regproxy/metrics.h"
 #include "regproxy/tls.h"
 
@@ -153,6 +154,30 @@ void rp__admin_handle(struct rp_conn *c, const struct rp_http_head *h) {
     rp_sbuf_adds(&body, "ok\n");
     p = rp_sbuf_take(&body, &n);
     rp__admin_reply(c, 200, "text/plain; charset=utf-8", "", p, n, head_only);
+    return;
+  }
+  if (plen == 12 && memcmp(t->path, "/status.json", 12) == 0) {
+    p = rp__status_json(c->srv, &n);
+    if (p == NULL) {
+      rp__conn_respond(c, 500, "out of memory", true);
+      return;
+    }
+    rp__admin_reply(c, 200, "application/json", "", p, n, head_only);
+    return;
+  }
+  if (plen == 1 && t->path[0] == '/') {
+    n = sizeof(rp__status_page) - 1;
+    p = malloc(n);
+    if (p == NULL) {
+      rp__conn_respond(c, 500, "out of memory", true);
+      return;
+    }
+    memcpy(p, rp__status_page, n);
+    rp__admin_reply(c, 200, "text/html; charset=utf-8",
+                    "Content-Security-Policy: default-src 'none'; connect-src 'self'; "
+                    "style-src 'unsafe-inline'; script-src 'unsafe-inline'\r\n"
+                    "X-Content-Type-Options: nosniff\r\n",
+                    p, n, head_only);
     return;
   }
   if (plen == 8 && memcmp(t->path, "/metrics", 8) == 0) {

@@ -372,6 +372,7 @@ void rp__conn_log(struct rp_conn *c) {
   rp_logline_end(&l);
   rp_metrics_request(r->via != NULL ? r->via : "proxy", r->route != NULL ? r->route : "-",
                      r->cache != NULL ? r->cache : "-", r->status);
+  rp__status_note(c);
   r->start_ns = 0;
 }
 

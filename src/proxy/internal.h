@@ -61,6 +61,7 @@ struct rp_server {
   struct rp__filljob *jobs;     /* upstream fetches feeding fills, for single-flight */
   struct rp__headcheck *heads;  /* upstream HEADs in flight (tag checks, confirmations) */
   struct rp__mirror *mirror;    /* mirror mode's auth client and registry challenges */
+  struct rp__status *status;    /* the status page's numbers (status.c) */
   struct rp_htpasswd *htpasswd; /* --proxy-auth-file, or NULL */
   struct rp__proxyauth *pauth;  /* its remembered answers */
   struct rp__public *pub;       /* which repositories are public (publicrepo.c) */
@@ -286,6 +287,15 @@ void rp__mitm_pass_done(struct rp_fetch *f, void *data, int status, const char *
 /** The relay (and registry cache) for a request whose origin is set in
  * c->mitm_host/port (MITM, plain-HTTP registry, mirror). */
 void rp__mitm_relay(struct rp_conn *c, const struct rp_http_head *h);
+/* status.c */
+/** Count a finished registry request for the status page (from its log line). */
+void rp__status_note(struct rp_conn *c);
+/** /status.json, malloc'd (NULL on OOM). */
+char *rp__status_json(struct rp_server *srv, size_t *len);
+void rp__status_shutdown(struct rp_server *srv);
+struct json_t;
+/** The fills in flight, for the status page (regfill.c). */
+void rp__regcache_fills_json(struct rp_server *srv, struct json_t *arr);
 /* proxyauth.c */
 /** true: the request may go on now; false: answered (407) or being checked
  * on the thread pool (then routed with rp__conn_route). */

@@ -2,6 +2,7 @@
  * fill, and the fill jobs: one upstream fetch per digest feeding one fill,
  * outliving the client that started it, resumed with Range when cut, with
  * the clients that came before its answer waiting on it (SPEC §3 "Blobs"). */
+#include <jansson.h>
 #include <llhttp.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -470,4 +471,19 @@ bool rp__reg_start_job(struct rp_conn *c, struct rp__regreq *rq, const struct rp
     rp__conn_respond(c, 502, "out of memory", true);
   }
   return true;
+}
+
+/* ---- the status page ---- */
+
+void rp__regcache_fills_json(struct rp_server *srv, struct json_t *arr) {
+  for (struct rp__filljob *j = srv->jobs; j != NULL; j = j->next) {
+    char dg[140];
+    if (j->fill == NULL || j->passing || rp_fill_state(j->fill) != RP_FILL_RUNNING)
+      continue;
+    rp_digest_format(&j->d, dg, sizeof(dg));
+    json_array_append_new(
+        arr, json_pack("{s:s, s:s, s:s, s:I, s:I, s:i}", "digest", dg, "registry", j->registry,
+                       "repository", j->repo, "received", (json_int_t)rp_fill_received(j->fill),
+                       "size", (json_int_t)j->size, "readers", (int)rp_fill_readers(j->fill)));
+  }
 }

@@ -494,6 +494,7 @@ void rp_server_destroy(struct rp_server *srv) {
   free(srv->listeners);
   free(srv->parent.auth);
   rp_htpasswd_destroy(srv->htpasswd);
+  rp__status_shutdown(srv);
   rp_config_destroy(srv->cfg);
   free(srv);
 }

@@ -215,6 +215,25 @@ def test_twenty_clients_read_one_fill_as_it_grows():
     assert kinds.count("miss") == 1 and kinds.count("coalesced") == 19, kinds
 
 
+def test_status_page_shows_the_fill_in_flight():
+    st = Standin(CA, "slow")
+    rp = proxy(st)
+    p = subprocess.Popen(["curl", "-sS", "-o", "/dev/null", "-x", rp.url, "--cacert",
+                          os.path.join(rp.dir, "ca", "ca.crt"),
+                          "https://%s/v2/library/x/blobs/%s" % (HOST, DIGEST)])
+    h.defer(lambda: p.poll() is None and p.kill())
+
+    def fill():
+        import json
+        fills = json.loads(rp.get_admin("/status.json").body)["fills"]
+        return fills[0] if fills and 0 < fills[0]["received"] < fills[0]["size"] else None
+    f = h.wait_until(fill, 10, "a fill in flight on /status.json")
+    f = fill() or f
+    assert f["digest"] == DIGEST and f["repository"] == "library/x" and \
+        f["size"] == len(GOOD), f
+    assert p.wait(30) == 0
+
+
 def test_fill_outlives_the_client_that_started_it():
     st = Standin(CA, "slow")
     rp = proxy(st)
