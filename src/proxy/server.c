@@ -259,6 +259,13 @@ int rp_server_create(struct rp_server **out, uv_loop_t *loop, struct rp_config *
 
   *out = NULL;
   rc = rp_config_check_listeners(cfg, err);
+  if (rc == 0 && cfg->n_transparent > 0) {
+    /* Refuse rather than mishandle redirected traffic: without original-
+     * destination routing and SNI peeking it would be answered as admin or
+     * mirror requests. */
+    set_err(err, "--transparent", "transparent mode is not implemented yet");
+    rc = RP_ECONFIG;
+  }
   if (rc != 0) {
     rp_config_destroy(cfg);
     return rc;

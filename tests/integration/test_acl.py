@@ -73,6 +73,14 @@ def test_non_loopback_transparent_without_allow_exits_2():
     assert rc == 2, "exit code %s, stderr: %s" % (rc, err[-1500:])
 
 
+def test_transparent_listener_refused_until_implemented():
+    # A redirected connection would be answered as an admin or mirror request: refuse.
+    rc, err = h.run_regproxy_expect_exit(["--listen", "127.0.0.1:%d" % h.free_port(),
+                                          "--transparent", "127.0.0.1:%d" % h.free_port(),
+                                          "--mitm", ""])
+    assert rc == 2 and "--transparent: transparent mode is not implemented yet" in err, err
+
+
 def test_non_loopback_listener_with_allow_starts():
     port = h.free_port()
     rp = h.Regproxy(["--listen", "0.0.0.0:%d" % port, "--allow", "127.0.0.1"])
