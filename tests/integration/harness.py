@@ -1417,6 +1417,15 @@ class TokenServer:
         self.httpd.server_close()
 
 
+class HubTokenServer(TokenServer):
+    """A TokenServer whose realm is Docker Hub's (https://auth.docker.io/token); reach it
+    with --connect-to auth.docker.io:443:127.0.0.1:<port>."""
+
+    @property
+    def realm(self):
+        return "https://auth.docker.io/token"
+
+
 class TokenRegistry(Registry):
     """The distribution registry of Registry, with Docker-Hub-style token auth against
     a TokenServer (401 Bearer realm=...,service=...,scope=... without a token)."""

@@ -16,12 +16,6 @@ import harness as h
 HOST = "registry-1.docker.io"
 
 
-class HubTokenServer(h.TokenServer):
-    @property
-    def realm(self):
-        return "https://auth.docker.io/token"
-
-
 def setup():
     global CA, REG, IMG, IMG2, TS, TREG, PRIV
     CA = h.shared_ca()
@@ -30,7 +24,7 @@ def setup():
     push(IMG, "docker://127.0.0.1:%d/library/alpine:3.18" % REG.port)
     # A second repository holding the same layers.
     push(IMG, "docker://127.0.0.1:%d/other/copy:3.18" % REG.port)
-    TS = HubTokenServer(users={"alice": "s3cret"}, public=("library/alpine",))
+    TS = h.HubTokenServer(users={"alice": "s3cret"}, public=("library/alpine",))
     TREG = h.TokenRegistry(TS)
     tunnel = h.Regproxy(["--mitm", "", "--connect-to", "%s:443:127.0.0.1:%d" % (HOST, TREG.port),
                          "--connect-to", "auth.docker.io:443:127.0.0.1:%d" % TS.port])

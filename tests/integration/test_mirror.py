@@ -18,16 +18,10 @@ MANIFEST_TYPES = ("application/vnd.oci.image.index.v1+json, "
                   "application/vnd.docker.distribution.manifest.v2+json")
 
 
-class HubTokenServer(h.TokenServer):
-    @property
-    def realm(self):
-        return "https://auth.docker.io/token"
-
-
 def setup():
     global CA, TS, TREG, IMG, PRIV
     CA = h.shared_ca()
-    TS = HubTokenServer(users={"alice": "s3cret"}, public=("library/alpine",))
+    TS = h.HubTokenServer(users={"alice": "s3cret"}, public=("library/alpine",))
     TREG = h.TokenRegistry(TS)
     IMG = h.OciImage(os.path.join(h.tmpdir(), "pub"), tag="3.18", layer_sizes=(4000, 150 * 1024))
     PRIV = h.OciImage(os.path.join(h.tmpdir(), "priv"), tag="1", layer_sizes=(90 * 1024,))

@@ -12,12 +12,6 @@ import harness as h
 HOST = "registry-1.docker.io"
 
 
-class HubTokenServer(h.TokenServer):
-    @property
-    def realm(self):
-        return "https://auth.docker.io/token"
-
-
 class HtpasswdRegistry(h.Registry):
     def __init__(self, user, password, ca=None):
         self.htpasswd = os.path.join(h.tmpdir(), "htpasswd")
@@ -39,7 +33,7 @@ class HtpasswdRegistry(h.Registry):
 def setup():
     global CA, TS, REG, HREG
     CA = h.shared_ca()
-    TS = HubTokenServer(users={"alice": "s3cret"}, public=("library/alpine",))
+    TS = h.HubTokenServer(users={"alice": "s3cret"}, public=("library/alpine",))
     REG = h.TokenRegistry(TS)
     HREG = HtpasswdRegistry("bob", "hunter2")
     # Push the fixtures through a plain tunnel: the token realm is auth.docker.io,

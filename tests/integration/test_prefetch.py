@@ -15,16 +15,10 @@ import harness as h
 HOST = "registry-1.docker.io"
 
 
-class HubTokenServer(h.TokenServer):
-    @property
-    def realm(self):
-        return "https://auth.docker.io/token"
-
-
 def setup():
     global CA, TS, TREG, MULTI, PRIV
     CA = h.shared_ca()
-    TS = HubTokenServer(users={"alice": "s3cret"}, public=("library/alpine",))
+    TS = h.HubTokenServer(users={"alice": "s3cret"}, public=("library/alpine",))
     TREG = h.TokenRegistry(TS)
     MULTI = h.multiarch_layout()
     PRIV = h.OciImage(os.path.join(h.tmpdir(), "priv"), tag="1", layer_sizes=(70 * 1024,))
