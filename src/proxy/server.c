@@ -135,9 +135,10 @@ static void on_listener_close(uv_handle_t *h) {
   (void)h;
 }
 
-static void finish_shutdown(struct rp_server *srv) {
-  /* The engine's timer and sockets would keep the loop running; the cache
-   * finishes its queued index writes while the loop winds down. */
+/* Everything that holds upstream transfers or the cache, in the order they
+ * depend on each other: the engine's timer and sockets would keep the loop
+ * running; the cache finishes its queued index writes while it winds down. */
+static void stop_modules(struct rp_server *srv) {
   rp__regcache_shutdown(srv);
   rp__public_shutdown(srv);
   rp__mirror_shutdown(srv);
@@ -146,6 +147,10 @@ static void finish_shutdown(struct rp_server *srv) {
   srv->up = NULL;
   rp_cache_close(srv->cache);
   srv->cache = NULL;
+}
+
+static void finish_shutdown(struct rp_server *srv) {
+  stop_modules(srv);
   for (int i = 0; i < 3; i++)
     if (!uv_is_closing((uv_handle_t *)&srv->sig[i]))
       uv_close((uv_handle_t *)&srv->sig[i], NULL);
@@ -490,12 +495,7 @@ int rp_server_start(struct rp_server *srv, char **err) {
 void rp_server_destroy(struct rp_server *srv) {
   if (srv == NULL)
     return;
-  rp__regcache_shutdown(srv);
-  rp__public_shutdown(srv);
-  rp__mirror_shutdown(srv);
-  rp__proxyauth_shutdown(srv);
-  rp_upstream_destroy(srv->up);
-  rp_cache_close(srv->cache);
+  stop_modules(srv);
   rp_leafcache_destroy(srv->leaves);
   rp_ca_destroy(srv->ca);
   free(srv->listeners);
