@@ -289,26 +289,26 @@ void rp__mirror_request(struct rp_conn *c, const struct rp_http_head *h) {
     snprintf(c->mirror_ns, sizeof(c->mirror_ns), "%s", c->reg.ns);
   if (c->reg.kind == RP_REG_BASE) {
     /* SPEC §3: the mirror answers /v2/ itself (clients then pull without a token). */
-    static const char body[] = "{}";
-    char head[400];
-    uv_buf_t buf[2];
-    int n = snprintf(head, sizeof(head),
-                     "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-                     "Docker-Distribution-API-Version: registry/2.0\r\nContent-Length: 2\r\n"
-                     "%s%s%s%s\r\n",
-                     c->mirror_ns[0] ? "OCI-Namespace: " : "", c->mirror_ns,
-                     c->mirror_ns[0] ? "\r\n" : "", c->keep_alive ? "" : "Connection: close\r\n");
-    char *p = malloc((size_t)n);
+    struct rp_sbuf b = {0};
+    size_t n;
+    char *p;
+    uv_buf_t buf;
+
+    rp_sbuf_adds(&b, "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                     "Docker-Distribution-API-Version: registry/2.0\r\nContent-Length: 2\r\n");
+    rp__mitm_extra_headers(c, &b);
+    rp_sbuf_adds(&b, c->keep_alive ? "\r\n" : "Connection: close\r\n\r\n");
+    if (h->method_id != HTTP_HEAD)
+      rp_sbuf_adds(&b, "{}");
+    p = rp_sbuf_take(&b, &n);
     if (p == NULL) {
       rp__conn_close(c);
       return;
     }
-    memcpy(p, head, (size_t)n);
-    buf[0] = uv_buf_init(p, (unsigned)n);
-    buf[1] = uv_buf_init((char *)body, h->method_id == HTTP_HEAD ? 0 : 2);
+    buf = uv_buf_init(p, (unsigned)n);
     c->log.status = 200;
     c->log.cache = "-";
-    if (rp__conn_write(c, c->client, buf, 2, NULL, p) != 0) {
+    if (rp__conn_write(c, c->client, &buf, 1, NULL, p) != 0) {
       rp__conn_close(c);
       return;
     }

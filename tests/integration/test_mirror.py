@@ -65,6 +65,10 @@ def test_v2_answered_by_the_mirror_itself():
     assert r.status == 200 and r.body == b"{}", r
     assert r.header("docker-distribution-api-version") == "registry/2.0"
     assert rp.wait_log(via="mirror", path="/v2/")["status"] == "200"
+    # The longest registry name ns= may carry is echoed whole.
+    ns = ".".join(["a" * 63, "b" * 63, "c" * 63, "d" * 61])
+    r = get(rp, "/v2/?ns=" + ns)
+    assert r.status == 200 and r.header("oci-namespace") == ns and r.body == b"{}", r
 
 
 def test_dockerd_pulls_through_the_mirror_and_again_from_the_cache():
