@@ -224,7 +224,9 @@ int rp_cli_setup(struct rp_config *cfg) {
   const char *engine = cfg->args.n >= 2 ? cfg->args.v[1] : NULL;
   struct setup s;
   struct rp_ca *ca = NULL;
-  char *err = NULL, url[300], no_proxy[1024], body[4096];
+  char *err = NULL, url[300], *no_proxy, *text = NULL;
+  struct rp_sbuf np = {0}, body = {0};
+  size_t n;
   const char *pem;
   size_t pemlen;
   int rc;
@@ -250,29 +252,42 @@ int rp_cli_setup(struct rp_config *cfg) {
   }
   pem = rp_ca_cert_pem(ca, &pemlen);
   proxy_url(cfg, url, sizeof(url));
-  snprintf(no_proxy, sizeof(no_proxy), "localhost,127.0.0.0/8,::1%s%s",
-           cfg->no_proxy != NULL && cfg->no_proxy[0] ? "," : "",
-           cfg->no_proxy != NULL ? cfg->no_proxy : "");
+  rp_sbuf_addf(&np, "localhost,127.0.0.0/8,::1%s%s",
+               cfg->no_proxy != NULL && cfg->no_proxy[0] ? "," : "",
+               cfg->no_proxy != NULL ? cfg->no_proxy : "");
+  no_proxy = rp_sbuf_take(&np, &n);
+  if (no_proxy == NULL) {
+    rp_ca_destroy(ca);
+    return 1;
+  }
   if (strcmp(engine, "podman") == 0) {
-    snprintf(body, sizeof(body),
-             "# " MARK " podman; regproxy owns this file.\n[engine]\n"
-             "env = [\"HTTP_PROXY=%s\", \"HTTPS_PROXY=%s\", \"NO_PROXY=%s\"]\n",
-             url, url, no_proxy);
-    put(&s, "/etc/containers/containers.conf.d/regproxy.conf", body, true);
+    rp_sbuf_addf(&body,
+                 "# " MARK " podman; regproxy owns this file.\n[engine]\n"
+                 "env = [\"HTTP_PROXY=%s\", \"HTTPS_PROXY=%s\", \"NO_PROXY=%s\"]\n",
+                 url, url, no_proxy);
+    text = rp_sbuf_take(&body, &n);
+    if (text != NULL)
+      put(&s, "/etc/containers/containers.conf.d/regproxy.conf", text, true);
     system_ca(&s, pem);
     certs_d(&s, "/etc/containers/certs.d", pem, true);
   } else {
     char path[200];
-    snprintf(body, sizeof(body),
-             "# " MARK " %s; regproxy owns this file.\n[Service]\n"
-             "Environment=\"HTTP_PROXY=%s\" \"HTTPS_PROXY=%s\" \"NO_PROXY=%s\"\n",
-             engine, url, url, no_proxy);
+    rp_sbuf_addf(&body,
+                 "# " MARK " %s; regproxy owns this file.\n[Service]\n"
+                 "Environment=\"HTTP_PROXY=%s\" \"HTTPS_PROXY=%s\" \"NO_PROXY=%s\"\n",
+                 engine, url, url, no_proxy);
+    text = rp_sbuf_take(&body, &n);
     snprintf(path, sizeof(path), "/etc/systemd/system/%s.service.d/http-proxy.conf", engine);
-    put(&s, path, body, true);
+    if (text != NULL)
+      put(&s, path, text, true);
     system_ca(&s, pem);
     if (strcmp(engine, "docker") == 0)
       certs_d(&s, "/etc/docker/certs.d", pem, false);
   }
+  if (text == NULL)
+    s.failed = 1;
+  free(text);
+  free(no_proxy);
   rp_ca_destroy(ca);
   if (s.failed)
     return 1;
