@@ -380,6 +380,7 @@ static void startup_lines(struct rp_server *srv) {
     rp_logline_str(&l, "content", content);
   }
   rp_logline_str(&l, "then", "systemctl daemon-reload && systemctl restart docker");
+  rp_logline_str(&l, "or", "sudo regproxy setup docker (also containerd, podman)");
   rp_logline_end(&l);
 }
 
