@@ -329,6 +329,14 @@ void rp__regcache_destroy(struct rp_conn *c);
 bool rp__regcache_stale(struct rp_conn *c);
 /** Could rp__regcache_stale answer the current request? */
 bool rp__regcache_can_stale(struct rp_conn *c);
+/** FNV-1a of a string, for the small fixed tables of publicrepo.c and mirror.c. */
+static inline uint32_t rp__str_hash(const char *s) {
+  uint32_t h = 2166136261u;
+  for (; *s; s++)
+    h = (h ^ (unsigned char)*s) * 16777619u;
+  return h;
+}
+
 /* publicrepo.c */
 /** Known (within the hour) to be readable anonymously? */
 bool rp__public_known(struct rp_server *srv, const char *registry, const char *repo);

@@ -52,13 +52,6 @@ struct rp__mirror_op {
   char scope[300];    /* "repository:<name>:pull", "" for none */
 };
 
-static uint32_t hash(const char *s) {
-  uint32_t h = 2166136261u;
-  for (; *s; s++)
-    h = (h ^ (unsigned char)*s) * 16777619u;
-  return h;
-}
-
 static struct rp__mirror *mirror_of(struct rp_server *srv) {
   if (srv->mirror == NULL) {
     struct rp_auth_opts o;
@@ -85,7 +78,7 @@ static struct rp__mirror *mirror_of(struct rp_server *srv) {
 }
 
 static struct mirror_reg *reg_slot(struct rp__mirror *m, const char *registry) {
-  return &m->reg[hash(registry) % MIRROR_REGS];
+  return &m->reg[rp__str_hash(registry) % MIRROR_REGS];
 }
 
 /* ---- the request, once its credential is settled ---- */

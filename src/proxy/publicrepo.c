@@ -49,15 +49,8 @@ static const char *const accept_types =
     "application/vnd.docker.distribution.manifest.list.v2+json, "
     "application/vnd.docker.distribution.manifest.v2+json";
 
-static uint32_t hash(const char *s) {
-  uint32_t h = 2166136261u;
-  for (; *s; s++)
-    h = (h ^ (unsigned char)*s) * 16777619u;
-  return h;
-}
-
 static struct pub_entry *slot(struct rp__public *p, const char *key) {
-  return &p->e[hash(key) % PUB_SLOTS];
+  return &p->e[rp__str_hash(key) % PUB_SLOTS];
 }
 
 static void make_key(char *key, size_t n, const char *registry, const char *repo) {
