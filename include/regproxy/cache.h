@@ -59,8 +59,13 @@ struct rp_object_info {
 /** Is the object published? Fills info when out is not NULL. (Index lookup,
  * in memory: no disk I/O on the loop.) */
 bool rp_cache_has(struct rp_cache *c, const struct rp_digest *d, struct rp_object_info *out);
-/** Remember that digest belongs to (registry, repository) (SPEC §3 "Who may
- * receive what"). */
+/** Remember that the published object digest belongs to (registry,
+ * repository) (SPEC §3 "Who may receive what"). Membership lives and dies
+ * with its object: a digest that is not published is not recorded (a fill
+ * records it on publication, rp_fill_note_repo), an evicted object takes its
+ * memberships (and the tags naming it) along, and one object belongs to at
+ * most RP_CACHE_REPOS_PER_OBJECT repositories. */
+#define RP_CACHE_REPOS_PER_OBJECT 256
 void rp_cache_note_repo(struct rp_cache *c, const struct rp_digest *d, const char *registry,
                         const char *repository);
 bool rp_cache_in_repo(struct rp_cache *c, const struct rp_digest *d, const char *registry,
@@ -79,6 +84,18 @@ void rp_cache_tag_put(struct rp_cache *c, const char *registry, const char *repo
                       const char *tag, const char *accept_key, const struct rp_tag_entry *e);
 bool rp_cache_tag_get(struct rp_cache *c, const char *registry, const char *repository,
                       const char *tag, const char *accept_key, struct rp_tag_entry *out);
+/* Tag memory is bounded: past RP_CACHE_TAGS_MAX entries the one confirmed
+ * longest ago goes; a manifest evicted takes the tags naming it along. */
+#define RP_CACHE_TAGS_MAX 16384
+
+/* Public repositories (SPEC §3): what regproxy learnt when it read a manifest
+ * of (registry, repository) without a client's credential, and when. Kept
+ * in the index across restarts; bounded like tag memory. */
+#define RP_CACHE_PUBLIC_MAX 16384
+void rp_cache_public_put(struct rp_cache *c, const char *registry, const char *repository,
+                         bool is_public, int64_t checked);
+bool rp_cache_public_get(struct rp_cache *c, const char *registry, const char *repository,
+                         bool *is_public, int64_t *checked);
 
 /* ---- fills ---- */
 
@@ -89,7 +106,12 @@ enum rp_fill_state { RP_FILL_RUNNING, RP_FILL_PUBLISHED, RP_FILL_FAILED, RP_FILL
  * on it takes its own reference. */
 struct rp_fill *rp_fill_find(struct rp_cache *c, const struct rp_digest *d);
 /** Start a fill for d (expected_size -1 when unknown); the caller holds one
- * reference. Returns NULL when one is already running (use rp_fill_find). */
+ * reference. Returns NULL when one is already running (use rp_fill_find), or
+ * when the cache will not take it: larger than the eviction bound, more than
+ * RP_CACHE_FILLS_MAX fills running, or the running fills' announced sizes
+ * would together pass the eviction bound (a hostile upstream cannot fill the
+ * disk). The caller then relays the body without caching it. */
+#define RP_CACHE_FILLS_MAX 256
 struct rp_fill *rp_fill_start(struct rp_cache *c, const struct rp_digest *d, int64_t expected_size,
                               bool is_manifest, const char *media_type);
 void rp_fill_ref(struct rp_fill *f);
@@ -111,6 +133,12 @@ typedef void (*rp_fill_cb)(struct rp_fill *f, void *data);
  * upstream transfer. Both are dropped at rp_fill_finish / rp_fill_abort. */
 void rp_fill_set_producer(struct rp_fill *f, rp_fill_cb on_writable, rp_fill_cb on_state,
                           void *data);
+/** On publication, remember (registry, repository) for the object (as
+ * rp_cache_note_repo); nothing is recorded if the fill fails. */
+void rp_fill_note_repo(struct rp_fill *f, const char *registry, const char *repository);
+/** Call cb once, from the loop, after the fill published its verified object
+ * (never when it fails). NULL clears it: a watcher that goes away first must. */
+void rp_fill_on_published(struct rp_fill *f, rp_fill_cb cb, void *data);
 /** The upstream body ended: verify size and digest, fsync, rename, fsync
  * the directory, publish. A mismatch fails the fill (`digest_mismatch`). */
 void rp_fill_finish(struct rp_fill *f);

@@ -65,6 +65,24 @@ static void log_fill(enum rp_log_level level, const char *msg, const struct rp_f
   rp_logline_end(&l);
 }
 
+static void log_fill_refused(const struct rp_cache *c, const struct rp_digest *d,
+                             int64_t expected) {
+  struct rp_logline l;
+  char key[160];
+
+  rp__digest_key(d, key, sizeof key);
+  rp_logline_begin(&l, RP_LOG_WARN, "cache fill refused");
+  rp_logline_str(&l, "digest", key);
+  if (expected >= 0)
+    rp_logline_u64(&l, "expected_size", (uint64_t)expected);
+  rp_logline_u64(&l, "fills_running", c->fills_running);
+  rp_logline_u64(&l, "max_size", c->max_size);
+  rp_logline_str(&l, "reason", c->fills_running >= RP_CACHE_FILLS_MAX
+                                   ? "too many fills at once"
+                                   : "larger than the cache can hold");
+  rp_logline_end(&l);
+}
+
 /* ---- chunks ---- */
 
 static void chunk_drop_head(struct rp_fill *f) {
@@ -181,6 +199,13 @@ static void on_task(struct rp__task *t) {
     if (cb != NULL)
       cb(f, f->producer_data);
   }
+  if (f->notify_published) {
+    f->notify_published = false;
+    cb = f->on_published;
+    f->on_published = NULL;
+    if (cb != NULL)
+      cb(f, f->published_data);
+  }
   if (f->notify_writable) {
     f->notify_writable = false;
     cb = f->on_writable;
@@ -202,6 +227,8 @@ static void leave_table(struct rp_fill *f) {
 
   rp__htab_remove(&c->fills, &f->hn);
   c->fills_running--;
+  if (f->expected > 0)
+    c->fills_announced -= (uint64_t)f->expected;
   rp_metrics.fills_in_flight--;
 }
 
@@ -292,6 +319,14 @@ static void publish_mem(struct rp_fill *f) {
     }
   }
   log_fill(RP_LOG_DEBUG, "cache fill published", f, NULL, 0);
+  /* Verified and in place: only now does it belong to the repositories it
+   * was fetched for (SPEC §3: membership only for verified objects). */
+  for (struct rp__fill_repo *fr = f->repos; o != NULL && fr != NULL; fr = fr->next)
+    rp_cache_note_repo(c, &f->digest, fr->registry, fr->repository);
+  if (f->on_published != NULL) {
+    f->notify_published = true;
+    post(f);
+  }
   wake_readers(f);
   rp__cache_evict(c);
 }
@@ -556,6 +591,14 @@ struct rp_fill *rp_fill_start(struct rp_cache *c, const struct rp_digest *d, int
 
   if (c == NULL || d == NULL || c->closing || find_running(c, d) != NULL)
     return NULL;
+  if (c->fills_running >= RP_CACHE_FILLS_MAX ||
+      (c->max_size != 0 && expected_size > 0 &&
+       (uint64_t)expected_size > c->max_size - (c->fills_announced < c->max_size
+                                                    ? c->fills_announced
+                                                    : c->max_size))) {
+    log_fill_refused(c, d, expected_size);
+    return NULL;
+  }
   f = calloc(1, sizeof *f);
   if (f == NULL)
     goto out;
@@ -593,6 +636,8 @@ struct rp_fill *rp_fill_start(struct rp_cache *c, const struct rp_digest *d, int
   f->hn.hash = digest_hash(d);
   rp__htab_insert(&c->fills, &f->hn);
   c->fills_running++;
+  if (f->expected > 0)
+    c->fills_announced += (uint64_t)f->expected;
   rp_metrics.fills_in_flight++;
   c->alive++;
   return f;
@@ -627,6 +672,13 @@ void rp_fill_unref(struct rp_fill *f) {
 static void fill_dealloc(struct rp_fill *f) {
   struct rp_cache *c = f->c;
 
+  while (f->repos != NULL) {
+    struct rp__fill_repo *fr = f->repos;
+    f->repos = fr->next;
+    free(fr->registry);
+    free(fr->repository);
+    free(fr);
+  }
   free(f->tmp_path);
   free(f->final_path);
   free(f);
@@ -661,6 +713,42 @@ void rp_fill_set_producer(struct rp_fill *f, rp_fill_cb on_writable, rp_fill_cb 
   f->on_writable = on_writable;
   f->on_state = on_state;
   f->producer_data = data;
+}
+
+void rp_fill_note_repo(struct rp_fill *f, const char *registry, const char *repository) {
+  struct rp__fill_repo *fr;
+
+  if (f == NULL || registry == NULL || repository == NULL || f->nrepos >= RP_FILL_REPOS_MAX)
+    return;
+  if (f->state == RP_FILL_PUBLISHED) {
+    rp_cache_note_repo(f->c, &f->digest, registry, repository);
+    return;
+  }
+  if (f->state != RP_FILL_RUNNING)
+    return;
+  for (fr = f->repos; fr != NULL; fr = fr->next)
+    if (strcmp(fr->registry, registry) == 0 && strcmp(fr->repository, repository) == 0)
+      return;
+  fr = calloc(1, sizeof *fr);
+  if (fr == NULL || (fr->registry = strdup(registry)) == NULL ||
+      (fr->repository = strdup(repository)) == NULL) {
+    if (fr != NULL)
+      free(fr->registry);
+    free(fr);
+    return;
+  }
+  fr->next = f->repos;
+  f->repos = fr;
+  f->nrepos++;
+}
+
+void rp_fill_on_published(struct rp_fill *f, rp_fill_cb cb, void *data) {
+  if (f == NULL)
+    return;
+  f->on_published = cb;
+  f->published_data = data;
+  if (cb == NULL)
+    f->notify_published = false;
 }
 
 int rp_fill_write(struct rp_fill *f, const char *p, size_t n) {

@@ -24,17 +24,39 @@
 #include "regproxy/log.h"
 #include "regproxy/metrics.h"
 
-enum { ST_PUT, ST_TOUCH, ST_DEL, ST_REPO, ST_TAG, ST_LAST };
+#define RP__STR2(x) #x
+#define RP__STR(x)  RP__STR2(x)
+
+enum {
+  ST_PUT,
+  ST_TOUCH,
+  ST_DEL,
+  ST_DEL_REPOS,
+  ST_DEL_TAGS,
+  ST_REPO,
+  ST_TAG,
+  ST_TAG_DEL,
+  ST_PUB,
+  ST_PUB_DEL,
+  ST_LAST
+};
 
 static const char *const stmt_sql[ST_LAST] = {
     [ST_PUT] = "INSERT OR REPLACE INTO objects(digest, size, media_type, is_manifest, last_access) "
                "VALUES (?1, ?2, ?3, ?4, ?5)",
     [ST_TOUCH] = "UPDATE objects SET last_access = ?2 WHERE digest = ?1",
     [ST_DEL] = "DELETE FROM objects WHERE digest = ?1",
+    [ST_DEL_REPOS] = "DELETE FROM object_repos WHERE digest = ?1",
+    [ST_DEL_TAGS] = "DELETE FROM tags WHERE digest = ?1",
     [ST_REPO] = "INSERT OR IGNORE INTO object_repos(digest, registry, repository) "
                 "VALUES (?1, ?2, ?3)",
     [ST_TAG] = "INSERT OR REPLACE INTO tags(registry, repository, tag, accept_key, digest, "
                "media_type, size, checked) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    [ST_TAG_DEL] = "DELETE FROM tags WHERE registry = ?1 AND repository = ?2 AND tag = ?3 AND "
+                   "accept_key = ?4",
+    [ST_PUB] = "INSERT OR REPLACE INTO public_repos(registry, repository, public, checked) "
+               "VALUES (?1, ?2, ?3, ?4)",
+    [ST_PUB_DEL] = "DELETE FROM public_repos WHERE registry = ?1 AND repository = ?2",
 };
 
 static const char schema_sql[] =
@@ -60,7 +82,27 @@ static const char schema_sql[] =
     "  media_type TEXT NOT NULL DEFAULT '',"
     "  size INTEGER NOT NULL DEFAULT 0,"
     "  checked INTEGER NOT NULL DEFAULT 0,"
-    "  PRIMARY KEY (registry, repository, tag, accept_key)) WITHOUT ROWID;";
+    "  PRIMARY KEY (registry, repository, tag, accept_key)) WITHOUT ROWID;"
+    "CREATE INDEX IF NOT EXISTS tags_digest ON tags(digest);"
+    "CREATE TABLE IF NOT EXISTS public_repos ("
+    "  registry TEXT NOT NULL,"
+    "  repository TEXT NOT NULL,"
+    "  public INTEGER NOT NULL,"
+    "  checked INTEGER NOT NULL,"
+    "  PRIMARY KEY (registry, repository)) WITHOUT ROWID;";
+
+/* At open: what refers to no object any more goes, and the bounded tables
+ * keep their most recent rows (an index written by an older version, or a
+ * crash between an object's row and its references). */
+static const char prune_sql[] =
+    "DELETE FROM object_repos WHERE digest NOT IN (SELECT digest FROM objects);"
+    "DELETE FROM tags WHERE digest NOT IN (SELECT digest FROM objects);"
+    "DELETE FROM tags WHERE (registry, repository, tag, accept_key) NOT IN "
+    "  (SELECT registry, repository, tag, accept_key FROM tags ORDER BY checked DESC LIMIT "
+    RP__STR(RP_CACHE_TAGS_MAX) ");"
+    "DELETE FROM public_repos WHERE (registry, repository) NOT IN "
+    "  (SELECT registry, repository FROM public_repos ORDER BY checked DESC LIMIT "
+    RP__STR(RP_CACHE_PUBLIC_MAX) ");";
 
 struct rp__index {
   struct rp_cache *c;
@@ -78,18 +120,28 @@ struct rp__index {
   char errmsg[256];
 };
 
-/* Repository membership: key "sha256:<hex>\0registry\0repository". */
+/* Repository membership: key "sha256:<hex>\0registry\0repository", or
+ * "\0registry\0" for the marker that the registry is known. A membership
+ * hangs off its object (o->members) and is freed with it. */
 struct repo_node {
   struct rp__hnode hn;
+  struct repo_node *onext; /* the object's next membership */
   size_t klen;
   char key[];
 };
 
 /* Tag memory: key "registry\0repository\0tag\0accept_key". */
 struct tag_node {
-  struct rp__hnode hn;
+  struct rp__lru_node ln;
   struct rp_tag_entry e;
-  size_t klen;
+  char key[];
+};
+
+/* Public repositories: key "registry\0repository". */
+struct pub_node {
+  struct rp__lru_node ln;
+  bool is_public;
+  int64_t checked;
   char key[];
 };
 
@@ -242,7 +294,13 @@ struct rp__obj *rp__obj_put(struct rp_cache *c, const struct rp_digest *d, uint6
   return o;
 }
 
+static void members_drop(struct rp_cache *c, struct rp__obj *o);
+static void tags_drop_digest(struct rp_cache *c, const struct rp_digest *d);
+
 void rp__obj_remove(struct rp_cache *c, struct rp__obj *o) {
+  members_drop(c, o);
+  if (o->is_manifest)
+    tags_drop_digest(c, &o->digest);
   rp__htab_remove(&c->objs, &o->hn);
   lru_unlink(c, o);
   account(c, -(int64_t)o->size, -1);
@@ -308,7 +366,10 @@ bool rp_cache_has(struct rp_cache *c, const struct rp_digest *d, struct rp_objec
   return true;
 }
 
-/* ---- repositories and tags in memory ---- */
+/* ---- repositories, tags and public repositories in memory ---- */
+
+/* At most this many registries are remembered as known (for /v2/ answers). */
+#define REGISTRIES_MAX 1024
 
 /* Join parts with NUL separators into buf (NULL: size only). */
 static size_t join_key(char *buf, const char *const *parts, size_t n) {
@@ -323,6 +384,10 @@ static size_t join_key(char *buf, const char *const *parts, size_t n) {
   return len;
 }
 
+static const char *nz(const char *s) {
+  return s != NULL ? s : "";
+}
+
 static struct repo_node *repo_find(const struct rp_cache *c, const char *key, size_t klen,
                                    uint64_t h) {
   for (struct rp__hnode *n = rp__htab_first(&c->repos, h); n != NULL; n = n->next) {
@@ -333,41 +398,74 @@ static struct repo_node *repo_find(const struct rp_cache *c, const char *key, si
   return NULL;
 }
 
-static struct tag_node *tag_find(const struct rp_cache *c, const char *key, size_t klen,
-                                 uint64_t h) {
-  for (struct rp__hnode *n = rp__htab_first(&c->tags, h); n != NULL; n = n->next) {
-    struct tag_node *t = (struct tag_node *)n;
-    if (n->hash == h && t->klen == klen && memcmp(t->key, key, klen) == 0)
-      return t;
-  }
-  return NULL;
-}
-
-static const char *nz(const char *s);
-
-/* Remember in memory; true when it was not known yet. */
-static bool repo_add(struct rp_cache *c, const char *dkey, const char *registry,
-                     const char *repository) {
-  const char *parts[3] = {dkey, registry, repository};
+/* A node keyed by parts, for a table; NULL when out of memory. */
+static struct repo_node *repo_node_new(const char *const parts[3], uint64_t *h) {
   size_t klen = join_key(NULL, parts, 3);
   struct repo_node *r = malloc(sizeof *r + klen);
-  uint64_t h;
 
   if (r == NULL)
-    return false;
+    return NULL;
   join_key(r->key, parts, 3);
   r->klen = klen;
-  h = rp__hash(r->key, klen);
-  if (repo_find(c, r->key, klen, h) != NULL) {
+  r->onext = NULL;
+  *h = rp__hash(r->key, klen);
+  return r;
+}
+
+/* The marker that anything was remembered for this registry. */
+static void registry_mark(struct rp_cache *c, const char *registry) {
+  const char *parts[3] = {"", registry, ""};
+  struct repo_node *r;
+  uint64_t h;
+
+  if (c->nregistries >= REGISTRIES_MAX || (r = repo_node_new(parts, &h)) == NULL)
+    return;
+  if (repo_find(c, r->key, r->klen, h) != NULL) {
+    free(r);
+    return;
+  }
+  r->hn.hash = h;
+  rp__htab_insert(&c->repos, &r->hn);
+  c->nregistries++;
+}
+
+/* Remember in memory that object o belongs to (registry, repository); true
+ * when it was not known yet. */
+static bool repo_add(struct rp_cache *c, struct rp__obj *o, const char *registry,
+                     const char *repository) {
+  char dkey[160];
+  const char *parts[3] = {dkey, registry, repository};
+  struct repo_node *r;
+  uint64_t h;
+
+  if (o->nmembers >= RP_CACHE_REPOS_PER_OBJECT)
+    return false;
+  rp__digest_key(&o->digest, dkey, sizeof dkey);
+  r = repo_node_new(parts, &h);
+  if (r == NULL)
+    return false;
+  if (repo_find(c, r->key, r->klen, h) != NULL) {
     free(r);
     return false;
   }
   r->hn.hash = h;
   rp__htab_insert(&c->repos, &r->hn);
-  /* An empty digest key marks the registry itself as known. */
-  if (dkey[0] != '\0')
-    (void)repo_add(c, "", registry, "");
+  r->onext = o->members;
+  o->members = r;
+  o->nmembers++;
+  registry_mark(c, registry);
   return true;
+}
+
+/* The object leaves: its memberships go with it. */
+static void members_drop(struct rp_cache *c, struct rp__obj *o) {
+  while (o->members != NULL) {
+    struct repo_node *r = o->members;
+    o->members = r->onext;
+    rp__htab_remove(&c->repos, &r->hn);
+    free(r);
+  }
+  o->nmembers = 0;
 }
 
 bool rp_cache_knows_registry(struct rp_cache *c, const char *registry) {
@@ -381,19 +479,14 @@ bool rp_cache_knows_registry(struct rp_cache *c, const char *registry) {
   return repo_find(c, key, klen, rp__hash(key, klen)) != NULL;
 }
 
-static const char *nz(const char *s) {
-  return s != NULL ? s : "";
-}
-
 void rp_cache_note_repo(struct rp_cache *c, const struct rp_digest *d, const char *registry,
                         const char *repository) {
-  char dkey[160];
   struct rp__idx_op *op;
+  struct rp__obj *o;
 
-  if (c == NULL || d == NULL)
-    return;
-  rp__digest_key(d, dkey, sizeof dkey);
-  if (!repo_add(c, dkey, nz(registry), nz(repository)))
+  if (c == NULL || d == NULL || (o = rp__obj_find(c, d)) == NULL)
+    return; /* not published (yet): rp_fill_note_repo records it then */
+  if (!repo_add(c, o, nz(registry), nz(repository)))
     return;
   op = rp__idx_op_new(RP_IDX_REPO, NULL, NULL, nz(registry), nz(repository), NULL, NULL);
   if (op == NULL)
@@ -426,6 +519,89 @@ bool rp_cache_in_repo(struct rp_cache *c, const struct rp_digest *d, const char 
   return found;
 }
 
+/* ---- bounded keyed tables (tags, public repositories) ---- */
+
+static struct rp__lru_node *lru_find(const struct rp__lru *l, const char *key, size_t klen,
+                                     uint64_t h) {
+  for (struct rp__hnode *n = rp__htab_first(&l->t, h); n != NULL; n = n->next) {
+    struct rp__lru_node *ln = (struct rp__lru_node *)n;
+    if (n->hash == h && ln->klen == klen && memcmp(ln->key, key, klen) == 0)
+      return ln;
+  }
+  return NULL;
+}
+
+static void lru_node_unlink(struct rp__lru *l, struct rp__lru_node *n) {
+  if (n->prev != NULL)
+    n->prev->next = n->next;
+  else
+    l->head = n->next;
+  if (n->next != NULL)
+    n->next->prev = n->prev;
+  else
+    l->tail = n->prev;
+  n->prev = n->next = NULL;
+}
+
+static void lru_node_front(struct rp__lru *l, struct rp__lru_node *n) {
+  n->prev = NULL;
+  n->next = l->head;
+  if (l->head != NULL)
+    l->head->prev = n;
+  l->head = n;
+  if (l->tail == NULL)
+    l->tail = n;
+}
+
+static void lru_node_remove(struct rp__lru *l, struct rp__lru_node *n) {
+  lru_node_unlink(l, n);
+  rp__htab_remove(&l->t, &n->hn);
+  free(n);
+}
+
+static void lru_free(struct rp__lru *l) {
+  struct rp__lru_node *n = l->head, *next;
+
+  for (; n != NULL; n = next) {
+    next = n->next;
+    free(n);
+  }
+  l->head = l->tail = NULL;
+  rp__htab_free(&l->t);
+}
+
+static struct tag_node *tag_find(const struct rp_cache *c, const char *k, size_t kl, uint64_t h) {
+  return (struct tag_node *)lru_find(&c->tags, k, kl, h);
+}
+
+static struct pub_node *pub_find(const struct rp_cache *c, const char *k, size_t kl, uint64_t h) {
+  return (struct pub_node *)lru_find(&c->pubs, k, kl, h);
+}
+
+/* Split a NUL-joined key back into n parts. */
+static void key_parts(const char *key, const char **parts, size_t n) {
+  for (size_t i = 0; i < n; i++) {
+    parts[i] = key;
+    key += strlen(key) + 1;
+  }
+}
+
+/* Over the bound: the entry set longest ago goes, from memory and the index. */
+static void tags_trim(struct rp_cache *c, bool write) {
+  while (c->tags.t.n > c->tags.max && c->tags.tail != NULL) {
+    struct tag_node *t = (struct tag_node *)c->tags.tail;
+    const char *parts[4];
+    if (write) {
+      struct rp__idx_op *op;
+      key_parts(t->key, parts, 4);
+      op = rp__idx_op_new(RP_IDX_TAG_DEL, NULL, NULL, parts[0], parts[1], parts[2], parts[3]);
+      if (op != NULL)
+        rp__index_submit(c, op);
+    }
+    lru_node_remove(&c->tags, &t->ln);
+  }
+}
+
 static struct tag_node *tag_set(struct rp_cache *c, const char *const parts[4],
                                 const struct rp_tag_entry *e) {
   size_t klen = join_key(NULL, parts, 4);
@@ -436,17 +612,20 @@ static struct tag_node *tag_set(struct rp_cache *c, const char *const parts[4],
   if (t == NULL)
     return NULL;
   join_key(t->key, parts, 4);
-  t->klen = klen;
+  t->ln.key = t->key;
+  t->ln.klen = klen;
   h = rp__hash(t->key, klen);
   old = tag_find(c, t->key, klen, h);
   if (old != NULL) {
     free(t);
     t = old;
+    lru_node_unlink(&c->tags, &t->ln);
   } else {
-    t->hn.hash = h;
-    rp__htab_insert(&c->tags, &t->hn);
-    (void)repo_add(c, "", parts[0], "");
+    t->ln.hn.hash = h;
+    rp__htab_insert(&c->tags.t, &t->ln.hn);
+    registry_mark(c, parts[0]);
   }
+  lru_node_front(&c->tags, &t->ln);
   t->e = *e;
   t->e.media_type[sizeof t->e.media_type - 1] = '\0';
   return t;
@@ -464,13 +643,14 @@ void rp_cache_tag_put(struct rp_cache *c, const char *registry, const char *repo
   if (t == NULL)
     return;
   op = rp__idx_op_new(RP_IDX_TAG, NULL, NULL, parts[0], parts[1], parts[2], parts[3]);
-  if (op == NULL)
-    return;
-  op->digest = t->e.digest;
-  op->size = t->e.size;
-  op->time = t->e.checked;
-  snprintf(op->media_type, sizeof op->media_type, "%s", t->e.media_type);
-  rp__index_submit(c, op);
+  if (op != NULL) {
+    op->digest = t->e.digest;
+    op->size = t->e.size;
+    op->time = t->e.checked;
+    snprintf(op->media_type, sizeof op->media_type, "%s", t->e.media_type);
+    rp__index_submit(c, op);
+  }
+  tags_trim(c, true);
 }
 
 bool rp_cache_tag_get(struct rp_cache *c, const char *registry, const char *repository,
@@ -496,20 +676,107 @@ bool rp_cache_tag_get(struct rp_cache *c, const char *registry, const char *repo
   return true;
 }
 
-static void meta_free(struct rp_cache *c) {
-  struct rp__htab *tabs[2] = {&c->repos, &c->tags};
+/* A manifest leaves: the tags naming it are of no use any more (the index
+ * rows go with the object's, RP_IDX_EVICT). */
+static void tags_drop_digest(struct rp_cache *c, const struct rp_digest *d) {
+  struct rp__lru_node *n = c->tags.head, *next;
 
-  for (size_t k = 0; k < 2; k++) {
-    struct rp__htab *t = tabs[k];
-    for (size_t i = 0; t->b != NULL && i < t->nb; i++) {
-      struct rp__hnode *n = t->b[i], *next;
-      for (; n != NULL; n = next) {
-        next = n->next;
-        free(n);
-      }
-    }
-    rp__htab_free(t);
+  for (; n != NULL; n = next) {
+    struct tag_node *t = (struct tag_node *)n;
+    next = n->next;
+    if (t->e.digest.algo == d->algo && strcmp(t->e.digest.hex, d->hex) == 0)
+      lru_node_remove(&c->tags, n);
   }
+}
+
+static void pubs_trim(struct rp_cache *c, bool write) {
+  while (c->pubs.t.n > c->pubs.max && c->pubs.tail != NULL) {
+    struct pub_node *p = (struct pub_node *)c->pubs.tail;
+    const char *parts[2];
+    if (write) {
+      struct rp__idx_op *op;
+      key_parts(p->key, parts, 2);
+      op = rp__idx_op_new(RP_IDX_PUBLIC_DEL, NULL, NULL, parts[0], parts[1], NULL, NULL);
+      if (op != NULL)
+        rp__index_submit(c, op);
+    }
+    lru_node_remove(&c->pubs, &p->ln);
+  }
+}
+
+static struct pub_node *pub_set(struct rp_cache *c, const char *const parts[2], bool is_public,
+                                int64_t checked) {
+  size_t klen = join_key(NULL, parts, 2);
+  struct pub_node *p = malloc(sizeof *p + klen);
+  struct pub_node *old;
+  uint64_t h;
+
+  if (p == NULL)
+    return NULL;
+  join_key(p->key, parts, 2);
+  p->ln.key = p->key;
+  p->ln.klen = klen;
+  h = rp__hash(p->key, klen);
+  old = pub_find(c, p->key, klen, h);
+  if (old != NULL) {
+    free(p);
+    p = old;
+    lru_node_unlink(&c->pubs, &p->ln);
+  } else {
+    p->ln.hn.hash = h;
+    rp__htab_insert(&c->pubs.t, &p->ln.hn);
+  }
+  lru_node_front(&c->pubs, &p->ln);
+  p->is_public = is_public;
+  p->checked = checked;
+  return p;
+}
+
+void rp_cache_public_put(struct rp_cache *c, const char *registry, const char *repository,
+                         bool is_public, int64_t checked) {
+  const char *parts[2] = {nz(registry), nz(repository)};
+  struct rp__idx_op *op;
+
+  if (c == NULL || pub_set(c, parts, is_public, checked) == NULL)
+    return;
+  op = rp__idx_op_new(RP_IDX_PUBLIC, NULL, NULL, parts[0], parts[1], NULL, NULL);
+  if (op != NULL) {
+    op->is_manifest = is_public;
+    op->time = checked;
+    rp__index_submit(c, op);
+  }
+  pubs_trim(c, true);
+}
+
+bool rp_cache_public_get(struct rp_cache *c, const char *registry, const char *repository,
+                         bool *is_public, int64_t *checked) {
+  const char *parts[2] = {nz(registry), nz(repository)};
+  char key[1024];
+  size_t klen = join_key(NULL, parts, 2);
+  struct pub_node *p;
+
+  if (c == NULL || klen > sizeof key)
+    return false;
+  join_key(key, parts, 2);
+  p = pub_find(c, key, klen, rp__hash(key, klen));
+  if (p == NULL)
+    return false;
+  *is_public = p->is_public;
+  *checked = p->checked;
+  return true;
+}
+
+static void meta_free(struct rp_cache *c) {
+  for (size_t i = 0; c->repos.b != NULL && i < c->repos.nb; i++) {
+    struct rp__hnode *n = c->repos.b[i], *next;
+    for (; n != NULL; n = next) {
+      next = n->next;
+      free(n);
+    }
+  }
+  rp__htab_free(&c->repos);
+  lru_free(&c->tags);
+  lru_free(&c->pubs);
 }
 
 /* ---- ops ---- */
@@ -643,6 +910,12 @@ static void run_op(struct rp__index *ix, struct rp__idx_op *op) {
     st = ix->st[ST_DEL];
     sqlite3_bind_text(st, 1, dkey, -1, SQLITE_STATIC);
     step(ix, st, "delete object");
+    st = ix->st[ST_DEL_REPOS];
+    sqlite3_bind_text(st, 1, dkey, -1, SQLITE_STATIC);
+    step(ix, st, "delete object repositories");
+    st = ix->st[ST_DEL_TAGS];
+    sqlite3_bind_text(st, 1, dkey, -1, SQLITE_STATIC);
+    step(ix, st, "delete object tags");
     if (unlink(op->to) != 0 && errno != ENOENT)
       op->result = -errno;
     break;
@@ -664,6 +937,28 @@ static void run_op(struct rp__index *ix, struct rp__idx_op *op) {
     sqlite3_bind_int64(st, 7, (sqlite3_int64)op->size);
     sqlite3_bind_int64(st, 8, op->time);
     step(ix, st, "insert tag");
+    break;
+  case RP_IDX_TAG_DEL:
+    st = ix->st[ST_TAG_DEL];
+    sqlite3_bind_text(st, 1, op->registry, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, op->repository, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 3, op->tag, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 4, op->accept_key, -1, SQLITE_STATIC);
+    step(ix, st, "delete tag");
+    break;
+  case RP_IDX_PUBLIC:
+    st = ix->st[ST_PUB];
+    sqlite3_bind_text(st, 1, op->registry, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, op->repository, -1, SQLITE_STATIC);
+    sqlite3_bind_int(st, 3, op->is_manifest ? 1 : 0);
+    sqlite3_bind_int64(st, 4, op->time);
+    step(ix, st, "insert public repository");
+    break;
+  case RP_IDX_PUBLIC_DEL:
+    st = ix->st[ST_PUB_DEL];
+    sqlite3_bind_text(st, 1, op->registry, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, op->repository, -1, SQLITE_STATIC);
+    step(ix, st, "delete public repository");
     break;
   default: break;
   }
@@ -946,6 +1241,8 @@ static int load_meta(struct rp_cache *c) {
   sqlite3_stmt *sel = NULL;
   int rc = RP_ECONFIG;
 
+  if (sqlite3_exec(ix->db, prune_sql, NULL, NULL, NULL) != SQLITE_OK)
+    rp_log_warn("cache index: pruning: %s", sqlite3_errmsg(ix->db));
   if (sqlite3_prepare_v2(ix->db, "SELECT digest, registry, repository FROM object_repos", -1, &sel,
                          NULL) != SQLITE_OK)
     goto out;
@@ -953,14 +1250,18 @@ static int load_meta(struct rp_cache *c) {
     const char *dk = (const char *)sqlite3_column_text(sel, 0);
     const char *reg = (const char *)sqlite3_column_text(sel, 1);
     const char *repo = (const char *)sqlite3_column_text(sel, 2);
-    if (dk != NULL && reg != NULL && repo != NULL)
-      (void)repo_add(c, dk, reg, repo);
+    struct rp_digest d;
+    struct rp__obj *o;
+    if (dk != NULL && reg != NULL && repo != NULL && rp_digest_parse(dk, strlen(dk), &d) == 0 &&
+        (o = rp__obj_find(c, &d)) != NULL)
+      (void)repo_add(c, o, reg, repo);
   }
   sqlite3_finalize(sel);
   sel = NULL;
+  /* Oldest first: each one set moves to the front, so the order survives. */
   if (sqlite3_prepare_v2(ix->db,
                          "SELECT registry, repository, tag, accept_key, digest, media_type, size, "
-                         "checked FROM tags",
+                         "checked FROM tags ORDER BY checked ASC",
                          -1, &sel, NULL) != SQLITE_OK)
     goto out;
   while (sqlite3_step(sel) == SQLITE_ROW) {
@@ -982,6 +1283,24 @@ static int load_meta(struct rp_cache *c) {
       goto out;
     }
   }
+  sqlite3_finalize(sel);
+  sel = NULL;
+  tags_trim(c, false);
+  if (sqlite3_prepare_v2(ix->db,
+                         "SELECT registry, repository, public, checked FROM public_repos "
+                         "ORDER BY checked ASC",
+                         -1, &sel, NULL) != SQLITE_OK)
+    goto out;
+  while (sqlite3_step(sel) == SQLITE_ROW) {
+    const char *parts[2];
+    for (int i = 0; i < 2; i++)
+      parts[i] = nz((const char *)sqlite3_column_text(sel, i));
+    if (pub_set(c, parts, sqlite3_column_int(sel, 2) != 0, sqlite3_column_int64(sel, 3)) == NULL) {
+      rc = RP_ENOMEM;
+      goto out;
+    }
+  }
+  pubs_trim(c, false);
   rc = 0;
 out:
   sqlite3_finalize(sel);

@@ -69,6 +69,8 @@ void rp__task_post(struct rp_cache *c, struct rp__task *t);
 
 /* ---- objects ---- */
 
+struct repo_node;
+
 struct rp__obj {
   struct rp__hnode hn;
   struct rp__obj *prev, *next; /* LRU list, most recently used first */
@@ -78,6 +80,23 @@ struct rp__obj {
   char *media_type; /* NULL for blobs */
   unsigned pins;    /* readers using the file: not evictable while > 0 */
   bool is_manifest;
+  struct repo_node *members; /* the repositories it belongs to (index.c) */
+  unsigned nmembers;
+};
+
+/* Keyed entries with a recency order and a bound (tag memory, public
+ * repositories): the least recently set goes first. */
+struct rp__lru_node {
+  struct rp__hnode hn;
+  struct rp__lru_node *prev, *next; /* most recently set first */
+  const char *key;                  /* the owner's key bytes */
+  size_t klen;
+};
+
+struct rp__lru {
+  struct rp__htab t;
+  struct rp__lru_node *head, *tail;
+  size_t max;
 };
 
 struct rp__index;
@@ -95,10 +114,13 @@ struct rp_cache {
   struct rp__obj *lru_head, *lru_tail;
   uint64_t size_bytes;
   uint64_t nobjects;
-  struct rp__htab repos;
-  struct rp__htab tags;
+  struct rp__htab repos; /* memberships, and "registry known" markers */
+  unsigned nregistries;  /* markers */
+  struct rp__lru tags;
+  struct rp__lru pubs;
   struct rp__htab fills; /* running fills by digest */
   uint64_t fills_running;
+  uint64_t fills_announced; /* expected sizes of the running fills, added up */
 
   struct rp__index *idx;
 
@@ -137,6 +159,9 @@ enum rp__idx_kind {
   RP_IDX_EVICT, /* delete the row, unlink to */
   RP_IDX_REPO,
   RP_IDX_TAG,
+  RP_IDX_TAG_DEL,
+  RP_IDX_PUBLIC, /* is_manifest carries "public" */
+  RP_IDX_PUBLIC_DEL,
   RP_IDX_BARRIER, /* nothing: its done runs once everything before it is written */
   RP_IDX_KIND_LAST
 };
@@ -187,6 +212,13 @@ struct rp__fchunk {
   char *buf; /* RP_CACHE_CHUNK bytes from the pool */
 };
 
+/* A membership a fill records once it publishes (rp_fill_note_repo). */
+struct rp__fill_repo {
+  struct rp__fill_repo *next;
+  char *registry, *repository;
+};
+#define RP_FILL_REPOS_MAX 16
+
 struct rp_fill {
   struct rp__hnode hn;
   struct rp__task task;
@@ -224,6 +256,10 @@ struct rp_fill {
 
   rp_fill_cb on_writable, on_state;
   void *producer_data;
+  rp_fill_cb on_published;
+  void *published_data;
+  struct rp__fill_repo *repos; /* memberships recorded on publication */
+  unsigned nrepos;
 
   bool opening;
   bool write_busy;
@@ -235,6 +271,7 @@ struct rp_fill {
   bool want_writable;
   bool notify_writable;
   bool notify_state;
+  bool notify_published;
   bool unlink_wanted; /* unlink once the open finished */
   bool tmp_gone;
 };

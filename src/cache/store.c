@@ -415,8 +415,11 @@ int rp_cache_open(uv_loop_t *loop, const struct rp_cache_opts *opts, struct rp_c
   len = strlen(c->dir);
   while (len > 1 && c->dir[len - 1] == '/')
     c->dir[--len] = '\0';
+  c->tags.max = RP_CACHE_TAGS_MAX;
+  c->pubs.max = RP_CACHE_PUBLIC_MAX;
   if (rp__htab_init(&c->objs, 1024) != 0 || rp__htab_init(&c->repos, 1024) != 0 ||
-      rp__htab_init(&c->tags, 256) != 0 || rp__htab_init(&c->fills, 64) != 0)
+      rp__htab_init(&c->tags.t, 256) != 0 || rp__htab_init(&c->pubs.t, 256) != 0 ||
+      rp__htab_init(&c->fills, 64) != 0)
     goto out;
   rc = make_dir_path(c->dir, err);
   if (rc != 0)
