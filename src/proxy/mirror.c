@@ -21,6 +21,7 @@
 #include "regproxy/error.h"
 #include "regproxy/log.h"
 #include "regproxy/registry.h"
+#include "regproxy/rules.h"
 
 #define MIRROR_REGS     64
 #define MIRROR_FRESH_MS (10 * 60 * 1000) /* how long a /v2/ challenge is trusted */
@@ -215,6 +216,48 @@ static bool set_origin(struct rp_conn *c, const char *hostport) {
   return true;
 }
 
+/* A registry the mirror serves (SPEC §3 "Who may receive what"): an HTTPS
+ * registry named in mitm, or mirror_default. Anything else a client names
+ * with ?ns= is refused before any upstream request. */
+static bool mirror_serves(struct rp_server *srv, const struct rp_conn *c, const char *registry) {
+  char dflt[300];
+
+  if (rp_hostlist_match(srv->cfg->mitm_list, c->mitm_host, c->mitm_port))
+    return true;
+  rp_reg_canonical(srv->cfg->mirror_default, 0, dflt, sizeof(dflt));
+  return dflt[0] != '\0' && strcmp(dflt, registry) == 0;
+}
+
+/* A whole answer from the mirror itself. */
+static void answer(struct rp_conn *c, int status, const char *ctype, const char *body) {
+  struct rp_sbuf b = {0};
+  size_t n;
+  char *p;
+  uv_buf_t buf;
+
+  rp_sbuf_addf(&b,
+               "HTTP/1.1 %d %s\r\nContent-Type: %s\r\n"
+               "Docker-Distribution-API-Version: registry/2.0\r\nContent-Length: %zu\r\n",
+               status, rp_http_reason(status), ctype, strlen(body));
+  rp__mitm_extra_headers(c, &b);
+  rp_sbuf_adds(&b, c->keep_alive ? "\r\n" : "Connection: close\r\n\r\n");
+  if (c->head->method_id != HTTP_HEAD)
+    rp_sbuf_adds(&b, body);
+  p = rp_sbuf_take(&b, &n);
+  if (p == NULL) {
+    rp__conn_close(c);
+    return;
+  }
+  buf = uv_buf_init(p, (unsigned)n);
+  c->log.status = status;
+  if (rp__conn_write(c, c->client, &buf, 1, NULL, p) != 0) {
+    rp__conn_close(c);
+    return;
+  }
+  rp__conn_go_state(c, RP_CONN_RESPOND);
+  rp__conn_response_done(c);
+}
+
 /* The client's path and query without ns= (the upstream never sees it). */
 static char *strip_ns(const char *p, size_t n) {
   const char *q = memchr(p, '?', n);
@@ -280,33 +323,18 @@ void rp__mirror_request(struct rp_conn *c, const struct rp_http_head *h) {
   c->up_plain = 0;
   if (c->reg.ns[0] != '\0')
     snprintf(c->mirror_ns, sizeof(c->mirror_ns), "%s", c->reg.ns);
+  if (!mirror_serves(srv, c, registry)) {
+    /* SPEC §3: only registries regproxy trusts, and no request to any other. */
+    snprintf(c->log.reason, sizeof(c->log.reason), "registry not served by this mirror");
+    answer(c, 404, "application/json",
+           "{\"errors\":[{\"code\":\"NAME_UNKNOWN\",\"message\":\"registry not served by "
+           "this mirror (not in mitm or mirror_default)\"}]}");
+    return;
+  }
   if (c->reg.kind == RP_REG_BASE) {
     /* SPEC §3: the mirror answers /v2/ itself (clients then pull without a token). */
-    struct rp_sbuf b = {0};
-    size_t n;
-    char *p;
-    uv_buf_t buf;
-
-    rp_sbuf_adds(&b, "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-                     "Docker-Distribution-API-Version: registry/2.0\r\nContent-Length: 2\r\n");
-    rp__mitm_extra_headers(c, &b);
-    rp_sbuf_adds(&b, c->keep_alive ? "\r\n" : "Connection: close\r\n\r\n");
-    if (h->method_id != HTTP_HEAD)
-      rp_sbuf_adds(&b, "{}");
-    p = rp_sbuf_take(&b, &n);
-    if (p == NULL) {
-      rp__conn_close(c);
-      return;
-    }
-    buf = uv_buf_init(p, (unsigned)n);
-    c->log.status = 200;
     c->log.cache = "-";
-    if (rp__conn_write(c, c->client, &buf, 1, NULL, p) != 0) {
-      rp__conn_close(c);
-      return;
-    }
-    rp__conn_go_state(c, RP_CONN_RESPOND);
-    rp__conn_response_done(c);
+    answer(c, 200, "application/json", "{}");
     return;
   }
   free(c->up_path);

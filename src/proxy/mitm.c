@@ -15,6 +15,7 @@
 #include "regproxy/metrics.h"
 #include "regproxy/tls.h"
 #include "regproxy/registry.h"
+#include "regproxy/rules.h"
 #include "regproxy/upstream.h"
 
 static const char established[] = "HTTP/1.1 200 Connection established\r\n\r\n";
@@ -425,9 +426,12 @@ void rp__mitm_request(struct rp_conn *c, const struct rp_http_head *h) {
 bool rp__mitm_plain_request(struct rp_conn *c, const struct rp_http_head *h) {
   struct rp_server *srv = c->srv;
 
+  /* SPEC §3: a plain-HTTP registry counts only when mitm names it with its
+   * port; a port-less entry (the defaults) covers HTTPS, and an http://
+   * request to such a host is plain-forwarded, never cached. */
   if (srv->up == NULL || c->target.https ||
       rp__server_route_bypass(srv, c->target.host, c->target.port) ||
-      !rp_hostlist_match(srv->cfg->mitm_list, c->target.host, c->target.port))
+      !rp_hostlist_match_port_named(srv->cfg->mitm_list, c->target.host, c->target.port))
     return false;
   rp_reg_path_parse(c->target.path, c->target.path_len, &c->reg);
   if (c->reg.kind != RP_REG_BASE && c->reg.kind != RP_REG_MANIFEST && c->reg.kind != RP_REG_BLOB)

@@ -650,7 +650,8 @@ static bool domain_match(const struct rule *r, struct span h) {
   return r->u.dom.match_host && h.n == len - 1 && eq_lower(h.p, suffix + 1, h.n);
 }
 
-bool rp_hostlist_match(const struct rp_hostlist *list, const char *host, uint16_t port) {
+static bool hostlist_match(const struct rp_hostlist *list, const char *host, uint16_t port,
+                           bool port_named) {
   struct span h;
   char *idn = NULL;
   uint8_t ip[16];
@@ -683,7 +684,7 @@ bool rp_hostlist_match(const struct rp_hostlist *list, const char *host, uint16_
       goto out;
     }
   }
-  if (list->match_all) {
+  if (list->match_all && !port_named) {
     hit = true;
     goto out;
   }
@@ -692,7 +693,7 @@ bool rp_hostlist_match(const struct rp_hostlist *list, const char *host, uint16_
   for (size_t i = 0; i < list->n && !hit; i++) {
     const struct rule *r = &list->rules[i];
 
-    if (!port_ok(r->port, port))
+    if (!port_ok(r->port, port) || (port_named && r->port != (int32_t)port))
       continue;
     if (r->kind == RULE_NET)
       hit = is_ip && ipnet_contains(&r->u.net, ip);
@@ -702,6 +703,15 @@ bool rp_hostlist_match(const struct rp_hostlist *list, const char *host, uint16_
 out:
   idn2_free(idn);
   return hit;
+}
+
+bool rp_hostlist_match(const struct rp_hostlist *list, const char *host, uint16_t port) {
+  return hostlist_match(list, host, port, false);
+}
+
+bool rp_hostlist_match_port_named(const struct rp_hostlist *list, const char *host,
+                                  uint16_t port) {
+  return hostlist_match(list, host, port, true);
 }
 
 bool rp_hostlist_names_port(const struct rp_hostlist *list, uint16_t port) {

@@ -22,7 +22,7 @@ def setup():
 
 
 def proxy(reg):
-    return h.Regproxy(["--mitm", NAME, "--connect-to",
+    return h.Regproxy(["--mitm", "%s:%d" % (NAME, PORT), "--connect-to",
                        "%s:%d:127.0.0.1:%d" % (NAME, PORT, reg.port)])
 
 

@@ -65,10 +65,14 @@ def test_v2_answered_by_the_mirror_itself():
     assert r.status == 200 and r.body == b"{}", r
     assert r.header("docker-distribution-api-version") == "registry/2.0"
     assert rp.wait_log(via="mirror", path="/v2/")["status"] == "200"
-    # The longest registry name ns= may carry is echoed whole.
+    r = get(rp, "/v2/?ns=docker.io")
+    assert r.status == 200 and r.header("oci-namespace") == "docker.io" and r.body == b"{}", r
+    # A registry the mirror does not serve (not in mitm, not mirror_default): 404 with an
+    # OCI error, even for the longest name ns= may carry, and no upstream request.
     ns = ".".join(["a" * 63, "b" * 63, "c" * 63, "d" * 61])
     r = get(rp, "/v2/?ns=" + ns)
-    assert r.status == 200 and r.header("oci-namespace") == ns and r.body == b"{}", r
+    assert r.status == 404 and r.header("oci-namespace") == ns, r
+    assert json.loads(r.body)["errors"][0]["code"] == "NAME_UNKNOWN", r
 
 
 def test_dockerd_pulls_through_the_mirror_and_again_from_the_cache():
@@ -104,9 +108,10 @@ def test_ns_selects_the_registry_is_echoed_and_never_sent_upstream():
     r = get(rp, "/v2/library/alpine/blobs/%s?ns=docker.io" % layer)
     assert r.status == 200 and h.sha256(r.body) == layer[7:], r
     assert r.header("oci-namespace") == "docker.io"
-    # A registry nobody can reach: the mirror says so (502), it does not invent content.
+    # A registry the mirror does not serve: 404, it does not go there.
     r = get(rp, "/v2/library/alpine/manifests/3.18?ns=registry.invalid")
-    assert r.status == 502, r
+    assert r.status == 404, r
+    assert json.loads(r.body)["errors"][0]["code"] == "NAME_UNKNOWN", r
 
 
 def test_private_repository_with_registry_auth():
