@@ -70,7 +70,9 @@ int rp_reg_ref_parse(const char *s, size_t n, struct rp_reg_ref *out, const char
 
 /** The Accept key (SPEC §3): the sorted, de-duplicated set of media types
  * across all Accept header lines, parameters and q-values dropped, joined
- * with ','. The full wildcard ("*" "/" "*") stays a member. Malformed
+ * with ','. Only ranges that can select a manifest are members (the known
+ * manifest media types, "application" "/" "*" and the full wildcard "*" "/"
+ * "*"), so a tag has a bounded number of keys. Malformed
  * ranges and ranges refused with q=0 are no members. No Accept at all gives
  * "" (accepts anything, RFC 9110 §12.5.1); an Accept with nothing usable
  * gives "?" (accepts nothing). Members that do not fit bufsz are dropped

@@ -696,6 +696,27 @@ static int span_cmp(const void *a, const void *b) {
   return (x->n > y->n) - (x->n < y->n);
 }
 
+/* The ranges a key keeps: those that can select a manifest. Anything else a
+ * client sends (application/json, made-up types) would only multiply the
+ * keys a tag is remembered under (SPEC §3: bounded tables). */
+static bool manifest_range(const char *p, size_t n) {
+  static const char *const ranges[] = {
+      "*/*",
+      "application/*",
+      "application/json", /* dockerd sends it; old registries label schema 1 so */
+      "application/vnd.oci.image.index.v1+json",
+      "application/vnd.oci.image.manifest.v1+json",
+      "application/vnd.docker.distribution.manifest.list.v2+json",
+      "application/vnd.docker.distribution.manifest.v2+json",
+      "application/vnd.docker.distribution.manifest.v1+json",
+      "application/vnd.docker.distribution.manifest.v1+prettyjws",
+  };
+  for (size_t i = 0; i < sizeof(ranges) / sizeof(ranges[0]); i++)
+    if (strlen(ranges[i]) == n && eq_nocase(ranges[i], n, p, n))
+      return true;
+  return false;
+}
+
 void rp_reg_accept_key(const struct rp_http_head *h, char *buf, size_t bufsz) {
   struct span items[ACCEPT_MAX_ITEMS];
   size_t nitems = 0, o = 0, written = 0;
@@ -730,7 +751,7 @@ void rp_reg_accept_key(const struct rp_http_head *h, char *buf, size_t bufsz) {
         continue;
       trim_ows(&p, &tn);
       /* Past the bound extra ranges are dropped: that only narrows the key. */
-      if (media_range_valid(p, tn) && nitems < ACCEPT_MAX_ITEMS) {
+      if (media_range_valid(p, tn) && manifest_range(p, tn) && nitems < ACCEPT_MAX_ITEMS) {
         items[nitems].p = p;
         items[nitems].n = tn;
         nitems++;
