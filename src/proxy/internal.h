@@ -338,8 +338,10 @@ static inline uint32_t rp__str_hash(const char *s) {
 }
 
 /* publicrepo.c */
-/** Known (within the hour) to be readable anonymously? */
-bool rp__public_known(struct rp_server *srv, const char *registry, const char *repo);
+/** Known to be readable anonymously: answered within the hour, or at any
+ * age while the registry is unreachable (offline). */
+bool rp__public_known(struct rp_server *srv, const char *registry, const char *repo,
+                      bool offline);
 /** Find out in the background, with a manifest HEAD of ref on origin ("https://host[:port]"). */
 void rp__public_probe(struct rp_server *srv, const char *registry, const char *repo,
                       const char *origin, const char *ref);

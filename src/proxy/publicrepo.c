@@ -1,39 +1,38 @@
 /* Is a repository public? (SPEC §3 "Who may receive what".) regproxy asks
  * the registry itself, with no credentials or with an anonymous token from
- * its own auth client: a manifest HEAD that succeeds makes the repository
- * public, and cached objects known in it may be served to any allowed
- * client. Answers are remembered for an hour; probes run in the background
- * and never delay a request. */
+ * its own auth client: a manifest HEAD answered 2xx with a digest or a
+ * manifest media type makes the repository public, and cached objects known
+ * in it may be served to any allowed client. Probes run in the background on
+ * the first pull of a repository and never delay a request. The answer is
+ * kept in the cache index with its time: refreshed after an hour while the
+ * registry answers, and used whatever its age while it does not (offline
+ * pulls after a restart). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
+#include <time.h>
 
 #include "internal.h"
 #include "regproxy/auth.h"
+#include "regproxy/cache.h"
 #include "regproxy/log.h"
 
-#define PUB_SLOTS    1024
-#define PUB_FRESH_MS (60 * 60 * 1000)
+#define PUB_FRESH_S 3600 /* an answer older than this is asked again */
+#define PROBES_MAX  32   /* probes at once; more wait for a later pull */
 
-enum pub_state { PUB_UNKNOWN, PUB_PROBING, PUB_PUBLIC, PUB_PRIVATE };
-
-struct pub_entry {
-  char key[560]; /* "registry\nrepository" */
-  enum pub_state state;
-  uint64_t when_ms;
-};
+enum pub_state { PUB_PUBLIC, PUB_PRIVATE };
 
 struct rp__public {
-  struct pub_entry e[PUB_SLOTS];
   struct rp_auth *auth;
-  struct probe *probes; /* running, for shutdown */
+  struct probe *probes; /* running: one per repository, for shutdown */
+  unsigned nprobes;
 };
 
 struct probe {
   struct probe *next;
   struct rp_server *srv;
-  struct pub_entry *entry;
-  char key[560];
+  char key[560]; /* "registry\nrepository" */
   char url[1200];
   char authz[4096];
   struct rp_fetch *fetch;
@@ -41,7 +40,8 @@ struct probe {
   struct rp_auth_challenge ch;
   bool have_challenge;
   int status;
-  int stage; /* 0: without credentials, 1: with an anonymous token */
+  bool manifest; /* the answer named a digest or a manifest media type */
+  int stage;     /* 0: without credentials, 1: with an anonymous token */
 };
 
 static const char *const accept_types =
@@ -49,47 +49,71 @@ static const char *const accept_types =
     "application/vnd.docker.distribution.manifest.list.v2+json, "
     "application/vnd.docker.distribution.manifest.v2+json";
 
-static struct pub_entry *slot(struct rp__public *p, const char *key) {
-  return &p->e[rp__str_hash(key) % PUB_SLOTS];
-}
-
 static void make_key(char *key, size_t n, const char *registry, const char *repo) {
   snprintf(key, n, "%s\n%s", registry, repo);
 }
 
-bool rp__public_known(struct rp_server *srv, const char *registry, const char *repo) {
-  char key[560];
-  struct pub_entry *e;
-  if (srv->pub == NULL)
+bool rp__public_known(struct rp_server *srv, const char *registry, const char *repo,
+                      bool offline) {
+  bool is_public;
+  int64_t checked, age;
+
+  if (srv->cache == NULL || !rp_cache_public_get(srv->cache, registry, repo, &is_public, &checked))
     return false;
-  make_key(key, sizeof(key), registry, repo);
-  e = slot(srv->pub, key);
-  return e->state == PUB_PUBLIC && strcmp(e->key, key) == 0 &&
-         uv_now(srv->loop) - e->when_ms < PUB_FRESH_MS;
+  age = (int64_t)time(NULL) - checked;
+  return is_public && (offline || (age >= 0 && age < PUB_FRESH_S));
 }
 
 static void probe_free(struct probe *pr) {
   struct probe **pp = &pr->srv->pub->probes;
   while (*pp != NULL && *pp != pr)
     pp = &(*pp)->next;
-  if (*pp == pr)
+  if (*pp == pr) {
     *pp = pr->next;
+    pr->srv->pub->nprobes--;
+  }
   rp_auth_challenge_clear(&pr->ch);
   free(pr);
 }
 
 static void probe_result(struct probe *pr, enum pub_state st) {
-  struct pub_entry *e = pr->entry;
-  if (strcmp(e->key, pr->key) == 0) {
-    e->state = st;
-    e->when_ms = uv_now(pr->srv->loop);
-  }
-  if (rp_log_enabled(RP_LOG_INFO)) {
-    const char *nl = strchr(pr->key, '\n');
-    rp_log_info("repository %.*s/%s is %s", (int)(nl - pr->key), pr->key, nl + 1,
-                st == PUB_PUBLIC ? "public" : "not public");
-  }
+  const char *nl = strchr(pr->key, '\n');
+  char registry[300];
+  size_t rl = (size_t)(nl - pr->key) < sizeof(registry) - 1 ? (size_t)(nl - pr->key)
+                                                            : sizeof(registry) - 1;
+
+  memcpy(registry, pr->key, rl);
+  registry[rl] = '\0';
+  rp_cache_public_put(pr->srv->cache, registry, nl + 1, st == PUB_PUBLIC, (int64_t)time(NULL));
+  rp_log_info("repository %s/%s is %s", registry, nl + 1,
+              st == PUB_PUBLIC ? "public" : "not public");
   probe_free(pr);
+}
+
+/* A manifest answer, not any 2xx (a captive portal, a catch-all page). */
+static bool is_manifest_answer(const struct rp_http_header *h, size_t n) {
+  static const char *const types[] = {
+      "application/vnd.oci.image.index.v1+json",
+      "application/vnd.oci.image.manifest.v1+json",
+      "application/vnd.docker.distribution.manifest.list.v2+json",
+      "application/vnd.docker.distribution.manifest.v2+json",
+      "application/vnd.docker.distribution.manifest.v1+json",
+      "application/vnd.docker.distribution.manifest.v1+prettyjws",
+  };
+  for (size_t i = 0; i < n; i++) {
+    if (rp_http_token_eq(h[i].name, h[i].name_len, "docker-content-digest") &&
+        h[i].value_len > 0)
+      return true;
+    if (rp_http_token_eq(h[i].name, h[i].name_len, "content-type")) {
+      size_t tn = 0;
+      while (tn < h[i].value_len && h[i].value[tn] != ';' && h[i].value[tn] != ' ')
+        tn++;
+      for (size_t k = 0; k < sizeof(types) / sizeof(types[0]); k++)
+        if (strlen(types[k]) == tn && strncasecmp(types[k], h[i].value, tn) == 0)
+          return true;
+    }
+  }
+  return false;
 }
 
 static void probe_head(struct probe *pr);
@@ -100,6 +124,7 @@ static int on_probe_head(struct rp_fetch *f, void *data, int status, const char 
   (void)f;
   (void)reason;
   pr->status = status;
+  pr->manifest = status >= 200 && status < 300 && is_manifest_answer(h, n);
   if (status == 401 && pr->stage == 0)
     pr->have_challenge = rp_auth_challenge_from_headers(h, n, &pr->ch) == 0;
   return 0;
@@ -126,14 +151,12 @@ static void on_probe_done(struct rp_fetch *f, void *data, int status, const char
   (void)f;
   (void)reason;
   pr->fetch = NULL;
-  if (status != 0) {
-    /* Unreachable: no answer either way; ask again later. */
-    if (strcmp(pr->entry->key, pr->key) == 0)
-      pr->entry->state = PUB_UNKNOWN;
+  if (status != 0 || pr->status >= 500 || pr->status == 429) {
+    /* Unreachable or failing: no answer either way; ask again later. */
     probe_free(pr);
     return;
   }
-  if (pr->status >= 200 && pr->status < 300) {
+  if (pr->manifest) {
     probe_result(pr, PUB_PUBLIC);
     return;
   }
@@ -188,20 +211,16 @@ static void probe_head(struct probe *pr) {
   }
   pr->status = 0;
   pr->fetch = rp_fetch_start(srv->up, &req, &probe_callbacks, pr);
-  if (pr->fetch == NULL) {
-    if (strcmp(pr->entry->key, pr->key) == 0)
-      pr->entry->state = PUB_UNKNOWN;
+  if (pr->fetch == NULL)
     probe_free(pr);
-  }
 }
 
 void rp__public_probe(struct rp_server *srv, const char *registry, const char *repo,
                       const char *origin, const char *ref) {
   struct probe *pr;
-  struct pub_entry *e;
   char key[560];
 
-  if (srv->up == NULL)
+  if (srv->up == NULL || srv->cache == NULL)
     return;
   if (srv->pub == NULL) {
     struct rp_auth_opts o;
@@ -217,23 +236,28 @@ void rp__public_probe(struct rp_server *srv, const char *registry, const char *r
       srv->pub->auth = NULL;
     }
   }
+  {
+    bool is_public;
+    int64_t checked, age;
+    if (rp_cache_public_get(srv->cache, registry, repo, &is_public, &checked) &&
+        (age = (int64_t)time(NULL) - checked) >= 0 && age < PUB_FRESH_S)
+      return; /* known, and recent enough */
+  }
   make_key(key, sizeof(key), registry, repo);
-  e = slot(srv->pub, key);
-  if (strcmp(e->key, key) == 0 &&
-      (e->state == PUB_PROBING ||
-       (e->state != PUB_UNKNOWN && uv_now(srv->loop) - e->when_ms < PUB_FRESH_MS)))
+  for (pr = srv->pub->probes; pr != NULL; pr = pr->next)
+    if (strcmp(pr->key, key) == 0)
+      return; /* being asked */
+  if (srv->pub->nprobes >= PROBES_MAX)
     return;
   pr = calloc(1, sizeof(*pr));
   if (pr == NULL)
     return;
-  snprintf(e->key, sizeof(e->key), "%s", key);
-  e->state = PUB_PROBING;
   pr->srv = srv;
-  pr->entry = e;
   snprintf(pr->key, sizeof(pr->key), "%s", key);
   snprintf(pr->url, sizeof(pr->url), "%s/v2/%s/manifests/%s", origin, repo, ref);
   pr->next = srv->pub->probes;
   srv->pub->probes = pr;
+  srv->pub->nprobes++;
   probe_head(pr);
 }
 

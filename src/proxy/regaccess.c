@@ -32,8 +32,8 @@ struct rp__memo {
  * (the client's Authorization, or for a mirror request regproxy's own, kept
  * apart so that what regproxy's credentials may read is never confirmed for
  * a client that sent the same, e.g. none). */
-static void memo_key(const struct rp_conn *c, const char *registry, const char *repo,
-                     unsigned char out[16]) {
+void rp__reg_memo_key(const struct rp_conn *c, const char *registry, const char *repo,
+                      unsigned char out[RP__MEMO_KEY_LEN]) {
   const struct rp_http_header *a = c->mirror ? NULL : rp_http_header_find(c->head, "authorization");
   unsigned char md[32];
   unsigned int mdlen = 0;
@@ -64,17 +64,21 @@ static struct memo_slot *memo_find(struct rp__memo *m, const unsigned char key[1
   return &m->slot[idx % MEMO_SLOTS];
 }
 
-void rp__reg_memo_confirm(struct rp_conn *c, const char *registry, const char *repo) {
-  struct rp_server *srv = c->srv;
-  unsigned char key[16];
+void rp__reg_memo_confirm_key(struct rp_server *srv, const unsigned char key[RP__MEMO_KEY_LEN]) {
   struct memo_slot *s;
 
   if (srv->memo == NULL && (srv->memo = calloc(1, sizeof(*srv->memo))) == NULL)
     return;
-  memo_key(c, registry, repo, key);
   s = memo_find(srv->memo, key);
   memcpy(s->key, key, 16);
   s->when_ms = uv_now(srv->loop) + 1; /* 0 marks an empty slot */
+}
+
+void rp__reg_memo_confirm(struct rp_conn *c, const char *registry, const char *repo) {
+  unsigned char key[RP__MEMO_KEY_LEN];
+
+  rp__reg_memo_key(c, registry, repo, key);
+  rp__reg_memo_confirm_key(c->srv, key);
 }
 
 static bool memo_ok(struct rp_conn *c, const char *registry, const char *repo) {
@@ -84,7 +88,7 @@ static bool memo_ok(struct rp_conn *c, const char *registry, const char *repo) {
 
   if (srv->memo == NULL)
     return false;
-  memo_key(c, registry, repo, key);
+  rp__reg_memo_key(c, registry, repo, key);
   s = memo_find(srv->memo, key);
   /* when_ms is the confirmation time plus one (0 marks an empty slot). */
   return s->when_ms != 0 && memcmp(s->key, key, 16) == 0 &&
@@ -94,10 +98,18 @@ static bool memo_ok(struct rp_conn *c, const char *registry, const char *repo) {
 /* May this client read this repository without asking upstream? With
  * access_check off, yes; else when the repository is public or the client's
  * credential was confirmed there within access_ttl. */
-bool rp__reg_client_ok(struct rp_conn *c, const char *registry) {
+bool rp__reg_client_ok(struct rp_conn *c, const char *registry, bool offline) {
   struct rp_server *srv = c->srv;
-  return !srv->cfg->access_check || rp__public_known(srv, registry, c->reg.name) ||
+  return !srv->cfg->access_check || rp__public_known(srv, registry, c->reg.name, offline) ||
          memo_ok(c, registry, c->reg.name);
+}
+
+bool rp__reg_head_confirms(const struct rp_conn *c, int status) {
+  if (status >= 200 && status < 300)
+    return true;
+  /* Docker Hub answers a blob HEAD with a redirect to its CDN; over plain
+   * HTTP a redirect (to https, typically) says nothing about access. */
+  return status >= 300 && status < 400 && c->reg.kind == RP_REG_BLOB && !c->up_plain;
 }
 
 /* Learn in the background whether the repository is public. */
@@ -109,7 +121,8 @@ void rp__reg_probe_public(struct rp_conn *c, const char *registry) {
   rp__public_probe(c->srv, registry, c->reg.name, origin, c->reg.ref);
 }
 
-bool rp__reg_may_serve(struct rp_conn *c, const char *registry, const struct rp_digest *d) {
+bool rp__reg_may_serve(struct rp_conn *c, const char *registry, const struct rp_digest *d,
+                       bool offline) {
   return !c->srv->cfg->access_check || (rp_cache_in_repo(c->srv->cache, d, registry, c->reg.name) &&
-                                        rp__reg_client_ok(c, registry));
+                                        rp__reg_client_ok(c, registry, offline));
 }

@@ -97,7 +97,6 @@ static void tag_on_done(struct rp_fetch *f, void *data, int status, const char *
     return;
   }
   rp__reg_memo_confirm(c, rq->registry, c->reg.name);
-  rp__reg_probe_public(c, rq->registry);
   rp__reg_remember_tag(c, rq->registry, &e);
   if (rp_cache_has(c->srv->cache, &d, &info) && info.is_manifest &&
       rp_cache_in_repo(c->srv->cache, &d, rq->registry, c->reg.name)) {
@@ -173,10 +172,9 @@ static void confirm_on_done(struct rp_fetch *f, void *data, int status, const ch
     return;
   rq->tc = NULL;
   c = rq->c;
-  if (status == 0 && st >= 200 && st < 400) {
+  if (status == 0 && rp__reg_head_confirms(c, st)) {
     rp__reg_memo_confirm(c, rq->registry, c->reg.name);
     rp_cache_note_repo(c->srv->cache, &d, rq->registry, c->reg.name);
-    rp__reg_probe_public(c, rq->registry);
     if (rp_cache_has(c->srv->cache, &d, &info) &&
         rp__reg_parse_range(c->head, info.size, &off, &len, &partial)) {
       c->log.cache = "revalidated";
@@ -192,6 +190,7 @@ static void confirm_on_done(struct rp_fetch *f, void *data, int status, const ch
       struct rp__filljob *run = rp__reg_job_find(c->srv, &d);
       if (run != NULL && run->fill != NULL && rp_fill_state(run->fill) != RP_FILL_FAILED &&
           rp__reg_parse_range(c->head, run->size, &off, &len, &partial)) {
+        rp_fill_note_repo(run->fill, rq->registry, c->reg.name);
         c->log.cache = "coalesced";
         if (rp__reg_serve(c, rq, &d, run->fill, run->size, run->ctype, off, len, partial) != 0) {
           c->rc = NULL;
@@ -264,9 +263,16 @@ bool rp__regcache_request(struct rp_conn *c, const struct rp_http_head *h) {
   uint64_t off;
   int64_t len;
 
+  if (c->reg.kind == RP_REG_MANIFEST && (h->method_id == HTTP_GET || h->method_id == HTTP_HEAD)) {
+    /* SPEC §3: whether the repository is public is asked once, on its first
+     * pull, in the background. */
+    char registry[300];
+    rp__mitm_registry(c, registry, sizeof(registry));
+    rp__reg_probe_public(c, registry);
+  }
   if (c->reg.kind == RP_REG_MANIFEST && !c->reg.ref_is_digest &&
       (h->method_id == HTTP_GET || h->method_id == HTTP_HEAD) && rp__reg_tag_fresh(c) &&
-      rp__reg_answer_from_memory(c, "hit"))
+      rp__reg_answer_from_memory(c, "hit", false))
     return true;
   if (srv->cache != NULL && c->reg.kind == RP_REG_MANIFEST && !c->reg.ref_is_digest &&
       h->method_id == HTTP_GET && rp_http_header_find(h, "range") == NULL)
@@ -286,7 +292,7 @@ bool rp__regcache_request(struct rp_conn *c, const struct rp_http_head *h) {
   rp__mitm_registry(c, rq->registry, sizeof(rq->registry));
 
   if (rp_cache_has(srv->cache, &d, &info) && info.is_manifest == is_manifest &&
-      rp__reg_may_serve(c, rq->registry, &d)) {
+      rp__reg_may_serve(c, rq->registry, &d, false)) {
     if (!rp__reg_parse_range(h, info.size, &off, &len, &partial)) {
       free(rq);
       return false;
@@ -327,7 +333,7 @@ bool rp__regcache_request(struct rp_conn *c, const struct rp_http_head *h) {
         free(rq);
         return false;
       }
-      if (!rp__reg_client_ok(c, rq->registry)) {
+      if (!rp__reg_client_ok(c, rq->registry, false) && !rp__reg_job_same_credential(run, c)) {
         free(rq);
         return rp__reg_start_head(c, h, &rp__reg_confirm_callbacks, &d);
       }
@@ -371,7 +377,6 @@ void rp__regcache_observe(struct rp_conn *c, int status, const struct rp_http_he
     return;
   rp__mitm_registry(c, registry, sizeof(registry));
   rp__reg_memo_confirm(c, registry, c->reg.name);
-  rp__reg_probe_public(c, registry);
   /* A manifest by tag: remember what the tag names, for answers from memory. */
   memset(&e, 0, sizeof(e));
   rp__reg_header_copy(h, n, "docker-content-digest", dg, sizeof(dg));
@@ -418,13 +423,17 @@ void rp__regcache_destroy(struct rp_conn *c) {
     if (job->passing || job->fill == NULL) {
       /* Nothing is being cached yet: the transfer has no reason to go on;
        * clients waiting for it relay their own requests. */
-      if (job->fetch != NULL)
+      if (job->fetch != NULL) {
+        /* A passing job's transfer is also the connection's (job_on_head):
+         * forget it there before it is freed, or rp__mitm_destroy cancels
+         * it a second time. */
+        if (c->fetch == job->fetch)
+          c->fetch = NULL;
         rp_fetch_cancel(job->fetch);
+      }
       job->fetch = NULL;
       job->passing = true;
       rp__reg_release_waiters(job);
-      if (c->fetch == job->fetch)
-        c->fetch = NULL;
       rp__reg_job_free(job);
     }
   }

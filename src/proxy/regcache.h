@@ -16,6 +16,8 @@
 #include "regproxy/error.h"
 #include "regproxy/upstream.h"
 
+#define RP__MEMO_KEY_LEN 16
+
 /* ---- a manifest relayed by tag, kept (regmemory.c) ---- */
 
 #define GRAB_MAX (4u << 20) /* distribution refuses manifests over 4 MiB */
@@ -62,6 +64,8 @@ struct rp__filljob {
   unsigned attempts;       /* resumptions so far (SPEC §3: at most 3) */
   uint64_t skip;           /* a resumed answer restarted at 0: bytes to drop */
   bool passing;            /* not a cacheable answer: relayed by the pass-through */
+  bool memo_pending;       /* confirm memo_key once the fill is published */
+  unsigned char memo_key[RP__MEMO_KEY_LEN]; /* the credential the upstream accepted */
   bool done;               /* the transfer ended; the fill may still be publishing */
   bool paused;
   char registry[300];
@@ -76,15 +80,24 @@ static inline bool rp__reg_unreachable(int status, int http) {
          http >= 500 || http == 429;
 }
 
-/* regaccess.c */
-/** Remember that this client's credential read (registry, repo) upstream. */
+/* regaccess.c: every "who may receive what" decision (SPEC §3). offline:
+ * the registry is unreachable now (a public answer of any age counts). */
+/** The memo key of this client's credential for (registry, repo). */
+void rp__reg_memo_key(const struct rp_conn *c, const char *registry, const char *repo,
+                      unsigned char out[RP__MEMO_KEY_LEN]);
+/** Remember that a credential read (registry, repo) upstream. */
 void rp__reg_memo_confirm(struct rp_conn *c, const char *registry, const char *repo);
+void rp__reg_memo_confirm_key(struct rp_server *srv, const unsigned char key[RP__MEMO_KEY_LEN]);
 /** May this client read the repository without asking upstream? */
-bool rp__reg_client_ok(struct rp_conn *c, const char *registry);
+bool rp__reg_client_ok(struct rp_conn *c, const char *registry, bool offline);
 /** Learn in the background whether the repository is public. */
 void rp__reg_probe_public(struct rp_conn *c, const char *registry);
 /** Known in the repository and this client may read it (or access_check off). */
-bool rp__reg_may_serve(struct rp_conn *c, const char *registry, const struct rp_digest *d);
+bool rp__reg_may_serve(struct rp_conn *c, const char *registry, const struct rp_digest *d,
+                       bool offline);
+/** Does an upstream answer to a HEAD with the client's credential confirm
+ * it? 2xx; 3xx only for a blob of an HTTPS registry (a CDN redirect). */
+bool rp__reg_head_confirms(const struct rp_conn *c, int status);
 
 /* regfill.c */
 /** The request is answered: free rq, back to reading requests. */
@@ -106,6 +119,8 @@ void rp__reg_job_free(struct rp__filljob *job);
 bool rp__reg_start_job(struct rp_conn *c, struct rp__regreq *rq, const struct rp_http_head *h,
                        const struct rp_digest *dp, bool is_manifest, const char *path);
 void rp__reg_release_waiters(struct rp__filljob *job);
+/** Does c send the credential the upstream accepted for this job's fill? */
+bool rp__reg_job_same_credential(const struct rp__filljob *job, const struct rp_conn *c);
 int64_t rp__reg_header_size(const struct rp_http_header *h, size_t n, const char *name);
 void rp__reg_header_copy(const struct rp_http_header *h, size_t n, const char *name, char *out,
                          size_t outsz);
@@ -115,7 +130,7 @@ void rp__reg_remember_tag(struct rp_conn *c, const char *registry, struct rp_tag
 /** --tag-ttl: the tag was confirmed upstream recently enough. */
 bool rp__reg_tag_fresh(struct rp_conn *c);
 /** Answer from the tag memory and the cache alone; label is the log's cache=. */
-bool rp__reg_answer_from_memory(struct rp_conn *c, const char *label);
+bool rp__reg_answer_from_memory(struct rp_conn *c, const char *label, bool offline);
 
 /* regcache.c */
 extern const struct rp_fetch_callbacks rp__reg_confirm_callbacks;

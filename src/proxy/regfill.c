@@ -204,6 +204,12 @@ static struct saved_req *saved_req_copy(const struct rp_fetch_req *r) {
 
 void rp__reg_job_free(struct rp__filljob *job) {
   struct rp__filljob **pp = &job->srv->jobs;
+  if (job->fill != NULL) {
+    /* Published before its watcher ran: the confirmation still counts. */
+    if (job->memo_pending && rp_fill_state(job->fill) == RP_FILL_PUBLISHED)
+      rp__reg_memo_confirm_key(job->srv, job->memo_key);
+    rp_fill_on_published(job->fill, NULL, NULL);
+  }
   free(job->saved);
   while (*pp != NULL && *pp != job)
     pp = &(*pp)->next;
@@ -239,7 +245,7 @@ void rp__reg_release_waiters(struct rp__filljob *job) {
     job->waiters = rq->next_waiter;
     rq->waiting_on = NULL;
     if (job->fill != NULL && !job->passing && rp_fill_state(job->fill) != RP_FILL_FAILED) {
-      if (rp__reg_client_ok(c, job->registry)) {
+      if (rp__reg_client_ok(c, job->registry, false) || rp__reg_job_same_credential(job, c)) {
         c->log.cache = "coalesced";
         rp__reg_serve_range(c, rq, &job->d, job->fill, job->size, job->ctype);
       } else {
@@ -308,6 +314,25 @@ void rp__reg_header_copy(const struct rp_http_header *h, size_t n, const char *n
   }
 }
 
+static void job_on_published(struct rp_fill *f, void *data) {
+  struct rp__filljob *job = data;
+  (void)f;
+  if (job->memo_pending) {
+    job->memo_pending = false;
+    rp__reg_memo_confirm_key(job->srv, job->memo_key);
+  }
+}
+
+/* The client sends the very credential the upstream accepted for this job:
+ * the fill's bytes are what the upstream would give it (no HEAD needed). */
+bool rp__reg_job_same_credential(const struct rp__filljob *job, const struct rp_conn *c) {
+  unsigned char key[RP__MEMO_KEY_LEN];
+  if (!job->memo_pending)
+    return false;
+  rp__reg_memo_key(c, job->registry, job->repo, key);
+  return memcmp(key, job->memo_key, sizeof(key)) == 0;
+}
+
 static int job_on_head(struct rp_fetch *f, void *data, int status, const char *reason,
                        const struct rp_http_header *h, size_t n) {
   struct rp__filljob *job = data;
@@ -349,9 +374,13 @@ static int job_on_head(struct rp_fetch *f, void *data, int status, const char *r
     return rp__mitm_pass_head(f, c, status, reason, h, n);
   }
   rp_fill_set_producer(job->fill, on_fill_writable, on_fill_state, job);
-  rp_cache_note_repo(c->srv->cache, &job->d, job->registry, job->repo);
-  rp__reg_memo_confirm(c, job->registry, job->repo);
-  rp__reg_probe_public(c, job->registry);
+  /* SPEC §3: the object belongs to the repository, and the credential is
+   * confirmed there, once the bytes are verified, not at this head (which
+   * may be a CDN's after a redirect). */
+  rp_fill_note_repo(job->fill, job->registry, job->repo);
+  rp__reg_memo_key(c, job->registry, job->repo, job->memo_key);
+  job->memo_pending = true;
+  rp_fill_on_published(job->fill, job_on_published, job);
   c->log.cache = "miss";
   job->rq = NULL; /* from here the reader serves the client; the job only fills */
   rq->job = NULL;

@@ -47,8 +47,9 @@ static bool write_local(struct rp_conn *c, const char *head, const char *body) {
 }
 
 /* What memory can answer for the current request, without answering. */
-static bool stale_lookup(struct rp_conn *c, const char *registry, struct rp_digest *d,
-                         struct rp_object_info *info, struct rp_tag_entry *tag, bool *by_tag) {
+static bool stale_lookup(struct rp_conn *c, const char *registry, bool offline,
+                         struct rp_digest *d, struct rp_object_info *info,
+                         struct rp_tag_entry *tag, bool *by_tag) {
   struct rp_server *srv = c->srv;
   const struct rp_http_head *h = c->head;
   bool head_only = h->method_id == HTTP_HEAD;
@@ -75,8 +76,10 @@ static bool stale_lookup(struct rp_conn *c, const char *registry, struct rp_dige
   } else {
     return false;
   }
-  if (!rp_cache_has(srv->cache, d, info) || !rp__reg_may_serve(c, registry, d))
-    return *by_tag && head_only; /* a HEAD by tag needs only the memory */
+  if (!rp_cache_has(srv->cache, d, info) || !rp__reg_may_serve(c, registry, d, offline))
+    /* A HEAD by tag needs only the memory, but tells the digest: only to a
+     * client that may read the repository (SPEC §3). */
+    return *by_tag && head_only && rp__reg_client_ok(c, registry, offline);
   return true;
 }
 
@@ -90,11 +93,11 @@ bool rp__regcache_can_stale(struct rp_conn *c) {
   if (!(c->mitm || c->up_plain || c->mirror) || c->head == NULL)
     return false;
   rp__mitm_registry(c, registry, sizeof(registry));
-  return stale_lookup(c, registry, &d, &info, &tag, &by_tag);
+  return stale_lookup(c, registry, true, &d, &info, &tag, &by_tag);
 }
 
 bool rp__regcache_stale(struct rp_conn *c) {
-  return rp__reg_answer_from_memory(c, "stale");
+  return rp__reg_answer_from_memory(c, "stale", true);
 }
 
 /* --tag-ttl: a tag confirmed upstream that recently is answered from memory. */
@@ -115,8 +118,9 @@ bool rp__reg_tag_fresh(struct rp_conn *c) {
   return age >= 0 && (uint64_t)age * 1000 < srv->cfg->tag_ttl_ms;
 }
 
-/* Answer from the tag memory and the cache alone; label is the log's cache=. */
-bool rp__reg_answer_from_memory(struct rp_conn *c, const char *label) {
+/* Answer from the tag memory and the cache alone; label is the log's cache=,
+ * offline whether the registry is unreachable now. */
+bool rp__reg_answer_from_memory(struct rp_conn *c, const char *label, bool offline) {
   char registry[300], dg[140], head[600];
   struct rp_digest d;
   struct rp_object_info info;
@@ -128,7 +132,7 @@ bool rp__reg_answer_from_memory(struct rp_conn *c, const char *label) {
     return false;
   rp__mitm_registry(c, registry, sizeof(registry));
   memset(&info, 0, sizeof(info));
-  if (!stale_lookup(c, registry, &d, &info, &tag, &by_tag))
+  if (!stale_lookup(c, registry, offline, &d, &info, &tag, &by_tag))
     return false;
   c->log.cache = label;
   c->log.status = 200;
@@ -213,8 +217,9 @@ void rp__regcache_relay_done(struct rp_conn *c, int status) {
   snprintf(e.media_type, sizeof(e.media_type), "%s", g->ctype);
   e.size = n;
   rp__reg_remember_tag(c, registry, &e);
-  rp_cache_note_repo(srv->cache, &e.digest, registry, c->reg.name);
+  rp_cache_note_repo(srv->cache, &e.digest, registry, c->reg.name); /* cached already */
   fill = rp_fill_start(srv->cache, &e.digest, (int64_t)n, true, g->ctype);
+  rp_fill_note_repo(fill, registry, c->reg.name);
   if (fill != NULL && rp_fill_write(fill, body, n) == 0) {
     rp_fill_finish(fill);
     /* Listed as a finished job until published (job_find sweeps it). */

@@ -1562,6 +1562,201 @@ static void test_bench(void **state) {
   free(dir);
 }
 
+/* ---- who may receive what: the tables it rests on (SPEC §3) ---- */
+
+static void on_published_count(struct rp_fill *f, void *data) {
+  (void)f;
+  (*(int *)data)++;
+}
+
+static int count_rows(const char *dir, const char *sql) {
+  char path[4200];
+  sqlite3 *sq = NULL;
+  sqlite3_stmt *st = NULL;
+  int n;
+
+  snprintf(path, sizeof path, "%s/index.db", dir);
+  assert_int_equal(sqlite3_open_v2(path, &sq, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
+  assert_int_equal(sqlite3_prepare_v2(sq, sql, -1, &st, NULL), SQLITE_OK);
+  assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+  n = sqlite3_column_int(st, 0);
+  sqlite3_finalize(st);
+  sqlite3_close(sq);
+  return n;
+}
+
+/* A membership is recorded only for a published (verified) object, goes
+ * with it, and a fill records its own only once it published. */
+static void test_membership_follows_objects(void **state) {
+  const size_t len = 64 * 1024;
+  unsigned char *a = random_blob(len, 70), *b = random_blob(len, 71);
+  const char manifest[] = "{\"schemaVersion\":2}";
+  const char *mt = "application/vnd.oci.image.manifest.v1+json";
+  char *dir = make_dir();
+  struct rp_cache *c = open_cache(dir, 0, 1ULL << 40);
+  struct rp_digest da, db, dm;
+  struct rp_tag_entry te;
+  struct producer p;
+  struct rp_fill *f;
+  int published = 0;
+  (void)state;
+
+  digest_of(a, len, 256, &da);
+  digest_of(b, len, 256, &db);
+  digest_of(manifest, strlen(manifest), 256, &dm);
+  /* Not published: nothing to belong anywhere. */
+  rp_cache_note_repo(c, &da, "docker.io", "evil/x");
+  assert_false(rp_cache_in_repo(c, &da, "docker.io", "evil/x"));
+  /* A fill that fails records nothing, and its watcher is never called. */
+  f = rp_fill_start(c, &da, (int64_t)len, false, NULL);
+  assert_non_null(f);
+  rp_fill_note_repo(f, "docker.io", "evil/x");
+  rp_fill_on_published(f, on_published_count, &published);
+  rp_fill_abort(f, "test");
+  rp_fill_unref(f);
+  uv_run(&loop, UV_RUN_NOWAIT);
+  /* The same digest published through another repository. */
+  f = rp_fill_start(c, &da, (int64_t)len, false, NULL);
+  assert_non_null(f);
+  rp_fill_note_repo(f, "docker.io", "good/y");
+  rp_fill_note_repo(f, "docker.io", "good/y");
+  rp_fill_on_published(f, on_published_count, &published);
+  assert_false(rp_cache_in_repo(c, &da, "docker.io", "good/y"));
+  prod_init(&p, f, a, len, 0, 8 * MIB);
+  run_until_fill_done(f);
+  assert_int_equal(rp_fill_state(f), RP_FILL_PUBLISHED);
+  for (int spins = 0; published < 1 && spins < 1000; spins++)
+    uv_run(&loop, UV_RUN_ONCE);
+  assert_int_equal(published, 1);
+  prod_close(&p);
+  rp_fill_unref(f);
+  assert_true(rp_cache_in_repo(c, &da, "docker.io", "good/y"));
+  assert_false(rp_cache_in_repo(c, &da, "docker.io", "evil/x"));
+  assert_true(rp_cache_knows_registry(c, "docker.io"));
+  /* A cleared watcher is not called. */
+  f = rp_fill_start(c, &db, (int64_t)len, false, NULL);
+  rp_fill_on_published(f, on_published_count, &published);
+  rp_fill_on_published(f, NULL, NULL);
+  prod_init(&p, f, b, len, 0, 8 * MIB);
+  run_until_fill_done(f);
+  prod_close(&p);
+  rp_fill_unref(f);
+  uv_run(&loop, UV_RUN_NOWAIT);
+  assert_int_equal(published, 1);
+  /* A manifest and a tag naming it; removing the manifest takes both along. */
+  fill_blob(c, (const unsigned char *)manifest, strlen(manifest), &dm, true, mt);
+  rp_cache_note_repo(c, &dm, "docker.io", "good/y");
+  memset(&te, 0, sizeof te);
+  te.digest = dm;
+  snprintf(te.media_type, sizeof te.media_type, "%s", mt);
+  te.checked = 1700000000;
+  rp_cache_tag_put(c, "docker.io", "good/y", "1", "", &te);
+  assert_true(rp_cache_tag_get(c, "docker.io", "good/y", "1", "", NULL));
+  assert_int_equal(rp_cache_remove(c, &dm), 0);
+  assert_false(rp_cache_in_repo(c, &dm, "docker.io", "good/y"));
+  assert_false(rp_cache_tag_get(c, "docker.io", "good/y", "1", "", NULL));
+  close_cache(c);
+  assert_int_equal(count_rows(dir, "SELECT count(*) FROM object_repos"), 1);
+  assert_int_equal(count_rows(dir, "SELECT count(*) FROM tags"), 0);
+  c = open_cache(dir, 0, 1ULL << 40);
+  assert_true(rp_cache_in_repo(c, &da, "docker.io", "good/y"));
+  assert_false(rp_cache_in_repo(c, &dm, "docker.io", "good/y"));
+  close_cache(c);
+  free(a);
+  free(b);
+  rm_rf(dir);
+  free(dir);
+}
+
+/* Tag memory keeps the most recently confirmed RP_CACHE_TAGS_MAX entries,
+ * in memory and in the index; public answers survive a restart. */
+static void test_bounded_tables(void **state) {
+  char *dir = make_dir();
+  struct rp_cache *c = open_cache(dir, 0, 1ULL << 40);
+  struct rp_tag_entry te;
+  bool pub;
+  int64_t when;
+  char tag[32];
+  (void)state;
+
+  memset(&te, 0, sizeof te);
+  digest_of("x", 1, 256, &te.digest);
+  snprintf(te.media_type, sizeof te.media_type, "application/vnd.oci.image.index.v1+json");
+  for (int i = 0; i < RP_CACHE_TAGS_MAX + 100; i++) {
+    snprintf(tag, sizeof tag, "t%d", i);
+    te.checked = 1700000000 + i;
+    rp_cache_tag_put(c, "docker.io", "library/alpine", tag, "", &te);
+  }
+  assert_false(rp_cache_tag_get(c, "docker.io", "library/alpine", "t0", "", NULL));
+  assert_false(rp_cache_tag_get(c, "docker.io", "library/alpine", "t99", "", NULL));
+  assert_true(rp_cache_tag_get(c, "docker.io", "library/alpine", "t100", "", NULL));
+  snprintf(tag, sizeof tag, "t%d", RP_CACHE_TAGS_MAX + 99);
+  assert_true(rp_cache_tag_get(c, "docker.io", "library/alpine", tag, "", NULL));
+  rp_cache_public_put(c, "docker.io", "library/alpine", true, 1700000000);
+  rp_cache_public_put(c, "docker.io", "private/app", false, 1700000001);
+  assert_false(rp_cache_public_get(c, "docker.io", "library/other", &pub, &when));
+  close_cache(c);
+  /* The tags refer to no object: the index drops them at the next open. */
+  assert_int_equal(count_rows(dir, "SELECT count(*) FROM tags"), RP_CACHE_TAGS_MAX);
+  c = open_cache(dir, 0, 1ULL << 40);
+  assert_false(rp_cache_tag_get(c, "docker.io", "library/alpine", tag, "", NULL));
+  assert_true(rp_cache_public_get(c, "docker.io", "library/alpine", &pub, &when));
+  assert_true(pub);
+  assert_int_equal(when, 1700000000);
+  assert_true(rp_cache_public_get(c, "docker.io", "private/app", &pub, &when));
+  assert_false(pub);
+  close_cache(c);
+  assert_int_equal(count_rows(dir, "SELECT count(*) FROM tags"), 0);
+  rm_rf(dir);
+  free(dir);
+}
+
+/* A fill larger than the cache, past the running fills' share of it, or
+ * beyond RP_CACHE_FILLS_MAX at once is refused (the caller relays). */
+static void test_fills_bounded(void **state) {
+  char *dir = make_dir();
+  struct rp_cache *c = open_cache(dir, 10 * MIB, 1ULL << 40);
+  struct rp_fill *f[RP_CACHE_FILLS_MAX + 1];
+  struct rp_digest d;
+  char seed[16];
+  (void)state;
+
+  digest_of("big", 3, 256, &d);
+  assert_null(rp_fill_start(c, &d, 10 * MIB + 1, false, NULL));
+  f[0] = rp_fill_start(c, &d, 6 * MIB, false, NULL);
+  assert_non_null(f[0]);
+  digest_of("big2", 4, 256, &d);
+  assert_null(rp_fill_start(c, &d, 5 * MIB, false, NULL)); /* 6 + 5 > 10 */
+  f[1] = rp_fill_start(c, &d, 4 * MIB, false, NULL);
+  assert_non_null(f[1]);
+  rp_fill_abort(f[0], "test");
+  rp_fill_abort(f[1], "test");
+  rp_fill_unref(f[0]);
+  rp_fill_unref(f[1]);
+  digest_of("big3", 4, 256, &d);
+  f[0] = rp_fill_start(c, &d, 10 * MIB, false, NULL); /* room again */
+  assert_non_null(f[0]);
+  rp_fill_abort(f[0], "test");
+  rp_fill_unref(f[0]);
+  for (int i = 0; i < RP_CACHE_FILLS_MAX + 1; i++) {
+    snprintf(seed, sizeof seed, "n%d", i);
+    digest_of(seed, strlen(seed), 256, &d);
+    f[i] = rp_fill_start(c, &d, 1, false, NULL);
+    if (i < RP_CACHE_FILLS_MAX)
+      assert_non_null(f[i]);
+    else
+      assert_null(f[i]);
+  }
+  for (int i = 0; i < RP_CACHE_FILLS_MAX; i++) {
+    rp_fill_abort(f[i], "test");
+    rp_fill_unref(f[i]);
+  }
+  uv_run(&loop, UV_RUN_NOWAIT);
+  close_cache(c);
+  rm_rf(dir);
+  free(dir);
+}
+
 /* ---- maintenance while serving (the admin endpoints) ---- */
 
 struct vres {
@@ -1743,6 +1938,9 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_lock, setup, teardown),
       cmocka_unit_test_setup_teardown(test_crash_restart, setup, teardown),
       cmocka_unit_test_setup_teardown(test_eviction, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_membership_follows_objects, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_bounded_tables, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_fills_bounded, setup, teardown),
       cmocka_unit_test_setup_teardown(test_disk_error, setup, teardown),
       cmocka_unit_test_setup_teardown(test_close_with_fill, setup, teardown),
       cmocka_unit_test_setup_teardown(test_maintenance, setup, teardown),
