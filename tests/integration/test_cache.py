@@ -340,21 +340,44 @@ def test_token_registry_down_public_image_pulls_from_cache():
 
 
 def test_eviction_keeps_cache_under_bound():
-    img = h.OciImage(os.path.join(h.tmpdir(), "ev"), tag="e",
-                     layer_sizes=(3 * 1024 * 1024, 3 * 1024 * 1024, 3 * 1024 * 1024))
-    push(img, "docker://127.0.0.1:%d/library/ev:e" % REG.port)
+    imgs = []
+    for i in range(3):
+        img = h.OciImage(os.path.join(h.tmpdir(), "ev%d" % i), tag="e",
+                         layer_sizes=(3 * 1024 * 1024,))
+        push(img, "docker://127.0.0.1:%d/library/ev%d:e" % (REG.port, i))
+        imgs.append(img)
     cache = os.path.join(h.tmpdir(), "cache")
     rp = h.Regproxy(["--mitm", HOST, "--connect-to", "%s:443:127.0.0.1:%d" % (HOST, REG.port),
                      "--upstream-ca", CA.ca_crt, "--cache-dir", cache, "--cache-max-size", "5M"])
-    out, _ = pull(rp, repo="library/ev", tag="e")
-    assert h.layout_blobs(out)[1] == img.blobs  # the pull itself is unaffected
 
     def stored():
         return sum(os.path.getsize(f) for f in glob.glob(os.path.join(cache, "blobs", "*", "*", "*")))
-    h.wait_until(lambda: stored() <= 5 * 1024 * 1024, 10, "cache under its 5 MiB bound")
+    for i, img in enumerate(imgs):
+        out, _ = pull(rp, repo="library/ev%d" % i, tag="e")
+        assert h.layout_blobs(out)[1] == img.blobs  # the pull itself is unaffected
+        h.wait_until(lambda: stored() <= 5 * 1024 * 1024, 10, "cache under its 5 MiB bound")
     m = rp.metrics()
     assert m.sum("regproxy_evictions_total") >= 1, "no eviction counted"
     assert m.sum("regproxy_cache_size_bytes") <= 5 * 1024 * 1024
+
+
+def test_fills_bounded_by_the_cache_size():
+    """A registry announcing more than the cache can hold (or fills that together
+    would pass the bound) gets its bytes relayed, not written to disk (SPEC §3)."""
+    img = h.OciImage(os.path.join(h.tmpdir(), "huge"), tag="h", layer_sizes=(3 * 1024 * 1024,))
+    push(img, "docker://127.0.0.1:%d/library/huge:h" % REG.port)
+    cache = os.path.join(h.tmpdir(), "cache")
+    rp = h.Regproxy(["--mitm", HOST, "--connect-to", "%s:443:127.0.0.1:%d" % (HOST, REG.port),
+                     "--upstream-ca", CA.ca_crt, "--cache-dir", cache, "--cache-max-size", "2M"])
+    out, _ = pull(rp, repo="library/huge", tag="h")
+    assert h.layout_blobs(out)[1] == img.blobs
+    layer = img.layers[0]
+    line = rp.wait_log(path="/v2/library/huge/blobs/" + layer, status="200")
+    assert line["cache"] == "pass", line
+    refused = rp.wait_log(msg="cache fill refused")
+    assert refused["digest"] == layer and refused["reason"] == "larger than the cache can hold"
+    assert not glob.glob(os.path.join(cache, "blobs", "*", "*", layer[7:]))
+    assert not glob.glob(os.path.join(cache, "tmp", "*"))
 
 
 def test_second_instance_on_same_cache_dir_refused():

@@ -97,5 +97,24 @@ def test_insecure_registry_pulled_over_http_and_cached():
     assert set(APP.layers) <= hits, hits
 
 
+def test_docker_pull_with_registry_down_after_a_restart():
+    """The laptop case (SPEC §3): what regproxy learnt on the first pull (the repository
+    is public) is kept in its index, so the pull works offline after a restart too."""
+    global RP
+    RP.wait_log(msg="repository docker.io/library/alpine is public")
+    DOCKER.docker(["rmi", "alpine:3.18"])
+    assert not REG.proc.alive(), "the registry should be down since the last test"
+    args = RP.argv[1:]
+    RP.stop()
+    RP = h.Regproxy(args)  # same port, cache and CA
+    DOCKER.docker(["pull", "alpine:3.18"], timeout=180)
+    p = DOCKER.docker(["image", "inspect", "alpine:3.18", "--format", "{{json .RepoDigests}}"])
+    assert IMG.manifest in p.stdout.decode()
+    assert RP.request_logs(route="mitm", cache="stale"), "nothing answered from memory"
+    served = {ln["path"].rsplit("/", 1)[-1] for ln in RP.request_logs(route="mitm", status="200")
+              if ln.get("cache") in ("hit", "stale")}
+    assert set(IMG.layers) <= served, served
+
+
 if __name__ == "__main__":
     h.main(globals())
