@@ -423,6 +423,15 @@ int rp_cli_prefetch(struct rp_config *cfg, int argc, char **argv, char **envp) {
       free(refs);
       return 2;
     }
+    if (!rp_mirror_serves(cfg, refs[i].registry)) {
+      fprintf(stderr,
+              "regproxy: prefetch: %s: registry %s is not in mitm (nor mirror_default); "
+              "regproxy fetches only from registries it is told to trust: add it with "
+              "--mitm\n",
+              s, refs[i].registry);
+      free(refs);
+      return 2;
+    }
   }
   memset(&pf, 0, sizeof(pf));
   if (uv_loop_init(&loop) != 0) {

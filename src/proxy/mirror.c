@@ -20,6 +20,7 @@
 #include "regproxy/auth.h"
 #include "regproxy/error.h"
 #include "regproxy/log.h"
+#include "regproxy/proxy.h"
 #include "regproxy/registry.h"
 #include "regproxy/rules.h"
 
@@ -200,31 +201,28 @@ static void ping(struct rp_conn *c) {
 
 /* ---- entry points ---- */
 
-/* host[:port] of an upstream into c->mitm_host / c->mitm_port. */
-static bool set_origin(struct rp_conn *c, const char *hostport) {
-  struct rp_target t;
+/* host[:port] (443 when none) of an upstream into t. */
+static bool parse_origin(const char *hostport, struct rp_target *t) {
   const char *why;
   char buf[300];
   const char *close = hostport[0] == '[' ? strchr(hostport, ']') : NULL;
   bool has_port = close != NULL ? close[1] == ':' : strchr(hostport, ':') != NULL;
 
   snprintf(buf, sizeof(buf), "%s%s", hostport, has_port ? "" : ":443");
-  if (rp_target_parse_authority(buf, strlen(buf), &t, &why) != 0)
-    return false;
-  snprintf(c->mitm_host, sizeof(c->mitm_host), "%s", t.host);
-  c->mitm_port = t.port;
-  return true;
+  return rp_target_parse_authority(buf, strlen(buf), t, &why) == 0;
 }
 
 /* A registry the mirror serves (SPEC §3 "Who may receive what"): an HTTPS
  * registry named in mitm, or mirror_default. Anything else a client names
  * with ?ns= is refused before any upstream request. */
-static bool mirror_serves(struct rp_server *srv, const struct rp_conn *c, const char *registry) {
+bool rp_mirror_serves(const struct rp_config *cfg, const char *registry) {
+  struct rp_target t;
   char dflt[300];
 
-  if (rp_hostlist_match(srv->cfg->mitm_list, c->mitm_host, c->mitm_port))
+  if (parse_origin(rp_reg_upstream_host(registry), &t) &&
+      rp_hostlist_match(cfg->mitm_list, t.host, t.port))
     return true;
-  rp_reg_canonical(srv->cfg->mirror_default, 0, dflt, sizeof(dflt));
+  rp_reg_canonical(cfg->mirror_default, 0, dflt, sizeof(dflt));
   return dflt[0] != '\0' && strcmp(dflt, registry) == 0;
 }
 
@@ -256,6 +254,17 @@ static void answer(struct rp_conn *c, int status, const char *ctype, const char 
   }
   rp__conn_go_state(c, RP_CONN_RESPOND);
   rp__conn_response_done(c);
+}
+
+/* host[:port] of an upstream into c->mitm_host / c->mitm_port. */
+static bool set_origin(struct rp_conn *c, const char *hostport) {
+  struct rp_target t;
+
+  if (!parse_origin(hostport, &t))
+    return false;
+  snprintf(c->mitm_host, sizeof(c->mitm_host), "%s", t.host);
+  c->mitm_port = t.port;
+  return true;
 }
 
 /* The client's path and query without ns= (the upstream never sees it). */
@@ -323,7 +332,7 @@ void rp__mirror_request(struct rp_conn *c, const struct rp_http_head *h) {
   c->up_plain = 0;
   if (c->reg.ns[0] != '\0')
     snprintf(c->mirror_ns, sizeof(c->mirror_ns), "%s", c->reg.ns);
-  if (!mirror_serves(srv, c, registry)) {
+  if (!rp_mirror_serves(srv->cfg, registry)) {
     /* SPEC §3: only registries regproxy trusts, and no request to any other. */
     snprintf(c->log.reason, sizeof(c->log.reason), "registry not served by this mirror");
     answer(c, 404, "application/json",
