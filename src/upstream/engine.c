@@ -10,7 +10,9 @@
  * outermost caller applies them (process_pending) once libcurl returned.
  * Resumes always go through an idle handle, so no fetch callback ever runs
  * inside an rp_fetch_* call. */
+#include <arpa/inet.h>
 #include <errno.h>
+#include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -72,6 +74,10 @@ struct rp_fetch {
   void *data;
   char *proxy_user, *proxy_pass;
   int follow;
+  int proxied;          /* through a parent proxy */
+  int forbid_internal;  /* rp_fetch_req.forbid_internal */
+  unsigned internal_ok; /* rp_fetch_req.internal_ok */
+  char refused[128];    /* why the last address was refused (socket never opened) */
 
   int added;       /* in the multi handle */
   int add_pending; /* started while libcurl was busy */
@@ -183,6 +189,124 @@ static int format_connect_to(const struct rp_connect_to *c, char *buf, size_t bu
   int n = snprintf(buf, bufsz, "%s%s%s:%s:%s%s%s:%s", v6 ? "[" : "", c->host, v6 ? "]" : "", port,
                    to_v6 ? "[" : "", c->to_addr, to_v6 ? "]" : "", to_port);
   return n < 0 || (size_t)n >= bufsz ? RP_ETOOBIG : 0;
+}
+
+/* ---- address classes ----------------------------------------------------- */
+
+/* IANA's special-purpose registries, the most specific entry first. */
+static const struct {
+  uint32_t net;
+  unsigned bits;
+  enum rp_addr_class cls;
+} v4_ranges[] = {
+    {0x00000000, 8, RP_ADDR_UNSPECIFIED}, /* 0.0.0.0/8 "this network" */
+    {0x0a000000, 8, RP_ADDR_PRIVATE},     /* 10.0.0.0/8 */
+    {0x64400000, 10, RP_ADDR_PRIVATE},    /* 100.64.0.0/10 shared (CGNAT) */
+    {0x7f000000, 8, RP_ADDR_LOOPBACK},    /* 127.0.0.0/8 */
+    {0xa9fe0000, 16, RP_ADDR_LINK_LOCAL}, /* 169.254.0.0/16 */
+    {0xac100000, 12, RP_ADDR_PRIVATE},    /* 172.16.0.0/12 */
+    {0xc0000000, 24, RP_ADDR_PRIVATE},    /* 192.0.0.0/24 protocol assignments */
+    {0xc0000200, 24, RP_ADDR_RESERVED},   /* 192.0.2.0/24 documentation */
+    {0xc0a80000, 16, RP_ADDR_PRIVATE},    /* 192.168.0.0/16 */
+    {0xc6120000, 15, RP_ADDR_PRIVATE},    /* 198.18.0.0/15 benchmarking */
+    {0xc6336400, 24, RP_ADDR_RESERVED},   /* 198.51.100.0/24 documentation */
+    {0xcb007100, 24, RP_ADDR_RESERVED},   /* 203.0.113.0/24 documentation */
+    {0xe0000000, 4, RP_ADDR_RESERVED},    /* 224.0.0.0/4 multicast */
+    {0xf0000000, 4, RP_ADDR_RESERVED},    /* 240.0.0.0/4, 255.255.255.255 */
+};
+
+static const struct {
+  uint8_t net[16];
+  unsigned bits;
+  enum rp_addr_class cls;
+} v6_ranges[] = {
+    {{0}, 128, RP_ADDR_UNSPECIFIED},                                           /* :: */
+    {{0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1}, 128, RP_ADDR_LOOPBACK}, /* ::1 */
+    {{0x00, 0x64, 0xff, 0x9b, 0x00, 0x01}, 48, RP_ADDR_PRIVATE},               /* local-use NAT64 */
+    {{0x01, 0x00}, 64, RP_ADDR_RESERVED},             /* 100::/64 discard */
+    {{0x20, 0x01, 0x0d, 0xb8}, 32, RP_ADDR_RESERVED}, /* documentation */
+    {{0xfc}, 7, RP_ADDR_PRIVATE},                     /* unique local */
+    {{0xfe, 0x80}, 10, RP_ADDR_LINK_LOCAL},
+    {{0xfe, 0xc0}, 10, RP_ADDR_PRIVATE}, /* site-local (deprecated) */
+    {{0xff}, 8, RP_ADDR_RESERVED},       /* multicast */
+    {{0}, 8, RP_ADDR_RESERVED},          /* the rest of ::/8 (IPv4-compatible, ...) */
+};
+
+static enum rp_addr_class v4_class(uint32_t a) {
+  for (size_t i = 0; i < sizeof(v4_ranges) / sizeof(v4_ranges[0]); i++) {
+    uint32_t mask = 0xffffffffu << (32 - v4_ranges[i].bits);
+    if ((a & mask) == v4_ranges[i].net)
+      return v4_ranges[i].cls;
+  }
+  return RP_ADDR_PUBLIC;
+}
+
+static int prefix_match(const uint8_t *a, const uint8_t *net, unsigned bits) {
+  unsigned whole = bits / 8, rest = bits % 8;
+  if (memcmp(a, net, whole) != 0)
+    return 0;
+  return rest == 0 || ((a[whole] ^ net[whole]) & (0xff << (8 - rest))) == 0;
+}
+
+static enum rp_addr_class v6_class(const uint8_t a[16]) {
+  static const uint8_t mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+  static const uint8_t nat64[12] = {0, 0x64, 0xff, 0x9b};
+  /* Both lead to an IPv4 address: judge that one. */
+  if (memcmp(a, mapped, 12) == 0 || memcmp(a, nat64, 12) == 0)
+    return v4_class((uint32_t)a[12] << 24 | (uint32_t)a[13] << 16 | (uint32_t)a[14] << 8 | a[15]);
+  for (size_t i = 0; i < sizeof(v6_ranges) / sizeof(v6_ranges[0]); i++)
+    if (prefix_match(a, v6_ranges[i].net, v6_ranges[i].bits))
+      return v6_ranges[i].cls;
+  return RP_ADDR_PUBLIC;
+}
+
+enum rp_addr_class rp_upstream_addr_class(const struct sockaddr *sa) {
+  if (sa != NULL && sa->sa_family == AF_INET)
+    return v4_class(ntohl(((const struct sockaddr_in *)sa)->sin_addr.s_addr));
+  if (sa != NULL && sa->sa_family == AF_INET6)
+    return v6_class(((const struct sockaddr_in6 *)sa)->sin6_addr.s6_addr);
+  return RP_ADDR_RESERVED;
+}
+
+int rp_upstream_host_class(const char *host) {
+  char buf[INET6_ADDRSTRLEN + 8];
+  size_t n;
+  struct in_addr a4;
+  struct in6_addr a6;
+  if (host == NULL)
+    return -1;
+  n = strlen(host);
+  if (n > 0 && host[0] == '[') {
+    if (n < 2 || host[n - 1] != ']')
+      return -1;
+    host++;
+    n -= 2;
+  }
+  if (n >= sizeof(buf))
+    return -1;
+  memcpy(buf, host, n);
+  buf[n] = '\0';
+  if (strcasecmp(buf, "localhost") == 0 || strcasecmp(buf, "localhost.") == 0)
+    return RP_ADDR_LOOPBACK;
+  /* inet_aton, not inet_pton: resolvers also take "127.1" and "0x7f000001". */
+  if (inet_aton(buf, &a4) != 0)
+    return v4_class(ntohl(a4.s_addr));
+  buf[strcspn(buf, "%")] = '\0'; /* fe80::1%eth0 */
+  if (inet_pton(AF_INET6, buf, &a6) == 1)
+    return v6_class(a6.s6_addr);
+  return -1;
+}
+
+const char *rp_upstream_addr_class_name(enum rp_addr_class c) {
+  switch (c) {
+  case RP_ADDR_PUBLIC: return "public";
+  case RP_ADDR_LOOPBACK: return "loopback";
+  case RP_ADDR_LINK_LOCAL: return "link-local";
+  case RP_ADDR_PRIVATE: return "private";
+  case RP_ADDR_UNSPECIFIED: return "unspecified";
+  case RP_ADDR_RESERVED: return "reserved";
+  default: return "?";
+  }
 }
 
 /* ---- the loop side: sockets and the timer ------------------------------- */
@@ -600,6 +724,8 @@ static int map_result(struct rp_fetch *f, CURLcode code) {
   case CURLE_COULDNT_RESOLVE_HOST:
   case CURLE_COULDNT_RESOLVE_PROXY: return UV_EAI_NONAME;
   case CURLE_COULDNT_CONNECT:
+    if (f->refused[0] != '\0')
+      return RP_EDENIED; /* every address was refused, or the others failed */
     curl_easy_getinfo(f->easy, CURLINFO_OS_ERRNO, &os_errno);
     return os_errno > 0 ? -(int)os_errno : UV_ECONNREFUSED;
   case CURLE_OPERATION_TIMEDOUT: return RP_ETIMEDOUT;
@@ -621,8 +747,9 @@ static int map_result(struct rp_fetch *f, CURLcode code) {
 /* One line: libcurl's error buffer (OpenSSL's verification reason for
  * certificate problems), else the code's message. */
 static void build_reason(struct rp_fetch *f, CURLcode code, char *out, size_t outsz) {
-  const char *src = f->reason[0] != '\0'   ? f->reason
-                    : f->errbuf[0] != '\0' ? f->errbuf
+  const char *src = f->reason[0] != '\0'                                     ? f->reason
+                    : code == CURLE_COULDNT_CONNECT && f->refused[0] != '\0' ? f->refused
+                    : f->errbuf[0] != '\0'                                   ? f->errbuf
                                            : curl_easy_strerror(code);
   size_t j = 0;
   for (size_t i = 0; src[i] != '\0' && j + 1 < outsz; i++)
@@ -816,6 +943,86 @@ out:
   return rc;
 }
 
+/* ---- the address policy (rp_fetch_req.forbid_internal) -------------------- */
+
+static int class_allowed(const struct rp_fetch *f, int c) {
+  return c == RP_ADDR_PUBLIC || (c > 0 && c < RP_ADDR_CLASS_LAST && (f->internal_ok & (1u << c)));
+}
+
+static void refusal(char *out, size_t outsz, const char *addr, int c) {
+  snprintf(out, outsz, "refusing to connect to %s (%s address)", addr,
+           c >= 0 ? rp_upstream_addr_class_name((enum rp_addr_class)c) : "unknown");
+}
+
+/* Every socket libcurl opens for a policed transfer comes through here, so
+ * a refused address never sees a packet. Happy Eyeballs may still find an
+ * allowed address of the same name; the refusal counts only if none is. */
+static curl_socket_t on_opensocket(void *arg, curlsocktype purpose, struct curl_sockaddr *a) {
+  struct rp_fetch *f = arg;
+  if (f->aborted || f->cancelled)
+    return CURL_SOCKET_BAD;
+  if (purpose == CURLSOCKTYPE_IPCXN && !f->proxied) {
+    enum rp_addr_class c = RP_ADDR_RESERVED;
+    char ip[INET6_ADDRSTRLEN] = "?";
+    if (a->family == AF_INET && a->addrlen >= sizeof(struct sockaddr_in)) {
+      c = rp_upstream_addr_class(&a->addr);
+      inet_ntop(AF_INET, &((const struct sockaddr_in *)&a->addr)->sin_addr, ip, sizeof(ip));
+    } else if (a->family == AF_INET6 && a->addrlen >= sizeof(struct sockaddr_in6)) {
+      c = rp_upstream_addr_class(&a->addr);
+      inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)&a->addr)->sin6_addr, ip, sizeof(ip));
+    }
+    if (!class_allowed(f, (int)c)) {
+      refusal(f->refused, sizeof(f->refused), ip, (int)c);
+      rp_log_debug("upstream: %s", f->refused);
+      return CURL_SOCKET_BAD;
+    }
+  }
+  return socket(a->family, a->socktype | SOCK_CLOEXEC, a->protocol);
+}
+
+/* Before each request: a reused connection never came through
+ * on_opensocket, and a redirect may have picked one from the pool. */
+static int on_prereq(void *arg, char *primary_ip, char *local_ip, int primary_port,
+                     int local_port) {
+  struct rp_fetch *f = arg;
+  char msg[sizeof(f->refused)];
+  int c;
+  (void)local_ip;
+  (void)primary_port;
+  (void)local_port;
+  if (f->proxied)
+    return CURL_PREREQFUNC_OK;
+  c = rp_upstream_host_class(primary_ip);
+  if (c >= 0 && class_allowed(f, c))
+    return CURL_PREREQFUNC_OK;
+  refusal(msg, sizeof(msg), primary_ip != NULL ? primary_ip : "?", c);
+  fail(f, RP_EDENIED, msg);
+  return CURL_PREREQFUNC_ABORT;
+}
+
+/* Through a proxy only the URL tells where the proxy will connect; refused
+ * hosts stop the transfer before a socket to the proxy is opened. */
+static int check_proxied_url(struct rp_fetch *f, const char *url) {
+  int rc = 0, c;
+  char *host = NULL;
+  char msg[sizeof(f->refused)];
+  CURLU *u = curl_url();
+  if (u == NULL)
+    return RP_ENOMEM;
+  if (curl_url_set(u, CURLUPART_URL, url, 0) != CURLUE_OK ||
+      curl_url_get(u, CURLUPART_HOST, &host, 0) != CURLUE_OK)
+    goto out; /* libcurl refuses it itself */
+  c = rp_upstream_host_class(host);
+  if (c >= 0 && !class_allowed(f, c)) {
+    refusal(msg, sizeof(msg), host, c);
+    fail(f, RP_EDENIED, msg);
+  }
+out:
+  curl_free(host);
+  curl_url_cleanup(u);
+  return rc;
+}
+
 #define SETOPT(opt, val)                                                                           \
   do {                                                                                             \
     if (curl_easy_setopt(f->easy, opt, val) != CURLE_OK) {                                         \
@@ -831,6 +1038,12 @@ static int setup_easy(struct rp_fetch *f, const struct rp_fetch_req *req) {
   int is_head = strcmp(method, "HEAD") == 0;
   int is_https = strncasecmp(req->url, "https://", 8) == 0;
   int has_body = req->body_len != 0;
+
+  f->proxied = req->proxy != NULL && req->proxy[0] != '\0';
+  f->forbid_internal = req->forbid_internal;
+  f->internal_ok = req->internal_ok;
+  /* Behind a proxy regproxy cannot see where a redirect leads. */
+  f->follow = req->follow_redirects && !(f->forbid_internal && f->proxied);
 
   SETOPT(CURLOPT_PRIVATE, f);
   SETOPT(CURLOPT_URL, req->url);
@@ -888,7 +1101,19 @@ static int setup_easy(struct rp_fetch *f, const struct rp_fetch_req *req) {
     SETOPT(CURLOPT_SOCKOPTDATA, up);
   }
 
-  if (req->follow_redirects) {
+  if (f->forbid_internal) {
+    SETOPT(CURLOPT_OPENSOCKETFUNCTION, on_opensocket);
+    SETOPT(CURLOPT_OPENSOCKETDATA, f);
+    SETOPT(CURLOPT_PREREQFUNCTION, on_prereq);
+    SETOPT(CURLOPT_PREREQDATA, f);
+    if (f->proxied) {
+      rc = check_proxied_url(f, req->url);
+      if (rc != 0)
+        goto out;
+    }
+  }
+
+  if (f->follow) {
     SETOPT(CURLOPT_FOLLOWLOCATION, 1L);
     SETOPT(CURLOPT_MAXREDIRS, (long)MAX_REDIRECTS);
     SETOPT(CURLOPT_UNRESTRICTED_AUTH, 0L);
@@ -937,7 +1162,6 @@ struct rp_fetch *rp_fetch_start(struct rp_upstream *up, const struct rp_fetch_re
   f->up = up;
   f->cb = *cb;
   f->data = data;
-  f->follow = req->follow_redirects;
   f->easy = curl_easy_init();
   if (f->easy == NULL || setup_easy(f, req) != 0)
     goto fail;
@@ -998,6 +1222,16 @@ void rp_fetch_cancel(struct rp_fetch *f) {
   if (f->up->depth > 0)
     return; /* inside libcurl: freed by process_pending */
   fetch_free(f);
+}
+
+int rp_fetch_peer_ip(struct rp_fetch *f, char *buf, size_t bufsz) {
+  char *ip = NULL;
+  if (f == NULL || f->easy == NULL || f->proxied ||
+      curl_easy_getinfo(f->easy, CURLINFO_PRIMARY_IP, &ip) != CURLE_OK || ip == NULL ||
+      ip[0] == '\0' || strlen(ip) >= bufsz)
+    return UV_ENOENT;
+  memcpy(buf, ip, strlen(ip) + 1);
+  return 0;
 }
 
 /* ---- the engine ------------------------------------------------------------ */

@@ -1,8 +1,9 @@
 /* The registry auth client: WWW-Authenticate challenges recorded from real
  * registries (Docker Hub, ghcr, quay, distribution with htpasswd, GAR/GCR,
  * ECR) plus malformed ones, docker config.json credentials, token URLs and
- * token answers, and the client's asynchronous behaviour (answers on the
- * loop, one token fetch per key in flight, cancel, Basic, anonymous). */
+ * token answers, the address classes of the engine's policy, and the
+ * client's asynchronous behaviour (answers on the loop, one token fetch per
+ * key in flight, cancel, Basic, anonymous). */
 
 #include <setjmp.h>
 #include <stdarg.h>
@@ -11,6 +12,8 @@
 
 #include <cmocka.h>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -413,6 +416,104 @@ static void test_creds_load(void **state) {
   free(err);
 }
 
+/* ---- address classes (rp_fetch_req.forbid_internal) ------------------------------- */
+
+#define LB RP_ADDR_LOOPBACK
+#define LL RP_ADDR_LINK_LOCAL
+#define PV RP_ADDR_PRIVATE
+#define UN RP_ADDR_UNSPECIFIED
+#define RS RP_ADDR_RESERVED
+#define PB RP_ADDR_PUBLIC
+
+static void test_addr_class(void **state) {
+  static const struct {
+    const char *host;
+    int want; /* -1: a name, not an address */
+  } cases[] = {
+      {"127.0.0.1", LB},
+      {"127.255.255.254", LB},
+      {"::1", LB},
+      {"[::1]", LB},
+      {"::ffff:127.0.0.1", LB}, /* IPv4-mapped: unmapped first */
+      {"[::ffff:7f00:1]", LB},
+      {"localhost", LB},
+      {"LocalHost.", LB},
+      {"127.1", LB}, /* resolvers read short and hex forms too */
+      {"0x7f000001", LB},
+      {"2130706433", LB},
+      {"169.254.169.254", LL},
+      {"169.254.0.1", LL},
+      {"[fe80::1]", LL},
+      {"fe80::1%eth0", LL},
+      {"febf:ffff::1", LL},
+      {"::ffff:169.254.169.254", LL},
+      {"64:ff9b::a9fe:a9fe", LL}, /* NAT64 to 169.254.169.254 */
+      {"10.1.2.3", PV},
+      {"172.16.0.1", PV},
+      {"172.31.255.255", PV},
+      {"192.168.1.1", PV},
+      {"100.64.0.1", PV},
+      {"100.127.255.255", PV},
+      {"198.18.0.1", PV},
+      {"192.0.0.170", PV},
+      {"fc00::1", PV},
+      {"fd12:3456::1", PV},
+      {"fec0::1", PV},
+      {"64:ff9b:1::1", PV},
+      {"::ffff:10.0.0.1", PV},
+      {"0.0.0.0", UN},
+      {"0.1.2.3", UN},
+      {"::", UN},
+      {"[::]", UN},
+      {"::ffff:0.0.0.0", UN},
+      {"224.0.0.1", RS},
+      {"255.255.255.255", RS},
+      {"240.0.0.1", RS},
+      {"192.0.2.1", RS},
+      {"ff02::1", RS},
+      {"2001:db8::1", RS},
+      {"::127.0.0.1", RS}, /* IPv4-compatible, deprecated */
+      {"100::1", RS},
+      {"8.8.8.8", PB},
+      {"172.15.255.255", PB},
+      {"172.32.0.1", PB},
+      {"100.63.255.255", PB},
+      {"100.128.0.1", PB},
+      {"169.253.255.255", PB},
+      {"11.0.0.1", PB},
+      {"2606:4700::1111", PB},
+      {"64:ff9b::808:808", PB},
+      {"::ffff:8.8.8.8", PB},
+      {"fbff::1", PB},
+      {"fe7f::1", PB},
+      {"registry.example", -1},
+      {"localhost.example", -1},
+      {"127.0.0.1.nip.io", -1},
+      {"", -1},
+      {"[", -1},
+      {"[::1", -1},
+  };
+  for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+    int got = rp_upstream_host_class(cases[i].host);
+    if (got != cases[i].want)
+      fail_msg("%s: class %d want %d", cases[i].host, got, cases[i].want);
+  }
+  /* The same through socket addresses, as the engine sees them. */
+  struct sockaddr_in in4 = {.sin_family = AF_INET};
+  struct sockaddr_in6 in6 = {.sin6_family = AF_INET6};
+  assert_int_equal(inet_pton(AF_INET, "169.254.169.254", &in4.sin_addr), 1);
+  assert_int_equal(rp_upstream_addr_class((struct sockaddr *)&in4), LL);
+  assert_int_equal(inet_pton(AF_INET, "93.184.216.34", &in4.sin_addr), 1);
+  assert_int_equal(rp_upstream_addr_class((struct sockaddr *)&in4), PB);
+  assert_int_equal(inet_pton(AF_INET6, "::ffff:192.168.0.1", &in6.sin6_addr), 1);
+  assert_int_equal(rp_upstream_addr_class((struct sockaddr *)&in6), PV);
+  assert_int_equal(inet_pton(AF_INET6, "::1", &in6.sin6_addr), 1);
+  assert_int_equal(rp_upstream_addr_class((struct sockaddr *)&in6), LB);
+  struct sockaddr other = {.sa_family = AF_UNIX};
+  assert_int_equal(rp_upstream_addr_class(&other), RS);
+  assert_string_equal(rp_upstream_addr_class_name(RP_ADDR_LINK_LOCAL), "link-local");
+}
+
 /* ---- token URLs and answers ------------------------------------------------------ */
 
 static void test_token_url(void **state) {
@@ -661,6 +762,7 @@ int main(void) {
       cmocka_unit_test(test_creds_parse),
       cmocka_unit_test(test_creds_errors),
       cmocka_unit_test(test_creds_load),
+      cmocka_unit_test(test_addr_class),
       cmocka_unit_test(test_token_url),
       cmocka_unit_test(test_token_response),
       cmocka_unit_test(test_client_basic),
