@@ -144,7 +144,7 @@ static int on_head(struct rp_fetch *f, void *data, int status, const char *reaso
   x->status = status;
   if (t->probing) {
     printf("probe_status %d\n", status);
-    if (status == 401 && rp_auth_challenge_from_headers(h, n, &t->challenge) == 0)
+    if (status == 401 && rp_auth_challenge_from_response(f, h, n, &t->challenge) == 0)
       t->have_challenge = 1;
     return 0;
   }
