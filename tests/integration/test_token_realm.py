@@ -119,26 +119,34 @@ class Tokens:
         self.port = _tls_server(H)
 
 
+def _listen(on_conn):
+    """A loopback TCP listener whose every connection goes to on_conn in a thread."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(16)
+
+    def run():
+        while True:
+            try:
+                c, _ = sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=on_conn, args=(c,), daemon=True).start()
+    threading.Thread(target=run, daemon=True).start()
+    h.defer(sock.close)
+    return sock.getsockname()[1]
+
+
 class Trap:
     """A loopback listener that counts the connections it accepts (it must get none)."""
 
     def __init__(self):
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
-        self.port = self.sock.getsockname()[1]
         self.accepted = 0
-        threading.Thread(target=self._run, daemon=True).start()
-        h.defer(self.sock.close)
+        self.port = _listen(self._count)
 
-    def _run(self):
-        while True:
-            try:
-                c, _ = self.sock.accept()
-            except OSError:
-                return
-            self.accepted += 1
-            c.close()
+    def _count(self, c):
+        self.accepted += 1
+        c.close()
 
 
 class TunnelParent:
@@ -147,20 +155,7 @@ class TunnelParent:
     def __init__(self, port):
         self.to = port
         self.connects = []
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
-        self.port = self.sock.getsockname()[1]
-        threading.Thread(target=self._run, daemon=True).start()
-        h.defer(self.sock.close)
-
-    def _run(self):
-        while True:
-            try:
-                c, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._tunnel, args=(c,), daemon=True).start()
+        self.port = _listen(self._tunnel)
 
     def _tunnel(self, c):
         head = b""
@@ -172,10 +167,9 @@ class TunnelParent:
         self.connects.append(head.split(b"\r\n", 1)[0].decode())
         up = socket.create_connection(("127.0.0.1", self.to))
         c.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
-        socks = [c, up]
         try:
             while True:
-                r, _, _ = select.select(socks, [], [], 30)
+                r, _, _ = select.select([c, up], [], [], 30)
                 if not r:
                     break
                 for s in r:
