@@ -21,6 +21,7 @@
  */
 
 struct rp_upstream;
+struct rp_fetch;
 
 /* ---- challenges -------------------------------------------------------- */
 
@@ -34,6 +35,10 @@ struct rp_auth_challenge {
   char *service;
   char *scope; /* space-separated scopes as the registry sent them */
   char *error; /* Bearer error="insufficient_scope" and the like */
+  /* Not a parameter: the address the registry sent this challenge from
+   * (rp_auth_challenge_from_response), NULL when unknown. It decides which
+   * internal addresses the realm may have (rp_auth_realm_check). */
+  char *registry_ip;
 };
 
 /** Parse one WWW-Authenticate field value (one or several challenges) and
@@ -52,6 +57,10 @@ const struct rp_auth_challenge *rp_auth_challenge_pick(const struct rp_auth_chal
  * UV_ENOENT when there is none, RP_EPARSE when all were malformed. */
 int rp_auth_challenge_from_headers(const struct rp_http_header *headers, size_t n,
                                    struct rp_auth_challenge *out);
+/** rp_auth_challenge_from_headers for the response head of fetch f (call it
+ * from on_head), also noting the address the registry answered from. */
+int rp_auth_challenge_from_response(struct rp_fetch *f, const struct rp_http_header *headers,
+                                    size_t n, struct rp_auth_challenge *out);
 /** Deep copy (0 or RP_ENOMEM). */
 int rp_auth_challenge_copy(struct rp_auth_challenge *dst, const struct rp_auth_challenge *src);
 /** Free the strings of one challenge and zero it. */
@@ -96,6 +105,16 @@ int rp_auth_base64_decode(const char *in, size_t len, char **out, size_t *outlen
  * http(s) realms. 0 with *out malloc'd, or RP_EPARSE / RP_ENOMEM. */
 int rp_auth_token_url(const char *realm, const char *service, const char *scope,
                       const char *account, char **out);
+/** May regproxy fetch a token for registry (host[:port], any spelling
+ * rp_auth_registry_key accepts) from ch->realm? (SPEC §3.) https, or http
+ * on the registry's own host only; and a realm host that is an IP literal
+ * or "localhost" in an internal class (rp_upstream_host_class) only when the
+ * registry is in that class too: its address ch->registry_ip, or its own
+ * IP-literal or "localhost" name. 0 with *internal_ok the internal classes
+ * the token request may connect to (rp_fetch_req.internal_ok), or RP_EPARSE
+ * (not an http(s) URL) / RP_EDENIED / RP_ENOMEM with a one-line reason in why. */
+int rp_auth_realm_check(const struct rp_auth_challenge *ch, const char *registry,
+                        unsigned *internal_ok, char *why, size_t whysz);
 /** Parse a token server's JSON answer: "token" (else "access_token"),
  * "expires_in" (default 60). 0 with *token malloc'd, or RP_EPARSE. */
 int rp_auth_parse_token_response(const char *body, size_t len, char **token,
@@ -126,15 +145,19 @@ void rp_auth_destroy(struct rp_auth *a);
 
 /** status 0 with authorization ("Bearer …" / "Basic …", valid during the
  * call), or a negative error with a one-line reason (RP_EAUTH: the token
- * server refused; RP_EDENIED: Basic asked and no credentials; others from
- * the engine). */
+ * server refused; RP_EDENIED: Basic asked and no credentials, or the realm
+ * refused by rp_auth_realm_check or at connect time; others from the
+ * engine). */
 typedef void (*rp_auth_cb)(void *data, int status, const char *authorization, const char *reason);
 
 struct rp_auth_req;
 
 /** An Authorization value for registry (its host[:port]) and scope (e.g.
  * "repository:library/alpine:pull"; NULL or "" = the challenge's scope)
- * answering challenge ch (read during this call only). Tokens are cached by (registry, scope,
+ * answering challenge ch (read during this call only). A Bearer realm is
+ * checked with rp_auth_realm_check, and the token request connects only to
+ * public addresses and the internal classes that allows; a refused realm is
+ * logged (warn, msg="token realm refused"). Tokens are cached by (registry, scope,
  * anonymous or not); concurrent requests for one key share one token fetch.
  * cb runs once, on the loop, never inside this call. NULL only on OOM. */
 struct rp_auth_req *rp_auth_get(struct rp_auth *a, const char *registry, const char *scope,

@@ -4,6 +4,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/socket.h>
 #include <sys/types.h>
 #include <uv.h>
 
@@ -32,6 +33,28 @@ int rp_upstream_create(uv_loop_t *loop, const struct rp_upstream_opts *opts,
 void rp_upstream_destroy(struct rp_upstream *up);
 /** The loop the engine runs on (for modules that schedule work beside it). */
 uv_loop_t *rp_upstream_loop(const struct rp_upstream *up);
+
+/* Where an address leads (SPEC §3, token realms). IPv4-mapped IPv6 is
+ * unmapped first, and so is NAT64's well-known prefix 64:ff9b::/96. */
+enum rp_addr_class {
+  RP_ADDR_PUBLIC,
+  RP_ADDR_LOOPBACK,    /* 127.0.0.0/8, ::1 */
+  RP_ADDR_LINK_LOCAL,  /* 169.254.0.0/16 (cloud metadata), fe80::/10 */
+  RP_ADDR_PRIVATE,     /* 10/8, 172.16/12, 192.168/16, 100.64/10, 192.0.0/24, 198.18/15,
+                          fc00::/7, fec0::/10, 64:ff9b:1::/48 */
+  RP_ADDR_UNSPECIFIED, /* 0.0.0.0/8, :: (Linux connects them to the host itself) */
+  RP_ADDR_RESERVED,    /* multicast, 240/4 and broadcast, documentation ranges, other ::/8 */
+  RP_ADDR_CLASS_LAST
+};
+
+/** The class of an AF_INET or AF_INET6 address (other families: reserved). */
+enum rp_addr_class rp_upstream_addr_class(const struct sockaddr *sa);
+/** The class of a URL host: an IPv4 literal, an IPv6 literal with or without
+ * brackets (a zone id is ignored), or "localhost" (loopback); -1 for any
+ * other name, whose addresses are known only once it is resolved. */
+int rp_upstream_host_class(const char *host);
+/** "public", "loopback", "link-local", "private", "unspecified", "reserved". */
+const char *rp_upstream_addr_class_name(enum rp_addr_class c);
 
 struct rp_fetch;
 
@@ -65,6 +88,15 @@ struct rp_fetch_req {
   const char *proxy;          /* "http://host:port" or NULL for a direct connection */
   const char *proxy_userinfo; /* "user:pass" or NULL */
   bool follow_redirects;      /* follow 301/302/303/307/308 itself (cache fills) */
+  /* Connect only to public addresses and to the internal classes in
+   * internal_ok (bits 1u << RP_ADDR_*): every address the transfer would open
+   * a socket to is checked before the socket exists, and a reused connection
+   * before the request is sent; a refusal fails the fetch with RP_EDENIED.
+   * Through a proxy regproxy connects only to the proxy and never sees the
+   * target's address: then an IP-literal or "localhost" URL host is checked
+   * instead, names are left to the proxy, and redirects are not followed. */
+  bool forbid_internal;
+  unsigned internal_ok;
 };
 
 /** Start a transfer. Callbacks run on the loop, never inside this call. */
@@ -77,5 +109,9 @@ void rp_fetch_resume(struct rp_fetch *f);
 void rp_fetch_resume_upload(struct rp_fetch *f);
 /** Abort; no callback runs after this returns. */
 void rp_fetch_cancel(struct rp_fetch *f);
+/** The address the response came from ("10.0.0.7", "::1"; from on_head or
+ * on_done) into buf: 0, or UV_ENOENT when unknown or when the transfer went
+ * through a proxy (the proxy's address says nothing about the origin). */
+int rp_fetch_peer_ip(struct rp_fetch *f, char *buf, size_t bufsz);
 
 #endif

@@ -144,11 +144,10 @@ static void with_challenge(struct rp_conn *c) {
 static int on_ping_head(struct rp_fetch *f, void *data, int status, const char *reason,
                         const struct rp_http_header *h, size_t n) {
   struct rp__mirror_op *op = data;
-  (void)f;
   (void)reason;
   op->ping_status = status;
   if (status == 401)
-    op->ping_have_ch = rp_auth_challenge_from_headers(h, n, &op->ping_ch) == 0;
+    op->ping_have_ch = rp_auth_challenge_from_response(f, h, n, &op->ping_ch) == 0;
   return 0;
 }
 

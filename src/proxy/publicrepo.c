@@ -121,12 +121,11 @@ static void probe_head(struct probe *pr);
 static int on_probe_head(struct rp_fetch *f, void *data, int status, const char *reason,
                          const struct rp_http_header *h, size_t n) {
   struct probe *pr = data;
-  (void)f;
   (void)reason;
   pr->status = status;
   pr->manifest = status >= 200 && status < 300 && is_manifest_answer(h, n);
   if (status == 401 && pr->stage == 0)
-    pr->have_challenge = rp_auth_challenge_from_headers(h, n, &pr->ch) == 0;
+    pr->have_challenge = rp_auth_challenge_from_response(f, h, n, &pr->ch) == 0;
   return 0;
 }
 

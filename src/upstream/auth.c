@@ -9,6 +9,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include <curl/curl.h>
 #include <jansson.h>
 
 #include "regproxy/auth.h"
@@ -149,6 +150,7 @@ void rp_auth_challenge_clear(struct rp_auth_challenge *c) {
   free(c->service);
   free(c->scope);
   free(c->error);
+  free(c->registry_ip);
   memset(c, 0, sizeof(*c));
 }
 
@@ -299,7 +301,8 @@ int rp_auth_challenge_copy(struct rp_auth_challenge *dst, const struct rp_auth_c
   memset(dst, 0, sizeof(*dst));
   dst->scheme = src->scheme;
   if (dup_opt(&dst->realm, src->realm) != 0 || dup_opt(&dst->service, src->service) != 0 ||
-      dup_opt(&dst->scope, src->scope) != 0 || dup_opt(&dst->error, src->error) != 0) {
+      dup_opt(&dst->scope, src->scope) != 0 || dup_opt(&dst->error, src->error) != 0 ||
+      dup_opt(&dst->registry_ip, src->registry_ip) != 0) {
     rp_auth_challenge_clear(dst);
     return RP_ENOMEM;
   }
@@ -330,6 +333,20 @@ int rp_auth_challenge_from_headers(const struct rp_http_header *headers, size_t 
     rc = bad ? RP_EPARSE : UV_ENOENT;
   rp_auth_challenges_free(list, nlist);
   return rc;
+}
+
+int rp_auth_challenge_from_response(struct rp_fetch *f, const struct rp_http_header *headers,
+                                    size_t n, struct rp_auth_challenge *out) {
+  char ip[64];
+  int rc = rp_auth_challenge_from_headers(headers, n, out);
+  if (rc != 0 || rp_fetch_peer_ip(f, ip, sizeof(ip)) != 0)
+    return rc;
+  out->registry_ip = strdup(ip);
+  if (out->registry_ip == NULL) {
+    rp_auth_challenge_clear(out);
+    return RP_ENOMEM;
+  }
+  return 0;
 }
 
 /* ---- base64 --------------------------------------------------------------- */
@@ -784,6 +801,87 @@ out:
   return rc;
 }
 
+/* ---- the realm rule (SPEC §3: who may receive token requests) -------------- */
+
+/* Length of the host part of "host[:port]" / "[v6][:port]". */
+static size_t host_len(const char *hostport) {
+  const char *colon;
+  if (hostport[0] == '[') {
+    const char *end = strchr(hostport, ']');
+    return end != NULL ? (size_t)(end - hostport + 1) : strlen(hostport);
+  }
+  colon = strchr(hostport, ':');
+  return colon != NULL && strchr(colon + 1, ':') == NULL ? (size_t)(colon - hostport)
+                                                         : strlen(hostport);
+}
+
+/* A realm is a URL the registry chose, so a registry (or whoever answers in
+ * its name over plain http) could point regproxy anywhere: at a cloud
+ * metadata service, at an admin port on loopback. The host is taken apart
+ * by libcurl's own URL parser, so it is the host libcurl will connect to. */
+int rp_auth_realm_check(const struct rp_auth_challenge *ch, const char *registry,
+                        unsigned *internal_ok, char *why, size_t whysz) {
+  int rc = 0, c;
+  CURLU *u = NULL;
+  char *scheme = NULL, *host = NULL;
+  char reg[KEY_MAX], realm_key[KEY_MAX];
+  unsigned ok = 0;
+
+  *internal_ok = 0;
+  snprintf(why, whysz, "%s", "");
+  if (ch == NULL || ch->realm == NULL || ch->realm[0] == '\0') {
+    rc = RP_EPARSE;
+    snprintf(why, whysz, "Bearer challenge without a realm");
+    goto out;
+  }
+  u = curl_url();
+  if (u == NULL) {
+    rc = RP_ENOMEM;
+    snprintf(why, whysz, "out of memory");
+    goto out;
+  }
+  if (curl_url_set(u, CURLUPART_URL, ch->realm, 0) != CURLUE_OK ||
+      curl_url_get(u, CURLUPART_SCHEME, &scheme, 0) != CURLUE_OK ||
+      curl_url_get(u, CURLUPART_HOST, &host, 0) != CURLUE_OK ||
+      (strcmp(scheme, "https") != 0 && strcmp(scheme, "http") != 0)) {
+    rc = RP_EPARSE;
+    snprintf(why, whysz, "Bearer realm is not an http(s) URL");
+    goto out;
+  }
+  rp_auth_registry_key(registry, reg, sizeof(reg));
+  reg[host_len(reg)] = '\0';
+  rp_auth_registry_key(host, realm_key, sizeof(realm_key));
+  /* In clear only to the registry's own host (an insecure registry serving
+   * its own tokens, on any port): the one host the user chose. */
+  if (strcmp(scheme, "http") == 0 && strcmp(realm_key, reg) != 0) {
+    rc = RP_EDENIED;
+    snprintf(why, whysz, "plain-http realm on %s, not on the registry's own host %s", host, reg);
+    goto out;
+  }
+  /* Internal classes are fine where the registry itself is. */
+  c = rp_upstream_host_class(reg);
+  if (c > 0)
+    ok |= 1u << c;
+  c = ch->registry_ip != NULL ? rp_upstream_host_class(ch->registry_ip) : -1;
+  if (c > 0)
+    ok |= 1u << c;
+  c = rp_upstream_host_class(host);
+  if (c > 0 && !(ok & (1u << c))) {
+    rc = RP_EDENIED;
+    snprintf(why, whysz, "realm host %s is a %s address and the registry %s is not (%s%s)", host,
+             rp_upstream_addr_class_name((enum rp_addr_class)c), reg,
+             ch->registry_ip != NULL ? "it answered from " : "its address is unknown",
+             ch->registry_ip != NULL ? ch->registry_ip : "");
+    goto out;
+  }
+  *internal_ok = ok;
+out:
+  curl_free(scheme);
+  curl_free(host);
+  curl_url_cleanup(u);
+  return rc;
+}
+
 int rp_auth_parse_token_response(const char *body, size_t len, char **token,
                                  uint64_t *expires_in_s) {
   int rc = RP_EPARSE;
@@ -847,6 +945,7 @@ struct token_entry {
   /* The token fetch. */
   struct rp_fetch *fetch;
   char *url;
+  char *realm;         /* the challenge's, for messages */
   char *authorization; /* Basic credentials for the token server */
   char host[KEY_MAX];  /* the realm's host, for messages */
   int http_status;
@@ -888,6 +987,7 @@ static void entry_free(struct token_entry *e) {
   free(e->scope);
   free(e->value);
   free(e->url);
+  free(e->realm);
   if (e->authorization != NULL) {
     explicit_bzero(e->authorization, strlen(e->authorization));
     free(e->authorization);
@@ -1003,6 +1103,19 @@ static struct token_entry *entry_new(struct rp_auth *a, const char *registry, co
   return e;
 }
 
+/* One warn line per refused realm: the reason an operator needs when a pull
+ * goes without a token. */
+static void log_realm_refused(const char *registry, const char *realm, const char *why) {
+  struct rp_logline l;
+  if (!rp_log_enabled(RP_LOG_WARN))
+    return;
+  rp_logline_begin(&l, RP_LOG_WARN, "token realm refused");
+  rp_logline_str(&l, "registry", registry);
+  rp_logline_str(&l, "realm", realm != NULL ? realm : "");
+  rp_logline_str(&l, "reason", why);
+  rp_logline_end(&l);
+}
+
 static int token_on_head(struct rp_fetch *f, void *data, int status, const char *reason,
                          const struct rp_http_header *headers, size_t nheaders) {
   struct token_entry *e = data;
@@ -1063,6 +1176,8 @@ static void token_on_done(struct rp_fetch *f, void *data, int status, const char
   free(e->body);
   e->body = NULL;
   e->body_len = e->body_cap = 0;
+  if (status == RP_EDENIED)
+    log_realm_refused(e->registry, e->realm, reason);
   if (status != 0) {
     rp_log_debug("auth: %s scope=%s: %s", e->registry, e->scope, msg);
     entry_answer_all(e, status, msg);
@@ -1078,49 +1193,40 @@ static void token_on_done(struct rp_fetch *f, void *data, int status, const char
   entry_answer_all(e, 0, "");
 }
 
-/* Length of the host part of "host[:port]" / "[v6][:port]". */
-static size_t host_len(const char *hostport) {
-  const char *colon;
-  if (hostport[0] == '[') {
-    const char *end = strchr(hostport, ']');
-    return end != NULL ? (size_t)(end - hostport + 1) : strlen(hostport);
-  }
-  colon = strchr(hostport, ':');
-  return colon != NULL && strchr(colon + 1, ':') == NULL ? (size_t)(colon - hostport)
-                                                         : strlen(hostport);
-}
-
 static int token_fetch_start(struct rp_auth *a, struct token_entry *e,
-                             const struct rp_auth_challenge *ch, const char *user,
-                             const char *pass) {
+                             const struct rp_auth_challenge *ch, const char *user, const char *pass,
+                             char *why, size_t whysz) {
   int rc;
+  unsigned internal_ok = 0;
   struct rp_http_header hdrs[3];
   size_t nh = 0;
   const char *proxy = NULL, *proxy_userinfo = NULL;
   static const char ua[] = "regproxy/" RP_VERSION;
-  rc = rp_auth_token_url(ch->realm, ch->service, e->scope[0] != '\0' ? e->scope : NULL, user,
-                         &e->url);
+  rc = rp_auth_realm_check(ch, e->registry, &internal_ok, why, whysz);
   if (rc != 0)
     return rc;
+  e->realm = strdup(ch->realm);
+  if (e->realm == NULL) {
+    snprintf(why, whysz, "out of memory");
+    return RP_ENOMEM;
+  }
+  rc = rp_auth_token_url(ch->realm, ch->service, e->scope[0] != '\0' ? e->scope : NULL, user,
+                         &e->url);
+  if (rc != 0) {
+    snprintf(why, whysz, "Bearer realm is not an http(s) URL");
+    return rc;
+  }
   {
     const char *h = strstr(e->url, "://") + 3;
     size_t hl = strcspn(h, "/?");
     snprintf(e->host, sizeof(e->host), "%.*s", (int)hl, h);
   }
-  if (user != NULL && strncasecmp(e->url, "http://", 7) == 0) {
-    /* Credentials travel in clear only to the registry's own host (an
-     * insecure registry serving its own tokens, any port), never to
-     * another one. */
-    char realm_key[KEY_MAX];
-    rp_auth_registry_key(e->host, realm_key, sizeof(realm_key));
-    if (host_len(realm_key) != host_len(e->registry) ||
-        strncmp(realm_key, e->registry, host_len(realm_key)) != 0)
-      return RP_EDENIED;
-  }
   if (user != NULL) {
     e->authorization = rp_auth_basic_value(user, pass);
-    if (e->authorization == NULL)
+    if (e->authorization == NULL) {
+      snprintf(why, whysz, "out of memory");
       return RP_ENOMEM;
+    }
     hdrs[nh++] =
         (struct rp_http_header){"Authorization", 13, e->authorization, strlen(e->authorization)};
   }
@@ -1137,12 +1243,16 @@ static int token_fetch_start(struct rp_auth *a, struct token_entry *e,
       .proxy = proxy,
       .proxy_userinfo = proxy != NULL ? proxy_userinfo : NULL,
       .follow_redirects = true,
+      .forbid_internal = true,
+      .internal_ok = internal_ok,
   };
   static const struct rp_fetch_callbacks cbs = {
       .on_head = token_on_head, .on_body = token_on_body, .on_done = token_on_done};
   e->fetch = rp_fetch_start(a->up, &req, &cbs, e);
-  if (e->fetch == NULL)
+  if (e->fetch == NULL) {
+    snprintf(why, whysz, "cannot start the token request");
     return RP_ENOMEM;
+  }
   a->stats.token_fetches++;
   return 0;
 }
@@ -1223,14 +1333,12 @@ struct rp_auth_req *rp_auth_get(struct rp_auth *a, const char *registry, const c
       answer(r, RP_ENOMEM, NULL, "out of memory");
       return r;
     }
-    rc = token_fetch_start(a, e, ch, user, pass);
+    rc = token_fetch_start(a, e, ch, user, pass, msg, sizeof(msg));
     if (rc != 0) {
+      if (rc == RP_EDENIED || rc == RP_EPARSE)
+        log_realm_refused(key, ch->realm, msg);
       entry_free(e);
-      answer(r, rc, NULL,
-             rc == RP_EPARSE    ? "Bearer realm is not an http(s) URL"
-             : rc == RP_EDENIED ? "refusing to send credentials to a plain-http realm on "
-                                  "another host"
-                                : "cannot start the token request");
+      answer(r, rc, NULL, msg);
       return r;
     }
   }

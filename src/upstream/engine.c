@@ -10,7 +10,9 @@
  * outermost caller applies them (process_pending) once libcurl returned.
  * Resumes always go through an idle handle, so no fetch callback ever runs
  * inside an rp_fetch_* call. */
+#include <arpa/inet.h>
 #include <errno.h>
+#include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -72,6 +74,10 @@ struct rp_fetch {
   void *data;
   char *proxy_user, *proxy_pass;
   int follow;
+  int proxied;          /* through a parent proxy */
+  int forbid_internal;  /* rp_fetch_req.forbid_internal */
+  unsigned internal_ok; /* rp_fetch_req.internal_ok */
+  char refused[128];    /* why the last address was refused (socket never opened) */
 
   int added;       /* in the multi handle */
   int add_pending; /* started while libcurl was busy */
@@ -600,6 +606,8 @@ static int map_result(struct rp_fetch *f, CURLcode code) {
   case CURLE_COULDNT_RESOLVE_HOST:
   case CURLE_COULDNT_RESOLVE_PROXY: return UV_EAI_NONAME;
   case CURLE_COULDNT_CONNECT:
+    if (f->refused[0] != '\0')
+      return RP_EDENIED; /* every address was refused, or the others failed */
     curl_easy_getinfo(f->easy, CURLINFO_OS_ERRNO, &os_errno);
     return os_errno > 0 ? -(int)os_errno : UV_ECONNREFUSED;
   case CURLE_OPERATION_TIMEDOUT: return RP_ETIMEDOUT;
@@ -621,8 +629,9 @@ static int map_result(struct rp_fetch *f, CURLcode code) {
 /* One line: libcurl's error buffer (OpenSSL's verification reason for
  * certificate problems), else the code's message. */
 static void build_reason(struct rp_fetch *f, CURLcode code, char *out, size_t outsz) {
-  const char *src = f->reason[0] != '\0'   ? f->reason
-                    : f->errbuf[0] != '\0' ? f->errbuf
+  const char *src = f->reason[0] != '\0'                                     ? f->reason
+                    : code == CURLE_COULDNT_CONNECT && f->refused[0] != '\0' ? f->refused
+                    : f->errbuf[0] != '\0'                                   ? f->errbuf
                                            : curl_easy_strerror(code);
   size_t j = 0;
   for (size_t i = 0; src[i] != '\0' && j + 1 < outsz; i++)
@@ -816,6 +825,86 @@ out:
   return rc;
 }
 
+/* ---- the address policy (rp_fetch_req.forbid_internal) -------------------- */
+
+static int class_allowed(const struct rp_fetch *f, int c) {
+  return c == RP_ADDR_PUBLIC || (c > 0 && c < RP_ADDR_CLASS_LAST && (f->internal_ok & (1u << c)));
+}
+
+static void refusal(char *out, size_t outsz, const char *addr, int c) {
+  snprintf(out, outsz, "refusing to connect to %s (%s address)", addr,
+           c >= 0 ? rp_upstream_addr_class_name((enum rp_addr_class)c) : "unknown");
+}
+
+/* Every socket libcurl opens for a policed transfer comes through here, so
+ * a refused address never sees a packet. Happy Eyeballs may still find an
+ * allowed address of the same name; the refusal counts only if none is. */
+static curl_socket_t on_opensocket(void *arg, curlsocktype purpose, struct curl_sockaddr *a) {
+  struct rp_fetch *f = arg;
+  if (f->aborted || f->cancelled)
+    return CURL_SOCKET_BAD;
+  if (purpose == CURLSOCKTYPE_IPCXN && !f->proxied) {
+    enum rp_addr_class c = RP_ADDR_RESERVED;
+    char ip[INET6_ADDRSTRLEN] = "?";
+    if (a->family == AF_INET && a->addrlen >= sizeof(struct sockaddr_in)) {
+      c = rp_upstream_addr_class(&a->addr);
+      inet_ntop(AF_INET, &((const struct sockaddr_in *)&a->addr)->sin_addr, ip, sizeof(ip));
+    } else if (a->family == AF_INET6 && a->addrlen >= sizeof(struct sockaddr_in6)) {
+      c = rp_upstream_addr_class(&a->addr);
+      inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)&a->addr)->sin6_addr, ip, sizeof(ip));
+    }
+    if (!class_allowed(f, (int)c)) {
+      refusal(f->refused, sizeof(f->refused), ip, (int)c);
+      rp_log_debug("upstream: %s", f->refused);
+      return CURL_SOCKET_BAD;
+    }
+  }
+  return socket(a->family, a->socktype | SOCK_CLOEXEC, a->protocol);
+}
+
+/* Before each request: a reused connection never came through
+ * on_opensocket, and a redirect may have picked one from the pool. */
+static int on_prereq(void *arg, char *primary_ip, char *local_ip, int primary_port,
+                     int local_port) {
+  struct rp_fetch *f = arg;
+  char msg[sizeof(f->refused)];
+  int c;
+  (void)local_ip;
+  (void)primary_port;
+  (void)local_port;
+  if (f->proxied)
+    return CURL_PREREQFUNC_OK;
+  c = rp_upstream_host_class(primary_ip);
+  if (c >= 0 && class_allowed(f, c))
+    return CURL_PREREQFUNC_OK;
+  refusal(msg, sizeof(msg), primary_ip != NULL ? primary_ip : "?", c);
+  fail(f, RP_EDENIED, msg);
+  return CURL_PREREQFUNC_ABORT;
+}
+
+/* Through a proxy only the URL tells where the proxy will connect; refused
+ * hosts stop the transfer before a socket to the proxy is opened. */
+static int check_proxied_url(struct rp_fetch *f, const char *url) {
+  int c;
+  char *host = NULL;
+  char msg[sizeof(f->refused)];
+  CURLU *u = curl_url();
+  if (u == NULL)
+    return RP_ENOMEM;
+  if (curl_url_set(u, CURLUPART_URL, url, 0) != CURLUE_OK ||
+      curl_url_get(u, CURLUPART_HOST, &host, 0) != CURLUE_OK)
+    goto out; /* libcurl refuses it itself */
+  c = rp_upstream_host_class(host);
+  if (c >= 0 && !class_allowed(f, c)) {
+    refusal(msg, sizeof(msg), host, c);
+    fail(f, RP_EDENIED, msg);
+  }
+out:
+  curl_free(host);
+  curl_url_cleanup(u);
+  return 0;
+}
+
 #define SETOPT(opt, val)                                                                           \
   do {                                                                                             \
     if (curl_easy_setopt(f->easy, opt, val) != CURLE_OK) {                                         \
@@ -831,6 +920,12 @@ static int setup_easy(struct rp_fetch *f, const struct rp_fetch_req *req) {
   int is_head = strcmp(method, "HEAD") == 0;
   int is_https = strncasecmp(req->url, "https://", 8) == 0;
   int has_body = req->body_len != 0;
+
+  f->proxied = req->proxy != NULL && req->proxy[0] != '\0';
+  f->forbid_internal = req->forbid_internal;
+  f->internal_ok = req->internal_ok;
+  /* Behind a proxy regproxy cannot see where a redirect leads. */
+  f->follow = req->follow_redirects && !(f->forbid_internal && f->proxied);
 
   SETOPT(CURLOPT_PRIVATE, f);
   SETOPT(CURLOPT_URL, req->url);
@@ -888,7 +983,19 @@ static int setup_easy(struct rp_fetch *f, const struct rp_fetch_req *req) {
     SETOPT(CURLOPT_SOCKOPTDATA, up);
   }
 
-  if (req->follow_redirects) {
+  if (f->forbid_internal) {
+    SETOPT(CURLOPT_OPENSOCKETFUNCTION, on_opensocket);
+    SETOPT(CURLOPT_OPENSOCKETDATA, f);
+    SETOPT(CURLOPT_PREREQFUNCTION, on_prereq);
+    SETOPT(CURLOPT_PREREQDATA, f);
+    if (f->proxied) {
+      rc = check_proxied_url(f, req->url);
+      if (rc != 0)
+        goto out;
+    }
+  }
+
+  if (f->follow) {
     SETOPT(CURLOPT_FOLLOWLOCATION, 1L);
     SETOPT(CURLOPT_MAXREDIRS, (long)MAX_REDIRECTS);
     SETOPT(CURLOPT_UNRESTRICTED_AUTH, 0L);
@@ -937,7 +1044,6 @@ struct rp_fetch *rp_fetch_start(struct rp_upstream *up, const struct rp_fetch_re
   f->up = up;
   f->cb = *cb;
   f->data = data;
-  f->follow = req->follow_redirects;
   f->easy = curl_easy_init();
   if (f->easy == NULL || setup_easy(f, req) != 0)
     goto fail;
@@ -998,6 +1104,16 @@ void rp_fetch_cancel(struct rp_fetch *f) {
   if (f->up->depth > 0)
     return; /* inside libcurl: freed by process_pending */
   fetch_free(f);
+}
+
+int rp_fetch_peer_ip(struct rp_fetch *f, char *buf, size_t bufsz) {
+  char *ip = NULL;
+  if (f == NULL || f->easy == NULL || f->proxied ||
+      curl_easy_getinfo(f->easy, CURLINFO_PRIMARY_IP, &ip) != CURLE_OK || ip == NULL ||
+      ip[0] == '\0' || strlen(ip) >= bufsz)
+    return UV_ENOENT;
+  memcpy(buf, ip, strlen(ip) + 1);
+  return 0;
 }
 
 /* ---- the engine ------------------------------------------------------------ */

@@ -494,6 +494,54 @@ def test_destroy_engine_with_transfers_running():
     check("uv_loop_close" not in r.err, "every handle closed", r)
 
 
+def test_forbid_internal_refuses_before_connecting():
+    # The address policy of token requests (SPEC §3): the socket to a refused address is
+    # never opened, so the echo server sees nothing; the unroutable ones below are only
+    # strings, refused before any packet.
+    srv = EchoServer()
+    url = "http://127.0.0.1:%d/echo" % srv.port
+    r = fetch("--forbid-internal", url, ok=False)
+    check(r.int("result") == -10006 and "127.0.0.1 (loopback address)" in r["error"],
+          "loopback refused", r)
+    # A name mapped to loopback: what counts is the address the socket would go to.
+    r = fetch("--forbid-internal", "--connect-to", "origin.test:80:127.0.0.1:%d" % srv.port,
+              "http://origin.test/echo", ok=False)
+    check(r.int("result") == -10006, "mapped name refused", r)
+    check(srv.seen == [], "nothing reached the server: %r" % srv.seen)
+    # The class the caller allows goes through, and the peer address is reported.
+    r = fetch("--forbid-internal", "--allow-class", "loopback", url)
+    check(r.int("status") == 200 and r["peer_ip"] == "127.0.0.1", "loopback allowed", r)
+    # A reused connection is checked before the request is sent.
+    n = len(srv.seen)
+    r = fetch("--forbid-internal", "--policy-from-run", 1, "--repeat", 2, url, ok=False)
+    xs = xfers(r)
+    check(len(xs) == 2 and xs[0]["result"] == 0 and xs[1]["result"] == -10006,
+          "second run on the reused connection refused", r)
+    check(len(srv.seen) == n + 1, "one request sent: %r" % srv.seen[n:])
+    for target, cls in (("https://10.1.2.3/token", "private"),
+                        ("http://169.254.169.254/latest/meta-data/", "link-local"),
+                        ("https://[fd00::1]/token", "private"),
+                        ("https://[::ffff:169.254.169.254]/token", "link-local"),
+                        ("http://0.0.0.0:%d/echo" % srv.port, "unspecified")):
+        r = fetch("--forbid-internal", "--allow-class", "loopback", target, ok=False)
+        check(r.int("result") == -10006 and "(%s address)" % cls in r["error"],
+              "%s refused" % target, r)
+        check(float(r["elapsed_ms"]) < 1000, "refused at once", r)
+
+
+def test_forbid_internal_through_a_parent():
+    # Through a parent only the URL shows where it will connect: an internal literal is
+    # refused before the parent is even contacted; names are the parent's business.
+    parent = EchoServer()
+    proxy = "http://127.0.0.1:%d" % parent.port
+    r = fetch("--forbid-internal", "--proxy", proxy, "http://10.1.2.3/token", ok=False)
+    check(r.int("result") == -10006 and "10.1.2.3 (private address)" in r["error"], "refused", r)
+    check(parent.seen == [], "the parent was not asked: %r" % parent.seen)
+    r = fetch("--forbid-internal", "--proxy", proxy, "http://origin.test:8080/echo")
+    check(r.int("status") == 200 and r.get("peer_ip") is None, "a name goes to the parent", r)
+    check([p for p, _ in parent.seen] == ["http://origin.test:8080/echo"], "%r" % parent.seen)
+
+
 def test_connect_timeout():
     fb = h.FullBacklog()
     r = fetch("--connect-timeout", 500, "https://127.0.0.1:%d/" % fb.port, ok=False, timeout=30)

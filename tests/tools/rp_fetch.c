@@ -7,6 +7,7 @@
  *            [--connect-timeout MS] [--mark N] [--follow] [--pause-every N]
  *            [--cancel-after N] [--stop-after N] [--token-for REGISTRY,SCOPE]
  *            [--token-parallel N] [--registry-auth FILE] [--anonymous]
+ *            [--forbid-internal] [--allow-class CLASS]... [--policy-from-run N]
  *            [--parallel N] [--repeat N] URL
  *
  * --parallel N runs N copies of the fetch at once on the one engine, and
@@ -14,9 +15,13 @@
  * --cancel-after N cancels from inside on_body after N bytes (0: inside
  * on_head); --stop-after N stops the loop after N bytes and destroys the
  * engine with the transfers still running.
+ * --forbid-internal sets rp_fetch_req.forbid_internal, --allow-class
+ * (loopback, link-local, private, unspecified, reserved) adds to its
+ * internal_ok, and --policy-from-run N applies both only from run N of
+ * --repeat on (a reused connection must be checked too).
  *
  * Output, one "key value" per line on stdout, for the first copy's first
- * run (or the first that failed): status, reason, header (one line each),
+ * run (or the first that failed): status, reason, peer_ip, header (one line each),
  * body_len, body_sha256, result (0 or the error code), error, error_text;
  * then for every run "xfer COPY RUN status S len N sha256 H result R"; then
  * pauses, violations (body bytes delivered while paused: must be 0),
@@ -74,6 +79,8 @@ struct tool {
   const char *url, *method, *upload, *proxy, *proxy_user, *registry_auth;
   char *token_registry, *token_scope;
   int token_parallel, anonymous, follow, parallel, repeat;
+  int forbid_internal, policy_from_run;
+  unsigned internal_ok;
   long long pause_every, cancel_after, stop_after;
   struct rp_http_header headers[MAX_HEADERS + 1];
   size_t nheaders;
@@ -137,12 +144,15 @@ static int on_head(struct rp_fetch *f, void *data, int status, const char *reaso
   x->status = status;
   if (t->probing) {
     printf("probe_status %d\n", status);
-    if (status == 401 && rp_auth_challenge_from_headers(h, n, &t->challenge) == 0)
+    if (status == 401 && rp_auth_challenge_from_response(f, h, n, &t->challenge) == 0)
       t->have_challenge = 1;
     return 0;
   }
   if (x->report) {
+    char ip[64];
     printf("status %d\nreason %s\n", status, reason);
+    if (rp_fetch_peer_ip(f, ip, sizeof(ip)) == 0)
+      printf("peer_ip %s\n", ip);
     for (size_t i = 0; i < n; i++)
       printf("header %.*s: %.*s\n", (int)h[i].name_len, h[i].name, (int)h[i].value_len, h[i].value);
   }
@@ -308,6 +318,8 @@ static void start_xfer(struct xfer *x) {
       .proxy = t->proxy,
       .proxy_userinfo = t->proxy_user,
       .follow_redirects = t->follow,
+      .forbid_internal = t->forbid_internal && x->run >= t->policy_from_run,
+      .internal_ok = t->internal_ok,
   };
   struct rp_fetch_callbacks cb = {
       .on_head = on_head,
@@ -407,7 +419,8 @@ static void usage(void) {
           "[--proxy-user U:P] [--cacert FILE] [--connect-to H:P:A:P] "
           "[--connect-timeout MS] [--mark N] [--follow] [--pause-every N] "
           "[--cancel-after N] [--stop-after N] [--token-for REGISTRY,SCOPE] [--token-parallel N] "
-          "[--registry-auth FILE] [--anonymous] [--parallel N] [--repeat N] URL\n");
+          "[--registry-auth FILE] [--anonymous] [--forbid-internal] [--allow-class CLASS] "
+          "[--policy-from-run N] [--parallel N] [--repeat N] URL\n");
   exit(2);
 }
 
@@ -478,6 +491,17 @@ int main(int argc, char **argv) {
       t.repeat = atoi(v);
       if (t.repeat < 1)
         usage();
+    } else if (OPT("--allow-class")) {
+      int c = 1;
+      while (c < RP_ADDR_CLASS_LAST && strcmp(v, rp_upstream_addr_class_name(c)) != 0)
+        c++;
+      if (c == RP_ADDR_CLASS_LAST)
+        usage();
+      t.internal_ok |= 1u << c;
+    } else if (OPT("--policy-from-run")) {
+      t.policy_from_run = atoi(v);
+    } else if (strcmp(a, "--forbid-internal") == 0) {
+      t.forbid_internal = 1;
     } else if (strcmp(a, "--anonymous") == 0) {
       t.anonymous = 1;
     } else if (strcmp(a, "--follow") == 0) {

@@ -1,8 +1,9 @@
 /* The registry auth client: WWW-Authenticate challenges recorded from real
  * registries (Docker Hub, ghcr, quay, distribution with htpasswd, GAR/GCR,
  * ECR) plus malformed ones, docker config.json credentials, token URLs and
- * token answers, and the client's asynchronous behaviour (answers on the
- * loop, one token fetch per key in flight, cancel, Basic, anonymous). */
+ * token answers, the realm rule (scheme, host, address classes), and the
+ * client's asynchronous behaviour (answers on the loop, one token fetch per
+ * key in flight, cancel, Basic, anonymous, refused realms). */
 
 #include <setjmp.h>
 #include <stdarg.h>
@@ -11,12 +12,15 @@
 
 #include <cmocka.h>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
 #include "regproxy/auth.h"
+#include "regproxy/config.h"
 #include "regproxy/error.h"
 #include "regproxy/upstream.h"
 
@@ -413,6 +417,190 @@ static void test_creds_load(void **state) {
   free(err);
 }
 
+/* ---- the realm rule: address classes and realm URLs ------------------------------ */
+
+#define LB RP_ADDR_LOOPBACK
+#define LL RP_ADDR_LINK_LOCAL
+#define PV RP_ADDR_PRIVATE
+#define UN RP_ADDR_UNSPECIFIED
+#define RS RP_ADDR_RESERVED
+#define PB RP_ADDR_PUBLIC
+
+static void test_addr_class(void **state) {
+  static const struct {
+    const char *host;
+    int want; /* -1: a name, not an address */
+  } cases[] = {
+      {"127.0.0.1", LB},
+      {"127.255.255.254", LB},
+      {"::1", LB},
+      {"[::1]", LB},
+      {"::ffff:127.0.0.1", LB}, /* IPv4-mapped: unmapped first */
+      {"[::ffff:7f00:1]", LB},
+      {"localhost", LB},
+      {"LocalHost.", LB},
+      {"127.1", LB}, /* resolvers read short and hex forms too */
+      {"0x7f000001", LB},
+      {"2130706433", LB},
+      {"169.254.169.254", LL},
+      {"169.254.0.1", LL},
+      {"[fe80::1]", LL},
+      {"fe80::1%eth0", LL},
+      {"febf:ffff::1", LL},
+      {"::ffff:169.254.169.254", LL},
+      {"64:ff9b::a9fe:a9fe", LL}, /* NAT64 to 169.254.169.254 */
+      {"10.1.2.3", PV},
+      {"172.16.0.1", PV},
+      {"172.31.255.255", PV},
+      {"192.168.1.1", PV},
+      {"100.64.0.1", PV},
+      {"100.127.255.255", PV},
+      {"198.18.0.1", PV},
+      {"192.0.0.170", PV},
+      {"fc00::1", PV},
+      {"fd12:3456::1", PV},
+      {"fec0::1", PV},
+      {"64:ff9b:1::1", PV},
+      {"::ffff:10.0.0.1", PV},
+      {"0.0.0.0", UN},
+      {"0.1.2.3", UN},
+      {"::", UN},
+      {"[::]", UN},
+      {"::ffff:0.0.0.0", UN},
+      {"224.0.0.1", RS},
+      {"255.255.255.255", RS},
+      {"240.0.0.1", RS},
+      {"192.0.2.1", RS},
+      {"ff02::1", RS},
+      {"2001:db8::1", RS},
+      {"::127.0.0.1", RS}, /* IPv4-compatible, deprecated */
+      {"100::1", RS},
+      {"8.8.8.8", PB},
+      {"172.15.255.255", PB},
+      {"172.32.0.1", PB},
+      {"100.63.255.255", PB},
+      {"100.128.0.1", PB},
+      {"169.253.255.255", PB},
+      {"11.0.0.1", PB},
+      {"2606:4700::1111", PB},
+      {"64:ff9b::808:808", PB},
+      {"::ffff:8.8.8.8", PB},
+      {"fbff::1", PB},
+      {"fe7f::1", PB},
+      {"registry.example", -1},
+      {"localhost.example", -1},
+      {"127.0.0.1.nip.io", -1},
+      {"", -1},
+      {"[", -1},
+      {"[::1", -1},
+  };
+  for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+    int got = rp_upstream_host_class(cases[i].host);
+    if (got != cases[i].want)
+      fail_msg("%s: class %d want %d", cases[i].host, got, cases[i].want);
+  }
+  /* The same through socket addresses, as the engine sees them. */
+  struct sockaddr_in in4 = {.sin_family = AF_INET};
+  struct sockaddr_in6 in6 = {.sin6_family = AF_INET6};
+  assert_int_equal(inet_pton(AF_INET, "169.254.169.254", &in4.sin_addr), 1);
+  assert_int_equal(rp_upstream_addr_class((struct sockaddr *)&in4), LL);
+  assert_int_equal(inet_pton(AF_INET, "93.184.216.34", &in4.sin_addr), 1);
+  assert_int_equal(rp_upstream_addr_class((struct sockaddr *)&in4), PB);
+  assert_int_equal(inet_pton(AF_INET6, "::ffff:192.168.0.1", &in6.sin6_addr), 1);
+  assert_int_equal(rp_upstream_addr_class((struct sockaddr *)&in6), PV);
+  assert_int_equal(inet_pton(AF_INET6, "::1", &in6.sin6_addr), 1);
+  assert_int_equal(rp_upstream_addr_class((struct sockaddr *)&in6), LB);
+  struct sockaddr other = {.sa_family = AF_UNIX};
+  assert_int_equal(rp_upstream_addr_class(&other), RS);
+  assert_string_equal(rp_upstream_addr_class_name(RP_ADDR_LINK_LOCAL), "link-local");
+}
+
+#define BIT(c) (1u << (c))
+
+static void test_realm_check(void **state) {
+  static const struct {
+    const char *realm, *registry, *registry_ip;
+    int rc;
+    unsigned internal_ok;
+    const char *why; /* a part of the reason */
+  } cases[] = {
+      /* https anywhere public; names are checked at connect time. */
+      {"https://auth.docker.io/token", "docker.io", "54.1.2.3", 0, 0, NULL},
+      {"https://auth.docker.io/token", "registry-1.docker.io:443", NULL, 0, 0, NULL},
+      {"HTTPS://Auth.Example/token", "r.example", NULL, 0, 0, NULL},
+      {"https://8.8.8.8/token", "r.example", NULL, 0, 0, NULL},
+      /* A loopback registry (the tests' set-up) may have a loopback realm. */
+      {"https://auth.docker.io/token", "docker.io", "127.0.0.1", 0, BIT(LB), NULL},
+      {"https://127.0.0.1:5001/token", "docker.io", "127.0.0.1", 0, BIT(LB), NULL},
+      {"https://[::1]:5001/token", "r.example", "127.0.0.1", 0, BIT(LB), NULL},
+      {"https://localhost:5001/token", "127.0.0.1:5000", NULL, 0, BIT(LB), NULL},
+      {"https://127.0.0.1/token", "localhost:5000", NULL, 0, BIT(LB), NULL},
+      {"https://10.0.0.9/token", "registry.lan:5000", "10.0.0.5", 0, BIT(PV), NULL},
+      {"https://[fd00::9]/token", "registry.lan", "192.168.1.5", 0, BIT(PV), NULL},
+      {"https://10.0.0.9/token", "10.0.0.5:5000", NULL, 0, BIT(PV), NULL},
+      {"https://10.0.0.9/token", "[::1]:5000", "10.0.0.5", 0, BIT(LB) | BIT(PV), NULL},
+      /* ... but never another internal class, nor any without one. */
+      {"https://10.1.2.3/token", "docker.io", "127.0.0.1", RP_EDENIED, 0, "private"},
+      {"https://169.254.169.254/token", "docker.io", "127.0.0.1", RP_EDENIED, 0, "link-local"},
+      {"https://169.254.169.254/token", "r.example", NULL, RP_EDENIED, 0, "address is unknown"},
+      {"https://[::ffff:169.254.169.254]/token", "r.example", "10.0.0.5", RP_EDENIED, 0,
+       "link-local"},
+      {"https://[fe80::1]/token", "r.example", "10.0.0.5", RP_EDENIED, 0, "link-local"},
+      {"https://127.0.0.1:2080/admin", "r.example", "54.1.2.3", RP_EDENIED, 0, "loopback"},
+      {"https://localhost/token", "r.example", NULL, RP_EDENIED, 0, "loopback"},
+      {"https://0.0.0.0:2080/token", "r.example", "127.0.0.1", RP_EDENIED, 0, "unspecified"},
+      {"https://2130706433/token", "r.example", NULL, RP_EDENIED, 0, "loopback"},
+      {"https://user:pw@169.254.169.254/token", "r.example", NULL, RP_EDENIED, 0, "link-local"},
+      /* http only on the registry's own host, whatever the port. */
+      {"http://registry.lan:5001/token", "registry.lan:5000", "10.0.0.5", 0, BIT(PV), NULL},
+      {"http://REGISTRY.lan/token", "http://registry.lan:5000", NULL, 0, 0, NULL},
+      {"http://127.0.0.1:1/token", "127.0.0.1:9", NULL, 0, BIT(LB), NULL},
+      {"http://registry-1.docker.io/token", "docker.io", NULL, 0, 0, NULL},
+      {"http://169.254.169.254/token", "docker.io", "127.0.0.1", RP_EDENIED, 0, "plain-http"},
+      {"http://other-host.example/token", "registry.lan:5000", NULL, RP_EDENIED, 0,
+       "not on the registry's own host registry.lan"},
+      {"http://auth.docker.io/token", "docker.io", NULL, RP_EDENIED, 0, "plain-http"},
+      {"http://registry.lan.evil/token", "registry.lan", NULL, RP_EDENIED, 0, "plain-http"},
+      {"http://evil@registry.lan/token", "other.lan", NULL, RP_EDENIED, 0, "plain-http"},
+      /* Not http(s). */
+      {"ftp://r.example/token", "r.example", NULL, RP_EPARSE, 0, "http(s)"},
+      {"file:///etc/passwd", "r.example", NULL, RP_EPARSE, 0, "http(s)"},
+      {"Registry Realm", "r.example", NULL, RP_EPARSE, 0, "http(s)"},
+      {"", "r.example", NULL, RP_EPARSE, 0, "without a realm"},
+  };
+  for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+    struct rp_auth_challenge ch = {.scheme = RP_AUTH_BEARER};
+    char why[300];
+    unsigned ok = 12345;
+    ch.realm = (char *)cases[i].realm;
+    ch.registry_ip = (char *)cases[i].registry_ip;
+    int rc = rp_auth_realm_check(&ch, cases[i].registry, &ok, why, sizeof(why));
+    if (rc != cases[i].rc || ok != cases[i].internal_ok)
+      fail_msg("%s for %s (%s): rc %d ok %#x want %d %#x (%s)", cases[i].realm, cases[i].registry,
+               cases[i].registry_ip ? cases[i].registry_ip : "-", rc, ok, cases[i].rc,
+               cases[i].internal_ok, why);
+    if (cases[i].why != NULL && strstr(why, cases[i].why) == NULL)
+      fail_msg("%s for %s: reason \"%s\" lacks \"%s\"", cases[i].realm, cases[i].registry, why,
+               cases[i].why);
+  }
+}
+
+/* The registry's address travels with its challenge. */
+static void test_challenge_registry_ip(void **state) {
+  struct rp_auth_challenge a = {.scheme = RP_AUTH_BEARER}, b;
+  a.realm = strdup("https://auth.example/token");
+  a.registry_ip = strdup("10.0.0.5");
+  assert_int_equal(rp_auth_challenge_copy(&b, &a), 0);
+  assert_string_equal(b.registry_ip, "10.0.0.5");
+  rp_auth_challenge_clear(&a);
+  assert_null(a.registry_ip);
+  rp_auth_challenge_clear(&b);
+  const struct rp_http_header h[] = {HDR("WWW-Authenticate", "Bearer realm=\"https://a/t\"")};
+  assert_int_equal(rp_auth_challenge_from_headers(h, 1, &b), 0);
+  assert_null(b.registry_ip); /* unknown: only rp_auth_challenge_from_response knows it */
+  rp_auth_challenge_clear(&b);
+}
+
 /* ---- token URLs and answers ------------------------------------------------------ */
 
 static void test_token_url(void **state) {
@@ -512,8 +700,14 @@ struct client {
   char cfg[64];
 };
 
+/* tokens.example is reached on 127.0.0.1 port 1 (nothing listens there),
+ * the way the integration tests map registry names to loopback. */
+static struct rp_connect_to to_loopback = {
+    .host = "tokens.example", .port = 443, .to_addr = "127.0.0.1", .to_port = 1};
+
 static void client_open(struct client *c, int with_creds) {
-  struct rp_upstream_opts uo = {.connect_timeout_ms = 2000};
+  struct rp_upstream_opts uo = {
+      .connect_timeout_ms = 2000, .connect_to = &to_loopback, .n_connect_to = 1};
   struct rp_auth_opts ao = {0};
   char *err = NULL;
   assert_int_equal(uv_loop_init(&c->loop), 0);
@@ -650,6 +844,51 @@ static void test_client_plain_http_realm(void **state) {
   client_close(&c);
 }
 
+/* Refused realms: checked before any token request (the counter does not
+ * move), and names that lead to a refused address stop at the socket. */
+static void test_client_realm_refused(void **state) {
+  struct client c;
+  struct answer a = {0}, b = {0}, d = {0}, e = {0}, f = {0};
+  struct rp_auth_stats st;
+  client_open(&c, 1);
+  get(&c, &a, "localhost:5000", NULL, "Bearer realm=\"https://169.254.169.254/latest\"", 0);
+  get(&c, &b, "localhost:5000", NULL, "Bearer realm=\"http://169.254.169.254/latest\"", 0);
+  get(&c, &d, "r.example", NULL, "Bearer realm=\"https://10.1.2.3/token\"", 0);
+  get(&c, &e, "r.example", NULL, "Bearer realm=\"https://localhost:1/token\"", 0);
+  rp_auth_get_stats(c.auth, &st);
+  assert_int_equal(st.token_fetches, 0);
+  uv_run(&c.loop, UV_RUN_DEFAULT);
+  assert_int_equal(a.status, RP_EDENIED);
+  assert_non_null(strstr(a.reason, "link-local"));
+  assert_int_equal(b.status, RP_EDENIED);
+  assert_non_null(strstr(b.reason, "plain-http"));
+  assert_int_equal(d.status, RP_EDENIED);
+  assert_non_null(strstr(d.reason, "private"));
+  assert_int_equal(e.status, RP_EDENIED);
+  assert_non_null(strstr(e.reason, "loopback"));
+
+  /* A name mapped to loopback: refused by the engine before connecting... */
+  memset(&e, 0, sizeof(e));
+  get(&c, &e, "r.example", NULL, "Bearer realm=\"https://tokens.example/token\"", 0);
+  /* ...unless the registry answered from loopback itself: then it is tried. */
+  {
+    struct rp_auth_challenge ch = {.scheme = RP_AUTH_BEARER};
+    ch.realm = "https://tokens.example/token";
+    ch.registry_ip = "127.0.0.1";
+    assert_non_null(rp_auth_get(c.auth, "r2.example", NULL, &ch, 0, on_answer, &f));
+  }
+  uv_run(&c.loop, UV_RUN_DEFAULT);
+  assert_int_equal(e.calls, 1);
+  assert_int_equal(e.status, RP_EDENIED);
+  assert_non_null(strstr(e.reason, "refusing to connect to 127.0.0.1 (loopback address)"));
+  assert_int_equal(f.calls, 1);
+  assert_int_equal(f.status, UV_ECONNREFUSED);
+  rp_auth_get_stats(c.auth, &st);
+  assert_int_equal(st.token_fetches, 2);
+  assert_null(rp_auth_cached(c.auth, "r.example", "", 0));
+  client_close(&c);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_challenge_table),
@@ -661,12 +900,16 @@ int main(void) {
       cmocka_unit_test(test_creds_parse),
       cmocka_unit_test(test_creds_errors),
       cmocka_unit_test(test_creds_load),
+      cmocka_unit_test(test_addr_class),
+      cmocka_unit_test(test_realm_check),
+      cmocka_unit_test(test_challenge_registry_ip),
       cmocka_unit_test(test_token_url),
       cmocka_unit_test(test_token_response),
       cmocka_unit_test(test_client_basic),
       cmocka_unit_test(test_client_errors_and_cancel),
       cmocka_unit_test(test_client_single_flight),
       cmocka_unit_test(test_client_plain_http_realm),
+      cmocka_unit_test(test_client_realm_refused),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
