@@ -79,6 +79,9 @@ int rp_reg_ref_parse(const char *s, size_t n, struct rp_reg_ref *out, const char
  * from the end, which only narrows the key; RP_REG_ACCEPT_KEY_SIZE holds
  * every real client's set. */
 #define RP_REG_ACCEPT_KEY_SIZE 1024
+/** Is this Content-Type (parameters ignored, no case) a manifest media type
+ * (OCI image index/manifest, Docker manifest list, schema 2, schema 1)? */
+bool rp_reg_is_manifest_type(const char *type, size_t n);
 void rp_reg_accept_key(const struct rp_http_head *h, char *buf, size_t bufsz);
 /** May a remembered answer of media_type be served to this Accept key? Yes
  * when the key is "" or holds the full wildcard, media_type itself, or its

@@ -10,13 +10,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 #include <time.h>
 
 #include "internal.h"
 #include "regproxy/auth.h"
 #include "regproxy/cache.h"
 #include "regproxy/log.h"
+#include "regproxy/registry.h"
 
 #define PUB_FRESH_S 3600 /* an answer older than this is asked again */
 #define PROBES_MAX  32   /* probes at once; more wait for a later pull */
@@ -92,26 +92,13 @@ static void probe_result(struct probe *pr, enum pub_state st) {
 
 /* A manifest answer, not any 2xx (a captive portal, a catch-all page). */
 static bool is_manifest_answer(const struct rp_http_header *h, size_t n) {
-  static const char *const types[] = {
-      "application/vnd.oci.image.index.v1+json",
-      "application/vnd.oci.image.manifest.v1+json",
-      "application/vnd.docker.distribution.manifest.list.v2+json",
-      "application/vnd.docker.distribution.manifest.v2+json",
-      "application/vnd.docker.distribution.manifest.v1+json",
-      "application/vnd.docker.distribution.manifest.v1+prettyjws",
-  };
   for (size_t i = 0; i < n; i++) {
     if (rp_http_token_eq(h[i].name, h[i].name_len, "docker-content-digest") &&
         h[i].value_len > 0)
       return true;
-    if (rp_http_token_eq(h[i].name, h[i].name_len, "content-type")) {
-      size_t tn = 0;
-      while (tn < h[i].value_len && h[i].value[tn] != ';' && h[i].value[tn] != ' ')
-        tn++;
-      for (size_t k = 0; k < sizeof(types) / sizeof(types[0]); k++)
-        if (strlen(types[k]) == tn && strncasecmp(types[k], h[i].value, tn) == 0)
-          return true;
-    }
+    if (rp_http_token_eq(h[i].name, h[i].name_len, "content-type") &&
+        rp_reg_is_manifest_type(h[i].value, h[i].value_len))
+      return true;
   }
   return false;
 }

@@ -696,25 +696,38 @@ static int span_cmp(const void *a, const void *b) {
   return (x->n > y->n) - (x->n < y->n);
 }
 
+static const char *const manifest_types[] = {
+    "application/vnd.oci.image.index.v1+json",
+    "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+    "application/vnd.docker.distribution.manifest.v2+json",
+    "application/vnd.docker.distribution.manifest.v1+json",
+    "application/vnd.docker.distribution.manifest.v1+prettyjws",
+};
+
+bool rp_reg_is_manifest_type(const char *type, size_t n) {
+  size_t tn = 0;
+  while (tn < n && type[tn] != ';' && type[tn] != ' ' && type[tn] != '\t')
+    tn++;
+  for (size_t i = 0; i < sizeof(manifest_types) / sizeof(manifest_types[0]); i++)
+    if (strlen(manifest_types[i]) == tn && eq_nocase(manifest_types[i], tn, type, tn))
+      return true;
+  return false;
+}
+
 /* The ranges a key keeps: those that can select a manifest. Anything else a
- * client sends (application/json, made-up types) would only multiply the
- * keys a tag is remembered under (SPEC §3: bounded tables). */
+ * client sends (text/html, made-up types) would only multiply the keys a tag
+ * is remembered under (SPEC §3: bounded tables). */
 static bool manifest_range(const char *p, size_t n) {
-  static const char *const ranges[] = {
+  static const char *const wild[] = {
       "*/*",
       "application/*",
       "application/json", /* dockerd sends it; old registries label schema 1 so */
-      "application/vnd.oci.image.index.v1+json",
-      "application/vnd.oci.image.manifest.v1+json",
-      "application/vnd.docker.distribution.manifest.list.v2+json",
-      "application/vnd.docker.distribution.manifest.v2+json",
-      "application/vnd.docker.distribution.manifest.v1+json",
-      "application/vnd.docker.distribution.manifest.v1+prettyjws",
   };
-  for (size_t i = 0; i < sizeof(ranges) / sizeof(ranges[0]); i++)
-    if (strlen(ranges[i]) == n && eq_nocase(ranges[i], n, p, n))
+  for (size_t i = 0; i < sizeof(wild) / sizeof(wild[0]); i++)
+    if (strlen(wild[i]) == n && eq_nocase(wild[i], n, p, n))
       return true;
-  return false;
+  return rp_reg_is_manifest_type(p, n);
 }
 
 void rp_reg_accept_key(const struct rp_http_head *h, char *buf, size_t bufsz) {

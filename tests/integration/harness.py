@@ -23,6 +23,7 @@ Nothing waits with a bare sleep: readiness is polled with a deadline.
 import atexit
 import gzip
 import hashlib
+import http.server
 import io
 import json
 import os
@@ -1024,6 +1025,25 @@ class TestCA:
         shutil.copy(self.ca_crt, os.path.join(self.certdir, "ca.crt"))
 
 
+def serve_http(handler, ca=None):
+    """A threaded http.server on 127.0.0.1 (TLS with ca's leaf when given) for a
+    stand-in that only a handler class can play; stopped with the current scope.
+    Returns the server (server_address[1] is its port)."""
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    httpd.daemon_threads = True
+    if ca is not None:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(ca.chain, ca.key)
+        httpd.socket = ctx.wrap_socket(httpd.socket, server_side=True)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+
+    def stop():
+        httpd.shutdown()
+        httpd.server_close()
+    defer(stop)
+    return httpd
+
+
 _shared_ca = None
 
 
@@ -1321,7 +1341,6 @@ class TokenServer:
     def __init__(self, ca=None, users=None, public=(), service="regproxy-test-registry",
                  expires_in=300):
         import base64
-        import http.server
         import urllib.parse
         self.ca = ca or shared_ca()
         self.users = dict(users or {})

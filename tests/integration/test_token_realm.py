@@ -29,18 +29,7 @@ DIGEST = "sha256:" + hashlib.sha256(MANIFEST).hexdigest()
 
 
 def _tls_server(handler):
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    httpd.daemon_threads = True
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.load_cert_chain(CA.chain, CA.key)
-    httpd.socket = ctx.wrap_socket(httpd.socket, server_side=True)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-
-    def stop():
-        httpd.shutdown()
-        httpd.server_close()
-    h.defer(stop)
-    return httpd.server_address[1]
+    return h.serve_http(handler, CA).server_address[1]
 
 
 class Standin:

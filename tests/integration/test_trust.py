@@ -11,7 +11,6 @@ import http.server
 import json
 import os
 import shutil
-import socket
 import sqlite3
 import ssl
 import subprocess
@@ -124,14 +123,7 @@ class Catchall:
             def do_HEAD(self):
                 self._answer(b"")
 
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
-        if tls:
-            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-            ctx.load_cert_chain(CA.chain, CA.key)
-            self.httpd.socket = ctx.wrap_socket(self.httpd.socket, server_side=True)
-        self.port = self.httpd.server_address[1]
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-        h.defer(self.httpd.shutdown)
+        self.port = h.serve_http(H, CA if tls else None).server_address[1]
 
 
 # -- ?ns= names only registries regproxy trusts --------------------------------------------
@@ -252,13 +244,7 @@ class TwoAtOnce:
                 except (OSError, ssl.SSLError):
                     self.close_connection = True
 
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        ctx.load_cert_chain(CA.chain, CA.key)
-        self.httpd.socket = ctx.wrap_socket(self.httpd.socket, server_side=True)
-        self.port = self.httpd.server_address[1]
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-        h.defer(self.httpd.shutdown)
+        self.port = h.serve_http(H, CA).server_address[1]
 
 
 def test_shared_layer_relay_loses_its_client():
