@@ -586,20 +586,30 @@ static void key_parts(const char *key, const char **parts, size_t n) {
   }
 }
 
-/* Over the bound: the entry set longest ago goes, from memory and the index. */
-static void tags_trim(struct rp_cache *c, bool write) {
-  while (c->tags.t.n > c->tags.max && c->tags.tail != NULL) {
-    struct tag_node *t = (struct tag_node *)c->tags.tail;
-    const char *parts[4];
+/* Over the bound: the entries set longest ago go, from memory and (write)
+ * the index, through an op of kind del whose strings are the key's nparts. */
+static void lru_trim(struct rp_cache *c, struct rp__lru *l, enum rp__idx_kind del, size_t nparts,
+                     bool write) {
+  while (l->t.n > l->max && l->tail != NULL) {
+    struct rp__lru_node *n = l->tail;
+    const char *parts[4] = {NULL, NULL, NULL, NULL};
     if (write) {
       struct rp__idx_op *op;
-      key_parts(t->key, parts, 4);
-      op = rp__idx_op_new(RP_IDX_TAG_DEL, NULL, NULL, parts[0], parts[1], parts[2], parts[3]);
+      key_parts(n->key, parts, nparts);
+      op = rp__idx_op_new(del, NULL, NULL, parts[0], parts[1], parts[2], parts[3]);
       if (op != NULL)
         rp__index_submit(c, op);
     }
-    lru_node_remove(&c->tags, &t->ln);
+    lru_node_remove(l, n);
   }
+}
+
+static void tags_trim(struct rp_cache *c, bool write) {
+  lru_trim(c, &c->tags, RP_IDX_TAG_DEL, 4, write);
+}
+
+static void pubs_trim(struct rp_cache *c, bool write) {
+  lru_trim(c, &c->pubs, RP_IDX_PUBLIC_DEL, 2, write);
 }
 
 static struct tag_node *tag_set(struct rp_cache *c, const char *const parts[4],
@@ -686,21 +696,6 @@ static void tags_drop_digest(struct rp_cache *c, const struct rp_digest *d) {
     next = n->next;
     if (t->e.digest.algo == d->algo && strcmp(t->e.digest.hex, d->hex) == 0)
       lru_node_remove(&c->tags, n);
-  }
-}
-
-static void pubs_trim(struct rp_cache *c, bool write) {
-  while (c->pubs.t.n > c->pubs.max && c->pubs.tail != NULL) {
-    struct pub_node *p = (struct pub_node *)c->pubs.tail;
-    const char *parts[2];
-    if (write) {
-      struct rp__idx_op *op;
-      key_parts(p->key, parts, 2);
-      op = rp__idx_op_new(RP_IDX_PUBLIC_DEL, NULL, NULL, parts[0], parts[1], NULL, NULL);
-      if (op != NULL)
-        rp__index_submit(c, op);
-    }
-    lru_node_remove(&c->pubs, &p->ln);
   }
 }
 
