@@ -1,7 +1,9 @@
 /* Admin endpoints on the proxy listener (SPEC §5): origin-form requests from
  * allowed clients whose Host is an IP literal, localhost or a configured
- * server name (so a DNS-rebinding page cannot read them). The cache
- * endpoints are in cache.c. */
+ * server name (so a DNS-rebinding page cannot read them). Only /healthz and
+ * /ca.crt answer every allowed client; the rest list digests, repositories
+ * and client addresses and answer only admin_allow. The cache endpoints are
+ * in cache.c. */
 #include <arpa/inet.h>
 #include <llhttp.h>
 #include <stdio.h>
@@ -12,6 +14,7 @@
 #include "internal.h"
 #include "page.h"
 #include "regproxy/metrics.h"
+#include "regproxy/rules.h"
 #include "regproxy/tls.h"
 
 bool rp__admin_host_allowed(const struct rp_config *cfg, const struct rp_http_head *h) {
@@ -140,6 +143,15 @@ void rp__admin_handle(struct rp_conn *c, const struct rp_http_head *h) {
       plen = i;
       break;
     }
+  }
+  /* Anything but the two public endpoints needs admin_allow, so an
+   * endpoint added later is not public by accident. rp_acl_match compares
+   * IPv4-mapped IPv6 peers as IPv4, like allow. */
+  if (!(plen == 8 && memcmp(t->path, "/healthz", 8) == 0) &&
+      !(plen == 7 && memcmp(t->path, "/ca.crt", 7) == 0) &&
+      !rp_acl_match(c->srv->cfg->admin_acl, (const struct sockaddr *)&c->peer)) {
+    rp__conn_respond(c, 403, "client address not in admin_allow", false);
+    return;
   }
   if (plen > 7 && memcmp(t->path, "/cache/", 7) == 0) {
     rp__admin_cache(c, h, t->path, plen, plen < t->path_len ? t->path + plen + 1 : "",
