@@ -74,7 +74,7 @@ void rp_http_parser_resume(struct rp_http_parser *p);
 enum rp_http_status rp_http_parser_finish(struct rp_http_parser *p);
 /** Responses: the request was HEAD (or the like): no body follows. */
 void rp_http_parser_expect_no_body(struct rp_http_parser *p, bool no_body);
-/** After RP_HTTP_ERROR: the status to answer (400, 431) and a one-line reason. */
+/** After RP_HTTP_ERROR: the status to answer (400, 431, 501…) and a one-line reason. */
 int rp_http_parser_error(const struct rp_http_parser *p, const char **reason);
 /** True when bytes of a message have been seen but the head is not done. */
 bool rp_http_parser_in_head(const struct rp_http_parser *p);

@@ -159,7 +159,8 @@ void rp__admin_handle(struct rp_conn *c, const struct rp_http_head *h) {
     return;
   }
   if (h->method_id != HTTP_GET && !head_only) {
-    rp__conn_respond(c, 405, "admin endpoints answer GET and HEAD", false);
+    rp__conn_respond_with(c, 405, "admin endpoints answer GET and HEAD", "Allow: GET, HEAD\r\n",
+                          false);
     return;
   }
   if (plen == 8 && memcmp(t->path, "/healthz", 8) == 0) {

@@ -126,11 +126,25 @@ def test_malformed_requests_400():
     assert_still_serving()
 
 
-def test_unknown_method_405():
-    expect(req(["FOO %s/a.txt HTTP/1.1" % BASE, "Host: 127.0.0.1"]), 405,
-           "unknown method FOO")
-    expect(req(["BREW %s/pot HTTP/1.1" % BASE, "Host: 127.0.0.1"]), 405,
-           "unknown method BREW")
+def test_unknown_method_501():
+    # RFC 9110 §9.1: a method the server does not recognise is 501; 405 means a
+    # method it knows that the resource does not allow.
+    for line in ("FOO %s/a.txt HTTP/1.1" % BASE, "BREW %s/pot HTTP/1.1" % BASE,
+                 "FOO /healthz HTTP/1.1", "FOO /v2/ HTTP/1.1", "FOO 127.0.0.1:443 HTTP/1.1"):
+        r = expect(req([line, "Host: 127.0.0.1"]), 501, line)
+        assert r.reason == "Not Implemented" and r.body.strip() == b"unknown method", r
+    RP.wait_log(method="-", status="501")
+    assert_still_serving()
+    assert not [d for d in ORIGIN.access_log() if d.get("method") in ("FOO", "BREW")]
+
+
+def test_known_method_not_allowed_405_with_allow():
+    for method, path in (("POST", "/healthz"), ("PUT", "/status.json"),
+                         ("DELETE", "/v2/library/alpine/manifests/1"),
+                         ("POST", "/v2/library/alpine/blobs/uploads/")):
+        r = RP.conn().request(method, path, [("Host", "127.0.0.1")], body=b"")
+        assert r.status == 405 and r.reason == "Method Not Allowed", (method, path, r)
+        assert r.header("Allow") == "GET, HEAD", (method, path, r)
     assert_still_serving()
 
 
