@@ -18,38 +18,17 @@
 #include "regproxy/tls.h"
 
 bool rp__admin_host_allowed(const struct rp_config *cfg, const struct rp_http_head *h) {
-  const struct rp_http_header *hd = rp_http_header_find(h, "host");
-  char host[256];
-  unsigned char bin[16];
-  size_t n;
-  const char *v;
+  struct rp_target t;
+  unsigned char bin[4];
+  const char *why;
 
-  if (hd == NULL || hd->value_len == 0 || hd->value_len >= sizeof(host))
+  if (rp_http_request_host(h, 80, &t, &why) != 0)
     return false;
-  v = hd->value;
-  n = hd->value_len;
-  if (v[0] == '[') {
-    const char *close = memchr(v, ']', n);
-    if (close == NULL)
-      return false;
-    n = (size_t)(close - v - 1);
-    memcpy(host, v + 1, n);
-    host[n] = '\0';
-    return inet_pton(AF_INET6, host, bin) == 1;
-  }
-  {
-    const char *colon = memchr(v, ':', n);
-    if (colon != NULL)
-      n = (size_t)(colon - v);
-  }
-  memcpy(host, v, n);
-  host[n] = '\0';
-  if (n > 0 && host[n - 1] == '.')
-    host[--n] = '\0';
-  if (inet_pton(AF_INET, host, bin) == 1 || strcasecmp(host, "localhost") == 0)
+  /* t.host is lower-case, without brackets or one trailing dot. */
+  if (t.host_is_ip6 || inet_pton(AF_INET, t.host, bin) == 1 || strcmp(t.host, "localhost") == 0)
     return true;
   for (size_t i = 0; i < cfg->server_names.n; i++)
-    if (strcasecmp(host, cfg->server_names.v[i]) == 0)
+    if (strcasecmp(t.host, cfg->server_names.v[i]) == 0)
       return true;
   return false;
 }

@@ -148,6 +148,33 @@ def test_known_method_not_allowed_405_with_allow():
     assert_still_serving()
 
 
+def test_malformed_host_on_admin_and_mirror_400():
+    # Origin-form requests are answered by regproxy itself; their Host must be one
+    # uri-host[:port] (RFC 9112 §3.2).
+    bad = [["["], ["[::1"], ["[]"], ["[::1]x"], ["host:"], [":443"], ["host:99999"],
+           ["a b"], [""], [], ["127.0.0.1", "127.0.0.1"], ["localhost:x"]]
+    c = RP.conn()
+    problems = []
+    for hosts in bad:
+        for path in ("/healthz", "/v2/", "/metrics"):
+            c.send("GET %s HTTP/1.1\r\n%s\r\n" % (
+                path, "".join("Host: %s\r\n" % v for v in hosts)))
+            r = c.read_response()
+            if r.status != 400 or not r.body.startswith(b"bad Host header"):
+                problems.append("Host %r %s -> %r" % (hosts, path, r))
+    assert not problems, "\n".join(problems)
+    # The same connection goes on.
+    for host in ("127.0.0.1", "[::1]:1", "localhost."):
+        r = c.request("GET", "/healthz", [("Host", host)])
+        assert r.status == 200 and r.body == b"ok\n", (host, r)
+    r = c.request("GET", "/v2/", [("Host", "127.0.0.1")])
+    assert r.status == 200, r
+    r = c.request("GET", "/healthz", [("Host", "evil.example")])
+    assert r.status == 421, r
+    c.close()
+    assert_still_serving()
+
+
 def test_stalled_head_408():
     c = RP.conn(timeout=10)
     t0 = time.monotonic()
