@@ -65,6 +65,7 @@ struct rp_config {
   char *parent_proxy_userinfo;
   char *allow;
   enum rp_config_source allow_source; /* RP_SRC_DEFAULT = not explicit */
+  char *admin_allow;                  /* SPEC §5: who may read the endpoints that reveal digests */
   enum rp_config_source cache_max_size_source;
   char *connect_ports; /* NULL = SPEC §2 default policy */
   char *proxy_auth_file;
@@ -92,6 +93,7 @@ struct rp_config {
   struct rp_hostlist *mitm_list;
   struct rp_hostlist *no_proxy_list; /* RP_HOSTLIST_LOOPBACK_DIRECT */
   struct rp_acl *acl;
+  struct rp_acl *admin_acl;
   struct rp_portset *connect_portset; /* NULL = SPEC §2 default policy */
 
   /* Flags of `regproxy setup` (flag-only, no key, no environment). */

@@ -74,7 +74,7 @@ void rp_http_parser_resume(struct rp_http_parser *p);
 enum rp_http_status rp_http_parser_finish(struct rp_http_parser *p);
 /** Responses: the request was HEAD (or the like): no body follows. */
 void rp_http_parser_expect_no_body(struct rp_http_parser *p, bool no_body);
-/** After RP_HTTP_ERROR: the status to answer (400, 431) and a one-line reason. */
+/** After RP_HTTP_ERROR: the status to answer (400, 431, 501…) and a one-line reason. */
 int rp_http_parser_error(const struct rp_http_parser *p, const char **reason);
 /** True when bytes of a message have been seen but the head is not done. */
 bool rp_http_parser_in_head(const struct rp_http_parser *p);
@@ -119,6 +119,16 @@ int rp_target_parse_authority(const char *s, size_t n, struct rp_target *t, cons
 /** Parse any request target; CONNECT uses authority-form only. */
 int rp_target_parse(const char *s, size_t n, bool is_connect, struct rp_target *t,
                     const char **why);
+/** Parse a Host field value, uri-host[:port] (RFC 9112 §3.2): a host name
+ * (lower-cased, one trailing dot removed), an IPv4 literal or [IPv6] (no zone
+ * id), then an optional port 1-65535; default_port when there is none. Reads
+ * only v[0..n). 0, or RP_EPARSE with a static *why. */
+int rp_http_host_parse(const char *v, size_t n, uint16_t default_port, struct rp_target *t,
+                       const char **why);
+/** The request's one Host field, parsed by rp_http_host_parse; RP_EPARSE
+ * also when there is none or more than one (RFC 9112 §3.2: answer 400). */
+int rp_http_request_host(const struct rp_http_head *h, uint16_t default_port, struct rp_target *t,
+                         const char **why);
 /** Format host[:port] for Host / logs, bracketing IPv6 ("[::1]:443"). */
 void rp_target_hostport(const struct rp_target *t, bool with_port, char *buf, size_t bufsz);
 

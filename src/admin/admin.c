@@ -1,7 +1,9 @@
 /* Admin endpoints on the proxy listener (SPEC §5): origin-form requests from
  * allowed clients whose Host is an IP literal, localhost or a configured
- * server name (so a DNS-rebinding page cannot read them). The cache
- * endpoints are in cache.c. */
+ * server name (so a DNS-rebinding page cannot read them). Only /healthz and
+ * /ca.crt answer every allowed client; the rest list digests, repositories
+ * and client addresses and answer only admin_allow. The cache endpoints are
+ * in cache.c. */
 #include <arpa/inet.h>
 #include <llhttp.h>
 #include <stdio.h>
@@ -12,41 +14,21 @@
 #include "internal.h"
 #include "page.h"
 #include "regproxy/metrics.h"
+#include "regproxy/rules.h"
 #include "regproxy/tls.h"
 
 bool rp__admin_host_allowed(const struct rp_config *cfg, const struct rp_http_head *h) {
-  const struct rp_http_header *hd = rp_http_header_find(h, "host");
-  char host[256];
-  unsigned char bin[16];
-  size_t n;
-  const char *v;
+  struct rp_target t;
+  unsigned char bin[4];
+  const char *why;
 
-  if (hd == NULL || hd->value_len == 0 || hd->value_len >= sizeof(host))
+  if (rp_http_request_host(h, 80, &t, &why) != 0)
     return false;
-  v = hd->value;
-  n = hd->value_len;
-  if (v[0] == '[') {
-    const char *close = memchr(v, ']', n);
-    if (close == NULL)
-      return false;
-    n = (size_t)(close - v - 1);
-    memcpy(host, v + 1, n);
-    host[n] = '\0';
-    return inet_pton(AF_INET6, host, bin) == 1;
-  }
-  {
-    const char *colon = memchr(v, ':', n);
-    if (colon != NULL)
-      n = (size_t)(colon - v);
-  }
-  memcpy(host, v, n);
-  host[n] = '\0';
-  if (n > 0 && host[n - 1] == '.')
-    host[--n] = '\0';
-  if (inet_pton(AF_INET, host, bin) == 1 || strcasecmp(host, "localhost") == 0)
+  /* t.host is lower-case, without brackets or one trailing dot. */
+  if (t.host_is_ip6 || inet_pton(AF_INET, t.host, bin) == 1 || strcmp(t.host, "localhost") == 0)
     return true;
   for (size_t i = 0; i < cfg->server_names.n; i++)
-    if (strcasecmp(host, cfg->server_names.v[i]) == 0)
+    if (strcasecmp(t.host, cfg->server_names.v[i]) == 0)
       return true;
   return false;
 }
@@ -141,13 +123,23 @@ void rp__admin_handle(struct rp_conn *c, const struct rp_http_head *h) {
       break;
     }
   }
+  /* Anything but the two public endpoints needs admin_allow, so an
+   * endpoint added later is not public by accident. rp_acl_match compares
+   * IPv4-mapped IPv6 peers as IPv4, like allow. */
+  if (!(plen == 8 && memcmp(t->path, "/healthz", 8) == 0) &&
+      !(plen == 7 && memcmp(t->path, "/ca.crt", 7) == 0) &&
+      !rp_acl_match(c->srv->cfg->admin_acl, (const struct sockaddr *)&c->peer)) {
+    rp__conn_respond(c, 403, "client address not in admin_allow", false);
+    return;
+  }
   if (plen > 7 && memcmp(t->path, "/cache/", 7) == 0) {
     rp__admin_cache(c, h, t->path, plen, plen < t->path_len ? t->path + plen + 1 : "",
                     plen < t->path_len ? t->path_len - plen - 1 : 0);
     return;
   }
   if (h->method_id != HTTP_GET && !head_only) {
-    rp__conn_respond(c, 405, "admin endpoints answer GET and HEAD", false);
+    rp__conn_respond_with(c, 405, "admin endpoints answer GET and HEAD", "Allow: GET, HEAD\r\n",
+                          false);
     return;
   }
   if (plen == 8 && memcmp(t->path, "/healthz", 8) == 0) {

@@ -321,6 +321,11 @@ static int admin_call(const struct admin *a, const char *method, const char *pat
    * the instance itself). */
   curl_easy_setopt(h, CURLOPT_PROXY, "");
   curl_easy_setopt(h, CURLOPT_NOPROXY, "*");
+  /* From loopback, which the default admin_allow admits, also when the
+   * instance listens on a LAN address only (the kernel would otherwise pick
+   * that address as the source). */
+  curl_easy_setopt(h, CURLOPT_INTERFACE,
+                   strncmp(a->url, "http://[", 8) == 0 ? "host!::1" : "host!127.0.0.1");
   curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, "http,https");
   curl_easy_setopt(h, CURLOPT_FOLLOWLOCATION, 0L);
   curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);

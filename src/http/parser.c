@@ -45,7 +45,7 @@ struct rp_http_parser {
   const char *err_reason;
 
   /* The first bytes of the current message, to tell an unknown method
-   * (405) from garbage (400) however the input was split. */
+   * (501) from garbage (400) however the input was split. */
   char lead[16];
   size_t lead_len;
 
@@ -287,13 +287,14 @@ static int is_tchar(unsigned char c) {
 }
 
 /* llhttp knows a fixed set of methods and stops at the first byte that
- * fits none; a token (so far) is an unknown method, 405 (SPEC §7), anything
- * else 400. */
+ * fits none; a token (so far) is a method we do not implement, 501 (RFC 9110
+ * §9.1, SPEC §7; 405 is for a known method a resource does not allow),
+ * anything else 400. */
 static int method_status(const char *at, size_t len) {
   size_t i = 0;
   while (i < len && is_tchar((unsigned char)at[i]))
     i++;
-  return (i > 0 && (i == len || at[i] == ' ')) ? 405 : 400;
+  return (i > 0 && (i == len || at[i] == ' ')) ? 501 : 400;
 }
 
 enum rp_http_status rp_http_parser_execute(struct rp_http_parser *p, const char *at, size_t len,
@@ -353,8 +354,8 @@ enum rp_http_status rp_http_parser_execute(struct rp_http_parser *p, const char 
     return RP_HTTP_UPGRADE;
   case HPE_USER: return RP_HTTP_ERROR;
   case HPE_INVALID_METHOD:
-    if (method_status(p->lead, p->lead_len) == 405)
-      fail(p, 405, "unknown method");
+    if (method_status(p->lead, p->lead_len) == 501)
+      fail(p, 501, "unknown method");
     else
       fail(p, 400, "malformed request line");
     return RP_HTTP_ERROR;

@@ -1,5 +1,7 @@
-/* Request targets: CONNECT authorities and absolute-form URLs, parsed
- * strictly (SPEC §2: port required for CONNECT, no userinfo, no zone ids). */
+/* Request targets and Host values: CONNECT authorities, absolute-form URLs
+ * and uri-host[:port], parsed strictly (SPEC §2: port required for CONNECT,
+ * no userinfo, no zone ids). Every length is checked before a byte is read:
+ * these values come from clients. */
 #include <arpa/inet.h>
 #include <stdio.h>
 #include <string.h>
@@ -51,7 +53,8 @@ static int parse_hostport(const char *s, size_t n, uint16_t default_port, struct
     }
     host = s + 1;
     hlen = (size_t)(close - host);
-    if (hlen == 0 || hlen >= sizeof(tmp) || memchr(host, '%', hlen) != NULL) {
+    if (hlen == 0 || hlen >= sizeof(tmp) || memchr(host, '%', hlen) != NULL ||
+        memchr(host, '\0', hlen) != NULL) {
       *why = "bad IPv6 literal";
       return RP_EPARSE;
     }
@@ -105,6 +108,40 @@ int rp_target_parse_authority(const char *s, size_t n, struct rp_target *t, cons
   memset(t, 0, sizeof(*t));
   t->form = RP_TARGET_AUTHORITY;
   return parse_hostport(s, n, 0, t, why);
+}
+
+int rp_http_host_parse(const char *v, size_t n, uint16_t default_port, struct rp_target *t,
+                       const char **why) {
+  memset(t, 0, sizeof(*t));
+  t->form = RP_TARGET_AUTHORITY;
+  if (v == NULL || n == 0) {
+    *why = "empty";
+    return RP_EPARSE;
+  }
+  return parse_hostport(v, n, default_port, t, why);
+}
+
+int rp_http_request_host(const struct rp_http_head *h, uint16_t default_port, struct rp_target *t,
+                         const char **why) {
+  const struct rp_http_header *found = NULL;
+
+  for (size_t i = 0; i < h->nheaders; i++) {
+    const struct rp_http_header *hd = &h->headers[i];
+    if (!rp_http_token_eq(hd->name, hd->name_len, "host"))
+      continue;
+    if (found != NULL) {
+      memset(t, 0, sizeof(*t));
+      *why = "more than one Host header";
+      return RP_EPARSE;
+    }
+    found = hd;
+  }
+  if (found == NULL) {
+    memset(t, 0, sizeof(*t));
+    *why = "no Host header";
+    return RP_EPARSE;
+  }
+  return rp_http_host_parse(found->value, found->value_len, default_port, t, why);
 }
 
 int rp_target_parse(const char *s, size_t n, bool is_connect, struct rp_target *t,

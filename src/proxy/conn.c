@@ -310,6 +310,19 @@ void rp__conn_respond(struct rp_conn *c, int status, const char *reason, bool cl
   rp__conn_respond_with(c, status, reason, "", close_after);
 }
 
+bool rp__conn_request_host(struct rp_conn *c, const struct rp_http_head *h, uint16_t default_port,
+                           struct rp_target *host) {
+  const char *why = NULL;
+  char reason[96];
+
+  if (rp_http_request_host(h, default_port, host, &why) == 0)
+    return true;
+  /* The head was read whole, so the connection can go on. */
+  snprintf(reason, sizeof(reason), "bad Host header: %s", why);
+  rp__conn_respond(c, 400, reason, false);
+  return false;
+}
+
 void rp__conn_respond_with(struct rp_conn *c, int status, const char *reason, const char *extra,
                            bool close_after) {
   struct rp_sbuf b = {0};
@@ -510,14 +523,24 @@ void rp__conn_route(struct rp_conn *c, const struct rp_http_head *h) {
     if (!rp__mitm_plain_request(c, h))
       rp__forward_start(c, h);
     break;
-  case RP_TARGET_ORIGIN:
+  case RP_TARGET_ORIGIN: {
     /* SPEC §2: origin-form /v2/… is mirror mode, anything else admin. */
-    if (c->target.path_len >= 3 && memcmp(c->target.path, "/v2", 3) == 0 &&
-        (c->target.path_len == 3 || c->target.path[3] == '/' || c->target.path[3] == '?'))
+    bool mirror = c->target.path_len >= 3 && memcmp(c->target.path, "/v2", 3) == 0 &&
+                  (c->target.path_len == 3 || c->target.path[3] == '/' || c->target.path[3] == '?');
+    struct rp_target host;
+
+    c->log.via = mirror ? "mirror" : "admin";
+    c->log.route = mirror ? "mirror" : "admin";
+    /* RFC 9112 §3.2: one well-formed Host, else 400. Which names may reach
+     * admin and mirror is their own check (rp__admin_host_allowed, 421). */
+    if (!rp__conn_request_host(c, h, 80, &host))
+      break;
+    if (mirror)
       rp__mirror_request(c, h);
     else
       rp__admin_handle(c, h);
     break;
+  }
   default: rp__conn_respond(c, 400, "asterisk-form is not proxied", true); break;
   }
 }

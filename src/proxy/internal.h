@@ -214,6 +214,10 @@ void rp__conn_go_state(struct rp_conn *c, enum rp_conn_state s);
 void rp__conn_close(struct rp_conn *c);
 /** Answer with a short local response (status line + one-line reason). */
 void rp__conn_respond(struct rp_conn *c, int status, const char *reason, bool close_after);
+/** The request's one Host field into *host (default_port when it names
+ * none); otherwise answers 400 with the reason and returns false. */
+bool rp__conn_request_host(struct rp_conn *c, const struct rp_http_head *h, uint16_t default_port,
+                           struct rp_target *host);
 /** The same with extra header lines (each ending in CRLF). */
 void rp__conn_respond_with(struct rp_conn *c, int status, const char *reason, const char *extra,
                            bool close_after);
@@ -350,7 +354,8 @@ void rp__public_shutdown(struct rp_server *srv);
 void rp__regcache_shutdown(struct rp_server *srv);
 /* admin.c */
 void rp__admin_handle(struct rp_conn *c, const struct rp_http_head *h);
-/** Host is an IP literal, localhost or a server_names entry (no DNS rebinding). */
+/** Host is one well-formed IP literal, localhost or server_names entry (no
+ * DNS rebinding). */
 bool rp__admin_host_allowed(const struct rp_config *cfg, const struct rp_http_head *h);
 
 /* server.c */

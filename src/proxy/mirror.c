@@ -317,7 +317,7 @@ void rp__mirror_request(struct rp_conn *c, const struct rp_http_head *h) {
   }
   rp_reg_path_parse(c->target.path, c->target.path_len, &c->reg);
   if (h->method_id != HTTP_GET && h->method_id != HTTP_HEAD) {
-    rp__conn_respond(c, 405, "a mirror only reads (GET, HEAD)", false);
+    rp__conn_respond_with(c, 405, "a mirror only reads (GET, HEAD)", "Allow: GET, HEAD\r\n", false);
     return;
   }
   rp_reg_canonical(c->reg.ns[0] ? c->reg.ns : srv->cfg->mirror_default, 0, registry,

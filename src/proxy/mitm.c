@@ -100,26 +100,6 @@ void rp__mitm_connect(struct rp_conn *c) {
 
 /* ---- the relay ---- */
 
-static bool host_matches(const struct rp_conn *c, const struct rp_http_head *h) {
-  const struct rp_http_header *hd = rp_http_header_find(h, "host");
-  struct rp_target t;
-  const char *why;
-  char buf[300];
-
-  if (hd == NULL)
-    return false;
-  if (hd->value_len >= sizeof(buf) - 8)
-    return false;
-  memcpy(buf, hd->value, hd->value_len);
-  buf[hd->value_len] = '\0';
-  /* Host without a port means the scheme's default. */
-  if (buf[0] == '[' ? strchr(buf, ']')[1] != ':' : strchr(buf, ':') == NULL)
-    snprintf(buf + hd->value_len, sizeof(buf) - hd->value_len, ":443");
-  if (rp_target_parse_authority(buf, strlen(buf), &t, &why) != 0)
-    return false;
-  return strcmp(t.host, c->mitm_host) == 0 && t.port == c->mitm_port;
-}
-
 int rp__mitm_pass_head(struct rp_fetch *f, void *data, int status, const char *reason,
                        const struct rp_http_header *headers, size_t n) {
   struct rp_conn *c = data;
@@ -406,12 +386,18 @@ void rp__mitm_registry(const struct rp_conn *c, char *buf, size_t bufsz) {
 }
 
 void rp__mitm_request(struct rp_conn *c, const struct rp_http_head *h) {
+  struct rp_target host;
+
   c->log.route = "mitm";
   c->log.cache = "pass";
   c->up_plain = 0;
   snprintf(c->log.host, sizeof(c->log.host), "%s", c->mitm_host);
   c->log.port = c->mitm_port;
-  if (!host_matches(c, h)) {
+  /* SPEC §2: the CONNECT target is the connection's identity. A Host
+   * without a port names https' 443. */
+  if (!rp__conn_request_host(c, h, 443, &host))
+    return;
+  if (strcmp(host.host, c->mitm_host) != 0 || host.port != c->mitm_port) {
     rp__conn_respond(c, 421, "Host does not match the CONNECT target", false);
     return;
   }

@@ -1,5 +1,5 @@
-/* libFuzzer: the request-head glue and target parser, input split at a
- * point chosen by the first byte (splits exercise the cross-buffer checks). */
+/* libFuzzer: the request-head glue, target and Host parsers, input split at
+ * a point chosen by the first byte (splits exercise the cross-buffer checks). */
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
@@ -12,6 +12,7 @@ static int on_head(void *data, const struct rp_http_head *h) {
   (void)data;
   rp_target_parse(h->target, h->target_len,
                   h->method_len == 7 && memcmp(h->method, "CONNECT", 7) == 0, &t, &why);
+  (void)rp_http_request_host(h, 443, &t, &why);
   for (size_t i = 0; i < h->nheaders; i++)
     (void)rp_http_is_hop_by_hop(h, &h->headers[i]);
   return 0;

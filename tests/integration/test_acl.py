@@ -2,10 +2,12 @@
 denied clients get 403 and a log line; a non-loopback listener needs an explicit allow;
 an explicit parent that is regproxy itself, bad config values, unknown keys and flags
 exit 2 naming the flag/key (and file:line); flag > REGPROXY_* env > config file; SIGHUP
-reloads allow."""
+reloads allow. admin_allow (SPEC §5): the endpoints that reveal repositories and digests
+answer only its clients, /healthz and /ca.crt every allowed client."""
 
 import os
 import signal
+import socket
 
 import harness as h
 
@@ -204,6 +206,105 @@ def test_connect_port_policy_with_non_loopback_allow():
     assert r.status == 200, "port named in --mitm refused: %r" % r
     r = connect_status(rp, "127.0.0.1:%d" % ORIGIN.https_port)
     assert r.status == 403, "a port no rule names was allowed: %r" % r
+
+
+# SPEC §5: these reveal digests, repositories and clients; /healthz and /ca.crt do not.
+ADMIN_ONLY = ["/", "/status.json", "/metrics", "/cache/objects", "/cache/du",
+              "/cache/objects/sha256:" + "0" * 64]
+ANYONE = ["/healthz", "/ca.crt"]
+
+
+def admin_from(rp, source, path, method="GET", family=socket.AF_INET, connect_host=None):
+    """One admin request from a chosen source address (bound before connecting)."""
+    s = socket.socket(family, socket.SOCK_STREAM)
+    s.settimeout(10)
+    s.bind((source, 0))
+    s.connect((connect_host or rp.host, rp.port))
+    c = h.HttpConn(sock=s)
+    try:
+        r = c.request(method, path, [("Host", "127.0.0.1:%d" % rp.port),
+                                     ("Connection", "close")])
+        return r, s.getsockname()[1]
+    finally:
+        c.close()
+
+
+def expect_admin(rp, source, want_admin, **kw):
+    problems = []
+    for path in ADMIN_ONLY + ANYONE:
+        for method in ("GET", "HEAD"):
+            r, _ = admin_from(rp, source, path, method, **kw)
+            want = 200 if want_admin or path in ANYONE else 403
+            if path.startswith("/cache/objects/") and want == 200:
+                want = 404  # an unknown digest: the endpoint answered
+            if r.status != want:
+                problems.append("%s %s from %s -> %d, want %d" % (method, path, source,
+                                                                  r.status, want))
+            if want == 403 and (b"sha256:" in r.body or b"regproxy_" in r.body):
+                problems.append("%s %s from %s leaked %r" % (method, path, source,
+                                                             r.body[:200]))
+    assert not problems, "\n".join(problems)
+
+
+def test_admin_allow_limits_the_revealing_endpoints():
+    rp = h.Regproxy(["--allow", "127.0.0.0/8", "--admin-allow", "127.0.0.1/32"])
+    expect_admin(rp, "127.0.0.2", False)
+    expect_admin(rp, "127.0.0.1", True)
+    r, port = admin_from(rp, "127.0.0.2", "/status.json")
+    assert r.status == 403 and b"admin_allow" in r.body and r.body.count(b"\n") == 1, r
+    line = rp.wait_log(client="127.0.0.2:%d" % port, status="403")
+    assert line.get("path") == "/status.json" and line.get("route") == "admin", line
+    # Changing the cache is refused before anything else is looked at.
+    r, _ = admin_from(rp, "127.0.0.2", "/cache/gc", "POST")
+    assert r.status == 403, r
+    # Mirror requests are not admin requests.
+    r, _ = admin_from(rp, "127.0.0.2", "/v2/")
+    assert r.status == 200, r
+
+
+def test_admin_allow_default_is_loopback():
+    rp = h.Regproxy(["--allow", "127.0.0.0/8"])
+    expect_admin(rp, "127.0.0.2", True)
+
+
+def test_admin_allow_on_an_ipv6_listener():
+    # Listeners are IPV6_V6ONLY, so IPv4-mapped peers never reach admin_allow from
+    # them; the unmapping itself is in test_rules.c's ACL table.
+    port = h.free_port("::1")
+    rp = h.Regproxy(["--listen", "[::1]:%d" % port, "--admin-allow", "127.0.0.1"])
+    expect_admin(rp, "::1", False, family=socket.AF_INET6)
+    rp = h.Regproxy(["--listen", "[::1]:%d" % h.free_port("::1"), "--admin-allow", "::1/128"])
+    expect_admin(rp, "::1", True, family=socket.AF_INET6)
+
+
+def test_sighup_reloads_admin_allow():
+    d = h.tmpdir()
+    conf = h.write_file(os.path.join(d, "rp.yml"),
+                        "allow: 127.0.0.0/8\nadmin_allow: [127.0.0.1]\n")
+    rp = h.Regproxy(["--config", conf])
+    assert admin_from(rp, "127.0.0.2", "/metrics")[0].status == 403
+    h.write_file(conf, "allow: 127.0.0.0/8\nadmin_allow: 127.0.0.2/32\n")
+    rp.signal(signal.SIGHUP)
+    h.wait_until(lambda: admin_from(rp, "127.0.0.2", "/metrics")[0].status == 200, 10,
+                 "200 after SIGHUP widened admin_allow", interval=0.1)
+    assert admin_from(rp, "127.0.0.1", "/metrics")[0].status == 403
+    assert admin_from(rp, "127.0.0.1", "/healthz")[0].status == 200
+    # A bad value on reload keeps the running configuration.
+    h.write_file(conf, "allow: 127.0.0.0/8\nadmin_allow: nope\n")
+    rp.signal(signal.SIGHUP)
+    rp.wait_log(msg=lambda v: "reload failed" in v and "admin_allow" in v)
+    assert admin_from(rp, "127.0.0.2", "/metrics")[0].status == 200
+    assert rp.alive()
+
+
+def test_bad_admin_allow_exits_2_naming_it():
+    listen = ["--listen", "127.0.0.1:%d" % h.free_port(), "--mitm", ""]
+    rc, err = h.run_regproxy_expect_exit(["--admin-allow", "not-an-ip"] + listen)
+    assert rc == 2 and "--admin-allow" in err, (rc, err[-1500:])
+    rc, err = h.run_regproxy_expect_exit(listen, env={"REGPROXY_ADMIN_ALLOW": "10.0.0.0/99"})
+    assert rc == 2 and "REGPROXY_ADMIN_ALLOW" in err, (rc, err[-1500:])
+    _config_exit("mitm: \"\"\nadmin_allow:\n  - 127.0.0.1\n  - example.com\n", 4,
+                 "admin_allow")
 
 
 if __name__ == "__main__":

@@ -126,11 +126,52 @@ def test_malformed_requests_400():
     assert_still_serving()
 
 
-def test_unknown_method_405():
-    expect(req(["FOO %s/a.txt HTTP/1.1" % BASE, "Host: 127.0.0.1"]), 405,
-           "unknown method FOO")
-    expect(req(["BREW %s/pot HTTP/1.1" % BASE, "Host: 127.0.0.1"]), 405,
-           "unknown method BREW")
+def test_unknown_method_501():
+    # RFC 9110 §9.1: a method the server does not recognise is 501; 405 means a
+    # method it knows that the resource does not allow.
+    for line in ("FOO %s/a.txt HTTP/1.1" % BASE, "BREW %s/pot HTTP/1.1" % BASE,
+                 "FOO /healthz HTTP/1.1", "FOO /v2/ HTTP/1.1", "FOO 127.0.0.1:443 HTTP/1.1"):
+        r = expect(req([line, "Host: 127.0.0.1"]), 501, line)
+        assert r.reason == "Not Implemented" and r.body.strip() == b"unknown method", r
+    RP.wait_log(method="-", status="501")
+    assert_still_serving()
+    assert not [d for d in ORIGIN.access_log() if d.get("method") in ("FOO", "BREW")]
+
+
+def test_known_method_not_allowed_405_with_allow():
+    for method, path in (("POST", "/healthz"), ("PUT", "/status.json"),
+                         ("DELETE", "/v2/library/alpine/manifests/1"),
+                         ("POST", "/v2/library/alpine/blobs/uploads/")):
+        r = RP.conn().request(method, path, [("Host", "127.0.0.1")], body=b"")
+        assert r.status == 405 and r.reason == "Method Not Allowed", (method, path, r)
+        assert r.header("Allow") == "GET, HEAD", (method, path, r)
+    assert_still_serving()
+
+
+def test_malformed_host_on_admin_and_mirror_400():
+    # Origin-form requests are answered by regproxy itself; their Host must be one
+    # uri-host[:port] (RFC 9112 §3.2).
+    bad = [["["], ["[::1"], ["[]"], ["[::1]x"], ["host:"], [":443"], ["host:99999"],
+           ["a b"], [""], [], ["127.0.0.1", "127.0.0.1"], ["localhost:x"]]
+    c = RP.conn()
+    problems = []
+    for hosts in bad:
+        for path in ("/healthz", "/v2/", "/metrics"):
+            c.send("GET %s HTTP/1.1\r\n%s\r\n" % (
+                path, "".join("Host: %s\r\n" % v for v in hosts)))
+            r = c.read_response()
+            if r.status != 400 or not r.body.startswith(b"bad Host header"):
+                problems.append("Host %r %s -> %r" % (hosts, path, r))
+    assert not problems, "\n".join(problems)
+    # The same connection goes on.
+    for host in ("127.0.0.1", "[::1]:1", "localhost."):
+        r = c.request("GET", "/healthz", [("Host", host)])
+        assert r.status == 200 and r.body == b"ok\n", (host, r)
+    r = c.request("GET", "/v2/", [("Host", "127.0.0.1")])
+    assert r.status == 200, r
+    r = c.request("GET", "/healthz", [("Host", "evil.example")])
+    assert r.status == 421, r
+    c.close()
     assert_still_serving()
 
 

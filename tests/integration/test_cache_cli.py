@@ -431,6 +431,35 @@ def test_lock_held_without_an_answering_admin_endpoint():
     assert len(listing(d)) >= len(IMG.blobs)  # direct mode again
 
 
+def own_non_loopback_ipv4():
+    out = h.run(["ip", "-4", "-o", "addr", "show", "scope", "global"], check=False)
+    m = re.search(r"\binet (\d+\.\d+\.\d+\.\d+)/", out.stdout.decode())
+    return m.group(1) if m else None
+
+
+def test_asks_a_non_loopback_listener_from_loopback():
+    # The admin endpoints answer admin_allow (default loopback); a listener on a LAN
+    # address is still asked from 127.0.0.1, not from that address.
+    addr = own_non_loopback_ipv4()
+    if addr is None:
+        print("    (no non-loopback IPv4 address here: not checked)")
+        return
+    d = fresh()
+    listen = ["--listen", "%s:%d" % (addr, h.free_port(addr)), "--allow", "127.0.0.1," + addr]
+    rp = proxy(d, *listen)
+    assert h.wait_until(lambda: len(lock_lines(d)) >= 2 and lock_lines(d), 5,
+                        "the admin line")[1] == "admin=" + rp.url
+    rc, out, err = cache(d, "du")
+    assert rc == 0 and " objects (cache_max_size " in out, (rc, out, err)
+    line = rp.wait_log(route="admin", path="/cache/du")
+    assert line["status"] == "200" and line["client"].startswith("127.0.0.1:"), line
+    rp.stop()
+    # An admin_allow without loopback: the command says which key refused it.
+    rp = proxy(d, *listen, "--admin-allow", addr)
+    rc, out, err = cache(d, "ls")
+    assert rc == 1 and out == "" and "403" in err and "admin_allow" in err, (rc, out, err)
+
+
 def test_usage_errors():
     d = fresh()
     for args in (("frobnicate",), ("ls", "extra")):

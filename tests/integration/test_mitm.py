@@ -134,6 +134,49 @@ def test_inner_host_mismatch_421_and_keepalive():
     assert r.status in (200, 401), "second request on the same TLS connection: %r" % r
 
 
+# Host values that are no uri-host[:port] (RFC 9112 §3.2); "[" once crashed the MITM Host
+# check (finding 3). Each is a list of Host field values.
+BAD_HOSTS = [["["], ["[::1"], ["[]"], ["[::1]x"], ["host:"], [":443"], ["host:99999"],
+             ["a b"], [""], [], [HOST, HOST], [HOST, "evil.example"],
+             ["%s:443:443" % HOST], ["%s:443" % HOST.upper() + "]"], ["[" + HOST + "]"]]
+
+
+def send_with_hosts(c, path, hosts, version="HTTP/1.1"):
+    c.send("GET %s %s\r\n%s\r\n" % (path, version,
+                                        "".join("Host: %s\r\n" % v for v in hosts)))
+    return c.read_response()
+
+
+def test_malformed_inner_host_400_and_the_session_survives():
+    cafile = os.path.join(RP.dir, "ca", "ca.crt")
+    def upstream_seen():
+        return open(REG.log_path, errors="replace").read().count("manifests/3.18")
+    before = upstream_seen()
+    c = RP.conn()
+    assert c.connect_tunnel("%s:443" % HOST).status == 200
+    c.start_tls(HOST, cafile)
+    problems = []
+    for hosts in BAD_HOSTS:
+        for path in ("/v2/", "/v2/library/alpine/manifests/3.18"):
+            r = send_with_hosts(c, path, hosts)
+            if r.status != 400 or not r.body.startswith(b"bad Host header") or \
+                    r.body.count(b"\n") != 1:
+                problems.append("Host %r %s -> %r" % (hosts, path, r))
+    assert not problems, "\n".join(problems)
+    assert RP.alive()
+    RP.wait_log(host=HOST, status="400", reason=lambda v: v.startswith("bad Host header"))
+    # Nothing of them went upstream, and the same TLS session still serves.
+    assert upstream_seen() == before, "a request with a bad Host went upstream"
+    r = send_with_hosts(c, "/v2/", [HOST])
+    assert r.status in (200, 401), "a good request after the bad ones: %r" % r
+    r = send_with_hosts(c, "/v2/", ["%s:443" % HOST.upper()])
+    assert r.status in (200, 401), r
+    r = send_with_hosts(c, "/v2/", ["other.example"])
+    assert r.status == 421, r
+    c.close()
+    assert RP._healthz_ok()
+
+
 def test_registry_down_502_inside_tls():
     # Nothing remembered for this registry.
     rp = start_proxy(registry_port=h.free_port())

@@ -358,6 +358,8 @@ static void check_common_defaults(const struct rp_config *cfg) {
   assert_string_equal(cfg->allow, "127.0.0.0/8,::1");
   assert_non_null(cfg->acl);
   assert_int_equal(cfg->allow_source, RP_SRC_DEFAULT);
+  assert_string_equal(cfg->admin_allow, "127.0.0.0/8,::1");
+  assert_non_null(cfg->admin_acl);
   assert_null(cfg->connect_ports);
   assert_null(cfg->connect_portset);
   assert_null(cfg->proxy_auth_file);
@@ -451,8 +453,8 @@ static void test_flags(void **state) {
                   "--access-check", "off", "--log-level=debug", "--log-format", "json",
                   "--max-connections", "20", "--tag-ttl", "1m", "--cache-dir", "/c", "--ca-dir=/ca",
                   "--mirror-default", "GHCR.io", "--no-proxy", ".corp", "--mitm", "ghcr.io",
-                  "--allow", "10.0.0.0/8", "--connect-ports", "443,8443", "--server-names",
-                  "a.lan,B.lan", "--shutdown-grace", "0"),
+                  "--allow", "10.0.0.0/8", "--admin-allow", "10.1.0.0/16, ::1", "--connect-ports",
+                  "443,8443", "--server-names", "a.lan,B.lan", "--shutdown-grace", "0"),
                 A("HOME=/home/t"), NULL);
   assert_int_equal(cfg->cache_max_size, 1ull << 30);
   assert_int_equal(cfg->orphan_fill_max, 512ull << 20);
@@ -471,6 +473,8 @@ static void test_flags(void **state) {
   assert_string_equal(cfg->mitm, "ghcr.io");
   assert_string_equal(cfg->allow, "10.0.0.0/8");
   assert_int_equal(cfg->allow_source, RP_SRC_FLAG);
+  assert_string_equal(cfg->admin_allow, "10.1.0.0/16, ::1");
+  assert_non_null(cfg->admin_acl);
   assert_string_equal(cfg->connect_ports, "443,8443");
   assert_non_null(cfg->connect_portset);
   assert_int_equal(cfg->server_names.n, 2);
@@ -529,6 +533,8 @@ static void test_flag_errors(void **state) {
       {"--transparent", "1.2.3.4", "--transparent: bad address '1.2.3.4': expected ADDR:PORT"},
       {"--connect-to", "a:1", "--connect-to: bad connect_to 'a:1'"},
       {"--allow", "nope", "--allow: "},
+      {"--admin-allow", "10.0.0.0/33", "--admin-allow: "},
+      {"--admin-allow=example.com", NULL, "--admin-allow: "},
       {"--mirror-default", "a/b", "--mirror-default: bad registry name 'a/b'"},
       {"--server-names", "a b", "--server-names: bad host name in 'a b'"},
       {"--cache-dir", "", "--cache-dir: empty path"},
@@ -653,12 +659,14 @@ static void test_env(void **state) {
                 A("HOME=/home/t", "REGPROXY_CACHE_MAX_SIZE=5G", "REGPROXY_ACCESS_CHECK=no",
                   "REGPROXY_MITM=ghcr.io,quay.io", "REGPROXY_BIN=/usr/bin/regproxy",
                   "REGPROXY_TEST_PORT=1234", "REGPROXY_TESTING=1", "REGPROXY_ALLOW=10.0.0.1",
-                  "REGPROXY_SERVER_NAMES=a.lan, b.lan", "REGPROXY_CONNECT_TO=a:1:b:2,c:3:d:4"),
+                  "REGPROXY_ADMIN_ALLOW=10.0.0.2", "REGPROXY_SERVER_NAMES=a.lan, b.lan",
+                  "REGPROXY_CONNECT_TO=a:1:b:2,c:3:d:4"),
                 NULL);
   assert_int_equal(cfg->cache_max_size, 5ull << 30);
   assert_false(cfg->access_check);
   assert_string_equal(cfg->mitm, "ghcr.io,quay.io");
   assert_int_equal(cfg->allow_source, RP_SRC_ENV);
+  assert_string_equal(cfg->admin_allow, "10.0.0.2");
   assert_int_equal(cfg->server_names.n, 2);
   assert_string_equal(cfg->server_names.v[1], "b.lan");
   assert_int_equal(cfg->n_connect_to, 2);
@@ -935,6 +943,7 @@ static void test_yaml_good(void **state) {
   assert_int_equal(cfg->parent_proxy_source, RP_SRC_FILE);
   assert_string_equal(cfg->allow, "127.0.0.1,10.0.0.0/8,::1");
   assert_int_equal(cfg->allow_source, RP_SRC_FILE);
+  assert_string_equal(cfg->admin_allow, "127.0.0.1,10.0.0.5");
   assert_string_equal(cfg->connect_ports, "443,8443,5000-5010");
   /* Relative paths in the file are relative to the file's directory. */
   snprintf(want, sizeof want, "%shtpasswd", dir);
@@ -1023,6 +1032,7 @@ static void test_yaml_bad_files(void **state) {
        "listener 127.0.0.1:2080"},
       {"bad_key_not_scalar.yml", "bad_key_not_scalar.yml:1: keys must be scalars"},
       {"bad_acl.yml", "bad_acl.yml:3: key allow: "}, /* the bad item's line */
+      {"bad_admin_acl.yml", "bad_admin_acl.yml:2: key admin_allow: "},
       {"bad_no_listener.yml", "bad_no_listener.yml:1: key listen: no listener"},
       {"bad_zero_timeout.yml",
        "bad_zero_timeout.yml:1: key connect_timeout: must be greater than 0"},
@@ -1134,8 +1144,8 @@ static void test_conf_example(void **state) {
     }
     line += ll;
   }
-  /* Every one of the 30 keys, the 11 default mitm hosts and the listen item. */
-  assert_int_equal(lines, 30 + 11 + 1);
+  /* Every one of the 31 keys, the 11 default mitm hosts and the listen item. */
+  assert_int_equal(lines, 31 + 11 + 1);
 
   cfg = load_ok(NONE, A(env_home), out);
   def = load_ok(NONE, A(env_home), NULL);
@@ -1152,6 +1162,7 @@ static void test_conf_example(void **state) {
   assert_string_equal(cfg->no_proxy, def->no_proxy);
   assert_null(cfg->parent_proxy);
   assert_string_equal(cfg->allow, def->allow);
+  assert_string_equal(cfg->admin_allow, def->admin_allow);
   assert_null(cfg->connect_ports);
   assert_null(cfg->proxy_auth_file);
   assert_int_equal(cfg->n_connect_to, 0);
@@ -1202,6 +1213,7 @@ static void test_usage(void **state) {
       "--no-proxy LIST",
       "--parent-proxy URL",
       "--allow LIST",
+      "--admin-allow LIST",
       "--connect-ports LIST",
       "--proxy-auth-file FILE",
       "--connect-to HOST:PORT:ADDR:PORT",
@@ -1260,7 +1272,7 @@ static void test_usage(void **state) {
     }
     *nl = '\n';
   }
-  assert_int_equal(option_lines, 33);
+  assert_int_equal(option_lines, 34);
   free(buf);
 }
 

@@ -90,6 +90,115 @@ static void test_hostport(void **state) {
   assert_string_equal(buf, "[::1]");
 }
 
+/* A Host field value (RFC 9112 §3.2): every form a client can send, and
+ * the broken ones that once crashed the MITM Host check (finding 3). */
+struct host_case {
+  const char *in;
+  uint16_t default_port;
+  int ok;
+  const char *host;
+  unsigned port;
+  int ip6;
+};
+
+static const struct host_case host_cases[] = {
+    {"registry-1.docker.io", 443, 1, "registry-1.docker.io", 443, 0},
+    {"Registry-1.Docker.IO.", 443, 1, "registry-1.docker.io", 443, 0},
+    {"registry.lan:5000", 443, 1, "registry.lan", 5000, 0},
+    {"localhost", 80, 1, "localhost", 80, 0},
+    {"127.0.0.1:2080", 80, 1, "127.0.0.1", 2080, 0},
+    {"[::1]", 443, 1, "::1", 443, 1},
+    {"[2001:DB8::1]:8443", 443, 1, "2001:db8::1", 8443, 1},
+    {"[", 443, 0, NULL, 0, 0},
+    {"[::1", 443, 0, NULL, 0, 0},
+    {"[]", 443, 0, NULL, 0, 0},
+    {"[::1]x", 443, 0, NULL, 0, 0},
+    {"[::1]:", 443, 0, NULL, 0, 0},
+    {"[::1]:0", 443, 0, NULL, 0, 0},
+    {"[x]", 443, 0, NULL, 0, 0},
+    {"[fe80::1%25eth0]", 443, 0, NULL, 0, 0},
+    {"]", 443, 0, NULL, 0, 0},
+    {"host:", 443, 0, NULL, 0, 0},
+    {":443", 443, 0, NULL, 0, 0},
+    {":", 443, 0, NULL, 0, 0},
+    {"host:99999", 443, 0, NULL, 0, 0},
+    {"host:443:1", 443, 0, NULL, 0, 0},
+    {"host:-1", 443, 0, NULL, 0, 0},
+    {"::1", 443, 0, NULL, 0, 0},
+    {"a b", 443, 0, NULL, 0, 0},
+    {"a\tb", 443, 0, NULL, 0, 0},
+    {"", 443, 0, NULL, 0, 0},
+    {".", 443, 0, NULL, 0, 0},
+    {"user@host", 443, 0, NULL, 0, 0},
+    {"host/path", 443, 0, NULL, 0, 0},
+    {"host?q", 443, 0, NULL, 0, 0},
+    {"a..b", 443, 0, NULL, 0, 0},
+};
+
+static void test_host_parse(void **state) {
+  (void)state;
+  for (size_t i = 0; i < sizeof(host_cases) / sizeof(host_cases[0]); i++) {
+    const struct host_case *hc = &host_cases[i];
+    struct rp_target t;
+    const char *why = NULL;
+    int rc = rp_http_host_parse(hc->in, strlen(hc->in), hc->default_port, &t, &why);
+    if (!hc->ok) {
+      if (rc == 0)
+        fail_msg("case %zu '%s': accepted, want rejected", i, hc->in);
+      assert_int_equal(rc, RP_EPARSE);
+      assert_non_null(why);
+      continue;
+    }
+    if (rc != 0)
+      fail_msg("case %zu '%s': rejected (%s)", i, hc->in, why);
+    assert_string_equal(t.host, hc->host);
+    assert_int_equal(t.port, hc->port);
+    assert_int_equal(t.host_is_ip6, hc->ip6);
+  }
+  {
+    /* Lengths are honoured: nothing past n is read, a NUL inside is no end. */
+    struct rp_target t;
+    const char *why = NULL;
+    assert_int_equal(rp_http_host_parse("[::1]:443", 3, 443, &t, &why), RP_EPARSE);
+    assert_int_equal(rp_http_host_parse("[::1\0x]", 7, 443, &t, &why), RP_EPARSE);
+    assert_int_equal(rp_http_host_parse("a\0b", 3, 443, &t, &why), RP_EPARSE);
+    assert_int_equal(rp_http_host_parse("hostname", 4, 443, &t, &why), 0);
+    assert_string_equal(t.host, "host");
+    assert_int_equal(rp_http_host_parse(NULL, 0, 443, &t, &why), RP_EPARSE);
+  }
+}
+
+/* The request's Host: exactly one field (RFC 9112 §3.2). */
+static void test_request_host(void **state) {
+  struct rp_http_header hd[3] = {
+      {"Accept", 6, "*/*", 3},
+      {"Host", 4, "a.example:8443", 14},
+      {"HOST", 4, "a.example", 9},
+  };
+  struct rp_http_head h;
+  struct rp_target t;
+  const char *why = NULL;
+  (void)state;
+  memset(&h, 0, sizeof(h));
+  h.headers = hd;
+  h.nheaders = 1;
+  assert_int_equal(rp_http_request_host(&h, 443, &t, &why), RP_EPARSE);
+  assert_string_equal(why, "no Host header");
+  h.nheaders = 2;
+  assert_int_equal(rp_http_request_host(&h, 443, &t, &why), 0);
+  assert_string_equal(t.host, "a.example");
+  assert_int_equal(t.port, 8443);
+  h.nheaders = 3;
+  assert_int_equal(rp_http_request_host(&h, 443, &t, &why), RP_EPARSE);
+  assert_string_equal(why, "more than one Host header");
+  hd[2].name = "X-Host";
+  hd[2].name_len = 6;
+  assert_int_equal(rp_http_request_host(&h, 443, &t, &why), 0);
+  hd[1].value = "[";
+  hd[1].value_len = 1;
+  assert_int_equal(rp_http_request_host(&h, 443, &t, &why), RP_EPARSE);
+}
+
 /* ---- the request parser ---- */
 
 struct seen {
@@ -168,7 +277,8 @@ static const struct req_case req_cases[] = {
     {"GET http://a/ HTTP/1.1\nHost: a\n\n", 400, 0},
     {"GET http://a/ HTTP/1.1\r\nHost: a\rX: b\r\n\r\n", 400, 0},
     {"GET http://a/ HTTP/1.1\r\nHost : a\r\n\r\n", 400, 0},
-    {"FOO http://a/ HTTP/1.1\r\n\r\n", 405, 0},
+    {"FOO http://a/ HTTP/1.1\r\n\r\n", 501, 0},
+    {"BREW / HTTP/1.1\r\n\r\n", 501, 0},
     {"\x01\x02 / HTTP/1.1\r\n\r\n", 400, 0},
     {"GET / HTTP/2.0\r\n\r\n", 505, 0},
     {"POST http://a/ HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n", 400, 0},
@@ -301,6 +411,7 @@ static void test_ranges(void **state) {
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_targets),    cmocka_unit_test(test_hostport),
+      cmocka_unit_test(test_host_parse), cmocka_unit_test(test_request_host),
       cmocka_unit_test(test_requests),   cmocka_unit_test(test_body_and_head),
       cmocka_unit_test(test_head_limit), cmocka_unit_test(test_connect_upgrade),
       cmocka_unit_test(test_ranges),
