@@ -29,9 +29,7 @@
 /* "regproxy local CA (" + host + ")" must fit the 64 characters of a CN. */
 #define CA_CN_HOST_MAX 44
 
-static int fail(char **err, int rc, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-
-static int fail(char **err, int rc, const char *fmt, ...) {
+int rp__tls_fail(char **err, int rc, const char *fmt, ...) {
   va_list ap;
 
   if (err == NULL)
@@ -114,11 +112,11 @@ out:
   return key;
 }
 
-/* fail() for a failed system call on dir/name: -errno with its message. */
+/* rp__tls_fail() for a failed system call on dir/name: -errno with its message. */
 static int fail_errno(char **err, const char *what, const char *dir, const char *name) {
   int e = errno;
 
-  return fail(err, -e, "cannot %s %s/%s: %s", what, dir, name, strerror(e));
+  return rp__tls_fail(err, -e, "cannot %s %s/%s: %s", what, dir, name, strerror(e));
 }
 
 /* Refuse to prompt on the terminal for the passphrase of an encrypted key. */
@@ -138,18 +136,18 @@ static int make_dir(const char *dir, char **err) {
       continue;
     *p = '\0';
     if (mkdir(path, 0755) != 0 && errno != EEXIST) {
-      rc = fail(err, RP_ECONFIG, "cannot create %s: %s", path, strerror(errno));
+      rc = rp__tls_fail(err, RP_ECONFIG, "cannot create %s: %s", path, strerror(errno));
       goto out;
     }
     *p = '/';
   }
   if (mkdir(dir, 0700) != 0) {
     if (errno != EEXIST)
-      rc = fail(err, RP_ECONFIG, "cannot create CA directory %s: %s", dir, strerror(errno));
+      rc = rp__tls_fail(err, RP_ECONFIG, "cannot create CA directory %s: %s", dir, strerror(errno));
     goto out;
   }
   if (chmod(dir, 0700) != 0)
-    rc = fail(err, RP_ECONFIG, "cannot chmod 700 %s: %s", dir, strerror(errno));
+    rc = rp__tls_fail(err, RP_ECONFIG, "cannot chmod 700 %s: %s", dir, strerror(errno));
 out:
   free(path);
   return rc;
@@ -168,20 +166,21 @@ static int open_dir(const char *dir, bool create, int *out, char **err) {
   }
   if (fd < 0) {
     if (errno == ENOENT)
-      rc = fail(err, RP_ECONFIG,
-                "CA directory %s does not exist (create the CA with `regproxy ca init`)", dir);
+      rc = rp__tls_fail(err, RP_ECONFIG,
+                        "CA directory %s does not exist (create the CA with `regproxy ca init`)",
+                        dir);
     else
-      rc = fail(err, RP_ECONFIG, "cannot open CA directory %s: %s", dir, strerror(errno));
+      rc = rp__tls_fail(err, RP_ECONFIG, "cannot open CA directory %s: %s", dir, strerror(errno));
     goto out;
   }
   if (fstat(fd, &st) != 0) {
-    rc = fail(err, RP_ECONFIG, "cannot stat %s: %s", dir, strerror(errno));
+    rc = rp__tls_fail(err, RP_ECONFIG, "cannot stat %s: %s", dir, strerror(errno));
     goto out;
   }
   if ((st.st_mode & (S_IWGRP | S_IWOTH)) != 0) {
-    rc = fail(err, RP_ECONFIG,
-              "CA directory %s: mode %04o lets group/others replace the CA (chmod 700 it)", dir,
-              (unsigned)(st.st_mode & 07777));
+    rc = rp__tls_fail(err, RP_ECONFIG,
+                      "CA directory %s: mode %04o lets group/others replace the CA (chmod 700 it)",
+                      dir, (unsigned)(st.st_mode & 07777));
     goto out;
   }
   *out = fd;
@@ -203,7 +202,7 @@ static int exists(int dirfd, const char *dir, const char *name, bool *out, char 
     *out = false;
     return 0;
   }
-  return fail(err, RP_ECONFIG, "cannot stat %s/%s: %s", dir, name, strerror(errno));
+  return rp__tls_fail(err, RP_ECONFIG, "cannot stat %s/%s: %s", dir, name, strerror(errno));
 }
 
 /* Read a small file of dir into a memory BIO; *mode gets its permissions. */
@@ -217,11 +216,11 @@ static int read_file(int dirfd, const char *dir, const char *name, BIO **out, mo
   int rc = 0;
 
   if (fd < 0) {
-    rc = fail(err, RP_ECONFIG, "cannot read %s/%s: %s", dir, name, strerror(errno));
+    rc = rp__tls_fail(err, RP_ECONFIG, "cannot read %s/%s: %s", dir, name, strerror(errno));
     goto out;
   }
   if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-    rc = fail(err, RP_ECONFIG, "cannot read %s/%s: not a regular file", dir, name);
+    rc = rp__tls_fail(err, RP_ECONFIG, "cannot read %s/%s: not a regular file", dir, name);
     goto out;
   }
   *mode = st.st_mode & 07777;
@@ -230,14 +229,14 @@ static int read_file(int dirfd, const char *dir, const char *name, BIO **out, mo
     if (n < 0 && errno == EINTR)
       continue;
     if (n < 0) {
-      rc = fail(err, RP_ECONFIG, "cannot read %s/%s: %s", dir, name, strerror(errno));
+      rc = rp__tls_fail(err, RP_ECONFIG, "cannot read %s/%s: %s", dir, name, strerror(errno));
       goto out;
     }
     if (n == 0)
       break;
     len += (size_t)n;
     if (len == sizeof buf) {
-      rc = fail(err, RP_ECONFIG, "%s/%s: larger than %d bytes", dir, name, CA_MAX_FILE);
+      rc = rp__tls_fail(err, RP_ECONFIG, "%s/%s: larger than %d bytes", dir, name, CA_MAX_FILE);
       goto out;
     }
   }
@@ -266,14 +265,15 @@ static int load_ca(struct rp_ca *ca, int dirfd, const char *dir, char **err) {
   if (rc != 0)
     goto out;
   if ((mode & 077) != 0) {
-    rc = fail(err, RP_ECONFIG, "%s/%s: mode %04o lets group/others read the CA key (chmod 600 it)",
-              dir, RP_CA_KEY_FILE, (unsigned)mode);
+    rc = rp__tls_fail(err, RP_ECONFIG,
+                      "%s/%s: mode %04o lets group/others read the CA key (chmod 600 it)", dir,
+                      RP_CA_KEY_FILE, (unsigned)mode);
     goto out;
   }
   ca->key = PEM_read_bio_PrivateKey(bio, NULL, no_passphrase, NULL);
   if (ca->key == NULL) {
-    rc = fail(err, RP_ECONFIG, "cannot read %s/%s: not an unencrypted PEM private key (%s)", dir,
-              RP_CA_KEY_FILE, rp__tls_errstr(ebuf, sizeof ebuf));
+    rc = rp__tls_fail(err, RP_ECONFIG, "cannot read %s/%s: not an unencrypted PEM private key (%s)",
+                      dir, RP_CA_KEY_FILE, rp__tls_errstr(ebuf, sizeof ebuf));
     goto out;
   }
   BIO_free(bio);
@@ -284,30 +284,31 @@ static int load_ca(struct rp_ca *ca, int dirfd, const char *dir, char **err) {
     goto out;
   ca->cert = PEM_read_bio_X509(bio, NULL, no_passphrase, NULL);
   if (ca->cert == NULL) {
-    rc = fail(err, RP_ECONFIG, "cannot read %s/%s: not a PEM certificate (%s)", dir,
-              RP_CA_CERT_FILE, rp__tls_errstr(ebuf, sizeof ebuf));
+    rc = rp__tls_fail(err, RP_ECONFIG, "cannot read %s/%s: not a PEM certificate (%s)", dir,
+                      RP_CA_CERT_FILE, rp__tls_errstr(ebuf, sizeof ebuf));
     goto out;
   }
   flags = X509_get_extension_flags(ca->cert);
   if ((flags & EXFLAG_CA) == 0 || (flags & EXFLAG_INVALID) != 0) {
-    rc = fail(err, RP_ECONFIG, "%s/%s is not a CA certificate (no basicConstraints CA:TRUE)", dir,
-              RP_CA_CERT_FILE);
+    rc =
+        rp__tls_fail(err, RP_ECONFIG, "%s/%s is not a CA certificate (no basicConstraints CA:TRUE)",
+                     dir, RP_CA_CERT_FILE);
     goto out;
   }
   if ((flags & EXFLAG_KUSAGE) != 0 && (X509_get_key_usage(ca->cert) & KU_KEY_CERT_SIGN) == 0) {
-    rc = fail(err, RP_ECONFIG, "%s/%s is not a CA certificate (keyUsage lacks keyCertSign)", dir,
-              RP_CA_CERT_FILE);
+    rc = rp__tls_fail(err, RP_ECONFIG, "%s/%s is not a CA certificate (keyUsage lacks keyCertSign)",
+                      dir, RP_CA_CERT_FILE);
     goto out;
   }
   if (X509_check_private_key(ca->cert, ca->key) != 1) {
     ERR_clear_error();
-    rc = fail(err, RP_ECONFIG, "%s/%s does not match the certificate %s/%s", dir, RP_CA_KEY_FILE,
-              dir, RP_CA_CERT_FILE);
+    rc = rp__tls_fail(err, RP_ECONFIG, "%s/%s does not match the certificate %s/%s", dir,
+                      RP_CA_KEY_FILE, dir, RP_CA_CERT_FILE);
     goto out;
   }
   if (X509_cmp_current_time(X509_get0_notAfter(ca->cert)) <= 0) {
-    rc = fail(err, RP_ECONFIG, "%s/%s has expired (move it and %s away to create a new CA)", dir,
-              RP_CA_CERT_FILE, RP_CA_KEY_FILE);
+    rc = rp__tls_fail(err, RP_ECONFIG, "%s/%s has expired (move it and %s away to create a new CA)",
+                      dir, RP_CA_CERT_FILE, RP_CA_KEY_FILE);
     goto out;
   }
 out:
@@ -394,7 +395,7 @@ static int write_atomic(int dirfd, const char *dir, const char *name, mode_t mod
   }
   fd = openat(dirfd, tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode);
   if (fd < 0) {
-    rc = fail(err, RP_ECONFIG, "cannot create %s/%s: %s", dir, tmp, strerror(errno));
+    rc = rp__tls_fail(err, RP_ECONFIG, "cannot create %s/%s: %s", dir, tmp, strerror(errno));
     goto out;
   }
   if (fchmod(fd, mode) != 0) {
@@ -488,7 +489,8 @@ static int create_ca(struct rp_ca *ca, int dirfd, const char *dir, char **err) {
   ca->created = true;
 out:
   if (rc == RP_ENOMEM && (err == NULL || *err == NULL))
-    rc = fail(err, rc, "cannot create a CA in %s: %s", dir, rp__tls_errstr(ebuf, sizeof ebuf));
+    rc = rp__tls_fail(err, rc, "cannot create a CA in %s: %s", dir,
+                      rp__tls_errstr(ebuf, sizeof ebuf));
   if (keypem != NULL) {
     OPENSSL_cleanse(keypem, keylen);
     free(keypem);
@@ -510,7 +512,7 @@ int rp_ca_open(const char *dir, bool create, struct rp_ca **out, char **err) {
   if (err != NULL)
     *err = NULL;
   if (dir == NULL || dir[0] == '\0')
-    return fail(err, RP_ECONFIG, "no CA directory given (--ca-dir)");
+    return rp__tls_fail(err, RP_ECONFIG, "no CA directory given (--ca-dir)");
   ca = calloc(1, sizeof *ca);
   if (ca == NULL)
     return RP_ENOMEM;
@@ -528,7 +530,7 @@ int rp_ca_open(const char *dir, bool create, struct rp_ca **out, char **err) {
   /* Two processes creating the CA at once would pair one's key with the
    * other's certificate; the lock on the directory serialises them. */
   if (create && flock(dirfd, LOCK_EX) != 0) {
-    rc = fail(err, RP_ECONFIG, "cannot lock %s: %s", dir, strerror(errno));
+    rc = rp__tls_fail(err, RP_ECONFIG, "cannot lock %s: %s", dir, strerror(errno));
     goto out;
   }
   rc = exists(dirfd, dir, RP_CA_CERT_FILE, &have_cert, err);
@@ -538,14 +540,15 @@ int rp_ca_open(const char *dir, bool create, struct rp_ca **out, char **err) {
   if (rc != 0)
     goto out;
   if (have_cert && !have_key) {
-    rc = fail(err, RP_ECONFIG,
-              "%s/%s is missing: the CA certificate cannot sign without it (move %s away to "
-              "create a new CA)",
-              dir, RP_CA_KEY_FILE, RP_CA_CERT_FILE);
+    rc =
+        rp__tls_fail(err, RP_ECONFIG,
+                     "%s/%s is missing: the CA certificate cannot sign without it (move %s away to "
+                     "create a new CA)",
+                     dir, RP_CA_KEY_FILE, RP_CA_CERT_FILE);
     goto out;
   }
   if (!have_cert && !create) {
-    rc = fail(err, RP_ECONFIG, "no CA in %s (create one with `regproxy ca init`)", dir);
+    rc = rp__tls_fail(err, RP_ECONFIG, "no CA in %s (create one with `regproxy ca init`)", dir);
     goto out;
   }
   /* A key without a certificate is what a crash mid-creation leaves: no

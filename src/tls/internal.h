@@ -27,6 +27,9 @@ struct rp_ca {
   bool created; /* made by this rp_ca_open */
 };
 
+/** Set *err (malloc'd, replacing what it held; err may be NULL) to the
+ * formatted message and return rc. */
+int rp__tls_fail(char **err, int rc, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 /** Give x a fresh random positive serial of RP_TLS_SERIAL_LEN bytes. */
 int rp__tls_set_serial(X509 *x);
 /** Add extension nid with the openssl.cnf-style value to x, in the context
