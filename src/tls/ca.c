@@ -332,7 +332,8 @@ static void ca_host(char *buf, size_t size) {
   snprintf(buf, size, "%.*s", CA_CN_HOST_MAX, host);
 }
 
-static int make_ca_cert(EVP_PKEY *key, X509 **out) {
+/* A self-signed CA certificate for key; with names, limited to them. */
+static int make_ca_cert(EVP_PKEY *key, const struct rp_hostlist *names, X509 **out, char **err) {
   char host[CA_CN_HOST_MAX + 1];
   char cn[80];
   X509 *x = X509_new();
@@ -368,6 +369,12 @@ static int make_ca_cert(EVP_PKEY *key, X509 **out) {
     goto out;
   if (rp__tls_add_ext(x, x, NID_subject_key_identifier, "hash") != 0)
     goto out;
+  if (names != NULL) {
+    rc = rp__ca_add_constraints(x, names, err);
+    if (rc != 0)
+      goto out;
+    rc = RP_ENOMEM;
+  }
   if (X509_sign(x, key, EVP_sha256()) <= 0)
     goto out;
   *out = x;
@@ -452,7 +459,11 @@ static int bio_string(BIO *bio, char **out, size_t *len) {
   return 0;
 }
 
-static int create_ca(struct rp_ca *ca, int dirfd, const char *dir, char **err) {
+/* A new CA in dir. With replace, the old certificate goes first: a crash
+ * between the writes then leaves a key without a certificate (replaced by
+ * the next creation), never a new key next to the old certificate. */
+static int create_ca(struct rp_ca *ca, int dirfd, const char *dir, const struct rp_ca_opts *opts,
+                     char **err) {
   char ebuf[256];
   BIO *bio = NULL;
   char *keypem = NULL;
@@ -462,8 +473,10 @@ static int create_ca(struct rp_ca *ca, int dirfd, const char *dir, char **err) {
   ca->key = rp__tls_ec_key();
   if (ca->key == NULL)
     goto out;
-  if (make_ca_cert(ca->key, &ca->cert) != 0)
+  rc = make_ca_cert(ca->key, opts->names, &ca->cert, err);
+  if (rc != 0)
     goto out;
+  rc = RP_ENOMEM;
   bio = BIO_new(BIO_s_secmem());
   if (bio == NULL)
     goto out;
@@ -480,6 +493,16 @@ static int create_ca(struct rp_ca *ca, int dirfd, const char *dir, char **err) {
     goto out;
   if (bio_string(bio, &ca->pem, &ca->pem_len) != 0)
     goto out;
+  if (opts->replace) {
+    if (unlinkat(dirfd, RP_CA_CERT_FILE, 0) != 0 && errno != ENOENT) {
+      rc = fail_errno(err, "remove", dir, RP_CA_CERT_FILE);
+      goto out;
+    }
+    if (fsync(dirfd) != 0) {
+      rc = fail_errno(err, "sync", dir, ".");
+      goto out;
+    }
+  }
   rc = write_atomic(dirfd, dir, RP_CA_KEY_FILE, 0600, keypem, keylen, err);
   if (rc != 0)
     goto out;
@@ -499,12 +522,13 @@ out:
   return rc;
 }
 
-int rp_ca_open(const char *dir, bool create, struct rp_ca **out, char **err) {
+int rp_ca_open(const char *dir, const struct rp_ca_opts *opts, struct rp_ca **out, char **err) {
   struct rp_ca *ca = NULL;
   BIO *bio = NULL;
   size_t dlen;
   bool have_cert = false;
   bool have_key = false;
+  bool create = opts->create || opts->replace;
   int dirfd = -1;
   int rc;
 
@@ -539,7 +563,7 @@ int rp_ca_open(const char *dir, bool create, struct rp_ca **out, char **err) {
   rc = exists(dirfd, dir, RP_CA_KEY_FILE, &have_key, err);
   if (rc != 0)
     goto out;
-  if (have_cert && !have_key) {
+  if (have_cert && !have_key && !opts->replace) {
     rc =
         rp__tls_fail(err, RP_ECONFIG,
                      "%s/%s is missing: the CA certificate cannot sign without it (move %s away to "
@@ -553,8 +577,8 @@ int rp_ca_open(const char *dir, bool create, struct rp_ca **out, char **err) {
   }
   /* A key without a certificate is what a crash mid-creation leaves: no
    * certificate was ever published for it, so it is replaced. */
-  if (!have_cert) {
-    rc = create_ca(ca, dirfd, dir, err);
+  if (!have_cert || opts->replace) {
+    rc = create_ca(ca, dirfd, dir, opts, err);
     if (rc != 0)
       goto out;
   } else {
