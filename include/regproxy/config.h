@@ -96,6 +96,14 @@ struct rp_config {
   struct rp_acl *admin_acl;
   struct rp_portset *connect_portset; /* NULL = SPEC §2 default policy */
 
+  /* What a CA created now may sign for (its name constraints): the mitm
+   * list, or SPEC §2's default mitm list when mitm is empty. */
+  struct rp_hostlist *ca_names;
+
+  /* Flags of `regproxy ca init` and CA creation (flag-only). */
+  bool ca_force;         /* --force: ca init replaces an existing CA */
+  bool ca_unconstrained; /* --unconstrained: a new CA gets no name constraints */
+
   /* Flags of `regproxy setup` (flag-only, no key, no environment). */
   bool dry_run; /* --dry-run */
   char *root;   /* --root DIR, NULL = "/" */

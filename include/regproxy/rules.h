@@ -31,6 +31,27 @@ void rp_hostlist_destroy(struct rp_hostlist *list);
 /** Does an entry name this port explicitly ("host:port")? */
 bool rp_hostlist_names_port(const struct rp_hostlist *list, uint16_t port);
 
+/* One entry of a host list taken apart, for the CA's name constraints. */
+struct rp_hostlist_entry {
+  const char *text; /* the entry as written (trimmed, lower-case) */
+  bool is_net;      /* an IP or CIDR entry; else a domain entry */
+  /* Domain: "foo.com" for the name and its subdomains, ".foo.com" for its
+   * subdomains only ("*.foo.com" too); punycode, no trailing dot. */
+  const char *domain;
+  /* IP (full mask) or CIDR, addr already masked. IPv4 when is4: then only
+   * bytes 12..15 count, the first twelve being ::ffff:. */
+  uint8_t addr[16];
+  uint8_t mask[16];
+  bool is4;
+};
+
+/** Does the list hold a "*" entry (every host)? */
+bool rp_hostlist_has_star(const struct rp_hostlist *list);
+/** Number of entries besides "*". */
+size_t rp_hostlist_count(const struct rp_hostlist *list);
+/** Entry i (< rp_hostlist_count) into *out; its strings belong to the list. */
+void rp_hostlist_entry(const struct rp_hostlist *list, size_t i, struct rp_hostlist_entry *out);
+
 struct rp_acl;
 
 /** Parse "127.0.0.1,10.0.0.0/8,::1,fd00::/8". RP_EPARSE + *err on a bad entry. */

@@ -11,14 +11,32 @@
  * minted from it. No sockets here: the TLS stream lives in net. */
 
 struct rp_ca;
+struct rp_hostlist;
 
-/** Load the CA from dir ("ca.crt" 0644, "ca.key" 0600, dir 0700). With
- * create, make dir and a new EC P-256 CA when none exists. Refuses (RP_ECONFIG,
- * *err says why, malloc'd) a key readable by group/others, an unreadable key,
- * a key that does not match the certificate, or a certificate that is not a
- * CA. Creation is atomic: a crash never leaves half a CA behind. */
-int rp_ca_open(const char *dir, bool create, struct rp_ca **out, char **err);
+/* How rp_ca_open treats a missing or an existing CA. */
+struct rp_ca_opts {
+  bool create;  /* make dir and a new CA when there is none */
+  bool replace; /* make a new CA even when one exists (`ca init --force`) */
+  /* What a new CA may sign for: a critical nameConstraints extension
+   * permits exactly these hosts (the mitm list). NULL: no constraints. */
+  const struct rp_hostlist *names;
+};
+
+/** Load the CA from dir ("ca.crt" 0644, "ca.key" 0600, dir 0700), or make
+ * a new EC P-256 CA there as opts say. Refuses (RP_ECONFIG, *err says why,
+ * malloc'd) a key readable by group/others, an unreadable key, a key that
+ * does not match the certificate, a certificate that is not a CA, and names
+ * a new CA cannot be limited to ("*"). Creation is atomic: a crash never
+ * leaves half a CA behind (a replaced CA may be gone, never mismatched). */
+int rp_ca_open(const char *dir, const struct rp_ca_opts *opts, struct rp_ca **out, char **err);
 void rp_ca_destroy(struct rp_ca *ca);
+/** True when the CA's certificate carries name constraints. */
+bool rp_ca_constrained(const struct rp_ca *ca);
+/** 0 when the CA may sign for every host the mitm list matches: it has no
+ * name constraints, or every entry lies inside them. Else RP_ECONFIG with
+ * *err (malloc'd) naming the first entry outside, what the CA may sign for,
+ * and how to re-issue the CA. */
+int rp_ca_check_names(const struct rp_ca *ca, const struct rp_hostlist *mitm, char **err);
 /** True when this rp_ca_open made a new CA (so the caller can say how to
  * trust it). */
 bool rp_ca_created(const struct rp_ca *ca);

@@ -224,6 +224,7 @@ int rp_cli_setup(struct rp_config *cfg) {
   const char *engine = cfg->args.n >= 2 ? cfg->args.v[1] : NULL;
   struct setup s;
   struct rp_ca *ca = NULL;
+  struct rp_ca_opts ca_opts = {.create = false};
   char *err = NULL, url[300], *no_proxy, *text = NULL;
   struct rp_sbuf np = {0}, body = {0};
   size_t n;
@@ -242,12 +243,22 @@ int rp_cli_setup(struct rp_config *cfg) {
   s.cfg = cfg;
   s.root = cfg->root != NULL && strcmp(cfg->root, "/") != 0 ? cfg->root : "";
   s.dry_run = cfg->dry_run;
-  /* The CA the engine must trust (created now if this is the first use). */
-  rc = rp_ca_open(cfg->ca_dir, !cfg->dry_run, &ca, &err);
+  /* The CA the engine must trust (created now if this is the first use),
+   * and one `regproxy run` will accept for this mitm list. */
+  ca_opts.create = !cfg->dry_run;
+  ca_opts.names = cfg->ca_unconstrained ? NULL : cfg->ca_names;
+  rc = rp_ca_open(cfg->ca_dir, &ca_opts, &ca, &err);
   if (rc != 0) {
     fprintf(stderr, "regproxy: %s%s\n", err != NULL ? err : rp_strerror(rc),
             cfg->dry_run ? " (run `regproxy ca init` first, or without --dry-run)" : "");
     free(err);
+    return rc == RP_ECONFIG ? 2 : 1;
+  }
+  rc = rp_ca_check_names(ca, cfg->mitm_list, &err);
+  if (rc != 0) {
+    fprintf(stderr, "regproxy: %s\n", err != NULL ? err : rp_strerror(rc));
+    free(err);
+    rp_ca_destroy(ca);
     return rc == RP_ECONFIG ? 2 : 1;
   }
   pem = rp_ca_cert_pem(ca, &pemlen);

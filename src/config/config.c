@@ -62,11 +62,11 @@ enum opt_flags {
   OF_CONFIG = 1u << 6,          /* --config: consumed before the layers are applied */
 };
 
-enum opt_group { G_GENERAL, G_LISTEN, G_ROUTING, G_CACHE, G_TIMEOUTS, G_SETUP, G_LAST };
+enum opt_group { G_GENERAL, G_LISTEN, G_ROUTING, G_CACHE, G_TIMEOUTS, G_CA, G_SETUP, G_LAST };
 
 static const char *const group_titles[G_LAST] = {
-    "General",  "Listeners and clients", "Routing", "Cache and registries",
-    "Timeouts", "regproxy setup",
+    "General",  "Listeners and clients", "Routing",        "Cache and registries",
+    "Timeouts", "The local CA",          "regproxy setup",
 };
 
 struct opt {
@@ -115,7 +115,8 @@ static const struct opt opts[] = {
      "extra Host names the admin endpoints answer to", G_LISTEN, 0, 0},
 
     {"mitm", OT_HOSTLIST, 0, F(mitm), F(mitm_list), DEFAULT_MITM, NULL, "LIST",
-     "hosts to intercept (TLS terminated, registry cache)", G_ROUTING, 0, 0},
+     "hosts to intercept (TLS terminated, registry cache); a new CA may sign only for these",
+     G_ROUTING, 0, 0},
     {"no_proxy", OT_HOSTLIST, OF_LOOPBACK_DIRECT, F(no_proxy), F(no_proxy_list), "", "$NO_PROXY",
      "LIST", "destinations reached directly, never intercepted", G_ROUTING, 0, 0},
     {"parent_proxy", OT_URL, 0, F(parent_proxy), 0, NULL, "$HTTPS_PROXY, else $HTTP_PROXY", "URL",
@@ -160,6 +161,11 @@ static const struct opt opts[] = {
      "upstream connects time out after this", G_TIMEOUTS, 0, 0},
     {"shutdown_grace", OT_DURATION, 0, F(shutdown_grace_ms), 0, "30s", NULL, "DURATION",
      "how long SIGTERM lets transfers finish", G_TIMEOUTS, 0, 0},
+
+    {"force", OT_BOOL, OF_NO_KEY | OF_NO_ENV, F(ca_force), 0, "off", NULL, NULL,
+     "ca init: replace the CA with a new one (clients must trust it again)", G_CA, 0, 0},
+    {"unconstrained", OT_BOOL, OF_NO_KEY | OF_NO_ENV, F(ca_unconstrained), 0, "off", NULL, NULL,
+     "a CA created now may sign for any host (no name constraints)", G_CA, 0, 0},
 
     {"dry_run", OT_BOOL, OF_NO_KEY | OF_NO_ENV, F(dry_run), 0, "off", NULL, NULL,
      "print what setup would change, change nothing", G_SETUP, 0, 0},
@@ -1882,6 +1888,7 @@ static int check_parent(struct load *ld) {
 static int finish(struct load *ld) {
   struct rp_config *cfg = ld->cfg;
   const struct opt *lo = find_key("listen");
+  const char *ca_names;
   int rc;
 
   if (cfg->n_listen == 0 && cfg->n_transparent == 0) {
@@ -1897,6 +1904,16 @@ static int finish(struct load *ld) {
     return *ld->err != NULL ? RP_ECONFIG : RP_ENOMEM;
   }
   rc = check_parent(ld);
+  if (rc != 0) {
+    return rc;
+  }
+  /* A CA is made for the mitm list; with interception off, for the
+   * default one, so that turning it on later needs no new CA. */
+  ca_names = cfg->mitm;
+  if (rp_hostlist_count(cfg->mitm_list) == 0 && !rp_hostlist_has_star(cfg->mitm_list)) {
+    ca_names = DEFAULT_MITM;
+  }
+  rc = rp_hostlist_parse(ca_names, 0, &cfg->ca_names, NULL);
   if (rc != 0) {
     return rc;
   }
@@ -2054,6 +2071,7 @@ void rp_config_destroy(struct rp_config *cfg) {
   }
   free(cfg->parent_proxy_host);
   free(cfg->parent_proxy_userinfo);
+  rp_hostlist_destroy(cfg->ca_names);
   strv_clear(&cfg->args);
   strv_clear(&cfg->warnings);
   free(cfg);
@@ -2066,6 +2084,8 @@ void rp__config_usage_write(FILE *fp) {
         "  regproxy [run] [options]          run the proxy (default)\n"
         "  regproxy ca init|cert|path        create the CA if missing / print its PEM / print "
         "its path\n"
+        "                                    (init --force: a new CA for the current mitm list;\n"
+        "                                    --unconstrained: one that may sign for any host)\n"
         "  regproxy setup docker|containerd|podman [--dry-run] [--root DIR]\n"
         "  regproxy cache ls|du|verify|gc|rm <digest>\n"
         "                                    list / total / re-hash (removing bad objects) /\n"

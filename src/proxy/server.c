@@ -214,7 +214,9 @@ static void reload(struct rp_server *srv) {
     free(err);
     return;
   }
-  if (apply_parent(&parent, ncfg, &err) != 0) {
+  /* The CA stays; a new mitm entry must lie inside its name constraints. */
+  if (rp_ca_check_names(srv->ca, ncfg->mitm_list, &err) != 0 ||
+      apply_parent(&parent, ncfg, &err) != 0) {
     rp_log_error("reload failed, keeping the running configuration: %s", err ? err : "?");
     free(err);
     rp_config_destroy(ncfg);
@@ -352,6 +354,13 @@ static void startup_lines(struct rp_server *srv) {
   rp_logline_str(&l, "cache_dir", cfg->cache_dir);
   rp_logline_str(&l, "ca", rp_ca_cert_path(srv->ca));
   rp_logline_end(&l);
+  if (!rp_ca_constrained(srv->ca)) {
+    rp_logline_begin(&l, RP_LOG_INFO, "the CA has no name constraints: it can sign for any host");
+    rp_logline_str(&l, "limit_it",
+                   "regproxy ca init --force (a new CA for the mitm registries only; clients "
+                   "must trust it again)");
+    rp_logline_end(&l);
+  }
   rp_logline_begin(&l, RP_LOG_INFO, "trust the CA");
   rp_logline_str(&l, "debian",
                  "cp CA /usr/local/share/ca-certificates/regproxy.crt && update-ca-certificates");
@@ -428,13 +437,21 @@ void rp_server_stop(struct rp_server *srv) {
   begin_shutdown(srv, "stop requested");
 }
 
-/* The CA (created on first start), its leaf cache and the upstream engine. */
+/* The CA (created on first start, limited to the mitm registries unless
+ * --unconstrained), its leaf cache and the upstream engine. A CA whose name
+ * constraints leave out a mitm entry would have every client refuse that
+ * host's leaves: refused here instead (exit 2), with the way out. */
 static int start_mitm(struct rp_server *srv, char **err) {
   const struct rp_config *cfg = srv->cfg;
+  struct rp_ca_opts ca_opts = {.create = true};
   struct rp_upstream_opts o;
   int rc;
 
-  rc = rp_ca_open(cfg->ca_dir, true, &srv->ca, err);
+  ca_opts.names = cfg->ca_unconstrained ? NULL : cfg->ca_names;
+  rc = rp_ca_open(cfg->ca_dir, &ca_opts, &srv->ca, err);
+  if (rc != 0)
+    return rc;
+  rc = rp_ca_check_names(srv->ca, cfg->mitm_list, err);
   if (rc != 0)
     return rc;
   rc = rp_leafcache_create(srv->ca, 1024, &srv->leaves);

@@ -54,6 +54,7 @@ enum rule_kind {
 struct rule {
   enum rule_kind kind;
   int32_t port; /* PORT_ANY, PORT_NEVER or 0..65535 */
+  char *text;   /* the entry as written (trimmed, lower-case), for messages */
   union {
     struct ipnet net;
     struct {
@@ -486,20 +487,29 @@ out:
   return rc;
 }
 
-static int push_rule(struct rp_hostlist *l, const struct rule *r) {
+/* Append r, with a copy of its entry's text. */
+static int push_rule(struct rp_hostlist *l, const struct rule *r, struct span entry) {
+  char *text = strndup(entry.p, entry.n);
+
+  if (!text)
+    return RP_ENOMEM;
   if (l->n == l->cap) {
     size_t cap = l->cap ? l->cap * 2 : 8;
     struct rule *rules;
 
     if (cap > SIZE_MAX / sizeof(*rules))
+      rules = NULL;
+    else
+      rules = realloc(l->rules, cap * sizeof(*rules));
+    if (!rules) {
+      free(text);
       return RP_ENOMEM;
-    rules = realloc(l->rules, cap * sizeof(*rules));
-    if (!rules)
-      return RP_ENOMEM;
+    }
     l->rules = rules;
     l->cap = cap;
   }
-  l->rules[l->n++] = *r;
+  l->rules[l->n] = *r;
+  l->rules[l->n++].text = text;
   return 0;
 }
 
@@ -549,7 +559,7 @@ static int add_domain(struct rp_hostlist *l, struct span entry, struct span name
   suffix[name.n + 1] = '\0';
   r.u.dom.suffix = suffix;
   r.u.dom.len = name.n + 1;
-  rc = push_rule(l, &r);
+  rc = push_rule(l, &r, entry);
   if (rc < 0)
     goto out;
   suffix = NULL;
@@ -579,7 +589,7 @@ static int add_hostlist_entry(void *ctx, struct span e, char **err) {
     return 0;
   }
   if (parse_cidr(e, &r.u.net))
-    return push_rule(l, &r);
+    return push_rule(l, &r, e);
   if (split_host_port(e, &h, &p)) {
     if (h.n == 0)
       return fail(err, "host list entry", e, "no host before the port");
@@ -589,7 +599,7 @@ static int add_hostlist_entry(void *ctx, struct span e, char **err) {
   if (parse_ip(host, false, ip, &text_is4)) {
     ipnet_init(&r.u.net, ip, text_is4, text_is4 ? 32 : 128);
     r.port = entry_port(port);
-    return push_rule(l, &r);
+    return push_rule(l, &r, e);
   }
   return add_domain(l, e, host, entry_port(port), err);
 }
@@ -598,6 +608,7 @@ static void hostlist_free(struct rp_hostlist *l) {
   for (size_t i = 0; i < l->n; i++) {
     if (l->rules[i].kind == RULE_DOMAIN)
       free(l->rules[i].u.dom.suffix);
+    free(l->rules[i].text);
   }
   free(l->rules);
   free(l);
@@ -721,6 +732,29 @@ bool rp_hostlist_names_port(const struct rp_hostlist *list, uint16_t port) {
     if (list->rules[i].port == (int32_t)port)
       return true;
   return false;
+}
+
+bool rp_hostlist_has_star(const struct rp_hostlist *list) {
+  return list != NULL && list->match_all;
+}
+
+size_t rp_hostlist_count(const struct rp_hostlist *list) {
+  return list != NULL ? list->n : 0;
+}
+
+void rp_hostlist_entry(const struct rp_hostlist *list, size_t i, struct rp_hostlist_entry *out) {
+  const struct rule *r = &list->rules[i];
+
+  memset(out, 0, sizeof(*out));
+  out->text = r->text;
+  if (r->kind == RULE_DOMAIN) {
+    out->domain = r->u.dom.match_host ? r->u.dom.suffix + 1 : r->u.dom.suffix;
+    return;
+  }
+  out->is_net = true;
+  memcpy(out->addr, r->u.net.addr, sizeof(out->addr));
+  memcpy(out->mask, r->u.net.mask, sizeof(out->mask));
+  out->is4 = r->u.net.is4;
 }
 
 void rp_hostlist_destroy(struct rp_hostlist *list) {

@@ -29,9 +29,7 @@
 /* "regproxy local CA (" + host + ")" must fit the 64 characters of a CN. */
 #define CA_CN_HOST_MAX 44
 
-static int fail(char **err, int rc, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-
-static int fail(char **err, int rc, const char *fmt, ...) {
+int rp__tls_fail(char **err, int rc, const char *fmt, ...) {
   va_list ap;
 
   if (err == NULL)
@@ -114,11 +112,11 @@ out:
   return key;
 }
 
-/* fail() for a failed system call on dir/name: -errno with its message. */
+/* rp__tls_fail() for a failed system call on dir/name: -errno with its message. */
 static int fail_errno(char **err, const char *what, const char *dir, const char *name) {
   int e = errno;
 
-  return fail(err, -e, "cannot %s %s/%s: %s", what, dir, name, strerror(e));
+  return rp__tls_fail(err, -e, "cannot %s %s/%s: %s", what, dir, name, strerror(e));
 }
 
 /* Refuse to prompt on the terminal for the passphrase of an encrypted key. */
@@ -138,18 +136,18 @@ static int make_dir(const char *dir, char **err) {
       continue;
     *p = '\0';
     if (mkdir(path, 0755) != 0 && errno != EEXIST) {
-      rc = fail(err, RP_ECONFIG, "cannot create %s: %s", path, strerror(errno));
+      rc = rp__tls_fail(err, RP_ECONFIG, "cannot create %s: %s", path, strerror(errno));
       goto out;
     }
     *p = '/';
   }
   if (mkdir(dir, 0700) != 0) {
     if (errno != EEXIST)
-      rc = fail(err, RP_ECONFIG, "cannot create CA directory %s: %s", dir, strerror(errno));
+      rc = rp__tls_fail(err, RP_ECONFIG, "cannot create CA directory %s: %s", dir, strerror(errno));
     goto out;
   }
   if (chmod(dir, 0700) != 0)
-    rc = fail(err, RP_ECONFIG, "cannot chmod 700 %s: %s", dir, strerror(errno));
+    rc = rp__tls_fail(err, RP_ECONFIG, "cannot chmod 700 %s: %s", dir, strerror(errno));
 out:
   free(path);
   return rc;
@@ -168,20 +166,21 @@ static int open_dir(const char *dir, bool create, int *out, char **err) {
   }
   if (fd < 0) {
     if (errno == ENOENT)
-      rc = fail(err, RP_ECONFIG,
-                "CA directory %s does not exist (create the CA with `regproxy ca init`)", dir);
+      rc = rp__tls_fail(err, RP_ECONFIG,
+                        "CA directory %s does not exist (create the CA with `regproxy ca init`)",
+                        dir);
     else
-      rc = fail(err, RP_ECONFIG, "cannot open CA directory %s: %s", dir, strerror(errno));
+      rc = rp__tls_fail(err, RP_ECONFIG, "cannot open CA directory %s: %s", dir, strerror(errno));
     goto out;
   }
   if (fstat(fd, &st) != 0) {
-    rc = fail(err, RP_ECONFIG, "cannot stat %s: %s", dir, strerror(errno));
+    rc = rp__tls_fail(err, RP_ECONFIG, "cannot stat %s: %s", dir, strerror(errno));
     goto out;
   }
   if ((st.st_mode & (S_IWGRP | S_IWOTH)) != 0) {
-    rc = fail(err, RP_ECONFIG,
-              "CA directory %s: mode %04o lets group/others replace the CA (chmod 700 it)", dir,
-              (unsigned)(st.st_mode & 07777));
+    rc = rp__tls_fail(err, RP_ECONFIG,
+                      "CA directory %s: mode %04o lets group/others replace the CA (chmod 700 it)",
+                      dir, (unsigned)(st.st_mode & 07777));
     goto out;
   }
   *out = fd;
@@ -203,7 +202,7 @@ static int exists(int dirfd, const char *dir, const char *name, bool *out, char 
     *out = false;
     return 0;
   }
-  return fail(err, RP_ECONFIG, "cannot stat %s/%s: %s", dir, name, strerror(errno));
+  return rp__tls_fail(err, RP_ECONFIG, "cannot stat %s/%s: %s", dir, name, strerror(errno));
 }
 
 /* Read a small file of dir into a memory BIO; *mode gets its permissions. */
@@ -217,11 +216,11 @@ static int read_file(int dirfd, const char *dir, const char *name, BIO **out, mo
   int rc = 0;
 
   if (fd < 0) {
-    rc = fail(err, RP_ECONFIG, "cannot read %s/%s: %s", dir, name, strerror(errno));
+    rc = rp__tls_fail(err, RP_ECONFIG, "cannot read %s/%s: %s", dir, name, strerror(errno));
     goto out;
   }
   if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-    rc = fail(err, RP_ECONFIG, "cannot read %s/%s: not a regular file", dir, name);
+    rc = rp__tls_fail(err, RP_ECONFIG, "cannot read %s/%s: not a regular file", dir, name);
     goto out;
   }
   *mode = st.st_mode & 07777;
@@ -230,14 +229,14 @@ static int read_file(int dirfd, const char *dir, const char *name, BIO **out, mo
     if (n < 0 && errno == EINTR)
       continue;
     if (n < 0) {
-      rc = fail(err, RP_ECONFIG, "cannot read %s/%s: %s", dir, name, strerror(errno));
+      rc = rp__tls_fail(err, RP_ECONFIG, "cannot read %s/%s: %s", dir, name, strerror(errno));
       goto out;
     }
     if (n == 0)
       break;
     len += (size_t)n;
     if (len == sizeof buf) {
-      rc = fail(err, RP_ECONFIG, "%s/%s: larger than %d bytes", dir, name, CA_MAX_FILE);
+      rc = rp__tls_fail(err, RP_ECONFIG, "%s/%s: larger than %d bytes", dir, name, CA_MAX_FILE);
       goto out;
     }
   }
@@ -266,14 +265,15 @@ static int load_ca(struct rp_ca *ca, int dirfd, const char *dir, char **err) {
   if (rc != 0)
     goto out;
   if ((mode & 077) != 0) {
-    rc = fail(err, RP_ECONFIG, "%s/%s: mode %04o lets group/others read the CA key (chmod 600 it)",
-              dir, RP_CA_KEY_FILE, (unsigned)mode);
+    rc = rp__tls_fail(err, RP_ECONFIG,
+                      "%s/%s: mode %04o lets group/others read the CA key (chmod 600 it)", dir,
+                      RP_CA_KEY_FILE, (unsigned)mode);
     goto out;
   }
   ca->key = PEM_read_bio_PrivateKey(bio, NULL, no_passphrase, NULL);
   if (ca->key == NULL) {
-    rc = fail(err, RP_ECONFIG, "cannot read %s/%s: not an unencrypted PEM private key (%s)", dir,
-              RP_CA_KEY_FILE, rp__tls_errstr(ebuf, sizeof ebuf));
+    rc = rp__tls_fail(err, RP_ECONFIG, "cannot read %s/%s: not an unencrypted PEM private key (%s)",
+                      dir, RP_CA_KEY_FILE, rp__tls_errstr(ebuf, sizeof ebuf));
     goto out;
   }
   BIO_free(bio);
@@ -284,30 +284,31 @@ static int load_ca(struct rp_ca *ca, int dirfd, const char *dir, char **err) {
     goto out;
   ca->cert = PEM_read_bio_X509(bio, NULL, no_passphrase, NULL);
   if (ca->cert == NULL) {
-    rc = fail(err, RP_ECONFIG, "cannot read %s/%s: not a PEM certificate (%s)", dir,
-              RP_CA_CERT_FILE, rp__tls_errstr(ebuf, sizeof ebuf));
+    rc = rp__tls_fail(err, RP_ECONFIG, "cannot read %s/%s: not a PEM certificate (%s)", dir,
+                      RP_CA_CERT_FILE, rp__tls_errstr(ebuf, sizeof ebuf));
     goto out;
   }
   flags = X509_get_extension_flags(ca->cert);
   if ((flags & EXFLAG_CA) == 0 || (flags & EXFLAG_INVALID) != 0) {
-    rc = fail(err, RP_ECONFIG, "%s/%s is not a CA certificate (no basicConstraints CA:TRUE)", dir,
-              RP_CA_CERT_FILE);
+    rc =
+        rp__tls_fail(err, RP_ECONFIG, "%s/%s is not a CA certificate (no basicConstraints CA:TRUE)",
+                     dir, RP_CA_CERT_FILE);
     goto out;
   }
   if ((flags & EXFLAG_KUSAGE) != 0 && (X509_get_key_usage(ca->cert) & KU_KEY_CERT_SIGN) == 0) {
-    rc = fail(err, RP_ECONFIG, "%s/%s is not a CA certificate (keyUsage lacks keyCertSign)", dir,
-              RP_CA_CERT_FILE);
+    rc = rp__tls_fail(err, RP_ECONFIG, "%s/%s is not a CA certificate (keyUsage lacks keyCertSign)",
+                      dir, RP_CA_CERT_FILE);
     goto out;
   }
   if (X509_check_private_key(ca->cert, ca->key) != 1) {
     ERR_clear_error();
-    rc = fail(err, RP_ECONFIG, "%s/%s does not match the certificate %s/%s", dir, RP_CA_KEY_FILE,
-              dir, RP_CA_CERT_FILE);
+    rc = rp__tls_fail(err, RP_ECONFIG, "%s/%s does not match the certificate %s/%s", dir,
+                      RP_CA_KEY_FILE, dir, RP_CA_CERT_FILE);
     goto out;
   }
   if (X509_cmp_current_time(X509_get0_notAfter(ca->cert)) <= 0) {
-    rc = fail(err, RP_ECONFIG, "%s/%s has expired (move it and %s away to create a new CA)", dir,
-              RP_CA_CERT_FILE, RP_CA_KEY_FILE);
+    rc = rp__tls_fail(err, RP_ECONFIG, "%s/%s has expired (move it and %s away to create a new CA)",
+                      dir, RP_CA_CERT_FILE, RP_CA_KEY_FILE);
     goto out;
   }
 out:
@@ -331,7 +332,8 @@ static void ca_host(char *buf, size_t size) {
   snprintf(buf, size, "%.*s", CA_CN_HOST_MAX, host);
 }
 
-static int make_ca_cert(EVP_PKEY *key, X509 **out) {
+/* A self-signed CA certificate for key; with names, limited to them. */
+static int make_ca_cert(EVP_PKEY *key, const struct rp_hostlist *names, X509 **out, char **err) {
   char host[CA_CN_HOST_MAX + 1];
   char cn[80];
   X509 *x = X509_new();
@@ -367,6 +369,12 @@ static int make_ca_cert(EVP_PKEY *key, X509 **out) {
     goto out;
   if (rp__tls_add_ext(x, x, NID_subject_key_identifier, "hash") != 0)
     goto out;
+  if (names != NULL) {
+    rc = rp__ca_add_constraints(x, names, err);
+    if (rc != 0)
+      goto out;
+    rc = RP_ENOMEM;
+  }
   if (X509_sign(x, key, EVP_sha256()) <= 0)
     goto out;
   *out = x;
@@ -394,7 +402,7 @@ static int write_atomic(int dirfd, const char *dir, const char *name, mode_t mod
   }
   fd = openat(dirfd, tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode);
   if (fd < 0) {
-    rc = fail(err, RP_ECONFIG, "cannot create %s/%s: %s", dir, tmp, strerror(errno));
+    rc = rp__tls_fail(err, RP_ECONFIG, "cannot create %s/%s: %s", dir, tmp, strerror(errno));
     goto out;
   }
   if (fchmod(fd, mode) != 0) {
@@ -451,7 +459,11 @@ static int bio_string(BIO *bio, char **out, size_t *len) {
   return 0;
 }
 
-static int create_ca(struct rp_ca *ca, int dirfd, const char *dir, char **err) {
+/* A new CA in dir. With replace, the old certificate goes first: a crash
+ * between the writes then leaves a key without a certificate (replaced by
+ * the next creation), never a new key next to the old certificate. */
+static int create_ca(struct rp_ca *ca, int dirfd, const char *dir, const struct rp_ca_opts *opts,
+                     char **err) {
   char ebuf[256];
   BIO *bio = NULL;
   char *keypem = NULL;
@@ -461,8 +473,10 @@ static int create_ca(struct rp_ca *ca, int dirfd, const char *dir, char **err) {
   ca->key = rp__tls_ec_key();
   if (ca->key == NULL)
     goto out;
-  if (make_ca_cert(ca->key, &ca->cert) != 0)
+  rc = make_ca_cert(ca->key, opts->names, &ca->cert, err);
+  if (rc != 0)
     goto out;
+  rc = RP_ENOMEM;
   bio = BIO_new(BIO_s_secmem());
   if (bio == NULL)
     goto out;
@@ -479,6 +493,16 @@ static int create_ca(struct rp_ca *ca, int dirfd, const char *dir, char **err) {
     goto out;
   if (bio_string(bio, &ca->pem, &ca->pem_len) != 0)
     goto out;
+  if (opts->replace) {
+    if (unlinkat(dirfd, RP_CA_CERT_FILE, 0) != 0 && errno != ENOENT) {
+      rc = fail_errno(err, "remove", dir, RP_CA_CERT_FILE);
+      goto out;
+    }
+    if (fsync(dirfd) != 0) {
+      rc = fail_errno(err, "sync", dir, ".");
+      goto out;
+    }
+  }
   rc = write_atomic(dirfd, dir, RP_CA_KEY_FILE, 0600, keypem, keylen, err);
   if (rc != 0)
     goto out;
@@ -488,7 +512,8 @@ static int create_ca(struct rp_ca *ca, int dirfd, const char *dir, char **err) {
   ca->created = true;
 out:
   if (rc == RP_ENOMEM && (err == NULL || *err == NULL))
-    rc = fail(err, rc, "cannot create a CA in %s: %s", dir, rp__tls_errstr(ebuf, sizeof ebuf));
+    rc = rp__tls_fail(err, rc, "cannot create a CA in %s: %s", dir,
+                      rp__tls_errstr(ebuf, sizeof ebuf));
   if (keypem != NULL) {
     OPENSSL_cleanse(keypem, keylen);
     free(keypem);
@@ -497,12 +522,13 @@ out:
   return rc;
 }
 
-int rp_ca_open(const char *dir, bool create, struct rp_ca **out, char **err) {
+int rp_ca_open(const char *dir, const struct rp_ca_opts *opts, struct rp_ca **out, char **err) {
   struct rp_ca *ca = NULL;
   BIO *bio = NULL;
   size_t dlen;
   bool have_cert = false;
   bool have_key = false;
+  bool create = opts->create || opts->replace;
   int dirfd = -1;
   int rc;
 
@@ -510,7 +536,7 @@ int rp_ca_open(const char *dir, bool create, struct rp_ca **out, char **err) {
   if (err != NULL)
     *err = NULL;
   if (dir == NULL || dir[0] == '\0')
-    return fail(err, RP_ECONFIG, "no CA directory given (--ca-dir)");
+    return rp__tls_fail(err, RP_ECONFIG, "no CA directory given (--ca-dir)");
   ca = calloc(1, sizeof *ca);
   if (ca == NULL)
     return RP_ENOMEM;
@@ -528,7 +554,7 @@ int rp_ca_open(const char *dir, bool create, struct rp_ca **out, char **err) {
   /* Two processes creating the CA at once would pair one's key with the
    * other's certificate; the lock on the directory serialises them. */
   if (create && flock(dirfd, LOCK_EX) != 0) {
-    rc = fail(err, RP_ECONFIG, "cannot lock %s: %s", dir, strerror(errno));
+    rc = rp__tls_fail(err, RP_ECONFIG, "cannot lock %s: %s", dir, strerror(errno));
     goto out;
   }
   rc = exists(dirfd, dir, RP_CA_CERT_FILE, &have_cert, err);
@@ -537,21 +563,22 @@ int rp_ca_open(const char *dir, bool create, struct rp_ca **out, char **err) {
   rc = exists(dirfd, dir, RP_CA_KEY_FILE, &have_key, err);
   if (rc != 0)
     goto out;
-  if (have_cert && !have_key) {
-    rc = fail(err, RP_ECONFIG,
-              "%s/%s is missing: the CA certificate cannot sign without it (move %s away to "
-              "create a new CA)",
-              dir, RP_CA_KEY_FILE, RP_CA_CERT_FILE);
+  if (have_cert && !have_key && !opts->replace) {
+    rc =
+        rp__tls_fail(err, RP_ECONFIG,
+                     "%s/%s is missing: the CA certificate cannot sign without it (move %s away to "
+                     "create a new CA)",
+                     dir, RP_CA_KEY_FILE, RP_CA_CERT_FILE);
     goto out;
   }
   if (!have_cert && !create) {
-    rc = fail(err, RP_ECONFIG, "no CA in %s (create one with `regproxy ca init`)", dir);
+    rc = rp__tls_fail(err, RP_ECONFIG, "no CA in %s (create one with `regproxy ca init`)", dir);
     goto out;
   }
   /* A key without a certificate is what a crash mid-creation leaves: no
    * certificate was ever published for it, so it is replaced. */
-  if (!have_cert) {
-    rc = create_ca(ca, dirfd, dir, err);
+  if (!have_cert || opts->replace) {
+    rc = create_ca(ca, dirfd, dir, opts, err);
     if (rc != 0)
       goto out;
   } else {

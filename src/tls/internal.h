@@ -8,6 +8,7 @@
 #include <openssl/evp.h>
 #include <openssl/x509.h>
 
+#include "regproxy/rules.h"
 #include "regproxy/tls.h"
 
 /* File names inside the CA directory. */
@@ -27,6 +28,14 @@ struct rp_ca {
   bool created; /* made by this rp_ca_open */
 };
 
+/** Set *err (malloc'd, replacing what it held; err may be NULL) to the
+ * formatted message and return rc. */
+int rp__tls_fail(char **err, int rc, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+/** Add to the CA certificate x a critical nameConstraints extension that
+ * permits exactly the hosts of names (constraints.c has the mapping).
+ * RP_ECONFIG and *err for an entry no constraint can express ("*", a
+ * malformed name), RP_ENOMEM. */
+int rp__ca_add_constraints(X509 *x, const struct rp_hostlist *names, char **err);
 /** Give x a fresh random positive serial of RP_TLS_SERIAL_LEN bytes. */
 int rp__tls_set_serial(X509 *x);
 /** Add extension nid with the openssl.cnf-style value to x, in the context

@@ -200,7 +200,9 @@ static int add_san(X509 *x, const char *host, const unsigned char *addr, size_t 
   if (sk_GENERAL_NAME_push(names, gen) <= 0)
     goto out;
   gen = NULL;
-  if (X509_add1_ext_i2d(x, NID_subject_alt_name, names, 0, X509V3_ADD_DEFAULT) != 1)
+  /* An IP leaf has an empty subject, and then RFC 5280 §4.2.1.6 wants the
+   * SAN critical. */
+  if (X509_add1_ext_i2d(x, NID_subject_alt_name, names, addrlen != 0, X509V3_ADD_DEFAULT) != 1)
     goto out;
   rc = 0;
 out:
@@ -223,7 +225,11 @@ static X509 *mint_cert(struct rp_leafcache *lc, const char *host, const unsigned
     goto out;
   if (cnlen > LEAF_CN_MAX)
     cnlen = LEAF_CN_MAX;
-  if (X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC, (const unsigned char *)host, (int)cnlen,
+  /* No CN for an IP literal: OpenSSL checks a CN such as "127.0.0.1" as a
+   * DNS name against the CA's name constraints when the leaf has no DNS SAN,
+   * and the CA's DNS subtrees would refuse it. Clients go by the SAN. */
+  if (addrlen == 0 &&
+      X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC, (const unsigned char *)host, (int)cnlen,
                                  -1, 0) != 1)
     goto out;
   if (X509_set_subject_name(x, name) != 1 ||

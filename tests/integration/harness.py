@@ -711,11 +711,12 @@ class Regproxy:
     args are extra command-line arguments. Unless given in args, the fixture passes
     --listen 127.0.0.1:P, --cache-dir, --ca-dir, --log-level debug, --mitm '' and
     --shutdown-grace 3s. ready: 'healthz' (GET /healthz == ok), 'port' (accepts
-    connections), or None (just start; use for exit-code checks).
+    connections), or None (just start; use for exit-code checks). mitm_flag=False leaves
+    mitm to the config file (a flag would beat it across SIGHUP reloads).
     """
 
     def __init__(self, args=(), env=None, ready="healthz", listen=True, subcommand=None,
-                 timeout=15.0):
+                 timeout=15.0, mitm_flag=True):
         self.dir = tmpdir("rpit-regproxy-")
         self.bin = regproxy_bin()
         if not os.path.exists(self.bin):
@@ -741,7 +742,7 @@ class Regproxy:
             argv += ["--ca-dir", os.path.join(self.dir, "ca")]
         if "--log-level" not in given:
             argv += ["--log-level", "debug"]
-        if "--mitm" not in given:
+        if "--mitm" not in given and mitm_flag:
             argv += ["--mitm", ""]
         if "--shutdown-grace" not in given:
             argv += ["--shutdown-grace", "3s"]
@@ -990,10 +991,11 @@ TEST_NAMES = ["localhost", "registry-1.docker.io", "index.docker.io", "auth.dock
 
 
 class TestCA:
-    """A CA and one leaf for TEST_NAMES + 127.0.0.1 + ::1. Files: ca.crt, ca.key,
-    leaf.crt, leaf.key, chain.crt (leaf+CA), certdir/ca.crt (skopeo --*-cert-dir)."""
+    """A CA and one leaf for TEST_NAMES + 127.0.0.1 + ::1 (names, ips). Files: ca.crt,
+    ca.key, leaf.crt, leaf.key, chain.crt (leaf+CA), certdir/ca.crt (skopeo
+    --*-cert-dir)."""
 
-    def __init__(self, names=TEST_NAMES, scoped_dir=None):
+    def __init__(self, names=TEST_NAMES, scoped_dir=None, ips=("127.0.0.1", "::1")):
         self.dir = scoped_dir or tmpdir("rpit-ca-")
         d = self.dir
         self.ca_crt = os.path.join(d, "ca.crt")
@@ -1012,7 +1014,7 @@ class TestCA:
         csr = os.path.join(d, "leaf.csr")
         run(ossl + ["req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
                     "-keyout", self.key, "-out", csr, "-subj", "/CN=localhost"])
-        san = ",".join(["DNS:%s" % n for n in names] + ["IP:127.0.0.1", "IP:::1"])
+        san = ",".join(["DNS:%s" % n for n in names] + ["IP:%s" % ip for ip in ips])
         ext = write_file(os.path.join(d, "leaf.ext"),
                          "basicConstraints=critical,CA:FALSE\n"
                          "keyUsage=critical,digitalSignature,keyEncipherment\n"

@@ -381,6 +381,11 @@ static void check_common_defaults(const struct rp_config *cfg) {
   assert_null(cfg->config_file);
   assert_false(cfg->dry_run);
   assert_null(cfg->root);
+  assert_false(cfg->ca_force);
+  assert_false(cfg->ca_unconstrained);
+  assert_true(rp_hostlist_match(cfg->ca_names, "registry-1.docker.io", 443));
+  assert_true(rp_hostlist_match(cfg->ca_names, "europe-docker.pkg.dev", 443));
+  assert_int_equal(rp_hostlist_count(cfg->ca_names), rp_hostlist_count(cfg->mitm_list));
   assert_int_equal(cfg->args.n, 0);
   assert_int_equal(cfg->warnings.n, 0);
   assert_false(cfg->want_help);
@@ -586,6 +591,25 @@ static void test_positional(void **state) {
   assert_int_equal(cfg->args.n, 2);
   assert_true(cfg->dry_run);
   assert_string_equal(cfg->root, "/tmp/root");
+  rp_config_destroy(cfg);
+
+  /* A CA is made for the mitm list; with interception off, for the default
+   * list (SPEC §2). */
+  cfg = load_ok(A("ca", "init", "--force", "--unconstrained", "--mitm", "Registry.LAN:5000"),
+                A("HOME=/home/t"), NULL);
+  assert_int_equal(cfg->args.n, 2);
+  assert_true(cfg->ca_force);
+  assert_true(cfg->ca_unconstrained);
+  assert_int_equal(rp_hostlist_count(cfg->ca_names), 1);
+  assert_true(rp_hostlist_match(cfg->ca_names, "registry.lan", 5000));
+  rp_config_destroy(cfg);
+  cfg = load_ok(A("ca", "init", "--mitm", " , "), A("HOME=/home/t"), NULL);
+  assert_int_equal(rp_hostlist_count(cfg->mitm_list), 0);
+  assert_int_equal(rp_hostlist_count(cfg->ca_names), 11);
+  assert_true(rp_hostlist_match(cfg->ca_names, "ghcr.io", 443));
+  rp_config_destroy(cfg);
+  cfg = load_ok(A("--mitm", "*"), A("HOME=/home/t"), NULL);
+  assert_true(rp_hostlist_has_star(cfg->ca_names));
   rp_config_destroy(cfg);
 }
 
@@ -1241,6 +1265,8 @@ static void test_usage(void **state) {
       "--log-format FORMAT",
       "[default: logfmt]",
       "--server-names LIST",
+      "--force",
+      "--unconstrained",
       "--dry-run",
       "--root DIR",
       "[default: 127.0.0.1:2080]",
@@ -1272,7 +1298,7 @@ static void test_usage(void **state) {
     }
     *nl = '\n';
   }
-  assert_int_equal(option_lines, 34);
+  assert_int_equal(option_lines, 36);
   free(buf);
 }
 

@@ -385,6 +385,78 @@ static void test_hostlist_names_port(void **state) {
   rp_hostlist_destroy(l);
 }
 
+/* Entries taken apart for the CA's name constraints: the text as written
+ * (lower-case, trimmed), the domain form, or the network in 16-byte form. */
+struct entry_case {
+  const char *text;
+  const char *domain; /* NULL for IP and CIDR entries */
+  const char *addr;   /* inet_pton text of the masked address */
+  unsigned bits;      /* prefix length in the address family */
+};
+
+static const struct entry_case entry_cases[] = {
+    {"registry-1.docker.io", "registry-1.docker.io", NULL, 0},
+    {".pkg.dev", ".pkg.dev", NULL, 0},
+    {"*.example.com", ".example.com", NULL, 0},
+    {"registry.lan:5000", "registry.lan", NULL, 0},
+    {"trailing.dot.", "trailing.dot", NULL, 0},
+    {"bücher.example", "xn--bcher-kva.example", NULL, 0},
+    {"10.1.2.3", NULL, "10.1.2.3", 32},
+    {"10.1.2.3:5000", NULL, "10.1.2.3", 32},
+    {"192.168.7.9/16", NULL, "192.168.0.0", 16},
+    {"[2001:db8::1]:443", NULL, "2001:db8::1", 128},
+    {"2001:db8:a::45/64", NULL, "2001:db8:a::", 64},
+};
+
+static void test_hostlist_entries(void **state) {
+  struct rp_hostlist *l = NULL;
+  struct rp_hostlist_entry e;
+  char *err = NULL;
+  char spec[512] = "";
+  const size_t n = sizeof(entry_cases) / sizeof(entry_cases[0]);
+
+  (void)state;
+  for (size_t i = 0; i < n; i++) {
+    strcat(spec, i == 0 ? " " : " , ");
+    strcat(spec, entry_cases[i].text);
+  }
+  /* Upper case in the list comes out lower-cased. */
+  spec[1] = 'R';
+  assert_int_equal(rp_hostlist_parse(spec, 0, &l, &err), 0);
+  assert_false(rp_hostlist_has_star(l));
+  assert_int_equal(rp_hostlist_count(l), n);
+  for (size_t i = 0; i < n; i++) {
+    const struct entry_case *c = &entry_cases[i];
+    uint8_t want[16] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+    bool v4 = strchr(c->addr != NULL ? c->addr : "", ':') == NULL;
+    unsigned ones = 0;
+
+    rp_hostlist_entry(l, i, &e);
+    assert_string_equal(e.text, c->text);
+    assert_int_equal(e.is_net, c->domain == NULL);
+    if (c->domain != NULL) {
+      assert_string_equal(e.domain, c->domain);
+      continue;
+    }
+    assert_null(e.domain);
+    assert_int_equal(e.is4, v4);
+    assert_int_equal(inet_pton(v4 ? AF_INET : AF_INET6, c->addr, v4 ? want + 12 : want), 1);
+    assert_memory_equal(e.addr, want, 16);
+    for (size_t b = v4 ? 12 : 0; b < 16; b++)
+      for (int k = 7; k >= 0; k--)
+        ones += (e.mask[b] >> k) & 1;
+    assert_int_equal(ones, c->bits);
+  }
+  rp_hostlist_destroy(l);
+
+  assert_int_equal(rp_hostlist_parse("ghcr.io, *", 0, &l, &err), 0);
+  assert_true(rp_hostlist_has_star(l));
+  assert_int_equal(rp_hostlist_count(l), 1);
+  rp_hostlist_destroy(l);
+  assert_false(rp_hostlist_has_star(NULL));
+  assert_int_equal(rp_hostlist_count(NULL), 0);
+}
+
 static void test_hostlist_long_input(void **state) {
   size_t n = 200000;
   char *spec = malloc(n + 32);
@@ -664,6 +736,7 @@ int main(void) {
       cmocka_unit_test(test_hostlist_api_edges),
       cmocka_unit_test(test_hostlist_long_input),
       cmocka_unit_test(test_hostlist_names_port),
+      cmocka_unit_test(test_hostlist_entries),
       cmocka_unit_test(test_acl_match_table),
       cmocka_unit_test(test_acl_parse),
       cmocka_unit_test(test_acl_edges),

@@ -20,6 +20,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <arpa/inet.h>
+
 #include <openssl/bn.h>
 #include <openssl/err.h>
 #include <openssl/pem.h>
@@ -33,6 +35,10 @@
 #include "tls/internal.h"
 
 #define DAY (24 * 60 * 60)
+
+/* rp_ca_open: load only, or create a CA without name constraints. */
+static const struct rp_ca_opts load_only = {.create = false};
+static const struct rp_ca_opts create_any = {.create = true};
 
 /* A fresh directory under /tmp, removed by rm_tree. */
 static void temp_dir(char *buf, size_t size) {
@@ -160,7 +166,7 @@ static void test_ca_create_and_reload(void **state) {
   snprintf(dir, sizeof dir, "%s/share/regproxy/ca", base);
   /* Modes must not depend on the umask. */
   old = umask(077);
-  assert_int_equal(rp_ca_open(dir, true, &ca, &err), 0);
+  assert_int_equal(rp_ca_open(dir, &create_any, &ca, &err), 0);
   umask(old);
   assert_null(err);
   assert_true(rp_ca_created(ca));
@@ -203,14 +209,18 @@ static void test_ca_create_and_reload(void **state) {
   assert_true(X509_NAME_get_text_by_NID(subj, NID_organizationName, cn, sizeof cn) > 0);
   assert_string_equal(cn, "regproxy");
   assert_int_equal(X509_NAME_cmp(subj, X509_get_issuer_name(x)), 0);
+  /* Made without names: no name constraints, nothing to check. */
+  assert_true(X509_get_ext_by_NID(x, NID_name_constraints, -1) < 0);
+  assert_false(rp_ca_constrained(ca));
+  assert_int_equal(rp_ca_check_names(ca, NULL, &err), 0);
   X509_free(x);
 
   /* Reload: the same certificate, not created again, with or without create. */
-  assert_int_equal(rp_ca_open(dir, false, &again, &err), 0);
+  assert_int_equal(rp_ca_open(dir, &load_only, &again, &err), 0);
   assert_false(rp_ca_created(again));
   assert_string_equal(rp_ca_cert_pem(again, NULL), rp_ca_cert_pem(ca, NULL));
   rp_ca_destroy(again);
-  assert_int_equal(rp_ca_open(dir, true, &again, &err), 0);
+  assert_int_equal(rp_ca_open(dir, &create_any, &again, &err), 0);
   assert_false(rp_ca_created(again));
   assert_string_equal(rp_ca_cert_pem(again, NULL), rp_ca_cert_pem(ca, NULL));
   rp_ca_destroy(again);
@@ -225,7 +235,7 @@ static void fresh_ca(const char *base, const char *name, char *dir, size_t size)
   char *err = NULL;
 
   snprintf(dir, size, "%s/%s", base, name);
-  assert_int_equal(rp_ca_open(dir, true, &ca, &err), 0);
+  assert_int_equal(rp_ca_open(dir, &create_any, &ca, &err), 0);
   rp_ca_destroy(ca);
 }
 
@@ -234,7 +244,7 @@ static void expect_refusal(const char *dir, bool create, const char *want) {
   struct rp_ca *ca = NULL;
   char *err = NULL;
 
-  assert_int_equal(rp_ca_open(dir, create, &ca, &err), RP_ECONFIG);
+  assert_int_equal(rp_ca_open(dir, create ? &create_any : &load_only, &ca, &err), RP_ECONFIG);
   assert_null(ca);
   assert_non_null(err);
   if (strstr(err, want) == NULL)
@@ -326,11 +336,11 @@ static void test_ca_refusals(void **state) {
   snprintf(path, sizeof path, "%s/ca.crt", dir);
   assert_int_equal(unlink(path), 0);
   expect_refusal(dir, false, "no CA in");
-  assert_int_equal(rp_ca_open(dir, true, &ca, &err), 0);
+  assert_int_equal(rp_ca_open(dir, &create_any, &ca, &err), 0);
   assert_true(rp_ca_created(ca));
   rp_ca_destroy(ca);
   ca = NULL;
-  assert_int_equal(rp_ca_open(dir, false, &ca, &err), 0);
+  assert_int_equal(rp_ca_open(dir, &load_only, &ca, &err), 0);
   rp_ca_destroy(ca);
   ca = NULL;
 
@@ -340,10 +350,339 @@ static void test_ca_refusals(void **state) {
   expect_refusal(dir, false, "chmod 700");
 
   /* No directory at all. */
-  assert_int_equal(rp_ca_open("", true, &ca, &err), RP_ECONFIG);
+  assert_int_equal(rp_ca_open("", &create_any, &ca, &err), RP_ECONFIG);
   free(err);
   err = NULL;
 
+  rm_tree(base);
+}
+
+/* ---- name constraints ---- */
+
+static struct rp_hostlist *hostlist(const char *spec) {
+  struct rp_hostlist *l = NULL;
+  char *err = NULL;
+
+  if (rp_hostlist_parse(spec, 0, &l, &err) != 0)
+    fail_msg("host list \"%s\": %s", spec, err);
+  return l;
+}
+
+/* Open (creating when missing) the CA in dir for the host list spec; NULL
+ * spec: without name constraints. */
+static int open_for(const char *dir, const char *spec, bool replace, struct rp_ca **ca,
+                    char **err) {
+  struct rp_ca_opts o = {.create = true, .replace = replace};
+  struct rp_hostlist *l = spec != NULL ? hostlist(spec) : NULL;
+  int rc;
+
+  o.names = l;
+  rc = rp_ca_open(dir, &o, ca, err);
+  rp_hostlist_destroy(l);
+  return rc;
+}
+
+/* One name constraint as text: "DNS:x" or "IP:addr/bits". */
+static void subtree_text(const GENERAL_SUBTREE *sub, char *buf, size_t size) {
+  const GENERAL_NAME *gen = sub->base;
+  char addr[INET6_ADDRSTRLEN];
+  const unsigned char *p;
+  int len;
+  int bits = 0;
+
+  if (gen->type == GEN_DNS) {
+    snprintf(buf, size, "DNS:%.*s", ASN1_STRING_length(gen->d.dNSName),
+             (const char *)ASN1_STRING_get0_data(gen->d.dNSName));
+    return;
+  }
+  assert_int_equal(gen->type, GEN_IPADD);
+  len = ASN1_STRING_length(gen->d.iPAddress) / 2;
+  p = ASN1_STRING_get0_data(gen->d.iPAddress);
+  assert_true(len == 4 || len == 16);
+  for (int i = 0; i < len; i++)
+    for (int k = 7; k >= 0; k--)
+      bits += (p[len + i] >> k) & 1;
+  assert_non_null(inet_ntop(len == 4 ? AF_INET : AF_INET6, p, addr, sizeof addr));
+  snprintf(buf, size, "IP:%s/%d", addr, bits);
+}
+
+/* "permitted a,b; excluded c" for the CA's critical nameConstraints. */
+static void constraints_text(X509 *x, char *buf, size_t size) {
+  int crit = -1;
+  NAME_CONSTRAINTS *nc = X509_get_ext_d2i(x, NID_name_constraints, &crit, NULL);
+  STACK_OF(GENERAL_SUBTREE) * lists[2];
+  size_t used = 0;
+  char one[128];
+
+  assert_non_null(nc);
+  assert_int_equal(crit, 1);
+  lists[0] = nc->permittedSubtrees;
+  lists[1] = nc->excludedSubtrees;
+  buf[0] = '\0';
+  for (int k = 0; k < 2; k++) {
+    used += (size_t)snprintf(buf + used, size - used, "%s", k == 0 ? "permitted " : "; excluded ");
+    for (int i = 0; i < sk_GENERAL_SUBTREE_num(lists[k]); i++) {
+      subtree_text(sk_GENERAL_SUBTREE_value(lists[k], i), one, sizeof one);
+      used += (size_t)snprintf(buf + used, size - used, "%s%s", i > 0 ? "," : "", one);
+    }
+  }
+  NAME_CONSTRAINTS_free(nc);
+}
+
+#define DEFAULT_MITM                                                                               \
+  "registry-1.docker.io,index.docker.io,ghcr.io,quay.io,registry.k8s.io,gcr.io,.pkg.dev,"          \
+  "mcr.microsoft.com,public.ecr.aws,nvcr.io,registry.gitlab.com"
+
+struct build_case {
+  const char *names;
+  const char *want; /* constraints_text, or the error's key words */
+  int rc;
+};
+
+static const struct build_case build_cases[] = {
+    {DEFAULT_MITM,
+     "permitted DNS:registry-1.docker.io,DNS:index.docker.io,DNS:ghcr.io,DNS:quay.io,"
+     "DNS:registry.k8s.io,DNS:gcr.io,DNS:pkg.dev,DNS:mcr.microsoft.com,DNS:public.ecr.aws,"
+     "DNS:nvcr.io,DNS:registry.gitlab.com; excluded IP:0.0.0.0/0,IP:::/0",
+     0},
+    /* Ports do not matter; entries inside others add nothing; the first of
+     * equal ones stays. */
+    {"registry.lan:5000, .example.com, *.example.com, example.com:8443, sub.example.com, "
+     "10.1.2.3, 10.0.0.0/8, [::1]:443, 2001:db8:1::5, 2001:db8::/32, bücher.example",
+     "permitted DNS:registry.lan,DNS:example.com,IP:10.0.0.0/8,IP:::1/128,IP:2001:db8::/32,"
+     "DNS:xn--bcher-kva.example; excluded ",
+     0},
+    /* Without domain entries, every name is excluded; v4-mapped is IPv4. */
+    {"10.9.8.7:5000,::ffff:10.9.8.0/120", "permitted IP:10.9.8.0/24; excluded DNS:", 0},
+    {"*", "matches every host", RP_ECONFIG},
+    {"ghcr.io,*", "--unconstrained", RP_ECONFIG},
+    {"ghcr.io,foo..bar", "\"foo..bar\" is not a host name", RP_ECONFIG},
+    {"[::1]", "\"[::1]\" is not a host name", RP_ECONFIG},
+};
+
+static void test_ca_constraints_built(void **state) {
+  char base[64], dir[128], text[2048];
+  struct rp_ca *ca = NULL;
+  char *err = NULL;
+  X509 *x;
+
+  temp_dir(base, sizeof base);
+  for (size_t i = 0; i < sizeof build_cases / sizeof build_cases[0]; i++) {
+    const struct build_case *c = &build_cases[i];
+
+    snprintf(dir, sizeof dir, "%s/ca%zu", base, i);
+    assert_int_equal(open_for(dir, c->names, false, &ca, &err), c->rc);
+    if (c->rc != 0) {
+      assert_null(ca);
+      assert_non_null(err);
+      if (strstr(err, c->want) == NULL)
+        fail_msg("\"%s\": error \"%s\" lacks \"%s\"", c->names, err, c->want);
+      free(err);
+      err = NULL;
+      /* Nothing was written. */
+      snprintf(text, sizeof text, "%s/ca.crt", dir);
+      assert_int_not_equal(access(text, F_OK), 0);
+      continue;
+    }
+    assert_true(rp_ca_constrained(ca));
+    x = ca_x509(ca);
+    constraints_text(x, text, sizeof text);
+    if (strcmp(text, c->want) != 0)
+      fail_msg("\"%s\":\n got  %s\n want %s", c->names, text, c->want);
+    X509_free(x);
+    rp_ca_destroy(ca);
+    ca = NULL;
+  }
+  rm_tree(base);
+}
+
+/* A CA as another tool might have made it: nameConstraints given as
+ * openssl.cnf text (e.g. the leading-dot form regproxy does not write). */
+static void foreign_ca(const char *dir, const char *constraints) {
+  char path[192];
+  EVP_PKEY *key = rp__tls_ec_key();
+  X509 *x = X509_new();
+
+  assert_non_null(key);
+  assert_non_null(x);
+  assert_int_equal(mkdir(dir, 0700), 0);
+  assert_int_equal(X509_set_version(x, X509_VERSION_3), 1);
+  assert_int_equal(rp__tls_set_serial(x), 0);
+  assert_int_equal(X509_NAME_add_entry_by_txt(X509_get_subject_name(x), "CN", MBSTRING_ASC,
+                                              (const unsigned char *)"foreign", -1, -1, 0),
+                   1);
+  assert_int_equal(X509_set_issuer_name(x, X509_get_subject_name(x)), 1);
+  assert_non_null(X509_gmtime_adj(X509_getm_notBefore(x), -3600));
+  assert_non_null(X509_gmtime_adj(X509_getm_notAfter(x), DAY));
+  assert_int_equal(X509_set_pubkey(x, key), 1);
+  assert_int_equal(rp__tls_add_ext(x, x, NID_basic_constraints, "critical,CA:TRUE"), 0);
+  assert_int_equal(rp__tls_add_ext(x, x, NID_name_constraints, constraints), 0);
+  assert_true(X509_sign(x, key, EVP_sha256()) > 0);
+  snprintf(path, sizeof path, "%s/ca.crt", dir);
+  write_cert(path, x);
+  snprintf(path, sizeof path, "%s/ca.key", dir);
+  write_key(path, key, 0600);
+  X509_free(x);
+  EVP_PKEY_free(key);
+}
+
+struct cover_case {
+  int ca; /* index into the CAs of test_ca_check_names */
+  const char *mitm;
+  const char *want; /* NULL: covered; else words of the error */
+};
+
+static const char *const cover_cas[] = {
+    DEFAULT_MITM,
+    "10.0.0.0/8,registry.lan,2001:db8::/32",
+    NULL, /* foreign: critical,permitted;DNS:.example.com,excluded;DNS:bad.example.com */
+    NULL, /* regproxy's, without name constraints */
+    "10.9.8.7:5000",
+};
+
+static const struct cover_case cover_cases[] = {
+    {0, "", NULL},
+    {0, DEFAULT_MITM, NULL},
+    {0, "registry-1.docker.io:5000, ghcr.io", NULL},
+    {0, "europe-docker.pkg.dev,.pkg.dev,*.pkg.dev,pkg.dev", NULL},
+    {0, "sub.ghcr.io", NULL},
+    {0, "GHCR.IO.", NULL},
+    {0, "ghcr.io,docker.io",
+     "mitm entry \"docker.io\" is outside the name constraints of the CA in "},
+    {0, "docker.io", "(it may sign only for registry-1.docker.io, index.docker.io, ghcr.io,"},
+    {0, "docker.io", "regproxy ca init --force"},
+    {0, "docker.io", "--unconstrained"},
+    {0, "docker.io", "regproxy setup docker"},
+    {0, "docker.io", "update-ca-certificates"},
+    {0, "evilghcr.io", "\"evilghcr.io\""},
+    {0, "ghcr.io.evil.example", "\"ghcr.io.evil.example\""},
+    {0, "10.0.0.1", "\"10.0.0.1\" is outside the name constraints of the CA in "},
+    {0, "10.0.0.1", "(they exclude 0.0.0.0/0)"},
+    {0, "[::1]:443", "(they exclude ::/0)"},
+    {0, "*", "mitm entry \"*\" matches every host"},
+    {1, "10.1.2.3:5000,10.0.0.0/16,::ffff:10.2.3.4,x.registry.lan,2001:db8:5::1", NULL},
+    {1, "registry.lan,11.0.0.1", "\"11.0.0.1\" is outside"},
+    {1, "10.0.0.0/7", "may sign only for 10.0.0.0/8, registry.lan, 2001:db8::/32"},
+    {1, "::1", "\"::1\""},
+    {1, "ghcr.io", "\"ghcr.io\""},
+    {2, "a.example.com,.a.example.com,*.a.example.com,x.y.example.com", NULL},
+    {2, ".example.com", "(they exclude bad.example.com)"},
+    {2, "example.com", "\"example.com\" is outside"},
+    {2, "a.example.com,x.bad.example.com", "(they exclude bad.example.com)"},
+    {2, "www.example.com,.example.com:443", "\".example.com:443\" is outside"},
+    {2, "10.0.0.1,::1", NULL}, /* no IP constraints at all */
+    {3, "*,10.0.0.1,anything.example", NULL},
+    {4, "10.9.8.7,10.9.8.7:443", NULL},
+    {4, "10.9.8.7,ghcr.io", "\"ghcr.io\" is outside the name constraints of the CA in "},
+    {4, "ghcr.io", "(they exclude every name)"},
+    {4, "10.9.8.8", "(it may sign only for 10.9.8.7/32)"},
+};
+
+static void test_ca_check_names(void **state) {
+  char base[64], dir[128];
+  struct rp_ca *cas[sizeof cover_cas / sizeof cover_cas[0]];
+  char *err = NULL;
+
+  temp_dir(base, sizeof base);
+  for (size_t i = 0; i < sizeof cover_cas / sizeof cover_cas[0]; i++) {
+    snprintf(dir, sizeof dir, "%s/ca%zu", base, i);
+    if (i == 2)
+      foreign_ca(dir, "critical,permitted;DNS:.example.com,excluded;DNS:bad.example.com");
+    assert_int_equal(open_for(dir, cover_cas[i], false, &cas[i], &err), 0);
+  }
+  assert_false(rp_ca_created(cas[2]));
+  assert_true(rp_ca_constrained(cas[2]));
+  assert_false(rp_ca_constrained(cas[3]));
+  for (size_t i = 0; i < sizeof cover_cases / sizeof cover_cases[0]; i++) {
+    const struct cover_case *c = &cover_cases[i];
+    struct rp_hostlist *l = hostlist(c->mitm);
+    int rc = rp_ca_check_names(cas[c->ca], l, &err);
+
+    rp_hostlist_destroy(l);
+    if (c->want == NULL) {
+      if (rc != 0)
+        fail_msg("CA %d, mitm \"%s\": %s", c->ca, c->mitm, err);
+      assert_null(err);
+      continue;
+    }
+    assert_int_equal(rc, RP_ECONFIG);
+    assert_non_null(err);
+    if (strstr(err, c->want) == NULL)
+      fail_msg("CA %d, mitm \"%s\": error \"%s\" lacks \"%s\"", c->ca, c->mitm, err, c->want);
+    free(err);
+    err = NULL;
+  }
+  for (size_t i = 0; i < sizeof cover_cas / sizeof cover_cas[0]; i++)
+    rp_ca_destroy(cas[i]);
+  rm_tree(base);
+}
+
+/* `ca init --force`: a new key and certificate in place of the old ones,
+ * with the same modes; a list that cannot be expressed leaves the old CA. */
+static void test_ca_replace(void **state) {
+  char base[64], dir[128], path[192];
+  struct rp_ca *ca = NULL;
+  char *err = NULL;
+  char *old_pem;
+  EVP_PKEY *old_key;
+  EVP_PKEY *key;
+  X509 *x;
+
+  temp_dir(base, sizeof base);
+  snprintf(dir, sizeof dir, "%s/ca", base);
+  assert_int_equal(open_for(dir, "ghcr.io", false, &ca, &err), 0);
+  old_pem = strdup(rp_ca_cert_pem(ca, NULL));
+  rp_ca_destroy(ca);
+  snprintf(path, sizeof path, "%s/ca.key", dir);
+  old_key = read_key(path);
+
+  assert_int_equal(open_for(dir, "*", true, &ca, &err), RP_ECONFIG);
+  assert_null(ca);
+  free(err);
+  err = NULL;
+  key = read_key(path);
+  assert_int_equal(EVP_PKEY_eq(key, old_key), 1);
+  EVP_PKEY_free(key);
+  snprintf(path, sizeof path, "%s/ca.crt", dir);
+  assert_string_equal(read_text(path), old_pem);
+
+  assert_int_equal(open_for(dir, "quay.io,10.0.0.0/8", true, &ca, &err), 0);
+  assert_true(rp_ca_created(ca));
+  assert_string_not_equal(rp_ca_cert_pem(ca, NULL), old_pem);
+  assert_string_equal(read_text(path), rp_ca_cert_pem(ca, NULL));
+  assert_int_equal(mode_of(path), 0644);
+  snprintf(path, sizeof path, "%s/ca.key", dir);
+  assert_int_equal(mode_of(path), 0600);
+  assert_int_equal(mode_of(dir), 0700);
+  key = read_key(path);
+  assert_int_not_equal(EVP_PKEY_eq(key, old_key), 1);
+  EVP_PKEY_free(key);
+  x = ca_x509(ca);
+  constraints_text(x, path, sizeof path);
+  assert_string_equal(path, "permitted DNS:quay.io,IP:10.0.0.0/8; excluded ");
+  X509_free(x);
+  rp_ca_destroy(ca);
+
+  /* Loaded again as it is; then replaced by one without constraints. */
+  assert_int_equal(open_for(dir, "ghcr.io", false, &ca, &err), 0);
+  assert_false(rp_ca_created(ca));
+  assert_true(rp_ca_constrained(ca));
+  rp_ca_destroy(ca);
+  assert_int_equal(open_for(dir, NULL, true, &ca, &err), 0);
+  assert_true(rp_ca_created(ca));
+  assert_false(rp_ca_constrained(ca));
+  rp_ca_destroy(ca);
+
+  /* --force also mends a CA that would not load. */
+  snprintf(path, sizeof path, "%s/ca.key", dir);
+  assert_int_equal(chmod(path, 0644), 0);
+  expect_refusal(dir, true, "mode 0644");
+  assert_int_equal(open_for(dir, "ghcr.io", true, &ca, &err), 0);
+  assert_int_equal(mode_of(path), 0600);
+  rp_ca_destroy(ca);
+
+  EVP_PKEY_free(old_key);
+  free(old_pem);
   rm_tree(base);
 }
 
@@ -381,7 +720,12 @@ static int setup(void **state) {
   assert_non_null(f);
   temp_dir(f->base, sizeof f->base);
   snprintf(dir, sizeof dir, "%s/ca", f->base);
-  assert_int_equal(rp_ca_open(dir, true, &f->ca, &err), 0);
+  /* Limited to the hosts the tests mint for: every leaf below is verified
+   * through the name constraints. */
+  assert_int_equal(
+      open_for(dir, "registry-1.docker.io,ghcr.io,quay.io,example.com,127.0.0.1,::1,2001:db8::/32",
+               false, &f->ca, &err),
+      0);
   f->ca_cert = ca_x509(f->ca);
   assert_int_equal(rp_leafcache_create(f->ca, 64, &f->lc), 0);
   *state = f;
@@ -399,8 +743,9 @@ static int teardown(void **state) {
   return 0;
 }
 
-/* Verify leaf against the CA alone, for TLS server use. */
-static int verify_leaf(X509 *ca_cert, X509 *leaf) {
+/* Verify leaf against the CA alone, for TLS server use; *error gets
+ * OpenSSL's verdict. */
+static int verify_leaf_error(X509 *ca_cert, X509 *leaf, int *error) {
   X509_STORE *store = X509_STORE_new();
   X509_STORE_CTX *sctx = X509_STORE_CTX_new();
   int ok;
@@ -411,10 +756,18 @@ static int verify_leaf(X509 *ca_cert, X509 *leaf) {
   assert_int_equal(X509_STORE_CTX_init(sctx, store, leaf, NULL), 1);
   assert_int_equal(X509_STORE_CTX_set_purpose(sctx, X509_PURPOSE_SSL_SERVER), 1);
   ok = X509_verify_cert(sctx);
-  if (ok != 1)
-    print_error("verify: %s\n", X509_verify_cert_error_string(X509_STORE_CTX_get_error(sctx)));
+  *error = X509_STORE_CTX_get_error(sctx);
   X509_STORE_CTX_free(sctx);
   X509_STORE_free(store);
+  return ok;
+}
+
+static int verify_leaf(X509 *ca_cert, X509 *leaf) {
+  int error;
+  int ok = verify_leaf_error(ca_cert, leaf, &error);
+
+  if (ok != 1)
+    print_error("verify: %s\n", X509_verify_cert_error_string(error));
   return ok;
 }
 
@@ -456,9 +809,18 @@ static void test_leaf_mint(void **state) {
     gen = sk_GENERAL_NAME_value(san, 0);
     assert_int_equal(gen->type, c->ip ? GEN_IPADD : GEN_DNS);
     GENERAL_NAMES_free(san);
-    assert_true(
-        X509_NAME_get_text_by_NID(X509_get_subject_name(leaf), NID_commonName, cn, sizeof cn) > 0);
-    assert_string_equal(cn, c->name);
+    /* A DNS leaf names its host in the CN too; an IP leaf has an empty
+     * subject (OpenSSL would check a CN "127.0.0.1" against the CA's DNS
+     * name constraints) and so a critical SAN. */
+    if (c->ip) {
+      assert_int_equal(X509_NAME_entry_count(X509_get_subject_name(leaf)), 0);
+      assert_true(ext_critical(leaf, NID_subject_alt_name));
+    } else {
+      assert_true(X509_NAME_get_text_by_NID(X509_get_subject_name(leaf), NID_commonName, cn,
+                                            sizeof cn) > 0);
+      assert_string_equal(cn, c->name);
+      assert_false(ext_critical(leaf, NID_subject_alt_name));
+    }
 
     bc = X509_get_ext_d2i(leaf, NID_basic_constraints, &crit, NULL);
     assert_non_null(bc);
@@ -538,6 +900,61 @@ static void test_leaf_long_and_bad_names(void **state) {
       fail_msg("minted a leaf for \"%s\"", bad[i]);
   }
   assert_int_equal(rp_leafcache_minted(f->lc), 1);
+}
+
+/* OpenSSL's verdict on leaves inside and outside a CA's name constraints
+ * (Go's is in tests/integration/test_ca_constraints.py). */
+struct nc_leaf_case {
+  const char *ca_names;
+  const char *host;
+  int want;
+};
+
+static const struct nc_leaf_case nc_leaf_cases[] = {
+    {"ghcr.io,10.0.0.0/8", "ghcr.io", X509_V_OK},
+    {"ghcr.io,10.0.0.0/8", "pkgs.ghcr.io", X509_V_OK},
+    {"ghcr.io,10.0.0.0/8", "10.1.2.3", X509_V_OK},
+    {"ghcr.io,10.0.0.0/8", "www.bank.example", X509_V_ERR_PERMITTED_VIOLATION},
+    {"ghcr.io,10.0.0.0/8", "evilghcr.io", X509_V_ERR_PERMITTED_VIOLATION},
+    {"ghcr.io,10.0.0.0/8", "11.0.0.1", X509_V_ERR_PERMITTED_VIOLATION},
+    {"ghcr.io,10.0.0.0/8", "::1", X509_V_ERR_PERMITTED_VIOLATION},
+    {"ghcr.io", "127.0.0.1", X509_V_ERR_EXCLUDED_VIOLATION},
+    {"ghcr.io", "::1", X509_V_ERR_EXCLUDED_VIOLATION},
+    {".pkg.dev", "europe-docker.pkg.dev", X509_V_OK},
+    {"127.0.0.1:5000", "127.0.0.1", X509_V_OK},
+    {"127.0.0.1:5000", "ghcr.io", X509_V_ERR_EXCLUDED_VIOLATION},
+};
+
+static void test_leaf_name_constraints(void **state) {
+  char base[64], dir[128];
+  struct rp_ca *ca = NULL;
+  struct rp_leafcache *lc = NULL;
+  char *err = NULL;
+  SSL_CTX *ctx;
+  X509 *ca_cert;
+  int error;
+
+  temp_dir(base, sizeof base);
+  for (size_t i = 0; i < sizeof nc_leaf_cases / sizeof nc_leaf_cases[0]; i++) {
+    const struct nc_leaf_case *c = &nc_leaf_cases[i];
+
+    snprintf(dir, sizeof dir, "%s/ca%zu", base, i);
+    assert_int_equal(open_for(dir, c->ca_names, false, &ca, &err), 0);
+    ca_cert = ca_x509(ca);
+    assert_int_equal(rp_leafcache_create(ca, 4, &lc), 0);
+    ctx = rp_leafcache_ctx(lc, c->host);
+    assert_non_null(ctx);
+    assert_int_equal(verify_leaf_error(ca_cert, SSL_CTX_get0_certificate(ctx), &error),
+                     c->want == X509_V_OK);
+    if (error != c->want)
+      fail_msg("CA for \"%s\", leaf for %s: %s", c->ca_names, c->host,
+               X509_verify_cert_error_string(error));
+    SSL_CTX_free(ctx);
+    rp_leafcache_destroy(lc);
+    X509_free(ca_cert);
+    rp_ca_destroy(ca);
+  }
+  rm_tree(base);
 }
 
 /* Fetch host's context and drop the reference; returns the pointer only
@@ -914,26 +1331,32 @@ static void test_rates(void **state) {
 
 /* ---- `regproxy ca` ---- */
 
-/* Run rp_cli_ca with args, capturing stdout into out. */
+/* Run `regproxy --ca-dir DIR args...` through the configuration loader and
+ * rp_cli_ca, capturing stdout into out. */
 static int run_cli(const char *ca_dir, const char *const *args, size_t nargs, char *out,
                    size_t size) {
-  struct rp_config cfg;
+  struct rp_config *cfg = NULL;
   char path[] = "/tmp/rp_test_tls_out.XXXXXX";
+  char *argv[16] = {"regproxy", "--config", "", "--ca-dir", (char *)ca_dir};
+  char *envp[] = {"HOME=/nonexistent", NULL};
+  char *err = NULL;
+  int argc = 5;
   int fd = mkstemp(path);
   int saved;
   int rc;
   ssize_t n;
 
   assert_true(fd >= 0);
-  memset(&cfg, 0, sizeof cfg);
-  cfg.ca_dir = (char *)ca_dir;
-  cfg.args.v = (char **)args;
-  cfg.args.n = nargs;
+  assert_true(nargs + argc < sizeof argv / sizeof argv[0]);
+  for (size_t i = 0; i < nargs; i++)
+    argv[argc++] = (char *)args[i];
+  if (rp_config_load(&cfg, argc, argv, envp, &err) != 0)
+    fail_msg("config: %s", err);
   fflush(stdout);
   saved = dup(STDOUT_FILENO);
   assert_true(saved >= 0);
   assert_true(dup2(fd, STDOUT_FILENO) >= 0);
-  rc = rp_cli_ca(&cfg);
+  rc = rp_cli_ca(cfg);
   fflush(stdout);
   assert_true(dup2(saved, STDOUT_FILENO) >= 0);
   close(saved);
@@ -942,25 +1365,59 @@ static int run_cli(const char *ca_dir, const char *const *args, size_t nargs, ch
   out[n] = '\0';
   close(fd);
   unlink(path);
+  rp_config_destroy(cfg);
   return rc;
+}
+
+/* The name constraints of the CA certificate in dir, as constraints_text. */
+static const char *dir_constraints(const char *dir) {
+  static char text[2048];
+  char path[192];
+  FILE *fp;
+  X509 *x;
+
+  snprintf(path, sizeof path, "%s/ca.crt", dir);
+  fp = fopen(path, "r");
+  assert_non_null(fp);
+  x = PEM_read_X509(fp, NULL, NULL, NULL);
+  fclose(fp);
+  assert_non_null(x);
+  if (X509_get_ext_by_NID(x, NID_name_constraints, -1) < 0)
+    snprintf(text, sizeof text, "none");
+  else
+    constraints_text(x, text, sizeof text);
+  X509_free(x);
+  return text;
 }
 
 static void test_cli_ca(void **state) {
   static char out[65536];
+  static char first[65536];
   char base[64], dir[128], want[192];
   const char *init[] = {"ca", "init"};
   const char *cert[] = {"ca", "cert"};
   const char *path[] = {"ca", "path"};
   const char *bad[] = {"ca", "rotate"};
   const char *extra[] = {"ca", "path", "x"};
+  const char *init_ghcr[] = {"ca", "init", "--mitm", "ghcr.io"};
+  const char *init_more[] = {"ca", "init", "--mitm", "ghcr.io,quay.io:8443"};
+  const char *force_more[] = {"ca", "init", "--force", "--mitm", "ghcr.io,quay.io:8443"};
+  const char *unconstrained[] = {"ca", "init", "--unconstrained", "--mitm", "*"};
+  const char *force_any[] = {"ca", "init", "--mitm", "*", "--force", "--unconstrained"};
+  const char *init_off[] = {"ca", "init", "--mitm", ""};
+  const char *path_force[] = {"ca", "path", "--force"};
+  const char *star[] = {"ca", "init", "--mitm", "*"};
 
   temp_dir(base, sizeof base);
   snprintf(dir, sizeof dir, "%s/ca", base);
   assert_int_equal(run_cli(dir, cert, 2, out, sizeof out), 2);
   assert_int_equal(run_cli(dir, path, 2, out, sizeof out), 2);
-  assert_int_equal(run_cli(dir, init, 2, out, sizeof out), 0);
+  /* Interception off: a CA for the default mitm list. */
+  assert_int_equal(run_cli(dir, init_off, 4, out, sizeof out), 0);
   snprintf(want, sizeof want, "%s/ca.crt\n", dir);
   assert_string_equal(out, want);
+  assert_non_null(strstr(dir_constraints(dir), "permitted DNS:registry-1.docker.io,"));
+  assert_non_null(strstr(dir_constraints(dir), ",DNS:pkg.dev,"));
   assert_int_equal(run_cli(dir, init, 2, out, sizeof out), 0);
   assert_string_equal(out, want);
   assert_int_equal(run_cli(dir, path, 2, out, sizeof out), 0);
@@ -972,6 +1429,32 @@ static void test_cli_ca(void **state) {
   assert_int_equal(run_cli(dir, bad, 2, out, sizeof out), 2);
   assert_int_equal(run_cli(dir, init, 1, out, sizeof out), 2);
   assert_int_equal(run_cli(dir, extra, 3, out, sizeof out), 2);
+  assert_int_equal(run_cli(dir, path_force, 3, out, sizeof out), 2);
+  rm_tree(dir);
+
+  /* init for one list; a wider list needs --force, which makes a new CA. */
+  assert_int_equal(run_cli(dir, init_ghcr, 4, out, sizeof out), 0);
+  assert_string_equal(dir_constraints(dir), "permitted DNS:ghcr.io; excluded IP:0.0.0.0/0,IP:::/0");
+  assert_int_equal(run_cli(dir, cert, 2, first, sizeof first), 0);
+  assert_int_equal(run_cli(dir, init_ghcr, 4, out, sizeof out), 0);
+  assert_int_equal(run_cli(dir, init_more, 4, out, sizeof out), 2);
+  assert_string_equal(out, "");
+  assert_int_equal(run_cli(dir, star, 4, out, sizeof out), 2);
+  assert_int_equal(run_cli(dir, unconstrained, 5, out, sizeof out), 2);
+  assert_int_equal(run_cli(dir, cert, 2, out, sizeof out), 0);
+  assert_string_equal(out, first);
+  assert_int_equal(run_cli(dir, force_more, 5, out, sizeof out), 0);
+  assert_string_equal(dir_constraints(dir),
+                      "permitted DNS:ghcr.io,DNS:quay.io; excluded IP:0.0.0.0/0,IP:::/0");
+  assert_int_equal(run_cli(dir, cert, 2, out, sizeof out), 0);
+  assert_string_not_equal(out, first);
+  assert_int_equal(run_cli(dir, init_more, 4, out, sizeof out), 0);
+  /* --force --unconstrained: any list, "*" too. */
+  assert_int_equal(run_cli(dir, force_any, 6, out, sizeof out), 0);
+  assert_string_equal(dir_constraints(dir), "none");
+  assert_int_equal(run_cli(dir, star, 4, out, sizeof out), 0);
+  assert_int_equal(run_cli(dir, init_more, 4, out, sizeof out), 0);
+
   /* A broken CA is a configuration error. */
   snprintf(want, sizeof want, "%s/ca.key", dir);
   assert_int_equal(chmod(want, 0644), 0);
@@ -992,8 +1475,12 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_ca_create_and_reload),
       cmocka_unit_test(test_ca_refusals),
+      cmocka_unit_test(test_ca_constraints_built),
+      cmocka_unit_test(test_ca_check_names),
+      cmocka_unit_test(test_ca_replace),
       cmocka_unit_test_setup_teardown(test_leaf_mint, setup, teardown),
       cmocka_unit_test_setup_teardown(test_leaf_long_and_bad_names, setup, teardown),
+      cmocka_unit_test(test_leaf_name_constraints),
       cmocka_unit_test_setup_teardown(test_leaf_cache_lru, setup, teardown),
       cmocka_unit_test_setup_teardown(test_handshake_alpn, setup, teardown),
       cmocka_unit_test_setup_teardown(test_handshake_base_ctx, setup, teardown),
