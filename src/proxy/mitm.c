@@ -102,7 +102,7 @@ void rp__mitm_connect(struct rp_conn *c) {
 static bool host_matches(const struct rp_conn *c, const struct rp_http_head *h) {
   const struct rp_http_header *hd = rp_http_header_find(h, "host");
   struct rp_target t;
-  const char *why;
+  const char *why, *close;
   char buf[300];
 
   if (hd == NULL)
@@ -111,8 +111,11 @@ static bool host_matches(const struct rp_conn *c, const struct rp_http_head *h) 
     return false;
   memcpy(buf, hd->value, hd->value_len);
   buf[hd->value_len] = '\0';
+  close = buf[0] == '[' ? strchr(buf, ']') : NULL;
+  if (buf[0] == '[' && close == NULL)
+    return false; /* "[" without "]" names no host: 421 */
   /* Host without a port means the scheme's default. */
-  if (buf[0] == '[' ? strchr(buf, ']')[1] != ':' : strchr(buf, ':') == NULL)
+  if (close != NULL ? close[1] != ':' : strchr(buf, ':') == NULL)
     snprintf(buf + hd->value_len, sizeof(buf) - hd->value_len, ":443");
   if (rp_target_parse_authority(buf, strlen(buf), &t, &why) != 0)
     return false;
