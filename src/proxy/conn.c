@@ -559,7 +559,13 @@ static void conn_process(struct rp_conn *c) {
         request_done(c);
       break;
     case RP_HTTP_UPGRADE:
-      /* Only CONNECT gets here, and its dispatch already moved on. */
+      /* Only CONNECT gets here, and its dispatch already moved on. One that
+       * was refused with a keep-alive answer (407, 421) is over, and the
+       * connection carries HTTP again: the next request needs a fresh parser. */
+      if (c->state == RP_CONN_HEAD && !c->req_active) {
+        rp_http_parser_reset(c->parser);
+        break;
+      }
       goto out;
     case RP_HTTP_ERROR: {
       const char *reason;
