@@ -582,7 +582,13 @@ static void conn_process(struct rp_conn *c) {
         request_done(c);
       break;
     case RP_HTTP_UPGRADE:
-      /* Only CONNECT gets here, and its dispatch already moved on. */
+      /* Only CONNECT gets here, and its dispatch already moved on. One that
+       * was refused with a keep-alive answer (407, 421) is over, and the
+       * connection carries HTTP again: the next request needs a fresh parser. */
+      if (c->state == RP_CONN_HEAD && !c->req_active) {
+        rp_http_parser_reset(c->parser);
+        break;
+      }
       goto out;
     case RP_HTTP_ERROR: {
       const char *reason;
@@ -666,8 +672,6 @@ static const struct rp_http_callbacks req_callbacks = {on_req_head, on_req_body}
 void rp__conn_accept(struct rp_listener *l) {
   struct rp_server *srv = l->srv;
   uv_tcp_t *tcp = rp_tcp_handle_new(srv->loop, AF_UNSPEC);
-  struct rp_conn *c = NULL;
-  int len;
 
   if (tcp == NULL)
     return;
@@ -675,20 +679,24 @@ void rp__conn_accept(struct rp_listener *l) {
     rp_tcp_handle_discard(tcp);
     return;
   }
-  c = calloc(1, sizeof(*c));
+  rp_tcp_tune(tcp, 0);
+  rp__conn_adopt(srv, rp_tcp_stream_wrap(tcp), l->transparent ? "transparent" : "proxy");
+}
+
+struct rp_conn *rp__conn_adopt(struct rp_server *srv, struct rp_stream *s, const char *via) {
+  struct rp_conn *c = calloc(1, sizeof(*c));
+
   if (c == NULL) {
-    rp_tcp_handle_discard(tcp);
-    return;
+    rp_stream_close(s, NULL);
+    return NULL;
   }
   c->srv = srv;
   c->id = ++srv->next_id;
-  c->via = l->transparent ? "transparent" : "proxy";
-  c->client = rp_tcp_stream_wrap(tcp);
+  c->via = via;
+  c->client = s;
   c->client->data = c;
   c->client->on_read = on_client_read;
-  rp_tcp_tune(tcp, 0);
-  len = sizeof(c->peer);
-  if (uv_tcp_getpeername(tcp, (struct sockaddr *)&c->peer, &len) == 0) {
+  if (s->ops->peername(s, &c->peer) == 0) {
     char ip[64] = "?";
     uint16_t port;
     if (c->peer.ss_family == AF_INET6) {
@@ -719,12 +727,13 @@ void rp__conn_accept(struct rp_listener *l) {
   c->parser = rp_http_parser_create(RP_HTTP_REQUEST, &req_callbacks, c);
   if (c->parser == NULL) {
     rp__conn_close(c);
-    return;
+    return NULL;
   }
   if (c->denied)
     rp_log_warn("client %s not allowed by the ACL", c->client_addr);
   rp__conn_set_timer(c, RP_TM_HEADER, srv->cfg->header_timeout_ms);
   rp__conn_start_client(c);
+  return c;
 }
 
 void rp__conn_set_client(struct rp_conn *c, struct rp_stream *s) {

@@ -210,6 +210,11 @@ struct rp_body_chunk {
 };
 
 void rp__conn_accept(struct rp_listener *l);
+/** Make a client connection of a connected stream (owned from now on; closed
+ * when this fails) and start reading requests from it: the accept path, and
+ * the in-memory streams of tests/fuzz/fuzz_conn.c. via: "proxy" or
+ * "transparent". Returns the connection, valid until the loop runs again. */
+struct rp_conn *rp__conn_adopt(struct rp_server *srv, struct rp_stream *s, const char *via);
 void rp__conn_go_state(struct rp_conn *c, enum rp_conn_state s);
 void rp__conn_close(struct rp_conn *c);
 /** Answer with a short local response (status line + one-line reason). */

@@ -102,6 +102,7 @@ static void go(struct rp_conn *c, const char *authorization) {
   free(c->mirror_authz);
   c->mirror_authz = authorization != NULL && authorization[0] ? strdup(authorization) : NULL;
   rp__mitm_relay(c, c->head);
+  rp__conn_resume_input(c); /* the rest of the request, parked since its head */
 }
 
 static void on_token(void *data, int status, const char *authorization, const char *reason) {
@@ -359,7 +360,9 @@ void rp__mirror_request(struct rp_conn *c, const struct rp_http_head *h) {
   if (c->reg.name[0] != '\0')
     snprintf(op->scope, sizeof(op->scope), "repository:%s:pull", c->reg.name);
   c->mop = op;
-  rp__conn_go_state(c, RP_CONN_PASS);
+  /* The state stays HEAD, so nothing after the head is parsed until the relay
+   * takes the request (go): a body that comes along waits for the relay's
+   * queue (in PASS it was queued before the queue existed, a NULL dereference). */
   /* A token still fresh from an earlier request: no round trip. */
   cached = m->auth != NULL ? rp_auth_cached(m->auth, registry, op->scope, 0) : NULL;
   if (cached != NULL) {

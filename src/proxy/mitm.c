@@ -431,6 +431,18 @@ bool rp__mitm_plain_request(struct rp_conn *c, const struct rp_http_head *h) {
   return true;
 }
 
+/* Free the request body queued for libcurl and not taken. */
+static void body_drop(struct rp_conn *c) {
+  while (c->up_body != NULL) {
+    struct rp_body_chunk *k = c->up_body;
+    c->up_body = k->next;
+    rp__bref_put(k->ref);
+    free(k);
+  }
+  c->up_body_tail = &c->up_body;
+  c->up_body_bytes = 0;
+}
+
 void rp__mitm_relay(struct rp_conn *c, const struct rp_http_head *h) {
   c->req_is_head = h->method_id == HTTP_HEAD;
   c->grab_manifest = 0;
@@ -438,9 +450,9 @@ void rp__mitm_relay(struct rp_conn *c, const struct rp_http_head *h) {
   c->up_chunked_out = 0;
   c->fetch_paused = 0;
   c->up_body_waiting = 0;
-  c->up_body = NULL;
-  c->up_body_tail = &c->up_body;
-  c->up_body_bytes = 0;
+  /* A body of the previous request that its answer left unread (the cache
+   * answered it) goes now: dropping the pointers leaked it and its block. */
+  body_drop(c);
   if (rp__regcache_request(c, h))
     return; /* the registry cache answers it */
   rp__mitm_pass_start(c);
@@ -503,12 +515,5 @@ void rp__mitm_destroy(struct rp_conn *c) {
   if (c->fetch != NULL)
     rp_fetch_cancel(c->fetch);
   c->fetch = NULL;
-  while (c->up_body != NULL) {
-    struct rp_body_chunk *k = c->up_body;
-    c->up_body = k->next;
-    rp__bref_put(k->ref);
-    free(k);
-  }
-  c->up_body_tail = &c->up_body;
-  c->up_body_bytes = 0;
+  body_drop(c);
 }

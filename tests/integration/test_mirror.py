@@ -148,5 +148,20 @@ def test_read_only_and_host_checked():
     assert r.status == 421, "a rebinding name reached the mirror: %r" % r
 
 
+def test_a_request_body_waits_for_the_credential():
+    """A body sent with a mirror GET on a fresh connection arrives while regproxy prepares
+    its credential: it waits for the relay (it used to be queued before the relay's queue
+    existed, a NULL dereference found by fuzz_conn)."""
+    rp = mirror()
+    c = rp.conn()
+    try:
+        r = c.request("GET", "/v2/library/alpine/manifests/3.18",
+                      [("Host", "127.0.0.1:%d" % rp.port)], body=b"a=1")
+    finally:
+        c.close()
+    assert r.status < 500, r
+    assert get(rp, "/v2/").status == 200
+
+
 if __name__ == "__main__":
     h.main(globals())

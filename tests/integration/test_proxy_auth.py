@@ -71,6 +71,23 @@ def test_every_htpasswd_hash_accepted_wrong_password_refused():
     assert not [d for d in ORIGIN.access_log() if "proxy" in str(d.get("authorization", ""))]
 
 
+def test_connect_retried_on_the_same_connection_after_407():
+    """Challenge-response on one connection: the 407 keeps it open, and the CONNECT sent
+    again with credentials is answered (the parser had stayed in CONNECT's upgrade state
+    and read nothing more)."""
+    rp = h.Regproxy(["--proxy-auth-file", FILE])
+    target = "127.0.0.1:%d" % ORIGIN.http_port
+    c = rp.conn(timeout=5.0)
+    try:
+        r = c.request("CONNECT", target, [("Host", target)])
+        assert r.status == 407 and r.header("connection") != "close", r
+        r = c.request("CONNECT", target, [("Host", target),
+                                          ("Proxy-Authorization", basic("bob", "pw-two"))])
+        assert r.status == 200, r
+    finally:
+        c.close()
+
+
 def test_a_body_sent_with_the_head_waits_for_the_check():
     """The request is parked after its head while bcrypt runs on the thread pool; the
     body bytes that came with the head are forwarded afterwards, intact."""
