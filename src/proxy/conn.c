@@ -456,6 +456,28 @@ static bool can_parse(struct rp_conn *c) {
   return c->state == RP_CONN_RESPOND;
 }
 
+static struct rp_route_out route_decide(const struct rp_conn *c) {
+  static const enum rp_route_way way[] = {
+      [RP_TARGET_ORIGIN] = RP_ROUTE_ORIGIN,
+      [RP_TARGET_ABSOLUTE] = RP_ROUTE_ABSOLUTE,
+      [RP_TARGET_AUTHORITY] = RP_ROUTE_CONNECT,
+      [RP_TARGET_ASTERISK] = RP_ROUTE_ASTERISK,
+  };
+  struct rp_route_cfg cfg;
+  struct rp_route_in in;
+
+  memset(&in, 0, sizeof(in));
+  in.way = way[c->target.form];
+  in.client_allowed = !c->denied;
+  in.host = c->target.host;
+  in.port = c->target.port;
+  in.https = c->target.https;
+  in.path = c->target.path;
+  in.path_len = c->target.path_len;
+  rp__server_route_cfg(c->srv, &cfg);
+  return rp_route_decide(&in, &cfg);
+}
+
 static void dispatch(struct rp_conn *c, const struct rp_http_head *h) {
   struct rp_server *srv = c->srv;
   bool is_connect = h->method_id == HTTP_CONNECT;
@@ -494,9 +516,15 @@ static void dispatch(struct rp_conn *c, const struct rp_http_head *h) {
     if (c->target.path != NULL)
       memcpy(c->log.path, c->target.path, n);
   }
-  if (c->denied) {
-    rp__conn_respond(c, 403, "client address not allowed", true);
-    return;
+  /* Routed once, here; acted on by rp__conn_route, after the proxy
+   * authentication if any. Requests inside an intercepted tunnel were
+   * routed with their CONNECT. */
+  if (!c->mitm) {
+    c->route = route_decide(c);
+    if (c->route.route == RP_ROUTE_DENY_ACL) {
+      rp__conn_respond(c, c->route.status, c->route.reason, true);
+      return;
+    }
   }
   /* --proxy-auth-file: requests to the proxy itself, not those inside an
    * intercepted tunnel (its CONNECT was checked) nor origin-form ones. */
@@ -508,40 +536,38 @@ static void dispatch(struct rp_conn *c, const struct rp_http_head *h) {
 }
 
 void rp__conn_route(struct rp_conn *c, const struct rp_http_head *h) {
+  const struct rp_route_out *r = &c->route;
+  struct rp_target host;
+
   if (c->mitm) {
     rp__mitm_request(c, h);
     return;
   }
-  switch (c->target.form) {
-  case RP_TARGET_AUTHORITY: rp__tunnel_connect(c); break;
-  case RP_TARGET_ABSOLUTE:
-    if (c->target.https) {
-      c->log.route = "http";
-      rp__conn_respond(c, 400, "https:// targets need CONNECT", true);
-      break;
-    }
+  c->log.route = r->name;
+  switch (r->route) {
+  case RP_ROUTE_DENY_ACL:
+  case RP_ROUTE_DENY_PORT:
+  case RP_ROUTE_BAD_REQUEST: rp__conn_respond(c, r->status, r->reason, true); break;
+  case RP_ROUTE_TUNNEL: rp__tunnel_connect(c); break;
+  case RP_ROUTE_MITM: rp__mitm_connect(c); break;
+  case RP_ROUTE_PLAIN_REGISTRY:
     if (!rp__mitm_plain_request(c, h))
       rp__forward_start(c, h);
     break;
-  case RP_TARGET_ORIGIN: {
-    /* SPEC §2: origin-form /v2/… is mirror mode, anything else admin. */
-    bool mirror = c->target.path_len >= 3 && memcmp(c->target.path, "/v2", 3) == 0 &&
-                  (c->target.path_len == 3 || c->target.path[3] == '/' || c->target.path[3] == '?');
-    struct rp_target host;
-
-    c->log.via = mirror ? "mirror" : "admin";
-    c->log.route = mirror ? "mirror" : "admin";
+  case RP_ROUTE_FORWARD: rp__forward_start(c, h); break;
+  case RP_ROUTE_MIRROR:
+  case RP_ROUTE_ADMIN:
+    c->log.via = r->name;
     /* RFC 9112 §3.2: one well-formed Host, else 400. Which names may reach
      * admin and mirror is their own check (rp__admin_host_allowed, 421). */
     if (!rp__conn_request_host(c, h, 80, &host))
       break;
-    if (mirror)
+    if (r->route == RP_ROUTE_MIRROR)
       rp__mirror_request(c, h);
     else
       rp__admin_handle(c, h);
     break;
-  }
-  default: rp__conn_respond(c, 400, "asterisk-form is not proxied", true); break;
+  case RP_ROUTE_LAST: break;
   }
 }
 

@@ -286,11 +286,9 @@ static void on_dialed(void *data, int status, struct rp_stream *s, const char *r
 void rp__forward_start(struct rp_conn *c, const struct rp_http_head *h) {
   struct rp_server *srv = c->srv;
   struct rp_dial_req req;
-  bool bypass = rp__server_route_bypass(srv, c->target.host, c->target.port);
-  bool via_parent = !bypass && srv->parent.host[0] != '\0';
+  bool via_parent = c->route.via_parent;
   char key[300];
 
-  c->log.route = bypass ? "bypass" : "http";
   c->req_is_head = h->method_id == HTTP_HEAD;
   c->req_chunked_up = h->chunked;
   if (!build_request_head(c, h, via_parent)) {

@@ -9,6 +9,7 @@
 #include "regproxy/http.h"
 #include "regproxy/net.h"
 #include "regproxy/registry.h"
+#include "regproxy/route.h"
 #include "regproxy/upstream.h"
 
 /* Backpressure: stop reading one side while the other side has more than
@@ -113,6 +114,7 @@ struct rp_conn {
   struct sockaddr_storage peer;
   int denied; /* client ACL said no: answer 403 to the first request */
   const char *via;
+  struct rp_route_out route; /* the current request's route (route.c) */
 
   enum rp_conn_state state;
   struct rp_stream *client;
@@ -259,6 +261,7 @@ void rp__conn_dial_req(struct rp_conn *c, struct rp_dial_req *req, const char *h
 int rp__dial_status(int status);
 
 /* tunnel.c */
+/** Dial the CONNECT target as c->route says (direct or via the parent). */
 void rp__tunnel_connect(struct rp_conn *c);
 void rp__tunnel_drained(struct rp_conn *c, struct rp_stream *s);
 /* forward.c */
@@ -283,8 +286,8 @@ void rp__mitm_origin(const struct rp_conn *c, char *buf, size_t bufsz);
 void rp__mitm_extra_headers(const struct rp_conn *c, struct rp_sbuf *b);
 /** The registry identity keys use (canonical, "http://"-prefixed for up_plain). */
 void rp__mitm_registry(const struct rp_conn *c, char *buf, size_t bufsz);
-/** A plain-HTTP absolute-form request to a `mitm` registry host: relayed with
- * the registry cache; false when it is not one (the byte relay takes it). */
+/** A request routed RP_ROUTE_PLAIN_REGISTRY: relayed with the registry
+ * cache; false for paths the cache does not take (the byte relay takes it). */
 bool rp__mitm_plain_request(struct rp_conn *c, const struct rp_http_head *h);
 /** Relay the current request (c->head) upstream as it is. */
 void rp__mitm_pass_start(struct rp_conn *c);
@@ -365,7 +368,7 @@ bool rp__admin_host_allowed(const struct rp_config *cfg, const struct rp_http_he
 
 /* server.c */
 void rp__server_conn_gone(struct rp_server *srv);
-bool rp__server_route_bypass(struct rp_server *srv, const char *host, uint16_t port);
-bool rp__server_connect_port_ok(struct rp_server *srv, uint16_t port);
+/** The lists and settings rp_route_decide reads; they belong to srv->cfg. */
+void rp__server_route_cfg(const struct rp_server *srv, struct rp_route_cfg *out);
 
 #endif

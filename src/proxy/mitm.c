@@ -62,7 +62,6 @@ void rp__mitm_connect(struct rp_conn *c) {
   struct rp_stream *tls;
   uv_buf_t buf = uv_buf_init((char *)established, sizeof(established) - 1);
 
-  c->log.route = "mitm";
   c->log.status = 200;
   if (srv->leaves == NULL) {
     rp__conn_respond(c, 502, "MITM is not available (no CA)", true);
@@ -412,17 +411,13 @@ void rp__mitm_request(struct rp_conn *c, const struct rp_http_head *h) {
 bool rp__mitm_plain_request(struct rp_conn *c, const struct rp_http_head *h) {
   struct rp_server *srv = c->srv;
 
-  /* SPEC §3: a plain-HTTP registry counts only when mitm names it with its
-   * port; a port-less entry (the defaults) covers HTTPS, and an http://
-   * request to such a host is plain-forwarded, never cached. */
-  if (srv->up == NULL || c->target.https ||
-      rp__server_route_bypass(srv, c->target.host, c->target.port) ||
-      !rp_hostlist_match_port_named(srv->cfg->mitm_list, c->target.host, c->target.port))
+  /* route.c found a plain-HTTP registry (route=http); without the
+   * upstream engine (stopping) it is forwarded like any other host. */
+  if (srv->up == NULL)
     return false;
   rp_reg_path_parse(c->target.path, c->target.path_len, &c->reg);
   if (c->reg.kind != RP_REG_BASE && c->reg.kind != RP_REG_MANIFEST && c->reg.kind != RP_REG_BLOB)
     return false; /* uploads, tag lists…: the byte relay */
-  c->log.route = "http";
   c->log.cache = "pass";
   c->up_plain = 1;
   snprintf(c->mitm_host, sizeof(c->mitm_host), "%s", c->target.host);

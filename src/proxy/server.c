@@ -63,23 +63,16 @@ static int apply_parent(struct rp_parent *out, const struct rp_config *cfg, char
 
 /* ---- routing policy ---- */
 
-bool rp__server_route_bypass(struct rp_server *srv, const char *host, uint16_t port) {
-  return rp_hostlist_match(srv->cfg->no_proxy_list, host, port);
-}
-
-bool rp__server_connect_port_ok(struct rp_server *srv, uint16_t port) {
+void rp__server_route_cfg(const struct rp_server *srv, struct rp_route_cfg *out) {
   const struct rp_config *cfg = srv->cfg;
-  if (cfg->connect_portset != NULL)
-    return rp_portset_has(cfg->connect_portset, port);
-  /* SPEC §2: any port while only loopback clients may connect. */
-  if (rp_acl_loopback_only(cfg->acl))
-    return true;
-  if (port == 443 || rp_hostlist_names_port(cfg->mitm_list, port))
-    return true;
-  for (size_t i = 0; i < cfg->n_connect_to; i++)
-    if (cfg->connect_to[i].port == port)
-      return true;
-  return false;
+  memset(out, 0, sizeof(*out));
+  out->acl = cfg->acl;
+  out->connect_ports = cfg->connect_portset;
+  out->no_proxy = cfg->no_proxy_list;
+  out->mitm = cfg->mitm_list;
+  out->connect_to = cfg->connect_to;
+  out->n_connect_to = cfg->n_connect_to;
+  out->parent = srv->parent.host[0] != '\0';
 }
 
 /* ---- accepting ---- */

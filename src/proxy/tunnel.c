@@ -1,6 +1,6 @@
-/* CONNECT: route the target, dial it (directly or through the parent
- * proxy), answer 200 once connected, then relay bytes both ways with
- * backpressure and half-close. */
+/* CONNECT routed to a tunnel (route.c): dial the target (directly or
+ * through the parent proxy), answer 200 once connected, then relay bytes
+ * both ways with backpressure and half-close. */
 #include <stdio.h>
 #include <string.h>
 
@@ -69,25 +69,11 @@ static void on_dialed(void *data, int status, struct rp_stream *s, const char *r
 void rp__tunnel_connect(struct rp_conn *c) {
   struct rp_server *srv = c->srv;
   struct rp_dial_req req;
-  bool bypass;
 
-  if (!rp__server_connect_port_ok(srv, c->target.port)) {
-    char why[64];
-    c->log.route = "tunnel";
-    snprintf(why, sizeof(why), "CONNECT to port %u is not allowed", c->target.port);
-    rp__conn_respond(c, 403, why, true);
-    return;
-  }
-  bypass = rp__server_route_bypass(srv, c->target.host, c->target.port);
-  if (!bypass && rp_hostlist_match(srv->cfg->mitm_list, c->target.host, c->target.port)) {
-    rp__mitm_connect(c);
-    return;
-  }
-  c->log.route = bypass ? "bypass" : "tunnel";
   c->keep_alive = 0;
   rp__conn_go_state(c, RP_CONN_DIAL);
   rp__conn_stop_client(c);
-  rp__conn_dial_req(c, &req, c->target.host, c->target.port, !bypass, true);
+  rp__conn_dial_req(c, &req, c->target.host, c->target.port, c->route.via_parent, true);
   c->dial = rp_dial_start(srv->loop, &req, on_dialed, c);
   if (c->dial == NULL)
     rp__conn_respond(c, 502, "out of memory", true);
