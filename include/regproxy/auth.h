@@ -97,9 +97,6 @@ void rp_auth_registry_key(const char *registry, char *out, size_t outsz);
 
 /** "Basic base64(user:pass)", malloc'd (NULL on OOM). */
 char *rp_auth_basic_value(const char *user, const char *pass);
-/** base64 (standard alphabet, padding optional) → bytes; malloc'd and
- * NUL-terminated, length in *outlen. RP_EPARSE on bad input. */
-int rp_auth_base64_decode(const char *in, size_t len, char **out, size_t *outlen);
 /** The token request URL: realm?service=…&scope=…[&scope=…][&account=…]
  * (several space-separated scopes become several scope parameters). Only
  * http(s) realms. 0 with *out malloc'd, or RP_EPARSE / RP_ENOMEM. */

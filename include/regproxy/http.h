@@ -132,18 +132,7 @@ int rp_http_request_host(const struct rp_http_head *h, uint16_t default_port, st
 /** Format host[:port] for Host / logs, bracketing IPv6 ("[::1]:443"). */
 void rp_target_hostport(const struct rp_target *t, bool with_port, char *buf, size_t bufsz);
 
-/* A growable output buffer for heads (bounded by the caller). */
-struct rp_sbuf {
-  char *p;
-  size_t len, cap;
-  int oom;
-};
-void rp_sbuf_add(struct rp_sbuf *b, const char *s, size_t n);
-void rp_sbuf_adds(struct rp_sbuf *b, const char *s);
-void rp_sbuf_addf(struct rp_sbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-/** Hand the bytes over (caller frees) and reset the buffer. */
-char *rp_sbuf_take(struct rp_sbuf *b, size_t *len);
-void rp_sbuf_free(struct rp_sbuf *b);
+struct rp_sbuf;
 /** Append h's end-to-end header lines ("Name: value\r\n"): hop-by-hop ones
  * and the one named skip (may be NULL) are left out. */
 void rp_sbuf_add_end_to_end(struct rp_sbuf *b, const struct rp_http_head *h, const char *skip);

@@ -3,7 +3,7 @@
 
 #include <stdint.h>
 
-#include "regproxy/http.h"
+#include "regproxy/util.h"
 
 /* Process-wide counters rendered as Prometheus text (SPEC §5). */
 enum rp_bytes_source {

@@ -16,6 +16,7 @@
 #include "regproxy/metrics.h"
 #include "regproxy/rules.h"
 #include "regproxy/tls.h"
+#include "regproxy/util.h"
 
 bool rp__admin_host_allowed(const struct rp_config *cfg, const struct rp_http_head *h) {
   struct rp_target t;

@@ -26,8 +26,8 @@
 #include "regproxy/cli.h"
 #include "regproxy/config.h"
 #include "regproxy/error.h"
-#include "regproxy/http.h"
 #include "regproxy/tls.h"
+#include "regproxy/util.h"
 
 #define SETUP_USAGE "usage: regproxy setup docker|containerd|podman [--dry-run] [--root DIR]"
 #define MARK        "Written by `regproxy setup`"

@@ -11,6 +11,7 @@
 #include "regproxy/registry.h"
 #include "regproxy/route.h"
 #include "regproxy/upstream.h"
+#include "regproxy/util.h"
 
 /* Backpressure: stop reading one side while the other side has more than
  * HIGH bytes queued; resume once it is down to LOW. */
@@ -341,13 +342,6 @@ void rp__regcache_destroy(struct rp_conn *c);
 bool rp__regcache_stale(struct rp_conn *c);
 /** Could rp__regcache_stale answer the current request? */
 bool rp__regcache_can_stale(struct rp_conn *c);
-/** FNV-1a of a string, for the small fixed tables of publicrepo.c and mirror.c. */
-static inline uint32_t rp__str_hash(const char *s) {
-  uint32_t h = 2166136261u;
-  for (; *s; s++)
-    h = (h ^ (unsigned char)*s) * 16777619u;
-  return h;
-}
 
 /* publicrepo.c */
 /** Known to be readable anonymously: answered within the hour, or at any

@@ -80,7 +80,7 @@ static struct rp__mirror *mirror_of(struct rp_server *srv) {
 }
 
 static struct mirror_reg *reg_slot(struct rp__mirror *m, const char *registry) {
-  return &m->reg[rp__str_hash(registry) % MIRROR_REGS];
+  return &m->reg[rp_str_hash(registry) % MIRROR_REGS];
 }
 
 /* ---- the request, once its credential is settled ---- */

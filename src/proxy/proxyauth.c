@@ -13,7 +13,6 @@
 #include <strings.h>
 
 #include "internal.h"
-#include "regproxy/auth.h"
 #include "regproxy/htpasswd.h"
 #include "regproxy/log.h"
 
@@ -125,7 +124,7 @@ bool rp__proxyauth_check(struct rp_conn *c, const struct rp_http_head *h) {
   skip = 6;
   while (skip < a->value_len && a->value[skip] == ' ')
     skip++;
-  if (rp_auth_base64_decode(a->value + skip, a->value_len - skip, &dec, &declen) != 0 ||
+  if (rp_base64_decode(a->value + skip, a->value_len - skip, &dec, &declen) != 0 ||
       (colon = memchr(dec, ':', declen)) == NULL || memchr(dec, '\0', declen) != NULL) {
     free(dec);
     challenge(c, "malformed Proxy-Authorization");

@@ -1,7 +1,6 @@
 /* The server: listeners, accept with --max-connections, routing policy
  * shared by every connection, signals (graceful stop, reload). */
 #include <arpa/inet.h>
-#include <openssl/evp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -46,14 +45,12 @@ static int apply_parent(struct rp_parent *out, const struct rp_config *cfg, char
   else
     snprintf(out->url, sizeof(out->url), "http://%s:%u", out->host, out->port);
   if (cfg->parent_proxy_userinfo != NULL && cfg->parent_proxy_userinfo[0] != '\0') {
-    size_t ulen = strlen(cfg->parent_proxy_userinfo);
-    unsigned char *b64 = malloc(4 * ((ulen + 2) / 3) + 1);
+    char *b64 = rp_base64_encode(cfg->parent_proxy_userinfo, strlen(cfg->parent_proxy_userinfo));
     if (b64 == NULL)
       return RP_ENOMEM;
-    EVP_EncodeBlock(b64, (const unsigned char *)cfg->parent_proxy_userinfo, (int)ulen);
-    out->auth = malloc(strlen((char *)b64) + 7);
+    out->auth = malloc(strlen(b64) + 7);
     if (out->auth != NULL)
-      sprintf(out->auth, "Basic %s", (char *)b64);
+      sprintf(out->auth, "Basic %s", b64);
     free(b64);
     if (out->auth == NULL)
       return RP_ENOMEM;

@@ -16,6 +16,7 @@
 #include "regproxy/error.h"
 #include "regproxy/log.h"
 #include "regproxy/upstream.h"
+#include "regproxy/util.h"
 
 #define CONFIG_MAX          (4 * 1024 * 1024)
 #define TOKEN_BODY_MAX      (256 * 1024)
@@ -349,86 +350,13 @@ int rp_auth_challenge_from_response(struct rp_fetch *f, const struct rp_http_hea
   return 0;
 }
 
-/* ---- base64 --------------------------------------------------------------- */
-
-static const char b64_alphabet[] =
-    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
-static int b64_value(unsigned char c) {
-  if (c >= 'A' && c <= 'Z')
-    return c - 'A';
-  if (c >= 'a' && c <= 'z')
-    return c - 'a' + 26;
-  if (c >= '0' && c <= '9')
-    return c - '0' + 52;
-  if (c == '+')
-    return 62;
-  if (c == '/')
-    return 63;
-  return -1;
-}
-
-int rp_auth_base64_decode(const char *in, size_t len, char **out, size_t *outlen) {
-  size_t pad = 0;
-  while (len > 0 && in[len - 1] == '=' && pad < 2)
-    len--, pad++;
-  if (len % 4 == 1 || (pad > 0 && (len + pad) % 4 != 0))
-    return RP_EPARSE;
-  char *buf = malloc(len / 4 * 3 + 3);
-  size_t j = 0;
-  uint32_t acc = 0;
-  int bits = 0;
-  if (buf == NULL)
-    return RP_ENOMEM;
-  for (size_t i = 0; i < len; i++) {
-    int v = b64_value((unsigned char)in[i]);
-    if (v < 0) {
-      free(buf);
-      return RP_EPARSE;
-    }
-    acc = (acc << 6) | (uint32_t)v;
-    bits += 6;
-    if (bits >= 8) {
-      bits -= 8;
-      buf[j++] = (char)((acc >> bits) & 0xff);
-    }
-  }
-  /* Leftover bits must be zero (canonical encoding). */
-  if (bits > 0 && (acc & ((1u << bits) - 1)) != 0) {
-    free(buf);
-    return RP_EPARSE;
-  }
-  buf[j] = '\0';
-  *out = buf;
-  *outlen = j;
-  return 0;
-}
-
-static char *base64_encode(const unsigned char *in, size_t len) {
-  char *out = malloc((len + 2) / 3 * 4 + 1);
-  size_t j = 0;
-  if (out == NULL)
-    return NULL;
-  for (size_t i = 0; i < len; i += 3) {
-    uint32_t v = (uint32_t)in[i] << 16;
-    if (i + 1 < len)
-      v |= (uint32_t)in[i + 1] << 8;
-    if (i + 2 < len)
-      v |= in[i + 2];
-    out[j++] = b64_alphabet[(v >> 18) & 63];
-    out[j++] = b64_alphabet[(v >> 12) & 63];
-    out[j++] = i + 1 < len ? b64_alphabet[(v >> 6) & 63] : '=';
-    out[j++] = i + 2 < len ? b64_alphabet[v & 63] : '=';
-  }
-  out[j] = '\0';
-  return out;
-}
+/* ---- Basic ---------------------------------------------------------------- */
 
 char *rp_auth_basic_value(const char *user, const char *pass) {
   char *plain = xasprintf("%s:%s", user, pass), *b64 = NULL, *out = NULL;
   if (plain == NULL)
     return NULL;
-  b64 = base64_encode((const unsigned char *)plain, strlen(plain));
+  b64 = rp_base64_encode(plain, strlen(plain));
   if (b64 != NULL)
     out = xasprintf("Basic %s", b64);
   explicit_bzero(plain, strlen(plain));
@@ -533,8 +461,7 @@ static int cred_from_entry(json_t *entry, char **user, char **pass, const char *
   if (auth != NULL && json_string_length(auth) > 0) {
     char *plain = NULL;
     size_t plen = 0;
-    int rc =
-        rp_auth_base64_decode(json_string_value(auth), json_string_length(auth), &plain, &plen);
+    int rc = rp_base64_decode(json_string_value(auth), json_string_length(auth), &plain, &plen);
     if (rc == RP_ENOMEM)
       return rc;
     if (rc != 0) {
