@@ -5,6 +5,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "regproxy/dial.h"
 #include "regproxy/rules.h"
 
 /* Where a value came from; higher wins (SPEC §4 precedence). */
@@ -20,13 +21,6 @@ enum rp_config_source {
 struct rp_strv {
   char **v;
   size_t n;
-};
-
-struct rp_connect_to {
-  char *host;       /* lower-case; "" matches any host; IPv6 without brackets */
-  uint16_t port;    /* 0 matches any port */
-  char *to_addr;    /* "" keeps the host; IPv6 without brackets */
-  uint16_t to_port; /* 0 keeps the port */
 };
 
 struct rp_listen_addr {

@@ -6,6 +6,8 @@
 #include <stdint.h>
 #include <uv.h>
 
+#include "regproxy/dial.h"
+
 /* Read buffers come from a loop-wide pool of fixed blocks, so an idle
  * connection holds no buffer at all; a read callback owns the block it is
  * given and passes it on (to a write) or returns it with rp_buf_free. */
@@ -84,8 +86,8 @@ void rp_tcp_handle_discard(uv_tcp_t *tcp);
 void rp_tcp_tune(uv_tcp_t *tcp, uint32_t mark);
 
 /* dial: asynchronous resolve, Happy Eyeballs (RFC 8305, 250 ms), connect
- * timeout, curl-style --connect-to, optional parent-proxy CONNECT. */
-struct rp_connect_to;
+ * timeout, curl-style --connect-to (regproxy/dial.h), optional parent-proxy
+ * CONNECT. */
 
 struct rp_dial_req {
   const char *host; /* name or IP literal (IPv6 without brackets) */
@@ -113,11 +115,6 @@ struct rp_dial *rp_dial_start(uv_loop_t *loop, const struct rp_dial_req *req, rp
                               void *data);
 /** Abandon a dial; its callback will not run. */
 void rp_dial_cancel(struct rp_dial *d);
-
-/** Apply the --connect-to list to (host, port) in place (host buffer holds
- * at least 256 bytes). Returns 1 when a rule applied. */
-int rp_connect_to_apply(const struct rp_connect_to *rules, size_t n, char *host, size_t hostsz,
-                        uint16_t *port);
 
 /* TLS on top of another stream through memory BIOs (MITM). */
 typedef struct ssl_ctx_st SSL_CTX;

@@ -8,7 +8,7 @@
 #include <string.h>
 #include <strings.h>
 
-#include "regproxy/config.h"
+#include "regproxy/dial.h"
 #include "regproxy/error.h"
 #include "regproxy/log.h"
 #include "regproxy/net.h"
