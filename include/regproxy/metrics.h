@@ -20,14 +20,9 @@ enum rp_bytes_source {
 struct rp_metrics {
   int64_t connections_active;
   int64_t tunnels_active;
-  int64_t fills_in_flight;
   uint64_t connections_total;
   uint64_t bytes[2][RP_SRC_BYTES_LAST]; /* [0] in (from clients), [1] out (to clients) */
   uint64_t upstream_bytes;
-  uint64_t evictions;
-  uint64_t digest_mismatch;
-  uint64_t cache_size_bytes;
-  uint64_t cache_objects;
 };
 
 extern struct rp_metrics rp_metrics;
