@@ -183,14 +183,17 @@ void rp_reader_cancel(struct rp_reader *r);
 
 /* ---- maintenance ---- */
 
+/* The cache's own numbers, kept in struct rp_cache; the counters start at 0
+ * when the cache is opened. /metrics and /status.json read them from here. */
 struct rp_cache_stats {
   uint64_t size_bytes;
   uint64_t max_size; /* the eviction bound (0: none) */
   uint64_t objects;
   uint64_t evictions;
-  uint64_t digest_mismatches;
+  uint64_t digest_mismatches; /* fills and verifications that failed their digest */
   uint64_t fills_in_flight;
 };
+/** Copy c's numbers into out (all zero when c is NULL). */
 void rp_cache_stats(const struct rp_cache *c, struct rp_cache_stats *out);
 
 /* ---- direct maintenance (`regproxy cache …` on an unlocked directory) ---- */

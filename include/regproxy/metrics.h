@@ -5,7 +5,11 @@
 
 #include "regproxy/util.h"
 
-/* Process-wide counters rendered as Prometheus text (SPEC §5). */
+struct rp_cache;
+
+/* The proxy layer's own counters and the Prometheus text exposition (SPEC §5).
+ * Metrics are pulled: the cache keeps its numbers in struct rp_cache, and
+ * rp_metrics_render asks it for them (rp_cache_stats) at render time. */
 enum rp_bytes_source {
   RP_SRC_BYTES_CACHE,
   RP_SRC_BYTES_UPSTREAM,
@@ -16,14 +20,9 @@ enum rp_bytes_source {
 struct rp_metrics {
   int64_t connections_active;
   int64_t tunnels_active;
-  int64_t fills_in_flight;
   uint64_t connections_total;
   uint64_t bytes[2][RP_SRC_BYTES_LAST]; /* [0] in (from clients), [1] out (to clients) */
   uint64_t upstream_bytes;
-  uint64_t evictions;
-  uint64_t digest_mismatch;
-  uint64_t cache_size_bytes;
-  uint64_t cache_objects;
 };
 
 extern struct rp_metrics rp_metrics;
@@ -32,7 +31,8 @@ extern struct rp_metrics rp_metrics;
 void rp_metrics_request(const char *via, const char *route, const char *cache, int code);
 /** Count an upstream failure of a kind ("dns", "connect", "timeout", "proxy", "protocol"). */
 void rp_metrics_upstream_error(const char *kind);
-/** Append the Prometheus exposition to b. */
-void rp_metrics_render(struct rp_sbuf *b);
+/** Append the Prometheus exposition to b: the proxy's counters and the
+ * cache's numbers (NULL: no cache, rendered as 0). */
+void rp_metrics_render(struct rp_sbuf *b, const struct rp_cache *cache);
 
 #endif

@@ -17,7 +17,6 @@
 #include "cache/internal.h"
 #include "regproxy/error.h"
 #include "regproxy/log.h"
-#include "regproxy/metrics.h"
 
 static void fill_free(struct rp_fill *f);
 static void kick_write(struct rp_fill *f);
@@ -229,7 +228,6 @@ static void leave_table(struct rp_fill *f) {
   c->fills_running--;
   if (f->expected > 0)
     c->fills_announced -= (uint64_t)f->expected;
-  rp_metrics.fills_in_flight--;
 }
 
 static void on_unlink(uv_fs_t *req) {
@@ -272,7 +270,6 @@ static void mismatch(struct rp_fill *f, const char *what, const char *got) {
   char key[160];
 
   f->c->mismatches++;
-  rp_metrics.digest_mismatch++;
   rp__digest_key(&f->digest, key, sizeof key);
   rp_logline_begin(&l, RP_LOG_WARN, "digest_mismatch");
   rp_logline_str(&l, "digest", key);
@@ -638,7 +635,6 @@ struct rp_fill *rp_fill_start(struct rp_cache *c, const struct rp_digest *d, int
   c->fills_running++;
   if (f->expected > 0)
     c->fills_announced += (uint64_t)f->expected;
-  rp_metrics.fills_in_flight++;
   c->alive++;
   return f;
 out:

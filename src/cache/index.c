@@ -22,7 +22,6 @@
 #include "cache/internal.h"
 #include "regproxy/error.h"
 #include "regproxy/log.h"
-#include "regproxy/metrics.h"
 
 #define RP__STR2(x) #x
 #define RP__STR(x)  RP__STR2(x)
@@ -257,8 +256,6 @@ static void lru_push_front(struct rp_cache *c, struct rp__obj *o) {
 static void account(struct rp_cache *c, int64_t dsize, int64_t dobjs) {
   c->size_bytes += (uint64_t)dsize;
   c->nobjects += (uint64_t)dobjs;
-  rp_metrics.cache_size_bytes += (uint64_t)dsize;
-  rp_metrics.cache_objects += (uint64_t)dobjs;
 }
 
 struct rp__obj *rp__obj_put(struct rp_cache *c, const struct rp_digest *d, uint64_t size,

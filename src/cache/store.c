@@ -18,7 +18,6 @@
 #include "cache/internal.h"
 #include "regproxy/error.h"
 #include "regproxy/log.h"
-#include "regproxy/metrics.h"
 
 #define CHUNK_POOL_KEEP 64
 
@@ -378,8 +377,6 @@ struct rp__verify {
 static void cache_free(struct rp_cache *c) {
   if (c == NULL)
     return;
-  rp_metrics.cache_size_bytes -= c->size_bytes;
-  rp_metrics.cache_objects -= c->nobjects;
   rp__index_free(c);
   rp__objs_free(c);
   rp__htab_free(&c->fills);
@@ -497,7 +494,6 @@ static void evict_one(struct rp_cache *c, struct rp__obj *o) {
   rp_log_debug("cache: evicting %s (%llu bytes)", key, (unsigned long long)o->size);
   rp__obj_remove(c, o);
   c->evictions++;
-  rp_metrics.evictions++;
   rp__index_submit(c, op);
 }
 
@@ -688,7 +684,6 @@ static void on_verify_done(uv_work_t *w, int status) {
 
   if (rc == RP_EDIGEST) {
     c->mismatches++;
-    rp_metrics.digest_mismatch++;
   }
   if (j->prev != NULL)
     j->prev->next = j->next;

@@ -1,7 +1,9 @@
-/* Process-wide counters and their Prometheus text exposition. */
+/* The proxy layer's counters, and the Prometheus text exposition of them and
+ * of the numbers other modules keep themselves (asked for at render time). */
 #include <stdio.h>
 #include <string.h>
 
+#include "regproxy/cache.h"
 #include "regproxy/metrics.h"
 
 struct rp_metrics rp_metrics;
@@ -60,9 +62,12 @@ static void counter(struct rp_sbuf *b, const char *name, const char *help, unsig
   rp_sbuf_addf(b, "# HELP %s %s\n# TYPE %s counter\n%s %llu\n", name, help, name, name, v);
 }
 
-void rp_metrics_render(struct rp_sbuf *b) {
+void rp_metrics_render(struct rp_sbuf *b, const struct rp_cache *cache) {
   static const char *const sources[RP_SRC_BYTES_LAST] = {"cache", "upstream", "tunnel"};
   static const char *const dirs[2] = {"in", "out"};
+  struct rp_cache_stats cs;
+
+  rp_cache_stats(cache, &cs);
 
   gauge(b, "regproxy_connections_active", "Client connections open.",
         (long long)rp_metrics.connections_active);
@@ -91,14 +96,11 @@ void rp_metrics_render(struct rp_sbuf *b) {
   for (size_t i = 0; i < n_err_series; i++)
     rp_sbuf_addf(b, "regproxy_upstream_errors_total{kind=\"%s\"} %llu\n", err_series[i].kind,
                  (unsigned long long)err_series[i].n);
-  gauge(b, "regproxy_cache_size_bytes", "Bytes stored in the cache.",
-        (long long)rp_metrics.cache_size_bytes);
-  gauge(b, "regproxy_cache_objects", "Objects stored in the cache.",
-        (long long)rp_metrics.cache_objects);
-  gauge(b, "regproxy_fills_in_flight", "Cache fills running.",
-        (long long)rp_metrics.fills_in_flight);
+  gauge(b, "regproxy_cache_size_bytes", "Bytes stored in the cache.", (long long)cs.size_bytes);
+  gauge(b, "regproxy_cache_objects", "Objects stored in the cache.", (long long)cs.objects);
+  gauge(b, "regproxy_fills_in_flight", "Cache fills running.", (long long)cs.fills_in_flight);
   counter(b, "regproxy_evictions_total", "Objects evicted from the cache.",
-          (unsigned long long)rp_metrics.evictions);
+          (unsigned long long)cs.evictions);
   counter(b, "regproxy_digest_mismatch_total", "Upstream bodies that failed digest verification.",
-          (unsigned long long)rp_metrics.digest_mismatch);
+          (unsigned long long)cs.digest_mismatches);
 }
