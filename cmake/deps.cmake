@@ -52,3 +52,17 @@ else()
   add_library(rp::llhttp ALIAS rp_llhttp)
   message(STATUS "llhttp: compiled from ${RP_LLHTTP_SRC}")
 endif()
+
+# sd_notify (Type=notify units) is optional: without libsystemd-dev the build
+# works and the generated unit is Type=simple. -DRP_SYSTEMD=OFF forces that.
+option(RP_SYSTEMD "Use libsystemd for sd_notify when it is found" ON)
+set(RP_HAVE_SYSTEMD OFF)
+if(RP_SYSTEMD)
+  pkg_check_modules(SYSTEMD IMPORTED_TARGET libsystemd)
+  if(SYSTEMD_FOUND)
+    set(RP_HAVE_SYSTEMD ON)
+    message(STATUS "sd_notify: libsystemd ${SYSTEMD_VERSION} (unit Type=notify)")
+  else()
+    message(STATUS "sd_notify: off, libsystemd not found (apt-get install libsystemd-dev); unit Type=simple")
+  endif()
+endif()
