@@ -21,8 +21,10 @@ static int run(int argc, char **argv, struct rp_config *cfg) {
   int rc;
 
   rc = rp_server_create(&srv, loop, cfg, argc, argv, environ, &err);
-  if (rc == 0)
+  if (rc == 0) {
+    rp_server_notify_service(srv);
     rc = rp_server_start(srv, &err);
+  }
   if (rc != 0) {
     fprintf(stderr, "regproxy: %s\n", err != NULL ? err : rp_strerror(rc));
     free(err);

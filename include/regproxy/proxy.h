@@ -14,6 +14,10 @@ struct rp_server;
  * 0, RP_ECONFIG (message in *err, exit 2) or a runtime error (exit 1). */
 int rp_server_create(struct rp_server **out, uv_loop_t *loop, struct rp_config *cfg, int argc,
                      char **argv, char **envp, char **err);
+/** Make this server the service's main process: rp_server_start sends
+ * READY=1 once the listeners are bound, SIGHUP is wrapped in RELOADING=1 …
+ * READY=1 and a shutdown sends STOPPING=1 (sd_notify; call before start). */
+void rp_server_notify_service(struct rp_server *srv);
 /** Bind the listeners, install signal handlers, print the start-up lines. */
 int rp_server_start(struct rp_server *srv, char **err);
 /** The first listener's URL as bound ("http://127.0.0.1:2080"; a wildcard

@@ -4,8 +4,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* Small helpers every layer may use: strings, hashing, base64. util depends
- * on nothing else of regproxy (only error.h's codes). */
+/* Small helpers every layer may use: strings, hashing, base64, sd_notify.
+ * util depends on nothing else of regproxy (only error.h's codes). */
 
 /* A growable output buffer for heads and bodies (bounded by the caller). An
  * allocation failure is remembered in oom and reported by rp_sbuf_take. */
@@ -41,5 +41,10 @@ char *rp_base64_encode(const void *in, size_t len);
 int rp_base64_decode(const char *in, size_t len, char **out, size_t *outlen);
 /* OpenSSL's block functions count in int. */
 #define RP_BASE64_MAX ((size_t)1 << 28)
+
+/** Tell the service manager (systemd's $NOTIFY_SOCKET) about a state change:
+ * "READY=1", "RELOADING=1", "STOPPING=1", "STATUS=…", newline-separated. A
+ * no-op when not under systemd or built without libsystemd. */
+void rp_notify(const char *state);
 
 #endif

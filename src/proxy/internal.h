@@ -53,6 +53,7 @@ struct rp_server {
   uv_signal_t sig[3];
   uv_timer_t grace;
   int draining;
+  int notify; /* tell systemd READY/RELOADING/STOPPING (`run` only, not prefetch) */
 
   /* MITM: the local CA, the per-host leaves, the upstream engine. */
   struct rp_ca *ca;

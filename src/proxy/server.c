@@ -155,6 +155,8 @@ static void begin_shutdown(struct rp_server *srv, const char *why) {
     return;
   }
   srv->draining = 1;
+  if (srv->notify)
+    rp_notify("STOPPING=1");
   rp_log_info("%s: stopping; %u connection(s) may finish within %llu ms", why, srv->nconns,
               (unsigned long long)srv->cfg->shutdown_grace_ms);
   for (size_t i = 0; i < srv->nlisteners; i++) {
@@ -239,10 +241,25 @@ static void reload(struct rp_server *srv) {
   rp_log_info("configuration reloaded");
 }
 
+/* A reload is RELOADING=1 … READY=1 for systemd whether or not the new
+ * configuration was taken: the old one keeps serving when it was not. */
+static void on_reload(struct rp_server *srv) {
+  char state[64];
+
+  if (srv->notify) {
+    snprintf(state, sizeof(state), "RELOADING=1\nMONOTONIC_USEC=%llu",
+             (unsigned long long)(uv_hrtime() / 1000));
+    rp_notify(state);
+  }
+  reload(srv);
+  if (srv->notify)
+    rp_notify("READY=1");
+}
+
 static void on_signal(uv_signal_t *h, int signum) {
   struct rp_server *srv = h->data;
   if (signum == SIGHUP)
-    reload(srv);
+    on_reload(srv);
   else
     begin_shutdown(srv, signum == SIGTERM ? "SIGTERM" : "SIGINT");
 }
@@ -423,6 +440,24 @@ static void record_owner(struct rp_server *srv) {
     rp_log_warn("cache: cannot record the admin URL %s in the lock file: %s", url, rp_strerror(rc));
 }
 
+void rp_server_notify_service(struct rp_server *srv) {
+  srv->notify = 1;
+}
+
+/* READY=1 only now: the listeners accept, the lock names our admin URL and
+ * the signal handlers (SIGHUP = ExecReload) are in place. */
+static void notify_ready(struct rp_server *srv) {
+  char state[192], url[128];
+
+  if (!srv->notify)
+    return;
+  if (rp_server_url(srv, url, sizeof(url)) != 0)
+    snprintf(url, sizeof(url), "%s", srv->nlisteners ? srv->listeners[0].addr : "-");
+  snprintf(state, sizeof(state), "READY=1\nSTATUS=serving on %s, cache %s", url,
+           srv->cfg->cache_dir);
+  rp_notify(state);
+}
+
 void rp_server_stop(struct rp_server *srv) {
   begin_shutdown(srv, "stop requested");
 }
@@ -497,6 +532,7 @@ int rp_server_start(struct rp_server *srv, char **err) {
     }
   }
   startup_lines(srv);
+  notify_ready(srv);
   return 0;
 }
 

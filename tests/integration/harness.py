@@ -275,10 +275,13 @@ def _short(b, n=2000):
 
 
 def clean_env(**extra):
-    """The environment minus proxy and REGPROXY_* variables, plus extra."""
+    """The environment minus proxy, REGPROXY_* and NOTIFY_SOCKET variables, plus extra.
+
+    NOTIFY_SOCKET goes too: a runner started by systemd must not have every regproxy
+    it starts report READY=1/STOPPING=1 to the runner's own service manager."""
     env = {k: v for k, v in os.environ.items()
            if k.lower() not in ("http_proxy", "https_proxy", "no_proxy", "all_proxy",
-                                "ftp_proxy")
+                                "ftp_proxy", "notify_socket")
            and not k.startswith("REGPROXY_")}
     for k, v in extra.items():
         if v is None:
