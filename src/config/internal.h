@@ -77,6 +77,9 @@ int rp__config_load_yaml_buffer(struct rp_config **out, const char *name, const 
 
 /** Write --help to fp. */
 void rp__config_usage_write(FILE *fp);
+/** Write the man page's OPTIONS section, generated from the option table, to
+ * fp as scdoc text (man/rp_manpage.c splices it into man/regproxy.1.scd). */
+void rp__config_scdoc_write(FILE *fp);
 
 /* The default mitm list, also what a CA is made for while interception is off. */
 #define RP_CONFIG_DEFAULT_MITM                                                                     \

@@ -1,6 +1,7 @@
 /* The option table: every option's key (and so its --flag and REGPROXY_*
  * variable), type, default and help line; finding an option by any of its
- * three names; freeing what the table points at; and --help. */
+ * three names; freeing what the table points at; --help and the man page's
+ * OPTIONS section, both printed from the table so they cannot disagree. */
 
 #include <ctype.h>
 #include <stdio.h>
@@ -226,6 +227,11 @@ void rp_config_destroy(struct rp_config *cfg) {
 
 /* ---- --help ---------------------------------------------------------------- */
 
+/* How values are spelled; --help and the man page both print these. */
+#define VALUES_SIZE     "1024, 2k, 512M, 20G, 1T"
+#define VALUES_DURATION "250ms, 30s, 10m, 1h, 1d, 0"
+#define VALUES_BOOL     "on|off|true|false|yes|no"
+
 void rp__config_usage_write(FILE *fp) {
   fputs("usage:\n"
         "  regproxy [run] [options]          run the proxy (default)\n"
@@ -246,8 +252,8 @@ void rp__config_usage_write(FILE *fp) {
         "Every option is also a config-file key (--cache-max-size <-> cache_max_size) and an\n"
         "environment variable (REGPROXY_CACHE_MAX_SIZE); lists in the environment are\n"
         "comma-separated. Precedence: flag > REGPROXY_* environment > config file >\n"
-        "HTTPS_PROXY/HTTP_PROXY/NO_PROXY environment > default. Sizes: 1024, 2k, 512M, 20G, 1T.\n"
-        "Durations: 250ms, 30s, 10m, 1h, 1d, 0. Booleans: on|off|true|false|yes|no.\n",
+        "HTTPS_PROXY/HTTP_PROXY/NO_PROXY environment > default. Sizes: " VALUES_SIZE ".\n"
+        "Durations: " VALUES_DURATION ". Booleans: " VALUES_BOOL ".\n",
         fp);
   for (int g = 0; g < G_LAST; g++) {
     fprintf(fp, "\n%s:\n", group_titles[g]);
@@ -276,4 +282,90 @@ void rp__config_usage_write(FILE *fp) {
 
 void rp_config_usage(void) {
   rp__config_usage_write(stdout);
+}
+
+/* ---- the man page's OPTIONS section (scdoc) ---------------------------------- */
+
+/* Write s with scdoc's markup characters (backslash, star, underscore)
+ * escaped, so that help texts like "SO_MARK" print as they are. */
+static void scdoc_put(FILE *fp, const char *s) {
+  for (; *s != '\0'; s++) {
+    if (*s == '\\' || *s == '*' || *s == '_') {
+      fputc('\\', fp);
+    }
+    fputc(*s, fp);
+  }
+}
+
+/* One option as an scdoc term: the flag in bold, its metavar underlined,
+ * then an indented paragraph. */
+static void scdoc_term(FILE *fp, const char *flag, const char *metavar, const char *help) {
+  fputc('*', fp);
+  scdoc_put(fp, flag);
+  fputc('*', fp);
+  if (metavar != NULL) {
+    fputs(" _", fp);
+    scdoc_put(fp, metavar);
+    fputc('_', fp);
+  }
+  fputs("\n\t", fp);
+  scdoc_put(fp, help);
+}
+
+void rp__config_scdoc_write(FILE *fp) {
+  fputs("# OPTIONS\n"
+        "\n"
+        "Every option below is also a config-file key and a *REGPROXY\\_<KEY>* environment\n"
+        "variable, as each entry says; lists in the environment are comma-separated.\n"
+        "Precedence: flag > *REGPROXY\\_\\** environment > config file >\n"
+        "*HTTPS\\_PROXY*/*HTTP\\_PROXY*/*NO\\_PROXY* environment > default.\n"
+        "A flag takes its value as the next argument or after *=*; a boolean flag alone\n"
+        "means on.\n"
+        "\n",
+        fp);
+  fputs("Sizes: " VALUES_SIZE ". Durations: " VALUES_DURATION ". Booleans: ", fp);
+  scdoc_put(fp, VALUES_BOOL);
+  fputs(".\n", fp);
+  for (int g = 0; g < G_LAST; g++) {
+    fprintf(fp, "\n## %s\n", group_titles[g]);
+    if (g == G_GENERAL) {
+      fputs("\n", fp);
+      scdoc_term(fp, "-h, --help", NULL, "Show the usage and every option, then exit.");
+      fputs("\n\n", fp);
+      scdoc_term(fp, "-V, --version", NULL, "Show the version, then exit.");
+      fputs("\n", fp);
+    }
+    for (size_t i = 0; i < RP__N_OPTS; i++) {
+      const struct rp__opt *o = &rp__opts[i];
+      const char *shown = o->shown != NULL ? o->shown : o->def;
+      char fl[64];
+      char env[64];
+      if (o->group != (enum opt_group)g) {
+        continue;
+      }
+      rp__opt_flag_name(o, fl, sizeof fl);
+      rp__opt_env_name(o, env, sizeof env);
+      fputs("\n", fp);
+      scdoc_term(fp, fl, o->metavar, o->help);
+      /* One name a line ("++" breaks it): a long variable name at the end
+       * of a filled line would be hyphenated. */
+      fputs(".\n\n\tDefault: ", fp);
+      scdoc_put(fp, shown != NULL ? shown : "none");
+      fputs(".", fp);
+      if (!(o->flags & OF_NO_KEY)) {
+        fputs("++\nConfig key: *", fp);
+        scdoc_put(fp, o->key);
+        fputs("*.", fp);
+      }
+      if (!(o->flags & OF_NO_ENV)) {
+        fputs("++\nEnvironment: *", fp);
+        scdoc_put(fp, env);
+        fputs("*.", fp);
+      }
+      if ((o->flags & OF_NO_KEY) && (o->flags & OF_NO_ENV)) {
+        fputs(" Command line only.", fp);
+      }
+      fputs("\n", fp);
+    }
+  }
 }
