@@ -12,6 +12,7 @@ import hashlib
 import http.server
 import json
 import os
+import shutil
 import threading
 
 import harness as h
@@ -152,6 +153,20 @@ def test_authenticated_kept_apart():
     m = RP.metrics()
     assert m.sum("regproxy_registry_ratelimit_remaining", registry="docker.io",
                  auth="authenticated") == 200, m
+
+
+def test_page_shows_the_lowest_limit():
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        return
+    d = h.tmpdir()
+    p = h.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--user-data-dir=" + d,
+               "--virtual-time-budget=5000", "--dump-dom", RP.url + "/"], timeout=60,
+              check=False, env=h.clean_env(HOME=d))
+    dom = p.stdout.decode(errors="replace")
+    assert '<b id="lleft" class="">99 of 100</b>' in dom, dom[:3000]
+    assert "docker.io, anonymous, per 6 h" in dom, dom[:3000]
+    assert "<td>authenticated</td><td class=\"n\">200</td>" in dom, dom
 
 
 def test_values_that_are_not_numbers_are_ignored():
