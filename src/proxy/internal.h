@@ -307,6 +307,16 @@ void rp__status_note(struct rp_conn *c);
 /** /status.json, malloc'd (NULL on OOM). */
 char *rp__status_json(struct rp_server *srv, size_t *len);
 void rp__status_shutdown(struct rp_server *srv);
+/** Does the upstream request carry a credential (SPEC §5 `auth` label)? The
+ * client's Authorization, or regproxy's own in mirror mode; a Bearer JWT
+ * with an empty subject (Docker Hub's anonymous token) does not count. */
+bool rp__status_authenticated(const struct rp_conn *c);
+/** Keep the ratelimit-limit / ratelimit-remaining of an upstream manifest
+ * answer (headers read during the call only). */
+void rp__status_ratelimit(struct rp_server *srv, const char *registry, bool authenticated,
+                          const struct rp_http_header *h, size_t n);
+/** Append the pull-limit and pulls-saved series to the /metrics text. */
+void rp__status_metrics(struct rp_server *srv, struct rp_sbuf *b);
 struct json_t;
 /** The fills in flight, for the status page (regfill.c). */
 void rp__regcache_fills_json(struct rp_server *srv, struct json_t *arr);

@@ -35,6 +35,8 @@ struct rp__headcheck {
   struct rp_digest d;
   char ctype[128];
   int64_t size;
+  bool authenticated; /* which pull limit the answer's ratelimit headers name */
+  char registry[300];
 };
 
 /* Unlisted and freed once its answer came, or cancelled at shutdown. */
@@ -57,6 +59,7 @@ static int tag_on_head(struct rp_fetch *f, void *data, int status, const char *r
   tc->have_digest = dg[0] != '\0' && rp_digest_parse(dg, strlen(dg), &tc->d) == 0;
   rp__reg_header_copy(h, n, "content-type", tc->ctype, sizeof(tc->ctype));
   tc->size = rp__reg_header_size(h, n, "content-length");
+  rp__status_ratelimit(tc->srv, tc->registry, tc->authenticated, h, n);
   return 0;
 }
 
@@ -235,6 +238,8 @@ bool rp__reg_start_head(struct rp_conn *c, const struct rp_http_head *h,
   rq->tc = tc;
   c->rc = rq;
   tc->srv = c->srv;
+  snprintf(tc->registry, sizeof(tc->registry), "%s", rq->registry);
+  tc->authenticated = rp__status_authenticated(c);
   tc->next = c->srv->heads;
   if (tc->next != NULL)
     tc->next->pprev = &tc->next;
@@ -377,6 +382,8 @@ void rp__regcache_observe(struct rp_conn *c, int status, const struct rp_http_he
     return;
   rp__mitm_registry(c, registry, sizeof(registry));
   rp__reg_memo_confirm(c, registry, c->reg.name);
+  if (c->reg.kind == RP_REG_MANIFEST)
+    rp__status_ratelimit(c->srv, registry, rp__status_authenticated(c), h, n);
   /* A manifest by tag: remember what the tag names, for answers from memory. */
   memset(&e, 0, sizeof(e));
   rp__reg_header_copy(h, n, "docker-content-digest", dg, sizeof(dg));

@@ -355,6 +355,8 @@ static int job_on_head(struct rp_fetch *f, void *data, int status, const char *r
   }
   if (c == NULL)
     return -1; /* the client left before any answer: nothing worth keeping */
+  if (job->is_manifest)
+    rp__status_ratelimit(c->srv, job->registry, rp__status_authenticated(c), h, n);
   if (status != 200 || size < 0 || (job->is_manifest && strstr(ctype, "prettyjws") != NULL)) {
     /* Not a cacheable answer (401, 404, a signed schema-1 manifest…): the
      * pass-through relays it as it is. */
