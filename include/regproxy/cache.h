@@ -13,7 +13,6 @@
  * The cache never sees HTTP: the registry layer feeds fills and points
  * readers at client streams. All disk work runs on libuv's thread pool. */
 
-struct rp_stream;
 struct rp_cache;
 struct rp_fill;
 struct rp_reader;
@@ -160,25 +159,34 @@ bool rp_fill_disk_failed(const struct rp_fill *f);
 
 /* ---- readers ---- */
 
-/** done: status 0 when [offset, offset+length) was written to the stream,
- * or an error (digest mismatch, fill failed, stream error). The reader is
+/* Where a reader writes: the body of an answer, whatever carries it (a
+ * client's TCP or TLS stream, chunked or not). write takes the buffers in
+ * order and calls cb once it is done with them (the reader's backpressure:
+ * it keeps at most two chunks in flight). */
+typedef void (*rp_sink_cb)(void *arg, int status);
+struct rp_sink {
+  int (*write)(struct rp_sink *s, const uv_buf_t *bufs, unsigned n, rp_sink_cb cb, void *arg);
+};
+
+/** done: status 0 when [offset, offset+length) was written to the sink,
+ * or an error (digest mismatch, fill failed, sink error). The reader is
  * freed after done returns. */
 typedef void (*rp_reader_done_cb)(struct rp_reader *r, void *data, int status);
 
 /** Serve bytes [offset, offset+length) (length -1: to the end) of the
  * published object d, or of the running fill f (pass exactly one of d/f) to
- * stream s, in chunks of at least 256 KiB, waiting on the stream's drain and
+ * the sink s, in chunks of at least 256 KiB, waiting on the sink's writes and
  * on the fill's growth. The last byte of a fill is only written after the
- * fill verified. The caller has already written the HTTP head. NULL when the
+ * fill verified. The caller has already started the answer. NULL when the
  * object is not published, the fill failed, or the range lies outside a
  * known size; otherwise done runs exactly once, later, unless cancelled.
  * The reader pins the object (no eviction) while it runs. */
 struct rp_reader *rp_reader_start(struct rp_cache *c, const struct rp_digest *d, struct rp_fill *f,
-                                  uint64_t offset, int64_t length, struct rp_stream *s,
+                                  uint64_t offset, int64_t length, struct rp_sink *s,
                                   rp_reader_done_cb done, void *data);
 /** Stop (client gone): done does not run afterwards. Safe at any time before
- * done ran; NULL is a no-op. The stream must stay valid until the writes the
- * reader queued on it completed (closing the stream completes them). */
+ * done ran; NULL is a no-op. The sink must stay valid until the writes the
+ * reader queued on it completed (a front closing its stream completes them). */
 void rp_reader_cancel(struct rp_reader *r);
 
 /* ---- maintenance ---- */

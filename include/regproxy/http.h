@@ -3,6 +3,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <string.h>
 #include <stdint.h>
 
 /* HTTP/1.x glue around llhttp: request and response heads, the strict
@@ -88,6 +89,14 @@ bool rp_http_token_eq(const char *a, size_t alen, const char *lit);
 /** Hop-by-hop: the RFC 9110 list, Proxy-*, and names listed in Connection. */
 bool rp_http_is_hop_by_hop(const struct rp_http_head *h, const struct rp_http_header *hd);
 const char *rp_http_reason(int status);
+/** A header that points at name and value (both NUL-terminated, the caller's). */
+static inline void rp_http_header_init(struct rp_http_header *h, const char *name,
+                                       const char *value) {
+  h->name = name;
+  h->name_len = strlen(name);
+  h->value = value;
+  h->value_len = strlen(value);
+}
 /** One "bytes=N-" or "bytes=N-M" range (RFC 9110 §14.1.2) against an object
  * of size bytes: 0 with [*off, *off + *len) inside it (M past the end is
  * cut to it); RP_EPARSE for anything else (several ranges, suffix ranges,

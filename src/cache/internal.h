@@ -304,7 +304,7 @@ struct rp_reader {
   struct rp__obj *obj;             /* pinned published object, or NULL */
   struct rp_reader *fprev, *fnext; /* on f->readers while attached */
   bool attached;
-  struct rp_stream *s;
+  struct rp_sink *s;
   rp_reader_done_cb done;
   void *data;
   uv_fs_t open_req, close_req;

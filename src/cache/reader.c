@@ -1,7 +1,7 @@
 /* Readers: the one serving path for a published file and a growing fill.
  * Chunks of RP_CACHE_CHUNK bytes are read with uv_fs_read (one read in
  * flight, two chunks at most: one being written to the client while the
- * next is read) and written to the client's stream; the write callback is
+ * next is read) and written to the sink (the answer's body); the write callback is
  * the backpressure. A reader caught up with a running fill waits for the
  * fill to wake it, and never reads a fill's last byte before the fill is
  * verified (it stays one byte behind the committed length until then). */
@@ -12,7 +12,6 @@
 
 #include "cache/internal.h"
 #include "regproxy/error.h"
-#include "regproxy/net.h"
 
 static void run(struct rp_reader *r);
 
@@ -86,7 +85,7 @@ void rp__reader_wake(struct rp_reader *r) {
   rp__task_post(r->c, &r->task);
 }
 
-static void on_write(struct rp_stream *s, int status, void *arg) {
+static void on_write(void *arg, int status) {
   struct rp__rchunk *ch = arg;
   struct rp_reader *r = ch->r;
 
@@ -107,7 +106,7 @@ static void submit_write(struct rp_reader *r, struct rp__rchunk *ch, size_t len)
   ch->ub = uv_buf_init(ch->buf, (unsigned)len);
   r->nwrites++;
   r->refs++;
-  rc = rp_stream_write(r->s, &ch->ub, 1, on_write, ch);
+  rc = r->s->write(r->s, &ch->ub, 1, on_write, ch);
   if (rc != 0) {
     r->nwrites--;
     r->refs--;
@@ -264,7 +263,7 @@ static void on_open(uv_fs_t *req) {
 }
 
 struct rp_reader *rp_reader_start(struct rp_cache *c, const struct rp_digest *d, struct rp_fill *f,
-                                  uint64_t offset, int64_t length, struct rp_stream *s,
+                                  uint64_t offset, int64_t length, struct rp_sink *s,
                                   rp_reader_done_cb done, void *data) {
   struct rp_reader *r = NULL;
   struct rp__obj *o = NULL;

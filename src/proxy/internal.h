@@ -6,6 +6,7 @@
 #include <uv.h>
 
 #include "regproxy/config.h"
+#include "regproxy/exchange.h"
 #include "regproxy/http.h"
 #include "regproxy/net.h"
 #include "regproxy/registry.h"
@@ -182,6 +183,10 @@ struct rp_conn {
   int fetch_paused;          /* the response body is paused (client queue full) */
   struct rp_reg_path reg;    /* the registry path of the current request */
   struct rp__regreq *rc;     /* the registry cache's state for this request */
+  struct rp_exchange x;      /* the current request's answer, for the cache (exchange.c) */
+  struct rp_sink x_body;     /* its body */
+  int x_chunked;             /* that body is chunked on the wire */
+  int x_no_body;             /* HEAD, 204, 304: the body is dropped */
   int stale_pending;         /* upstream answered 5xx/429: answer from memory */
   int mirror;                /* a mirror-mode request (mirror.c) */
   char mirror_ns[256];       /* its ?ns=, echoed as OCI-Namespace */
@@ -254,6 +259,10 @@ void rp__conn_response_done(struct rp_conn *c);
 void rp__conn_resume_input(struct rp_conn *c);
 void rp__conn_touch(struct rp_conn *c);
 void rp__conn_set_timer(struct rp_conn *c, enum rp_timer_mode mode, uint64_t ms);
+/* exchange.c */
+/** The exchange of the connection's current request (one per connection,
+ * reset for each request). */
+struct rp_exchange *rp__conn_exchange(struct rp_conn *c);
 void rp__conn_stop_client(struct rp_conn *c);
 void rp__conn_start_client(struct rp_conn *c);
 void rp__conn_log(struct rp_conn *c);

@@ -228,32 +228,12 @@ bool rp_mirror_serves(const struct rp_config *cfg, const char *registry) {
 
 /* A whole answer from the mirror itself. */
 static void answer(struct rp_conn *c, int status, const char *ctype, const char *body) {
-  struct rp_sbuf b = {0};
-  size_t n;
-  char *p;
-  uv_buf_t buf;
+  struct rp_http_header h[2];
 
-  rp_sbuf_addf(&b,
-               "HTTP/1.1 %d %s\r\nContent-Type: %s\r\n"
-               "Docker-Distribution-API-Version: registry/2.0\r\nContent-Length: %zu\r\n",
-               status, rp_http_reason(status), ctype, strlen(body));
-  rp__mitm_extra_headers(c, &b);
-  rp_sbuf_adds(&b, c->keep_alive ? "\r\n" : "Connection: close\r\n\r\n");
-  if (c->head->method_id != HTTP_HEAD)
-    rp_sbuf_adds(&b, body);
-  p = rp_sbuf_take(&b, &n);
-  if (p == NULL) {
+  rp_http_header_init(&h[0], "Content-Type", ctype);
+  rp_http_header_init(&h[1], "Docker-Distribution-API-Version", "registry/2.0");
+  if (rp_exchange_reply(rp__conn_exchange(c), status, h, 2, body, strlen(body)) != 0)
     rp__conn_close(c);
-    return;
-  }
-  buf = uv_buf_init(p, (unsigned)n);
-  c->log.status = status;
-  if (rp__conn_write(c, c->client, &buf, 1, NULL, p) != 0) {
-    rp__conn_close(c);
-    return;
-  }
-  rp__conn_go_state(c, RP_CONN_RESPOND);
-  rp__conn_response_done(c);
 }
 
 /* host[:port] of an upstream into c->mitm_host / c->mitm_port. */

@@ -21,23 +21,22 @@ void rp__reg_finish(struct rp__regreq *rq) {
   struct rp_conn *c = rq->c;
   c->rc = NULL;
   free(rq);
-  rp__conn_go_state(c, RP_CONN_RESPOND);
-  rp__conn_response_done(c);
+  rp_exchange_finish(rp__conn_exchange(c));
 }
 
 static void on_reader_done(struct rp_reader *r, void *data, int status) {
   struct rp__regreq *rq = data;
   struct rp_conn *c = rq->c;
+  char why[128];
 
   (void)r;
   rq->reader = NULL;
   if (status != 0) {
     /* Never a complete wrong body: the client sees the connection cut. */
-    snprintf(c->log.reason, sizeof(c->log.reason), "cache read failed: %s", rp_strerror(status));
-    rp__conn_close(c);
+    snprintf(why, sizeof(why), "cache read failed: %s", rp_strerror(status));
+    rp_exchange_abort(rp__conn_exchange(c), why);
     return;
   }
-  c->log.bytes_out += rq->length;
   /* Only the client that caused a fill cost upstream bytes; hits, joiners,
    * revalidated and stale answers are bytes the cache saved. */
   rp_metrics
@@ -51,43 +50,34 @@ static void on_reader_done(struct rp_reader *r, void *data, int status) {
 int rp__reg_serve(struct rp_conn *c, struct rp__regreq *rq, const struct rp_digest *d,
                   struct rp_fill *f, uint64_t size, const char *media_type, uint64_t off,
                   int64_t len, bool partial) {
-  struct rp_sbuf b = {0};
-  char dg[140];
+  struct rp_exchange *x = rp__conn_exchange(c);
+  struct rp_http_header h[5];
   uint64_t n = len < 0 ? size - off : (uint64_t)len;
-  char *head;
-  size_t hlen;
-  uv_buf_t buf;
+  char dg[140], range[96];
+  size_t nh = 0;
+  int rc;
 
   rp_digest_format(d, dg, sizeof(dg));
-  if (partial)
-    rp_sbuf_addf(&b, "HTTP/1.1 206 Partial Content\r\nContent-Range: bytes %llu-%llu/%llu\r\n",
-                 (unsigned long long)off, (unsigned long long)(off + n - 1),
-                 (unsigned long long)size);
-  else
-    rp_sbuf_adds(&b, "HTTP/1.1 200 OK\r\n");
-  rp_sbuf_addf(&b,
-               "Content-Type: %s\r\nContent-Length: %llu\r\nDocker-Content-Digest: %s\r\n"
-               "Accept-Ranges: bytes\r\nDocker-Distribution-API-Version: registry/2.0\r\n",
-               media_type != NULL && media_type[0] ? media_type : "application/octet-stream",
-               (unsigned long long)n, dg);
-  rp__mitm_extra_headers(c, &b);
-  rp_sbuf_adds(&b, c->keep_alive ? "\r\n" : "Connection: close\r\n\r\n");
-  head = rp_sbuf_take(&b, &hlen);
-  if (head == NULL)
-    return UV_ENOMEM;
-  buf = uv_buf_init(head, (unsigned)hlen);
-  if (rp__conn_write(c, c->client, &buf, 1, NULL, head) != 0)
-    return UV_EPIPE;
-  c->log.status = partial ? 206 : 200;
+  rp_http_header_init(&h[nh++], "Content-Type",
+                 media_type != NULL && media_type[0] ? media_type : "application/octet-stream");
+  rp_http_header_init(&h[nh++], "Docker-Content-Digest", dg);
+  rp_http_header_init(&h[nh++], "Accept-Ranges", "bytes");
+  rp_http_header_init(&h[nh++], "Docker-Distribution-API-Version", "registry/2.0");
+  if (partial) {
+    snprintf(range, sizeof(range), "bytes %llu-%llu/%llu", (unsigned long long)off,
+             (unsigned long long)(off + n - 1), (unsigned long long)size);
+    rp_http_header_init(&h[nh++], "Content-Range", range);
+  }
+  rc = rp_exchange_start(x, partial ? 206 : 200, h, nh, (int64_t)n);
+  if (rc != 0)
+    return rc;
   if (c->req_is_head || n == 0) {
     rp__reg_finish(rq);
     return 0;
   }
   rq->length = n;
-  /* The reader paces itself on the stream; the idle timer would not see it. */
-  rp__conn_set_timer(c, RP_TM_NONE, 0);
-  rq->reader = rp_reader_start(c->srv->cache, f == NULL ? d : NULL, f, off, (int64_t)n, c->client,
-                               on_reader_done, rq);
+  rq->reader = rp_reader_start(c->srv->cache, f == NULL ? d : NULL, f, off, (int64_t)n,
+                               rp_exchange_body(x), on_reader_done, rq);
   if (rq->reader == NULL)
     return UV_EIO;
   return 0;
@@ -120,26 +110,15 @@ void rp__reg_serve_range(struct rp_conn *c, struct rp__regreq *rq, const struct 
   bool partial;
 
   if (!rp__reg_parse_range(c->head, size, &off, &len, &partial)) {
-    struct rp_sbuf b = {0};
-    char *p;
-    size_t n;
-    uv_buf_t buf;
+    struct rp_http_header h;
+    char range[48];
 
     c->rc = NULL;
     free(rq);
-    c->log.status = 416;
-    rp_sbuf_addf(&b,
-                 "HTTP/1.1 416 Range Not Satisfiable\r\nContent-Range: bytes */%llu\r\n"
-                 "Content-Length: 0\r\n%s\r\n",
-                 (unsigned long long)size, c->keep_alive ? "" : "Connection: close\r\n");
-    p = rp_sbuf_take(&b, &n);
-    buf = uv_buf_init(p, (unsigned)n);
-    if (p == NULL || rp__conn_write(c, c->client, &buf, 1, NULL, p) != 0) {
+    snprintf(range, sizeof(range), "bytes */%llu", (unsigned long long)size);
+    rp_http_header_init(&h, "Content-Range", range);
+    if (rp_exchange_reply(rp__conn_exchange(c), 416, &h, 1, NULL, 0) != 0)
       rp__conn_close(c);
-      return;
-    }
-    rp__conn_go_state(c, RP_CONN_RESPOND);
-    rp__conn_response_done(c);
     return;
   }
   if (rp__reg_serve(c, rq, d, f, size, ctype, off, len, partial) != 0) {

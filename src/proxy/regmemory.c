@@ -26,26 +26,6 @@ void rp__reg_remember_tag(struct rp_conn *c, const char *registry, struct rp_tag
   rp_cache_tag_put(c->srv->cache, registry, c->reg.name, c->reg.ref, key, e);
 }
 
-static bool write_local(struct rp_conn *c, const char *head, const char *body) {
-  struct rp_sbuf b = {0};
-  char *p;
-  size_t n;
-  uv_buf_t buf;
-
-  rp_sbuf_adds(&b, head);
-  if (body != NULL)
-    rp_sbuf_adds(&b, body);
-  p = rp_sbuf_take(&b, &n);
-  if (p == NULL)
-    return false;
-  buf = uv_buf_init(p, (unsigned)n);
-  if (rp__conn_write(c, c->client, &buf, 1, NULL, p) != 0)
-    return false;
-  rp__conn_go_state(c, RP_CONN_RESPOND);
-  rp__conn_response_done(c);
-  return true;
-}
-
 /* What memory can answer for the current request, without answering. */
 static bool stale_lookup(struct rp_conn *c, const char *registry, bool offline,
                          struct rp_digest *d, struct rp_object_info *info,
@@ -121,7 +101,7 @@ bool rp__reg_tag_fresh(struct rp_conn *c) {
 /* Answer from the tag memory and the cache alone; label is the log's cache=,
  * offline whether the registry is unreachable now. */
 bool rp__reg_answer_from_memory(struct rp_conn *c, const char *label, bool offline) {
-  char registry[300], dg[140], head[600];
+  char registry[300], dg[140];
   struct rp_digest d;
   struct rp_object_info info;
   struct rp_tag_entry tag;
@@ -136,18 +116,27 @@ bool rp__reg_answer_from_memory(struct rp_conn *c, const char *label, bool offli
     return false;
   c->log.cache = label;
   c->log.status = 200;
-  if (c->reg.kind == RP_REG_BASE)
-    return write_local(c,
-                       "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-                       "Docker-Distribution-API-Version: registry/2.0\r\nContent-Length: 2\r\n\r\n",
-                       c->head->method_id == HTTP_HEAD ? NULL : "{}");
-  if (c->head->method_id == HTTP_HEAD && by_tag) {
+  if (c->reg.kind == RP_REG_BASE || (c->head->method_id == HTTP_HEAD && by_tag)) {
+    struct rp_exchange *x = rp__conn_exchange(c);
+    struct rp_http_header h[3];
+
+    rp_http_header_init(&h[0], "Docker-Distribution-API-Version", "registry/2.0");
+    if (c->reg.kind == RP_REG_BASE) {
+      rp_http_header_init(&h[1], "Content-Type", "application/json");
+      if (rp_exchange_reply(x, 200, h, 2, "{}", 2) != 0)
+        rp__conn_close(c);
+      return true;
+    }
+    /* A HEAD by tag: what the tag names, no body. */
     rp_digest_format(&d, dg, sizeof(dg));
-    snprintf(head, sizeof(head),
-             "HTTP/1.1 200 OK\r\nContent-Type: %s\r\nContent-Length: %llu\r\n"
-             "Docker-Content-Digest: %s\r\nDocker-Distribution-API-Version: registry/2.0\r\n\r\n",
-             tag.media_type, (unsigned long long)tag.size, dg);
-    return write_local(c, head, NULL);
+    rp_http_header_init(&h[1], "Content-Type", tag.media_type);
+    rp_http_header_init(&h[2], "Docker-Content-Digest", dg);
+    if (rp_exchange_start(x, 200, h, 3, (int64_t)tag.size) != 0) {
+      rp__conn_close(c);
+      return true;
+    }
+    rp_exchange_finish(x);
+    return true;
   }
   rq = calloc(1, sizeof(*rq));
   if (rq == NULL)

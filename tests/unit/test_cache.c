@@ -1,6 +1,6 @@
 /* The content-addressed cache on a real libuv loop and a mkdtemp directory:
  * fills fed in uneven pieces by a producer on the loop, readers writing to a
- * fake client stream (an in-test struct rp_stream that appends to a buffer
+ * fake client sink (an in-test struct rp_sink that appends to a buffer
  * and completes each write on a later loop turn, optionally slowly), then
  * the index surviving a reopen, start-up clean-up, the directory lock,
  * eviction and an injected disk error. RP_CACHE_BENCH=1 adds a 1 GiB
@@ -174,17 +174,17 @@ static void run_until_all(bool *const *flags, size_t n) {
   }
 }
 
-/* ---- a fake client stream ---- */
+/* ---- a fake client: the sink a reader writes to ---- */
 
 struct fake {
-  struct rp_stream base;
+  struct rp_sink base;
   uv_timer_t timer;
   unsigned char *buf;
   size_t len, cap;
   bool discard; /* count bytes only (benchmarks) */
   uint64_t total;
   struct {
-    rp_stream_write_cb cb;
+    rp_sink_cb cb;
     void *arg;
   } q[8];
   unsigned nq;
@@ -203,7 +203,7 @@ static void on_fake_timer(uv_timer_t *t) {
   struct fake *fs = t->data;
   unsigned n = fs->slow_ms != 0 ? 1 : fs->nq;
   struct {
-    rp_stream_write_cb cb;
+    rp_sink_cb cb;
     void *arg;
   } done[8];
 
@@ -211,12 +211,12 @@ static void on_fake_timer(uv_timer_t *t) {
   memmove(fs->q, fs->q + n, (fs->nq - n) * sizeof fs->q[0]);
   fs->nq -= n;
   for (unsigned i = 0; i < n; i++)
-    done[i].cb(&fs->base, fs->fail_status, done[i].arg);
+    done[i].cb(done[i].arg, fs->fail_status);
   if (fs->nq > 0 && !uv_is_active((uv_handle_t *)&fs->timer))
     uv_timer_start(&fs->timer, on_fake_timer, fs->slow_ms, 0);
 }
 
-static int fake_write(struct rp_stream *s, const uv_buf_t *bufs, unsigned n, rp_stream_write_cb cb,
+static int fake_write(struct rp_sink *s, const uv_buf_t *bufs, unsigned n, rp_sink_cb cb,
                       void *arg) {
   struct fake *fs = (struct fake *)s;
 
@@ -250,30 +250,9 @@ static int fake_write(struct rp_stream *s, const uv_buf_t *bufs, unsigned n, rp_
   return 0;
 }
 
-static int fake_noop(struct rp_stream *s) {
-  return 0;
-}
-
-static size_t fake_queue(const struct rp_stream *s) {
-  return ((const struct fake *)s)->nq;
-}
-
-static uv_loop_t *fake_loop(const struct rp_stream *s) {
-  return &loop;
-}
-
-static const struct rp_stream_ops fake_ops = {
-    .name = "fake",
-    .read_start = fake_noop,
-    .read_stop = fake_noop,
-    .write = fake_write,
-    .write_queue_size = fake_queue,
-    .loop = fake_loop,
-};
-
 static void fake_init(struct fake *fs) {
   memset(fs, 0, sizeof *fs);
-  fs->base.ops = &fake_ops;
+  fs->base.write = fake_write;
   assert_int_equal(uv_timer_init(&loop, &fs->timer), 0);
   fs->timer.data = fs;
 }
@@ -291,14 +270,14 @@ static void close_and_wait(uv_handle_t *h) {
     uv_run(&loop, UV_RUN_ONCE);
 }
 
-/* Complete what is still queued (as a closing TCP stream does), then close. */
+/* Complete what is still queued (as a front closing its stream does), then close. */
 static void fake_close(struct fake *fs) {
   while (fs->nq > 0) {
-    rp_stream_write_cb cb = fs->q[0].cb;
+    rp_sink_cb cb = fs->q[0].cb;
     void *arg = fs->q[0].arg;
     fs->nq--;
     memmove(fs->q, fs->q + 1, fs->nq * sizeof fs->q[0]);
-    cb(&fs->base, UV_ECANCELED, arg);
+    cb(arg, UV_ECANCELED);
   }
   close_and_wait((uv_handle_t *)&fs->timer);
 }

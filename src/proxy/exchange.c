@@ -1,0 +1,185 @@
+/* The exchange (include/regproxy/exchange.h) of a client connection: the
+ * answer the registry cache gives goes on the wire here as HTTP/1.1 — the
+ * status line, the headers the way in adds (Via for plain HTTP,
+ * OCI-Namespace for the mirror), Content-Length or chunked framing,
+ * Connection: close when the connection ends after it — and the body is
+ * written to the client's stream (TCP, or TLS inside MITM) with the
+ * writer's completions as its backpressure. */
+#include <llhttp.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+#include "regproxy/error.h"
+
+struct body_write {
+  struct rp_conn *c;
+  rp_sink_cb cb;
+  void *arg;
+  char chunk_head[24];
+  uv_buf_t bufs[4];
+};
+
+static const char chunk_tail[] = "\r\n";
+static const char last_chunk[] = "0\r\n\r\n";
+
+static struct rp_conn *conn_of_exchange(struct rp_exchange *x) {
+  return (struct rp_conn *)(void *)((char *)x - offsetof(struct rp_conn, x));
+}
+
+static struct rp_conn *conn_of_sink(struct rp_sink *s) {
+  return (struct rp_conn *)(void *)((char *)s - offsetof(struct rp_conn, x_body));
+}
+
+static int x_start(struct rp_exchange *x, int status, const struct rp_http_header *h, size_t n,
+                   int64_t length) {
+  struct rp_conn *c = conn_of_exchange(x);
+  struct rp_sbuf b = {0};
+  size_t len;
+  char *p;
+  uv_buf_t buf;
+
+  c->x_no_body = (c->head != NULL && c->head->method_id == HTTP_HEAD) || status == 204 ||
+                 status == 304;
+  c->x_chunked = length < 0 && !c->x_no_body;
+  rp_sbuf_addf(&b, "HTTP/1.1 %d %s\r\n", status, rp_http_reason(status));
+  for (size_t i = 0; i < n; i++)
+    rp_sbuf_addf(&b, "%.*s: %.*s\r\n", (int)h[i].name_len, h[i].name, (int)h[i].value_len,
+                 h[i].value);
+  if (length >= 0)
+    rp_sbuf_addf(&b, "Content-Length: %lld\r\n", (long long)length);
+  else if (c->x_chunked)
+    rp_sbuf_adds(&b, "Transfer-Encoding: chunked\r\n");
+  rp__mitm_extra_headers(c, &b);
+  if (!c->keep_alive || c->srv->draining) {
+    c->keep_alive = 0;
+    rp_sbuf_adds(&b, "Connection: close\r\n");
+  }
+  rp_sbuf_adds(&b, "\r\n");
+  p = rp_sbuf_take(&b, &len);
+  if (p == NULL)
+    return UV_ENOMEM;
+  buf = uv_buf_init(p, (unsigned)len);
+  c->log.status = status;
+  if (rp__conn_write(c, c->client, &buf, 1, NULL, p) != 0)
+    return UV_EPIPE;
+  /* A body paces itself on the client's stream; the idle timer would not
+   * see it. */
+  if (length != 0 && !c->x_no_body)
+    rp__conn_set_timer(c, RP_TM_NONE, 0);
+  return 0;
+}
+
+static void on_body_written(struct rp_stream *s, int status, void *arg) {
+  struct body_write *w = arg;
+  (void)s;
+  w->cb(w->arg, status);
+  free(w);
+}
+
+static int body_write(struct rp_sink *s, const uv_buf_t *bufs, unsigned n, rp_sink_cb cb,
+                      void *arg) {
+  struct rp_conn *c = conn_of_sink(s);
+  struct body_write *w;
+  size_t total = 0;
+  unsigned k = 0;
+  int rc;
+
+  if (c->x_no_body) {
+    cb(arg, 0);
+    return 0;
+  }
+  if (n > 2 || (w = malloc(sizeof(*w))) == NULL)
+    return n > 2 ? UV_EINVAL : UV_ENOMEM;
+  for (unsigned i = 0; i < n; i++)
+    total += bufs[i].len;
+  w->c = c;
+  w->cb = cb;
+  w->arg = arg;
+  if (c->x_chunked) {
+    int hl = snprintf(w->chunk_head, sizeof(w->chunk_head), "%zx\r\n", total);
+    w->bufs[k++] = uv_buf_init(w->chunk_head, (unsigned)hl);
+  }
+  for (unsigned i = 0; i < n; i++)
+    w->bufs[k++] = bufs[i];
+  if (c->x_chunked)
+    w->bufs[k++] = uv_buf_init((char *)chunk_tail, 2);
+  if (c->req_active)
+    c->log.bytes_out += total;
+  rc = rp_stream_write(c->client, w->bufs, k, on_body_written, w);
+  if (rc != 0)
+    free(w);
+  return rc;
+}
+
+static struct rp_sink *x_body(struct rp_exchange *x) {
+  return &conn_of_exchange(x)->x_body;
+}
+
+static void x_finish(struct rp_exchange *x) {
+  struct rp_conn *c = conn_of_exchange(x);
+
+  if (c->x_chunked) {
+    uv_buf_t buf = uv_buf_init((char *)last_chunk, sizeof(last_chunk) - 1);
+    c->x_chunked = 0;
+    if (rp__conn_write(c, c->client, &buf, 1, NULL, NULL) != 0) {
+      rp__conn_close(c);
+      return;
+    }
+  }
+  rp__conn_go_state(c, RP_CONN_RESPOND);
+  rp__conn_response_done(c);
+}
+
+static void x_abort(struct rp_exchange *x, const char *reason) {
+  struct rp_conn *c = conn_of_exchange(x);
+
+  if (c->log.reason[0] == '\0' && reason != NULL)
+    snprintf(c->log.reason, sizeof(c->log.reason), "%s", reason);
+  rp__conn_close(c);
+}
+
+static const struct rp_exchange_ops conn_exchange_ops = {
+    .start = x_start,
+    .body = x_body,
+    .finish = x_finish,
+    .abort = x_abort,
+};
+
+struct rp_exchange *rp__conn_exchange(struct rp_conn *c) {
+  c->x.ops = &conn_exchange_ops;
+  c->x_body.write = body_write;
+  return &c->x;
+}
+
+static void free_copy(void *arg, int status) {
+  (void)status;
+  free(arg);
+}
+
+int rp_exchange_reply(struct rp_exchange *x, int status, const struct rp_http_header *h, size_t n,
+                      const char *body, size_t len) {
+  struct rp_sink *s;
+  int rc = rp_exchange_start(x, status, h, n, (int64_t)len);
+
+  if (rc != 0)
+    return rc;
+  if (len > 0) {
+    char *copy = malloc(len);
+    uv_buf_t buf;
+    if (copy == NULL)
+      return UV_ENOMEM;
+    memcpy(copy, body, len);
+    buf = uv_buf_init(copy, (unsigned)len);
+    s = rp_exchange_body(x);
+    rc = s->write(s, &buf, 1, free_copy, copy);
+    if (rc != 0) {
+      free(copy);
+      return rc;
+    }
+  }
+  rp_exchange_finish(x);
+  return 0;
+}
