@@ -101,6 +101,7 @@ struct rp_config {
   /* Flags of `regproxy setup` (flag-only, no key, no environment). */
   bool dry_run; /* --dry-run */
   char *root;   /* --root DIR, NULL = "/" */
+  bool setup_mirror; /* --mirror: containerd hosts.toml instead of proxy + CA */
 
   /* Positional arguments left after the options (subcommand words). */
   struct rp_strv args;

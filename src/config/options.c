@@ -105,6 +105,8 @@ const struct rp__opt rp__opts[] = {
      "print what setup would change, change nothing", G_SETUP, 0, 0},
     {"root", OT_PATH, OF_NO_KEY | OF_NO_ENV, F(root), 0, NULL, "/", "DIR",
      "write into DIR as if it were /", G_SETUP, 0, 0},
+    {"mirror", OT_BOOL, OF_NO_KEY | OF_NO_ENV, F(setup_mirror), 0, "off", NULL, NULL,
+     "setup containerd: hosts.toml mirror entries (no proxy, no CA) instead", G_SETUP, 0, 0},
 };
 
 _Static_assert(sizeof rp__opts / sizeof rp__opts[0] == RP__N_OPTS,
@@ -234,6 +236,9 @@ void rp__config_usage_write(FILE *fp) {
         "                                    (init --force: a new CA for the current mitm list;\n"
         "                                    --unconstrained: one that may sign for any host)\n"
         "  regproxy setup docker|containerd|podman [--dry-run] [--root DIR]\n"
+        "  regproxy setup containerd --mirror [--dry-run] [--root DIR]\n"
+        "                                    hosts.toml per mitm registry pointing at the\n"
+        "                                    mirror listener: no proxy environment, no CA\n"
         "  regproxy cache ls|du|verify|gc|rm <digest>\n"
         "                                    list / total / re-hash (removing bad objects) /\n"
         "                                    evict to --cache-max-size / remove one object; asks\n"
