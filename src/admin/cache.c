@@ -158,8 +158,7 @@ static void job_answer(struct admin_job *j) {
 
     if (err != NULL)
       snprintf(c->log.reason, sizeof(c->log.reason), "%s", err);
-    rc = add_line(&b, j->body != NULL ? j->body
-                                      : json_pack("{s:s}", "error", "out of memory"));
+    rc = add_line(&b, j->body != NULL ? j->body : json_pack("{s:s}", "error", "out of memory"));
     j->body = NULL;
     p = rc == 0 ? rp_sbuf_take(&b, &n) : NULL;
     if (p == NULL || stream_chunk(c, p, n, true) != 0) {
@@ -352,8 +351,8 @@ static void cache_verify(struct rp_conn *c, struct rp_cache *cache, bool stream)
     }
     j->stream = true;
     /* First line: what there is to do. */
-    stream_line(c, json_pack("{s:I, s:I}", "objects", (json_int_t)j->ntodo, "bytes",
-                             (json_int_t)bytes));
+    stream_line(
+        c, json_pack("{s:I, s:I}", "objects", (json_int_t)j->ntodo, "bytes", (json_int_t)bytes));
   }
   verify_next(j);
 }

@@ -709,8 +709,8 @@ static int via_admin(const struct rp_config *cfg, const char *verb, const char *
   st.a = &a;
   progress_init(&st.pr, verb);
   streamable = strcmp(verb, "verify") == 0 || strcmp(verb, "gc") == 0;
-  if (admin_call(&a, method, path, &status, &j, reason, sizeof reason,
-                 streamable ? &st : NULL) != 0)
+  if (admin_call(&a, method, path, &status, &j, reason, sizeof reason, streamable ? &st : NULL) !=
+      0)
     goto out;
   if (st.lines) {
     const char *e = json_string_value(json_object_get(j, "error"));

@@ -38,7 +38,7 @@
 #define SETUP_USAGE                                                                                \
   "usage: regproxy setup docker|containerd|podman [--dry-run] [--root DIR]\n"                      \
   "       regproxy setup containerd --mirror [--dry-run] [--root DIR]"
-#define MARK        "Written by `regproxy setup`"
+#define MARK "Written by `regproxy setup`"
 
 /* Registries every engine reaches through regproxy by default and that have a
  * certs.d directory of their own (suffix entries such as .pkg.dev have none). */
@@ -386,8 +386,7 @@ static void check_config_path(struct setup *s) {
                          : "plugins.cri.registry";
   if (conf == NULL)
     printf("containerd: %s does not exist; containerd 1.x reads these hosts.toml files only "
-           "with a config.toml containing:\nversion = 2\n\n[%s]\n  config_path = \"" CERTS_D
-           "\"\n",
+           "with a config.toml containing:\nversion = 2\n\n[%s]\n  config_path = \"" CERTS_D "\"\n",
            full, table);
   else if (val[0] != '\0')
     printf("containerd: %s sets config_path = \"%s\", which does not name " CERTS_D
