@@ -230,6 +230,10 @@ uint64_t rp_cache_trim(struct rp_cache *c, uint64_t max_size, uint64_t *freed);
  * as it is. Returns the number evicted; *freed (may be NULL) gets their bytes.
  * The files go in the background (rp_cache_flush waits for them). */
 uint64_t rp_cache_evict_to(struct rp_cache *c, uint64_t size, uint64_t *freed);
+/** rp_cache_evict_to, calling each (may be NULL; its return value is
+ * ignored) with every object just evicted, in eviction order. */
+uint64_t rp_cache_evict_each(struct rp_cache *c, uint64_t size, uint64_t *freed,
+                             rp_cache_foreach_cb each, void *data);
 
 /** Result of rp_cache_verify_start, on the loop: status as for
  * rp_cache_verify_one, or UV_ECANCELED when the cache was closed first (no

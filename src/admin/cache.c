@@ -2,7 +2,8 @@
  * the cache directory (SPEC §3 "One owner per cache directory",
  * docs/admin.md): list, stat, du, verify (on the thread pool, one object at
  * a time), gc and rm. Digests in paths are validated and only ever looked up
- * in the index. */
+ * in the index. verify and gc stream their progress as NDJSON lines (one
+ * chunk each) to a client that accepts application/x-ndjson. */
 #include <jansson.h>
 #include <llhttp.h>
 #include <stdio.h>
@@ -13,11 +14,13 @@
 #include "regproxy/cache.h"
 #include "regproxy/error.h"
 #include "regproxy/log.h"
+#include "regproxy/util.h"
 
 /* A browser page may send a cross-origin POST or DELETE without asking
  * first only when it carries no custom header; with this one it must ask
  * (CORS preflight), and nobody here answers the preflight. */
 #define CLI_HEADER "x-regproxy-cli"
+#define NDJSON     "application/x-ndjson"
 
 /* One verification at a time: each one holds a thread of libuv's pool for
  * as long as it hashes, and the pool also serves the readers and fills. */
@@ -29,9 +32,10 @@ struct admin_job {
   uint64_t conn_id; /* the connection is found again by id: it may be gone */
   int status;
   json_t *body;
+  bool stream; /* the head went out: lines follow, body is the last one */
   /* verify */
   bool is_verify;
-  struct rp_digest *todo;
+  struct rp_object_info *todo;
   size_t ntodo, next;
   json_t *results;
   uint64_t verified, bad;
@@ -70,11 +74,105 @@ static void job_free(struct admin_job *j) {
   free(j);
 }
 
-/* Answer (when the client is still there), then the job is over. */
+static bool wants_stream(const struct rp_http_head *h) {
+  const struct rp_http_header *hd = rp_http_header_find(h, "accept");
+
+  return hd != NULL && memmem(hd->value, hd->value_len, NDJSON, strlen(NDJSON)) != NULL;
+}
+
+/* The head of a streamed answer: 200, chunked NDJSON. The request stays
+ * paused after its head until the last line is queued (job_answer). */
+static int stream_head(struct rp_conn *c) {
+  char head[256];
+  int n = snprintf(head, sizeof head,
+                   "HTTP/1.1 200 OK\r\nContent-Type: " NDJSON "\r\nTransfer-Encoding: chunked\r\n"
+                   "Cache-Control: no-store\r\n%s\r\n",
+                   c->keep_alive ? "" : "Connection: close\r\n");
+
+  c->log.status = 200;
+  return rp__conn_write_client(c, head, (size_t)n);
+}
+
+/* Lines (each ending in "\n") as one chunk; the terminating chunk too when
+ * last. */
+static int stream_chunk(struct rp_conn *c, const char *lines, size_t n, bool last) {
+  struct rp_sbuf b = {0};
+  char *p;
+  size_t len;
+  uv_buf_t buf;
+
+  if (n > 0)
+    rp_sbuf_addf(&b, "%zx\r\n", n);
+  rp_sbuf_add(&b, lines, n);
+  rp_sbuf_adds(&b, n > 0 ? "\r\n" : "");
+  if (last)
+    rp_sbuf_adds(&b, "0\r\n\r\n");
+  p = rp_sbuf_take(&b, &len);
+  if (p == NULL)
+    return RP_ENOMEM;
+  buf = uv_buf_init(p, (unsigned)len);
+  return rp__conn_write(c, c->client, &buf, 1, NULL, p);
+}
+
+/* o (taken) as one line of compact JSON appended to b. */
+static int add_line(struct rp_sbuf *b, json_t *o) {
+  char *text = o != NULL ? json_dumps(o, JSON_COMPACT) : NULL;
+
+  json_decref(o);
+  if (text == NULL)
+    return RP_ENOMEM;
+  rp_sbuf_adds(b, text);
+  rp_sbuf_adds(b, "\n");
+  free(text);
+  return 0;
+}
+
+/* One progress line (o taken) to the client of a streamed answer. A client
+ * that cannot take it is closed: the job sees it gone at its next step. */
+static void stream_line(struct rp_conn *c, json_t *o) {
+  struct rp_sbuf b = {0};
+  char *p;
+  size_t n;
+
+  if (add_line(&b, o) != 0 || (p = rp_sbuf_take(&b, &n)) == NULL) {
+    rp_sbuf_free(&b);
+    rp__conn_close(c);
+    return;
+  }
+  if (stream_chunk(c, p, n, false) != 0)
+    rp__conn_close(c);
+  free(p);
+}
+
+/* Answer (when the client is still there), then the job is over. A streamed
+ * answer ends with the body as its last line: the summary, or {"error"}. */
 static void job_answer(struct admin_job *j) {
   struct rp_conn *c = job_conn(j);
 
-  if (c != NULL) {
+  if (c != NULL && j->stream) {
+    struct rp_sbuf b = {0};
+    const char *err = json_string_value(json_object_get(j->body, "error"));
+    char *p;
+    size_t n;
+    int rc;
+
+    if (err != NULL)
+      snprintf(c->log.reason, sizeof(c->log.reason), "%s", err);
+    rc = add_line(&b, j->body != NULL ? j->body : json_pack("{s:s}", "error", "out of memory"));
+    j->body = NULL;
+    p = rc == 0 ? rp_sbuf_take(&b, &n) : NULL;
+    if (p == NULL || stream_chunk(c, p, n, true) != 0) {
+      rp_sbuf_free(&b);
+      free(p);
+      rp__conn_close(c);
+      job_free(j);
+      return;
+    }
+    free(p);
+    rp__conn_go_state(c, RP_CONN_RESPOND);
+    rp__conn_response_done(c);
+    rp__conn_resume_input(c);
+  } else if (c != NULL) {
     json_t *body = j->body;
     j->body = NULL;
     if (body == NULL)
@@ -154,7 +252,19 @@ static void on_verified(struct rp_cache *cache, const struct rp_digest *d, int s
       r = json_pack("{s:s, s:b, s:s, s:b, s:s}", "digest", dg, "ok", 0, "error", why, "removed", 0,
                     "remove_error", rm_err);
   }
-  if (r == NULL || json_array_append_new(j->results, r) != 0) {
+  if (r != NULL && j->stream) {
+    struct rp_conn *c = job_conn(j);
+    /* Sent now, not kept; the size lets the client count bytes too. */
+    if (json_object_set_new(r, "size", json_integer((json_int_t)j->todo[j->next - 1].size)) != 0) {
+      json_decref(r);
+      j->status = 500;
+      j->next = j->ntodo;
+    } else if (c != NULL) {
+      stream_line(c, r);
+    } else {
+      json_decref(r);
+    }
+  } else if (r == NULL || json_array_append_new(j->results, r) != 0) {
     j->status = 500;
     j->next = j->ntodo; /* out of memory: stop */
   }
@@ -166,7 +276,7 @@ static void verify_next(struct admin_job *j) {
   int rc;
 
   while (j->next < j->ntodo && j->status == 200 && job_conn(j) != NULL) {
-    rc = rp_cache_verify_start(j->cache, &j->todo[j->next++], on_verified, j);
+    rc = rp_cache_verify_start(j->cache, &j->todo[j->next++].digest, on_verified, j);
     if (rc == 0)
       return;
     if (rc != RP_EINVAL) {
@@ -176,7 +286,9 @@ static void verify_next(struct admin_job *j) {
     /* RP_EINVAL: evicted or removed since it was listed. */
   }
   json_decref(j->body);
-  if (j->status == 200)
+  if (j->status == 200 && j->stream) /* the results went out one by one */
+    body = json_pack("{s:I, s:I}", "verified", (json_int_t)j->verified, "bad", (json_int_t)j->bad);
+  else if (j->status == 200)
     body = json_pack("{s:O, s:I, s:I}", "results", j->results, "verified", (json_int_t)j->verified,
                      "bad", (json_int_t)j->bad);
   else
@@ -191,17 +303,18 @@ static bool add_todo(const struct rp_object_info *info, void *data) {
   struct admin_job *j = data;
 
   if (j->ntodo % 256 == 0) {
-    struct rp_digest *nv = realloc(j->todo, (j->ntodo + 256) * sizeof(*nv));
+    struct rp_object_info *nv = realloc(j->todo, (j->ntodo + 256) * sizeof(*nv));
     if (nv == NULL)
       return false;
     j->todo = nv;
   }
-  j->todo[j->ntodo++] = info->digest;
+  j->todo[j->ntodo++] = *info;
   return true;
 }
 
-static void cache_verify(struct rp_conn *c, struct rp_cache *cache) {
+static void cache_verify(struct rp_conn *c, struct rp_cache *cache, bool stream) {
   struct admin_job *j;
+  uint64_t bytes = 0;
   size_t total;
 
   if (verify_running) {
@@ -228,6 +341,19 @@ static void cache_verify(struct rp_conn *c, struct rp_cache *cache) {
     return;
   }
   rp_log_info("cache verify: %zu object(s), one at a time on the thread pool", j->ntodo);
+  if (stream) {
+    for (size_t i = 0; i < j->ntodo; i++)
+      bytes += j->todo[i].size;
+    if (stream_head(c) != 0) {
+      rp__conn_close(c);
+      job_free(j);
+      return;
+    }
+    j->stream = true;
+    /* First line: what there is to do. */
+    stream_line(
+        c, json_pack("{s:I, s:I}", "objects", (json_int_t)j->ntodo, "bytes", (json_int_t)bytes));
+  }
   verify_next(j);
 }
 
@@ -247,9 +373,20 @@ static int gc_bound(const char *q, size_t n, uint64_t *out) {
   return 0;
 }
 
-static void cache_gc(struct rp_conn *c, struct rp_cache *cache, const char *q, size_t qlen) {
+/* A streamed gc's line per evicted object, gathered into one chunk. */
+static bool add_evicted(const struct rp_object_info *info, void *data) {
+  char dg[160];
+
+  rp_digest_format(&info->digest, dg, sizeof dg);
+  return add_line(data, json_pack("{s:s, s:I}", "evicted", dg, "size", (json_int_t)info->size)) ==
+         0;
+}
+
+static void cache_gc(struct rp_conn *c, struct rp_cache *cache, const char *q, size_t qlen,
+                     bool stream) {
   struct rp_cache_stats st;
   uint64_t bound, freed = 0, evicted;
+  struct rp_sbuf lines = {0};
   struct admin_job *j;
   json_t *body;
 
@@ -261,7 +398,29 @@ static void cache_gc(struct rp_conn *c, struct rp_cache *cache, const char *q, s
   rp_cache_stats(cache, &st);
   if (bound == 0)
     bound = st.max_size;
-  evicted = rp_cache_evict_to(cache, bound, &freed);
+  if (stream) {
+    /* First line: what there is, and the bound to trim it to. */
+    if (stream_head(c) != 0) {
+      rp__conn_close(c);
+      return;
+    }
+    stream_line(c, json_pack("{s:I, s:I, s:I}", "objects", (json_int_t)st.objects, "bytes",
+                             (json_int_t)st.size_bytes, "max_size", (json_int_t)bound));
+  }
+  /* Eviction itself is quick (the index in memory); the files go while the
+   * index worker catches up (job_finish). */
+  evicted = rp_cache_evict_each(cache, bound, &freed, stream ? add_evicted : NULL, &lines);
+  if (stream) {
+    char *p;
+    size_t n;
+    p = rp_sbuf_take(&lines, &n);
+    if (p != NULL && n > 0 && !c->closing && stream_chunk(c, p, n, false) != 0)
+      rp__conn_close(c);
+    free(p);
+  }
+  rp_sbuf_free(&lines);
+  if (stream && c->closing)
+    return; /* the client went while the lines were queued */
   rp_cache_stats(cache, &st);
   rp_log_info("cache gc: evicted %llu object(s), %llu bytes (bound %llu bytes)",
               (unsigned long long)evicted, (unsigned long long)freed, (unsigned long long)bound);
@@ -273,9 +432,13 @@ static void cache_gc(struct rp_conn *c, struct rp_cache *cache, const char *q, s
                    (json_int_t)st.objects, "max_size", (json_int_t)bound);
   j = job_new(c, 200, body);
   if (j == NULL) {
-    rp__admin_reply_error(c, 500, "", "out of memory");
+    if (stream)
+      rp__conn_close(c); /* the head is out: no other answer fits */
+    else
+      rp__admin_reply_error(c, 500, "", "out of memory");
     return;
   }
+  j->stream = stream;
   job_finish(j);
 }
 
@@ -411,7 +574,7 @@ void rp__admin_cache(struct rp_conn *c, const struct rp_http_head *h, const char
       cache_stat(c, cache, &d, head_only);
     break;
   case EP_DU: cache_du(c, cache, head_only); break;
-  case EP_VERIFY: cache_verify(c, cache); break;
-  case EP_GC: cache_gc(c, cache, query, qlen); break;
+  case EP_VERIFY: cache_verify(c, cache, wants_stream(h)); break;
+  case EP_GC: cache_gc(c, cache, query, qlen, wants_stream(h)); break;
   }
 }

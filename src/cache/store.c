@@ -497,20 +497,39 @@ static void evict_one(struct rp_cache *c, struct rp__obj *o) {
   rp__index_submit(c, op);
 }
 
-static void evict_down_to(struct rp_cache *c, uint64_t limit) {
+static void obj_info(const struct rp__obj *o, struct rp_object_info *info) {
+  memset(info, 0, sizeof *info);
+  info->digest = o->digest;
+  info->size = o->size;
+  snprintf(info->media_type, sizeof info->media_type, "%s",
+           o->media_type != NULL ? o->media_type : "");
+  info->last_access = o->last_access;
+  info->is_manifest = o->is_manifest;
+}
+
+/* each (may be NULL) hears of every object evicted, after the fact. */
+static void evict_down_to(struct rp_cache *c, uint64_t limit, rp_cache_foreach_cb each,
+                          void *data) {
   struct rp__obj *o = c->lru_tail;
+  struct rp_object_info info;
 
   while (c->size_bytes > limit && o != NULL) {
     struct rp__obj *prev = o->prev;
-    if (o->pins == 0)
+    if (o->pins == 0) {
+      uint64_t before = c->nobjects;
+      if (each != NULL)
+        obj_info(o, &info); /* o is gone once evicted */
       evict_one(c, o);
+      if (each != NULL && c->nobjects < before)
+        each(&info, data);
+    }
     o = prev;
   }
 }
 
 void rp__cache_evict(struct rp_cache *c) {
   if (c->max_size != 0)
-    evict_down_to(c, c->max_size);
+    evict_down_to(c, c->max_size, NULL, NULL);
 }
 
 void rp_cache_stats(const struct rp_cache *c, struct rp_cache_stats *out) {
@@ -533,13 +552,7 @@ void rp_cache_foreach(struct rp_cache *c, rp_cache_foreach_cb cb, void *data) {
   if (c == NULL || cb == NULL)
     return;
   for (struct rp__obj *o = c->lru_head; o != NULL; o = o->next) {
-    memset(&info, 0, sizeof info);
-    info.digest = o->digest;
-    info.size = o->size;
-    snprintf(info.media_type, sizeof info.media_type, "%s",
-             o->media_type != NULL ? o->media_type : "");
-    info.last_access = o->last_access;
-    info.is_manifest = o->is_manifest;
+    obj_info(o, &info);
     if (!cb(&info, data))
       break;
   }
@@ -646,6 +659,11 @@ int rp_cache_verify_one(struct rp_cache *c, const struct rp_digest *d) {
 }
 
 uint64_t rp_cache_evict_to(struct rp_cache *c, uint64_t size, uint64_t *freed) {
+  return rp_cache_evict_each(c, size, freed, NULL, NULL);
+}
+
+uint64_t rp_cache_evict_each(struct rp_cache *c, uint64_t size, uint64_t *freed,
+                             rp_cache_foreach_cb each, void *data) {
   uint64_t before_n, before_b;
 
   if (freed != NULL)
@@ -654,7 +672,7 @@ uint64_t rp_cache_evict_to(struct rp_cache *c, uint64_t size, uint64_t *freed) {
     return 0;
   before_n = c->nobjects;
   before_b = c->size_bytes;
-  evict_down_to(c, size);
+  evict_down_to(c, size, each, data);
   if (freed != NULL)
     *freed = before_b - c->size_bytes;
   return before_n - c->nobjects;

@@ -12,6 +12,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 #include <uv.h>
 
 #include "regproxy/cache.h"
@@ -153,6 +154,68 @@ static void print_gc(const struct gc_result *g) {
          g->evicted_bytes + g->stray_bytes, g->size_bytes, g->objects, g->max_size);
 }
 
+/* ---- progress on stderr: a line per step, or one updating line on a tty ---- */
+
+struct progress {
+  const char *verb;
+  bool tty, shown;
+  uint64_t done, total, bytes, total_bytes;
+};
+
+static void progress_init(struct progress *p, const char *verb) {
+  memset(p, 0, sizeof *p);
+  p->verb = verb;
+  p->tty = isatty(STDERR_FILENO) == 1;
+}
+
+static void human(uint64_t n, char *buf, size_t sz) {
+  static const char *const units[] = {"KiB", "MiB", "GiB", "TiB", "PiB"};
+  double v = (double)n;
+  int u = -1;
+
+  while (v >= 1024 && u < 4) {
+    v /= 1024;
+    u++;
+  }
+  if (u < 0)
+    snprintf(buf, sz, "%" PRIu64 " B", n);
+  else
+    snprintf(buf, sz, "%.1f %s", v, units[u]);
+}
+
+/* Before a line on stdout: a tty's progress line is cleared, so that the
+ * two do not mix (stdout is flushed first when both are the terminal). */
+static void progress_clear(struct progress *p) {
+  if (p->tty && p->shown) {
+    fputs("\r\033[K", stderr);
+    p->shown = false;
+  }
+}
+
+static void progress_show(struct progress *p) {
+  char b[32], tb[32];
+
+  human(p->bytes, b, sizeof b);
+  human(p->total_bytes, tb, sizeof tb);
+  fflush(stdout);
+  if (strcmp(p->verb, "gc") == 0)
+    fprintf(stderr, "%sgc: evicted %" PRIu64 " object(s), %s/%s%s", p->tty ? "\r\033[K" : "",
+            p->done, b, tb, p->tty ? "" : "\n");
+  else
+    fprintf(stderr, "%s%s: %" PRIu64 "/%" PRIu64 " objects, %s/%s%s", p->tty ? "\r\033[K" : "",
+            p->verb, p->done, p->total, b, tb, p->tty ? "" : "\n");
+  fflush(stderr);
+  p->shown = true;
+}
+
+/* The end: a tty's line is left complete rather than erased. */
+static void progress_end(struct progress *p) {
+  if (p->tty && p->shown) {
+    fputs("\n", stderr);
+    p->shown = false;
+  }
+}
+
 static void rm_failed(const char *arg, const char *why) {
   fprintf(stderr, "regproxy: cache rm: %s: %s\n", arg, why);
 }
@@ -180,6 +243,7 @@ static int cmd_du(struct rp_cache *c, const struct rp_config *cfg) {
 
 static int cmd_verify(struct rp_cache *c) {
   struct obj_list l = {0};
+  struct progress pr;
   char dg[160];
   size_t bad = 0;
 
@@ -189,18 +253,28 @@ static int cmd_verify(struct rp_cache *c) {
     fprintf(stderr, "regproxy: cache verify: out of memory\n");
     return 1;
   }
+  progress_init(&pr, "verify");
+  pr.total = l.n;
+  for (size_t i = 0; i < l.n; i++)
+    pr.total_bytes += l.v[i].size;
+  progress_show(&pr);
   for (size_t i = 0; i < l.n; i++) {
     int rc = rp_cache_verify_one(c, &l.v[i].digest);
     rp_digest_format(&l.v[i].digest, dg, sizeof dg);
+    progress_clear(&pr);
     print_verified(dg, rc == 0 ? NULL : rp_strerror(rc));
-    if (rc == 0)
-      continue;
-    bad++;
-    rc = rp_cache_remove(c, &l.v[i].digest);
-    if (rc != 0)
-      fprintf(stderr, "regproxy: cache verify: cannot remove %s: %s\n", dg, rp_strerror(rc));
+    pr.done++;
+    pr.bytes += l.v[i].size;
+    if (rc != 0) {
+      bad++;
+      rc = rp_cache_remove(c, &l.v[i].digest);
+      if (rc != 0)
+        fprintf(stderr, "regproxy: cache verify: cannot remove %s: %s\n", dg, rp_strerror(rc));
+    }
+    progress_show(&pr);
   }
   free(l.v);
+  progress_end(&pr);
   return print_verify_summary(l.n, bad);
 }
 
@@ -277,6 +351,104 @@ static size_t on_body(char *ptr, size_t size, size_t nmemb, void *data) {
   return n;
 }
 
+static uint64_t u64(const json_t *o, const char *key);
+
+/* A streamed answer (verify, gc with progress, docs/admin.md): NDJSON lines
+ * handled as they arrive; the last one is the summary or {"error"}. Any
+ * other answer (an error, an older instance) is read whole into body. */
+struct stream {
+  const struct admin *a;
+  CURL *h;
+  struct body_buf body;
+  bool decided, lines, bad_line;
+  struct body_buf line; /* the incomplete line */
+  struct progress pr;
+  json_t *last;
+};
+
+static void stream_verified(struct stream *st, json_t *r) {
+  const char *dg = json_string_value(json_object_get(r, "digest"));
+  const char *why = json_string_value(json_object_get(r, "error"));
+  const char *rm_err = json_string_value(json_object_get(r, "remove_error"));
+  bool ok = json_is_true(json_object_get(r, "ok"));
+
+  progress_clear(&st->pr);
+  print_verified(dg, ok ? NULL : why != NULL ? why : "bad");
+  if (!ok && !json_is_true(json_object_get(r, "removed")))
+    fprintf(stderr, "regproxy: cache verify: cannot remove %s: %s\n", dg,
+            rm_err != NULL ? rm_err : "unknown error");
+}
+
+static void stream_line(struct stream *st, const char *p, size_t n) {
+  json_t *j = json_loadb(p, n, 0, NULL);
+  json_t *ev;
+
+  if (!json_is_object(j)) {
+    st->bad_line = true;
+    json_decref(j);
+    return;
+  }
+  ev = json_object_get(j, "evicted");
+  if (json_string_value(json_object_get(j, "digest")) != NULL) {
+    stream_verified(st, j); /* verify: one object */
+  } else if (json_is_string(ev)) {
+    /* gc: one object evicted */
+  } else if (json_object_get(j, "verified") != NULL || json_object_get(j, "error") != NULL ||
+             json_is_integer(ev)) {
+    json_decref(st->last); /* the summary */
+    st->last = j;
+    return;
+  } else if (json_object_get(j, "objects") != NULL) {
+    /* The first line: the work ahead (gc: the bytes above the bound). */
+    uint64_t bytes = u64(j, "bytes"), max = u64(j, "max_size");
+    st->pr.total = u64(j, "objects");
+    st->pr.total_bytes = strcmp(st->a->verb, "gc") != 0 ? bytes : bytes > max ? bytes - max : 0;
+    progress_show(&st->pr);
+    json_decref(j);
+    return;
+  } else {
+    json_decref(j); /* a line a newer instance added */
+    return;
+  }
+  st->pr.done++;
+  st->pr.bytes += u64(j, "size");
+  progress_show(&st->pr);
+  json_decref(j);
+}
+
+static size_t on_stream_body(char *ptr, size_t size, size_t nmemb, void *data) {
+  struct stream *st = data;
+  size_t n = size * nmemb, start = 0;
+
+  if (!st->decided) {
+    long code = 0;
+    char *ctype = NULL;
+    curl_easy_getinfo(st->h, CURLINFO_RESPONSE_CODE, &code);
+    curl_easy_getinfo(st->h, CURLINFO_CONTENT_TYPE, &ctype);
+    st->decided = true;
+    st->lines = code == 200 && ctype != NULL &&
+                strncmp(ctype, "application/x-ndjson", strlen("application/x-ndjson")) == 0;
+  }
+  if (!st->lines)
+    return on_body(ptr, size, nmemb, &st->body);
+  for (size_t i = 0; i < n; i++) {
+    if (ptr[i] != '\n')
+      continue;
+    if (st->line.n > 0) {
+      if (on_body(ptr + start, 1, i - start, &st->line) != i - start)
+        return 0;
+      stream_line(st, st->line.p, st->line.n);
+      st->line.n = 0;
+    } else {
+      stream_line(st, ptr + start, i - start);
+    }
+    start = i + 1;
+  }
+  if (start < n && on_body(ptr + start, 1, n - start, &st->line) != n - start)
+    return 0;
+  return n;
+}
+
 /* The message of an error answer: its "error" member, else its first line. */
 static void answer_reason(const struct body_buf *b, const json_t *j, char *out, size_t outsz) {
   const char *e = json_string_value(json_object_get(j, "error"));
@@ -294,10 +466,11 @@ static void answer_reason(const struct body_buf *b, const json_t *j, char *out, 
  * the body is not JSON; the caller frees it), or 1 after saying why on
  * stderr. Verification may run for long: it has no overall time limit. */
 static int admin_call(const struct admin *a, const char *method, const char *path, long *status,
-                      json_t **json, char *reason, size_t reasonsz) {
+                      json_t **json, char *reason, size_t reasonsz, struct stream *st) {
   char url[512], errbuf[CURL_ERROR_SIZE] = "";
   struct curl_slist *hdrs = NULL;
-  struct body_buf b = {0};
+  struct body_buf local = {0}, *bp = st != NULL ? &st->body : &local;
+  struct body_buf b;
   CURL *h = curl_easy_init();
   CURLcode cc;
   int rc = 1;
@@ -306,6 +479,13 @@ static int admin_call(const struct admin *a, const char *method, const char *pat
   *status = 0;
   snprintf(url, sizeof url, "%s%s", a->url, path);
   hdrs = curl_slist_append(NULL, "X-Regproxy-Cli: 1");
+  if (hdrs != NULL && st != NULL) {
+    struct curl_slist *more = curl_slist_append(hdrs, "Accept: application/x-ndjson");
+    if (more == NULL) {
+      curl_slist_free_all(hdrs);
+      hdrs = NULL;
+    }
+  }
   if (h == NULL || hdrs == NULL) {
     fprintf(stderr, "regproxy: cache %s: out of memory\n", a->verb);
     goto out;
@@ -332,12 +512,21 @@ static int admin_call(const struct admin *a, const char *method, const char *pat
   curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, 5000L);
   if (strcmp(a->verb, "verify") != 0)
     curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, 120000L);
-  curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_body);
-  curl_easy_setopt(h, CURLOPT_WRITEDATA, &b);
+  if (st != NULL) {
+    st->h = h;
+    curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_stream_body);
+    curl_easy_setopt(h, CURLOPT_WRITEDATA, st);
+  } else {
+    curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_body);
+    curl_easy_setopt(h, CURLOPT_WRITEDATA, bp);
+  }
   curl_easy_setopt(h, CURLOPT_ERRORBUFFER, errbuf);
   cc = curl_easy_perform(h);
+  if (st != NULL)
+    progress_end(&st->pr);
+  b = *bp;
   if (cc != CURLE_OK) {
-    if (b.too_big)
+    if (b.too_big || (st != NULL && st->line.too_big))
       fprintf(stderr, "regproxy: cache %s: the answer of %s is larger than %zu bytes\n", a->verb,
               url, ADMIN_BODY_MAX);
     else
@@ -348,12 +537,24 @@ static int admin_call(const struct admin *a, const char *method, const char *pat
     goto out;
   }
   curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, status);
+  if (st != NULL && st->lines) {
+    /* Streamed: the summary line stands for the whole answer. A cut
+     * stream ends without one (or with half a line): no JSON. */
+    if (st->line.n == 0 && !st->bad_line) {
+      *json = st->last;
+      st->last = NULL;
+    }
+    snprintf(reason, reasonsz, "%s", "(a cut or malformed progress stream)");
+    rc = 0;
+    goto out;
+  }
   if (b.p != NULL)
     *json = json_loadb(b.p, b.n, 0, NULL);
   answer_reason(&b, *json, reason, reasonsz);
   rc = 0;
 out:
-  free(b.p);
+  free(bp->p);
+  bp->p = NULL;
   curl_slist_free_all(hdrs);
   curl_easy_cleanup(h);
   return rc;
@@ -405,11 +606,15 @@ static int admin_ls(const struct admin *a, json_t *j) {
   return print_ls(&l, "ls");
 }
 
-static int admin_verify(const struct admin *a, json_t *j) {
+static int admin_verify(const struct admin *a, json_t *j, bool streamed) {
   json_t *arr = json_object_get(j, "results");
   size_t i;
   json_t *r;
 
+  if (streamed)
+    return json_object_get(j, "verified") == NULL
+               ? bad_answer(a)
+               : print_verify_summary(u64(j, "verified"), u64(j, "bad"));
   if (!json_is_array(arr))
     return bad_answer(a);
   json_array_foreach(arr, i, r) {
@@ -452,10 +657,13 @@ static int via_admin(const struct rp_config *cfg, const char *verb, const char *
   struct admin a;
   char path[256], reason[256];
   const char *method = "GET";
+  struct stream st;
+  bool streamable;
   long status = 0;
   json_t *j = NULL;
   int rc = 1;
 
+  memset(&st, 0, sizeof st);
   for (int waited = 0;; waited += 100) {
     if (rp_cache_owner_read(cfg->cache_dir, &own) != 0)
       memset(&own, 0, sizeof own);
@@ -497,8 +705,26 @@ static int via_admin(const struct rp_config *cfg, const char *verb, const char *
     fprintf(stderr, "regproxy: cache %s: cannot initialise libcurl\n", verb);
     return 1;
   }
-  if (admin_call(&a, method, path, &status, &j, reason, sizeof reason) != 0)
+  /* verify and gc ask for their progress as it happens. */
+  st.a = &a;
+  progress_init(&st.pr, verb);
+  streamable = strcmp(verb, "verify") == 0 || strcmp(verb, "gc") == 0;
+  if (admin_call(&a, method, path, &status, &j, reason, sizeof reason, streamable ? &st : NULL) !=
+      0)
     goto out;
+  if (st.lines) {
+    const char *e = json_string_value(json_object_get(j, "error"));
+    if (j == NULL) {
+      rc = bad_answer(&a);
+    } else if (e != NULL) {
+      fprintf(stderr, "regproxy: cache %s: %s (regproxy PID %ld)\n", verb, e, a.pid);
+    } else if (strcmp(verb, "verify") == 0) {
+      rc = admin_verify(&a, j, true);
+    } else {
+      rc = admin_gc(&a, j);
+    }
+    goto out;
+  }
   if (strcmp(verb, "rm") == 0) {
     if (status == 200) {
       printf("removed %s\n", arg);
@@ -523,11 +749,13 @@ static int via_admin(const struct rp_config *cfg, const char *verb, const char *
              ? bad_answer(&a)
              : (print_du(u64(j, "size_bytes"), u64(j, "objects"), u64(j, "max_size")), 0);
   else if (strcmp(verb, "verify") == 0)
-    rc = admin_verify(&a, j);
+    rc = admin_verify(&a, j, false);
   else
     rc = admin_gc(&a, j);
 out:
   json_decref(j);
+  json_decref(st.last);
+  free(st.line.p);
   curl_global_cleanup();
   return rc;
 }

@@ -6,6 +6,11 @@
  *               Hub) and in /etc/docker/certs.d/<registry>/ca.crt for the
  *               other registries in `mitm`
  *   containerd  systemd drop-in; the CA in the system trust store
+ *   containerd --mirror
+ *               no proxy and no CA: /etc/containerd/certs.d/<registry>/
+ *               hosts.toml for each registry in `mitm`, pointing containerd
+ *               at the mirror listener (it sends ?ns=<registry>), and a check
+ *               that containerd's config_path is set
  *   podman      a containers.conf.d drop-in with the proxy environment; the
  *               CA in the system store and /etc/containers/certs.d/<registry>/
  *
@@ -14,6 +19,7 @@
  * fails naming it (merge by hand). --root DIR writes under DIR as if it were
  * `/` and runs nothing; --dry-run prints what would be written. The engine is
  * not restarted: the command prints how. */
+#include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -29,8 +35,10 @@
 #include "regproxy/tls.h"
 #include "regproxy/util.h"
 
-#define SETUP_USAGE "usage: regproxy setup docker|containerd|podman [--dry-run] [--root DIR]"
-#define MARK        "Written by `regproxy setup`"
+#define SETUP_USAGE                                                                                \
+  "usage: regproxy setup docker|containerd|podman [--dry-run] [--root DIR]\n"                      \
+  "       regproxy setup containerd --mirror [--dry-run] [--root DIR]"
+#define MARK "Written by `regproxy setup`"
 
 /* Registries every engine reaches through regproxy by default and that have a
  * certs.d directory of their own (suffix entries such as .pkg.dev have none). */
@@ -220,6 +228,193 @@ static void certs_d(struct setup *s, const char *dir, const char *pem, bool with
   }
 }
 
+/* ---- containerd --mirror ---- */
+
+#define CERTS_D "/etc/containerd/certs.d"
+
+/* An IP literal (IPv4, [IPv6] or bare IPv6, with or without a port) or a
+ * CIDR: such a mitm entry matches addresses, not a registry name. */
+static bool ip_entry(const char *h) {
+  unsigned char bin[16];
+  char buf[256];
+  size_t n;
+
+  if (strchr(h, '/') != NULL || h[0] == '[' || inet_pton(AF_INET6, h, bin) == 1)
+    return true;
+  n = strcspn(h, ":");
+  if (n >= sizeof(buf))
+    return false;
+  memcpy(buf, h, n);
+  buf[n] = '\0';
+  return inet_pton(AF_INET, buf, bin) == 1;
+}
+
+static bool docker_hub(const char *h) {
+  return strcmp(h, "registry-1.docker.io") == 0 || strcmp(h, "index.docker.io") == 0 ||
+         strcmp(h, "docker.io") == 0;
+}
+
+/* One hosts.toml per concrete registry host in `mitm`. The directory name is
+ * what containerd looks up (the reference's registry, docker.io for Docker
+ * Hub) and what it then sends as ?ns=. */
+static void hosts_toml(struct setup *s, const char *url) {
+  const char *p = s->cfg->mitm != NULL ? s->cfg->mitm : "";
+  bool hub_done = false;
+
+  while (*p != '\0') {
+    const char *ent = p;
+    size_t n = strcspn(p, ",");
+    char h[256], path[600], *text;
+    struct rp_sbuf b = {0};
+    size_t a = 0, e = n, len;
+
+    while (a < e && (ent[a] == ' ' || ent[a] == '\t'))
+      a++;
+    while (e > a && (ent[e - 1] == ' ' || ent[e - 1] == '\t'))
+      e--;
+    p += n;
+    if (*p == ',')
+      p++;
+    if (e == a || e - a >= sizeof(h))
+      continue;
+    memcpy(h, ent + a, e - a);
+    h[e - a] = '\0';
+    for (char *q = h; *q; q++)
+      if (*q >= 'A' && *q <= 'Z')
+        *q = (char)(*q - 'A' + 'a');
+    if (ip_entry(h)) {
+      printf("skipped mitm entry %s: an IP or CIDR entry matches addresses, not a registry "
+             "name; write a hosts.toml by hand for a registry pulled by address\n",
+             h);
+      continue;
+    }
+    if (!plain_host(h)) {
+      printf("skipped mitm entry %s: %s names no registry host; write a hosts.toml by hand "
+             "for each registry under it\n",
+             h, strcmp(h, "*") == 0 ? "a wildcard" : "a subdomain pattern");
+      continue;
+    }
+    if (docker_hub(h)) {
+      if (hub_done)
+        continue;
+      hub_done = true;
+    }
+    rp_sbuf_addf(&b,
+                 "# " MARK " containerd --mirror; regproxy owns this file.\n"
+                 "server = \"https://%s\"\n\n[host.\"%s\"]\n  capabilities = [\"pull\", "
+                 "\"resolve\"]\n",
+                 docker_hub(h) ? "registry-1.docker.io" : h, url);
+    text = rp_sbuf_take(&b, &len);
+    if (text == NULL) {
+      s->failed = 1;
+      return;
+    }
+    snprintf(path, sizeof(path), CERTS_D "/%s/hosts.toml", docker_hub(h) ? "docker.io" : h);
+    put(s, path, text, true);
+    free(text);
+  }
+}
+
+/* containerd reads certs.d only when its config names it in config_path. A
+ * textual check: a config_path line (not a comment) with a non-empty value
+ * that names CERTS_D. Returns the value found in *val ("" for none). */
+static void config_path_value(const char *conf, char *val, size_t valsz) {
+  val[0] = '\0';
+  for (const char *l = conf; l != NULL && *l != '\0';) {
+    const char *nl = strchr(l, '\n'), *q = l;
+    size_t ll = nl != NULL ? (size_t)(nl - l) : strlen(l);
+
+    while (q < l + ll && (*q == ' ' || *q == '\t'))
+      q++;
+    if ((size_t)(l + ll - q) > 11 && memcmp(q, "config_path", 11) == 0) {
+      q += 11;
+      while (q < l + ll && (*q == ' ' || *q == '\t'))
+        q++;
+      if (q < l + ll && *q == '=') {
+        const char *v = q + 1, *end;
+        while (v < l + ll && (*v == ' ' || *v == '\t'))
+          v++;
+        if (v < l + ll && (*v == '"' || *v == '\'')) {
+          end = memchr(v + 1, *v, (size_t)(l + ll - v - 1));
+          if (end != NULL && (size_t)(end - v - 1) < valsz) {
+            memcpy(val, v + 1, (size_t)(end - v - 1));
+            val[end - v - 1] = '\0';
+            if (val[0] != '\0')
+              return;
+          }
+        }
+      }
+    }
+    l = nl != NULL ? nl + 1 : NULL;
+  }
+}
+
+/* The config version (1 when the file names none), read textually. */
+static int config_version(const char *conf) {
+  for (const char *l = conf; l != NULL && *l != '\0';) {
+    const char *nl = strchr(l, '\n');
+    int v;
+    if (sscanf(l, " version = %d", &v) == 1 && (nl == NULL || strstr(l, "version") < nl))
+      return v;
+    if (l[strspn(l, " \t")] == '[')
+      break; /* version is a top-level key: before the first table */
+    l = nl != NULL ? nl + 1 : NULL;
+  }
+  return 1;
+}
+
+static void check_config_path(struct setup *s) {
+  char full[4096], val[1024];
+  size_t len = 0;
+  char *conf;
+  const char *table;
+  int version;
+
+  snprintf(full, sizeof(full), "%s/etc/containerd/config.toml", s->root);
+  conf = read_all(full, &len);
+  if (conf != NULL) {
+    config_path_value(conf, val, sizeof(val));
+    if (val[0] != '\0' && strstr(val, CERTS_D) != NULL) {
+      printf("containerd: %s sets config_path = \"%s\"\n", full, val);
+      free(conf);
+      return;
+    }
+  }
+  version = conf != NULL ? config_version(conf) : 2;
+  table = version >= 3   ? "plugins.\"io.containerd.cri.v1.images\".registry"
+          : version == 2 ? "plugins.\"io.containerd.grpc.v1.cri\".registry"
+                         : "plugins.cri.registry";
+  if (conf == NULL)
+    printf("containerd: %s does not exist; containerd 1.x reads these hosts.toml files only "
+           "with a config.toml containing:\nversion = 2\n\n[%s]\n  config_path = \"" CERTS_D "\"\n",
+           full, table);
+  else if (val[0] != '\0')
+    printf("containerd: %s sets config_path = \"%s\", which does not name " CERTS_D
+           "; change that line in [%s] to:\n  config_path = \"" CERTS_D "\"\n",
+           full, val, table);
+  else
+    printf("containerd: %s sets no config_path, so containerd does not read these hosts.toml "
+           "files; add (merging with an existing [%s] table):\n[%s]\n  config_path = \"" CERTS_D
+           "\"\n",
+           full, table, table);
+  printf("ctr reads them with: ctr images pull --hosts-dir " CERTS_D " …\n");
+  free(conf);
+}
+
+static int setup_containerd_mirror(struct setup *s) {
+  char url[300];
+
+  proxy_url(s->cfg, url, sizeof(url));
+  hosts_toml(s, url);
+  check_config_path(s);
+  if (s->failed)
+    return 1;
+  if (!s->dry_run && s->written > 0)
+    printf("containerd reads hosts.toml at each pull (restart it only after changing "
+           "config_path)\n");
+  return 0;
+}
+
 int rp_cli_setup(struct rp_config *cfg) {
   const char *engine = cfg->args.n >= 2 ? cfg->args.v[1] : NULL;
   struct setup s;
@@ -239,10 +434,17 @@ int rp_cli_setup(struct rp_config *cfg) {
             engine == NULL ? "which engine?" : "unknown engine or extra argument");
     return 2;
   }
+  if (cfg->setup_mirror && strcmp(engine, "containerd") != 0) {
+    fprintf(stderr, "regproxy: setup: --mirror is for containerd (dockerd: \"registry-mirrors\" "
+                    "in daemon.json)\n" SETUP_USAGE "\n");
+    return 2;
+  }
   memset(&s, 0, sizeof(s));
   s.cfg = cfg;
   s.root = cfg->root != NULL && strcmp(cfg->root, "/") != 0 ? cfg->root : "";
   s.dry_run = cfg->dry_run;
+  if (cfg->setup_mirror)
+    return setup_containerd_mirror(&s);
   /* The CA the engine must trust (created now if this is the first use),
    * and one `regproxy run` will accept for this mitm list. */
   ca_opts.create = !cfg->dry_run;

@@ -106,6 +106,8 @@ const struct rp__opt rp__opts[] = {
      "print what setup would change, change nothing", G_SETUP, 0, 0},
     {"root", OT_PATH, OF_NO_KEY | OF_NO_ENV, F(root), 0, NULL, "/", "DIR",
      "write into DIR as if it were /", G_SETUP, 0, 0},
+    {"mirror", OT_BOOL, OF_NO_KEY | OF_NO_ENV, F(setup_mirror), 0, "off", NULL, NULL,
+     "setup containerd: hosts.toml mirror entries (no proxy, no CA) instead", G_SETUP, 0, 0},
 };
 
 _Static_assert(sizeof rp__opts / sizeof rp__opts[0] == RP__N_OPTS,
@@ -240,10 +242,14 @@ void rp__config_usage_write(FILE *fp) {
         "                                    (init --force: a new CA for the current mitm list;\n"
         "                                    --unconstrained: one that may sign for any host)\n"
         "  regproxy setup docker|containerd|podman [--dry-run] [--root DIR]\n"
+        "  regproxy setup containerd --mirror [--dry-run] [--root DIR]\n"
+        "                                    hosts.toml per mitm registry pointing at the\n"
+        "                                    mirror listener: no proxy environment, no CA\n"
         "  regproxy cache ls|du|verify|gc|rm <digest>\n"
         "                                    list / total / re-hash (removing bad objects) /\n"
         "                                    evict to --cache-max-size / remove one object; asks\n"
-        "                                    the running regproxy when one holds --cache-dir\n"
+        "                                    the running regproxy when one holds --cache-dir;\n"
+        "                                    verify and gc show progress on stderr\n"
         "  regproxy prefetch <image-ref>...  warm the cache (all platforms), with progress;\n"
         "                                    through the running regproxy when one holds\n"
         "                                    --cache-dir (credentials: --registry-auth)\n"

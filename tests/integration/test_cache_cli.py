@@ -308,6 +308,96 @@ def test_gc_through_the_instance_trims_once():
     assert sum(int(r[1]) for r in listing(d)) > 100 * 1024
 
 
+def human(n):
+    """The CLI's byte counts: B, then one decimal in KiB, MiB, GiB…"""
+    if n < 1024:
+        return "%d B" % n
+    v, u = float(n), -1
+    while v >= 1024 and u < 4:
+        v, u = v / 1024, u + 1
+    return "%.1f %s" % (v, ("KiB", "MiB", "GiB", "TiB", "PiB")[u])
+
+
+def test_verify_through_the_instance_reports_progress_in_order():
+    d = fresh()
+    rp = proxy(d)
+    rows = listing(d)
+    sizes = {r[0]: int(r[1]) for r in rows}
+    bad = IMG.layers[1]
+    corrupt(blob_file(d, bad))
+    rc, out, err = cache(d, "verify")
+    assert rc == 1, (rc, out, err)
+    # stdout as without progress: a line per object, then the summary.
+    lines = out.splitlines()
+    assert len(lines) == len(rows) + 1, out
+    assert lines[-1] == "%d object(s) verified, 1 bad (removed)" % len(rows), out
+    assert sorted(ln.split()[1] for ln in lines[:-1]) == sorted(sizes), out
+    assert "BAD %s (content does not match its digest or size)" % bad in lines, out
+    # stderr (not a terminal): a progress line before the first object and after
+    # each, counting objects and bytes in the order stdout names them.
+    prog = re.findall(r"^verify: (\d+)/(\d+) objects, (.+)/(.+)$", err, re.M)
+    total = sum(sizes.values())
+    assert len(prog) == len(rows) + 1, err
+    done = 0
+    for i, (n, of, b, tb) in enumerate(prog):
+        assert (int(n), int(of), b, tb) == (i, len(rows), human(done), human(total)), (i, err)
+        if i < len(rows):
+            done += sizes[lines[i].split()[1]]
+    assert done == total
+
+
+def test_gc_through_the_instance_reports_progress_in_order():
+    d = fresh()
+    rp = proxy(d, "--cache-max-size", "1G")
+    before = sum(int(r[1]) for r in listing(d))
+    rc, out, err = cache(d, "gc", "--cache-max-size", "100K")
+    assert rc == 0, (rc, out, err)
+    m = re.search(r"^evicted (\d+) object\(s\), (\d+) bytes$", out, re.M)
+    assert m and int(m.group(1)) >= 1, out
+    prog = re.findall(r"^gc: evicted (\d+) object\(s\), (.+)/(.+)$", err, re.M)
+    # The first line before anything is evicted, then one per object, in order.
+    assert [int(p[0]) for p in prog] == list(range(int(m.group(1)) + 1)), err
+    assert all(p[2] == human(before - 100 * 1024) for p in prog), (before, err)
+    assert prog[-1][1] == human(int(m.group(2))), (out, err)
+    assert len(out.splitlines()) == 3, out  # the summary as without progress
+
+
+def test_progress_is_an_ndjson_stream_only_when_asked_for():
+    d = fresh()
+    rp = proxy(d)
+    rows = listing(d)
+    nd = [("Accept", "application/x-ndjson")]
+    r = admin(rp, "POST", "/cache/verify", CLI + nd)
+    assert r.status == 200 and r.header("Content-Type") == "application/x-ndjson", r
+    assert (r.header("Transfer-Encoding") or "").lower() == "chunked", r
+    objs = [json.loads(ln) for ln in r.body.decode().splitlines()]
+    assert objs[0] == {"objects": len(rows), "bytes": sum(int(x[1]) for x in rows)}, objs[0]
+    assert objs[-1] == {"verified": len(rows), "bad": 0}, objs[-1]
+    assert sorted(o["digest"] for o in objs[1:-1]) == sorted(x[0] for x in rows), objs
+    assert all(o["ok"] is True and o["size"] > 0 for o in objs[1:-1]), objs
+    # Other clients keep the single JSON answer.
+    r = admin(rp, "POST", "/cache/verify", CLI)
+    assert r.status == 200 and r.header("Content-Type") == "application/json", r
+    j = json.loads(r.body)
+    assert j["verified"] == len(rows) and len(j["results"]) == len(rows), j
+    r = admin(rp, "POST", "/cache/gc?max_size=1", CLI + nd)
+    assert r.status == 200 and r.header("Content-Type") == "application/x-ndjson", r
+    objs = [json.loads(ln) for ln in r.body.decode().splitlines()]
+    assert objs[0]["objects"] == len(rows) and objs[0]["max_size"] == 1, objs[0]
+    ev = [o for o in objs[1:-1]]
+    assert ev and all(set(o) == {"evicted", "size"} for o in ev), objs
+    assert objs[-1]["evicted"] == len(ev), objs[-1]
+    assert objs[-1]["evicted_bytes"] == sum(o["size"] for o in ev), objs[-1]
+    # The connection carries the next request after a streamed answer.
+    c = rp.conn()
+    try:
+        for _ in range(2):
+            r = c.request("POST", "/cache/gc", [("Host", "127.0.0.1:%d" % rp.port)] + CLI + nd)
+            assert r.status == 200 and json.loads(r.body.decode().splitlines()[-1])["evicted"] == 0
+    finally:
+        c.close()
+
+
 def test_rm_through_the_instance():
     d = fresh()
     rp = proxy(d)

@@ -71,5 +71,45 @@ def test_ctr_pull_through_mirror_hosts_toml():
     assert set(img.layers) <= got, "layers not fetched through the mirror: %s" % lines
 
 
+def test_ctr_pull_through_setup_containerd_mirror_then_from_the_cache():
+    """`regproxy setup containerd --mirror` writes the hosts.toml: ctr, with no proxy
+    environment and no CA, pulls through it, and a second pull (after the image and its
+    content are removed from containerd, so it fetches again) is served from regproxy's
+    cache."""
+    img = h.OciImage(os.path.join(h.tmpdir(), "deb"), tag="2", layer_sizes=(6000, 150 * 1024))
+    h.skopeo(["copy", "--dest-cert-dir", CA.certdir, "oci:%s:2" % img.path,
+              "docker://127.0.0.1:%d/library/debian:2" % REG.port])
+    root = h.tmpdir()
+    p = h.run([h.regproxy_bin(), "setup", "containerd", "--mirror", "--root", root,
+               "--mitm", HOST, "--listen", RP.url[len("http://"):],
+               "--ca-dir", os.path.join(root, "no-ca")], env=h.clean_env(HOME=root))
+    assert b"wrote" in p.stdout and not os.path.exists(os.path.join(root, "no-ca")), p.stdout
+    hosts_dir = os.path.join(root, "etc", "containerd", "certs.d")
+    assert os.listdir(hosts_dir) == ["docker.io"], os.listdir(hosts_dir)
+
+    def pull(ns):
+        seen = len(RP.request_logs(via="mirror"))
+        h.run(["ctr", "-a", SOCK, "-n", ns, "images", "pull", "--snapshotter", "native",
+               "--hosts-dir", hosts_dir, "docker.io/library/debian:2"], timeout=180,
+              env=h.clean_env())
+        p = h.run(["ctr", "-a", SOCK, "-n", ns, "images", "ls"])
+        assert img.manifest in p.stdout.decode(), p.stdout
+        lines = [ln for ln in RP.request_logs(via="mirror")[seen:]
+                 if "/library/debian/blobs/" in ln.get("path", "")]
+        assert all("ns=docker.io" in ln["path"] for ln in lines), lines
+        return {ln["path"].split("?")[0].rsplit("/", 1)[-1]: ln.get("cache") for ln in lines
+                if ln.get("status") == "200"}
+
+    first = pull("setup")
+    assert set(img.layers) <= set(first), "layers not fetched through the mirror: %s" % first
+    assert all(first[dg] != "hit" for dg in img.layers), first
+    h.run(["ctr", "-a", SOCK, "-n", "setup", "images", "rm", "--sync",
+           "docker.io/library/debian:2"])
+    h.run(["ctr", "-a", SOCK, "-n", "setup", "content", "rm"] + sorted(img.blobs | {img.manifest}))
+    second = pull("setup")
+    assert set(img.layers) <= set(second), "second pull fetched no layers: %s" % second
+    assert all(second[dg] == "hit" for dg in img.layers), second
+
+
 if __name__ == "__main__":
     h.main(globals())

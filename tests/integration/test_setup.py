@@ -97,6 +97,95 @@ def test_containerd_and_podman():
         assert read(root, "/etc/containers/certs.d/%s/ca.crt" % host) == pem
 
 
+MIRROR_MITM = "registry-1.docker.io,index.docker.io,GHCR.io,registry.lan:5000,.pkg.dev,*.corp.example,10.0.0.0/8,192.168.1.9:5000"
+
+
+def hosts_toml(server, url="http://127.0.0.1:2080"):
+    return ("# Written by `regproxy setup` containerd --mirror; regproxy owns this file.\n"
+            'server = "%s"\n\n[host."%s"]\n  capabilities = ["pull", "resolve"]\n' % (server, url))
+
+
+def test_containerd_mirror_hosts_toml_without_a_ca():
+    root = h.tmpdir()
+    rc, out, err, ca_dir = setup_cmd("containerd", root, "--mirror", "--mitm", MIRROR_MITM,
+                                     "--listen", "0.0.0.0:3128", "--listen", "127.0.0.1:2081",
+                                     check=0)
+    certs = "etc/containerd/certs.d/"
+    # Concrete registry hosts only; Docker Hub's aliases share the docker.io directory.
+    assert files_under(root) == sorted(certs + d + "/hosts.toml" for d in
+                                       ("docker.io", "ghcr.io", "registry.lan:5000")), (
+        files_under(root), out)
+    url = "http://127.0.0.1:3128"  # the first listener, a wildcard as loopback
+    assert read(root, certs + "docker.io/hosts.toml") == hosts_toml(
+        "https://registry-1.docker.io", url)
+    assert read(root, certs + "ghcr.io/hosts.toml") == hosts_toml("https://ghcr.io", url)
+    assert read(root, certs + "registry.lan:5000/hosts.toml") == hosts_toml(
+        "https://registry.lan:5000", url)
+    for entry, why in ((".pkg.dev", "subdomain pattern"), ("*.corp.example", "subdomain pattern"),
+                       ("10.0.0.0/8", "IP or CIDR"), ("192.168.1.9:5000", "IP or CIDR")):
+        assert re.search(r"skipped mitm entry %s: .*%s" % (re.escape(entry), why), out), out
+    # No CA: nothing created, nothing in the trust store, no proxy drop-in.
+    assert not os.path.exists(ca_dir), os.listdir(ca_dir)
+    # containerd has no config.toml under root: the lines to create it.
+    assert 'config.toml does not exist' in out, out
+    assert ('[plugins."io.containerd.grpc.v1.cri".registry]\n'
+            '  config_path = "/etc/containerd/certs.d"\n') in out, out
+    before = {f: os.stat(os.path.join(root, f)).st_mtime_ns for f in files_under(root)}
+    rc, out, err, _ = setup_cmd("containerd", root, "--mirror", "--mitm", MIRROR_MITM,
+                                "--listen", "0.0.0.0:3128", check=0)
+    assert "wrote" not in out and out.count("unchanged") == 3, out
+    assert {f: os.stat(os.path.join(root, f)).st_mtime_ns for f in files_under(root)} == before
+
+
+def test_containerd_mirror_config_path_check():
+    cases = [
+        # (config.toml, set?, table printed when not set)
+        ('version = 2\n[plugins."io.containerd.grpc.v1.cri".registry]\n'
+         '  config_path = "/etc/containerd/certs.d"\n', True, None),
+        ('version = 3\n[plugins."io.containerd.cri.v1.images".registry]\n'
+         "  config_path = '/etc/containerd/certs.d:/etc/docker/certs.d'\n", True, None),
+        ('version = 2\n[plugins."io.containerd.grpc.v1.cri".registry]\n'
+         '  # config_path = "/etc/containerd/certs.d"\n  config_path = ""\n', False,
+         'plugins."io.containerd.grpc.v1.cri".registry'),
+        ('version = 3\nroot = "/var/lib/containerd"\n', False,
+         'plugins."io.containerd.cri.v1.images".registry'),
+        ('root = "/var/lib/containerd"\n', False, "plugins.cri.registry"),
+    ]
+    for conf, is_set, table in cases:
+        root = h.tmpdir()
+        h.write_file(os.path.join(root, "etc/containerd/config.toml"), conf)
+        rc, out, err, _ = setup_cmd("containerd", root, "--mirror", "--mitm", "ghcr.io", check=0)
+        assert read(root, "/etc/containerd/config.toml") == conf  # never edited
+        if is_set:
+            assert "sets config_path" in out and "add" not in out, (conf, out)
+        else:
+            assert "sets no config_path" in out, (conf, out)
+            assert '\n[%s]\n  config_path = "/etc/containerd/certs.d"\n' % table in out, (conf, out)
+
+
+def test_containerd_mirror_leaves_a_foreign_hosts_toml_alone():
+    root = h.tmpdir()
+    mine = 'server = "https://ghcr.io"\n[host."https://mirror.corp:5000"]\n  capabilities = ["pull"]\n'
+    path = os.path.join(root, "etc/containerd/certs.d/ghcr.io/hosts.toml")
+    h.write_file(path, mine)
+    rc, out, err, _ = setup_cmd("containerd", root, "--mirror", "--mitm", "ghcr.io,quay.io", check=1)
+    assert "ghcr.io/hosts.toml exists and was not written by regproxy" in err, err
+    assert '[host."http://127.0.0.1:2080"]' in err, err  # the lines to merge
+    assert read(root, "/etc/containerd/certs.d/ghcr.io/hosts.toml") == mine
+    assert read(root, "/etc/containerd/certs.d/quay.io/hosts.toml") == hosts_toml("https://quay.io")
+
+
+def test_containerd_mirror_dry_run_and_usage():
+    root = h.tmpdir()
+    rc, out, err, _ = setup_cmd("containerd", root, "--mirror", "--dry-run", "--mitm", "quay.io",
+                                check=0)
+    assert "would write" in out and 'server = "https://quay.io"' in out, out
+    assert files_under(root) == [] and not os.path.exists(os.path.join(root, "var-lib-regproxy-ca"))
+    for engine in ("docker", "podman"):
+        rc, out, err, _ = setup_cmd(engine, root, "--mirror", check=2)
+        assert "--mirror is for containerd" in err, err
+
+
 def test_usage_errors():
     root = h.tmpdir()
     for args in ([], ["rkt"], ["docker", "extra"]):

@@ -1736,6 +1736,22 @@ struct vres {
   struct rp_digest d;
 };
 
+struct evicted_seen {
+  struct rp_digest d[4];
+  uint64_t bytes;
+  int n;
+};
+
+static bool on_evicted(const struct rp_object_info *info, void *data) {
+  struct evicted_seen *e = data;
+
+  if (e->n < 4)
+    e->d[e->n] = info->digest;
+  e->n++;
+  e->bytes += info->size;
+  return true;
+}
+
 static void on_vdone(struct rp_cache *c, const struct rp_digest *d, int status, void *data) {
   struct vres *v = data;
   (void)c;
@@ -1868,6 +1884,17 @@ static void test_maintenance(void **state) {
   assert_int_equal(rp_cache_trim(c, 2 * MIB, NULL), 1);
   rp_cache_stats(c, &st);
   assert_int_equal(st.max_size, 2 * MIB);
+  /* evict_each names what it evicted, least recently used first. */
+  {
+    struct evicted_seen e;
+    memset(&e, 0, sizeof e);
+    assert_int_equal(rp_cache_evict_each(c, len, &freed, on_evicted, &e), 1);
+    assert_int_equal(e.n, 1);
+    assert_memory_equal(&e.d[0], &d[2], sizeof e.d[0]);
+    assert_int_equal(e.bytes, len);
+    assert_int_equal(freed, len);
+    assert_true(rp_cache_has(c, &d[0], NULL));
+  }
 
   /* Closed while a verification runs: it is cancelled (unless it was done
    * already) and reports, then the cache goes. */

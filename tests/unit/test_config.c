@@ -1298,7 +1298,7 @@ static void test_usage(void **state) {
     }
     *nl = '\n';
   }
-  assert_int_equal(option_lines, 36);
+  assert_int_equal(option_lines, 37);
   free(buf);
 }
 
