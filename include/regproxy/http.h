@@ -89,6 +89,9 @@ bool rp_http_token_eq(const char *a, size_t alen, const char *lit);
 /** Hop-by-hop: the RFC 9110 list, Proxy-*, and names listed in Connection. */
 bool rp_http_is_hop_by_hop(const struct rp_http_head *h, const struct rp_http_header *hd);
 const char *rp_http_reason(int status);
+/** The decimal value of the first header called name among h[0..n): a size
+ * such as Content-Length, or -1 when absent or not a plain number. */
+int64_t rp_http_header_size(const struct rp_http_header *h, size_t n, const char *name);
 /** A header that points at name and value (both NUL-terminated, the caller's). */
 static inline void rp_http_header_init(struct rp_http_header *h, const char *name,
                                        const char *value) {

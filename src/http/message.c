@@ -1,6 +1,7 @@
 /* Header helpers shared by every path that writes HTTP: lookups, the
  * hop-by-hop rule and reason phrases. */
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 
@@ -143,4 +144,21 @@ const char *rp_http_reason(int status) {
   case 505: return "HTTP Version Not Supported";
   default: return "Unknown";
   }
+}
+
+int64_t rp_http_header_size(const struct rp_http_header *h, size_t n, const char *name) {
+  for (size_t i = 0; i < n; i++) {
+    if (rp_http_token_eq(h[i].name, h[i].name_len, name)) {
+      char buf[32];
+      char *end;
+      unsigned long long v;
+      if (h[i].value_len == 0 || h[i].value_len >= sizeof(buf))
+        return -1;
+      memcpy(buf, h[i].value, h[i].value_len);
+      buf[h[i].value_len] = '\0';
+      v = strtoull(buf, &end, 10);
+      return *end == '\0' ? (int64_t)v : -1;
+    }
+  }
+  return -1;
 }

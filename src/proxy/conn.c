@@ -215,6 +215,8 @@ struct conn_write {
   char *owned;
   size_t bytes;
   size_t *inflight; /* the counter the bytes were added to */
+  void (*done)(void *arg, int status); /* the writer's own completion, or NULL */
+  void *done_arg;
 };
 
 size_t rp__conn_queued(const struct rp_conn *c, const struct rp_stream *s) {
@@ -244,6 +246,8 @@ static void on_conn_write(struct rp_stream *s, int status, void *arg) {
   struct conn_write *w = arg;
   struct rp_conn *c = w->c;
   *w->inflight -= w->bytes;
+  if (w->done != NULL)
+    w->done(w->done_arg, status);
   rp__bref_put(w->ref);
   free(w->owned);
   free(w);
@@ -262,8 +266,9 @@ static void on_conn_write(struct rp_stream *s, int status, void *arg) {
   conn_drained(c, s);
 }
 
-int rp__conn_write(struct rp_conn *c, struct rp_stream *s, const uv_buf_t *bufs, unsigned n,
-                   struct rp_bref *ref, char *owned) {
+static int conn_write(struct rp_conn *c, struct rp_stream *s, const uv_buf_t *bufs, unsigned n,
+                      struct rp_bref *ref, char *owned, void (*done)(void *arg, int status),
+                      void *done_arg) {
   struct conn_write *w = malloc(sizeof(*w));
   int rc;
 
@@ -271,6 +276,8 @@ int rp__conn_write(struct rp_conn *c, struct rp_stream *s, const uv_buf_t *bufs,
     free(owned);
     return UV_ENOMEM;
   }
+  w->done = done;
+  w->done_arg = done_arg;
   if (ref != NULL)
     ref->refs++;
   w->c = c;
@@ -294,6 +301,16 @@ int rp__conn_write(struct rp_conn *c, struct rp_stream *s, const uv_buf_t *bufs,
     free(w);
   }
   return rc;
+}
+
+int rp__conn_write(struct rp_conn *c, struct rp_stream *s, const uv_buf_t *bufs, unsigned n,
+                   struct rp_bref *ref, char *owned) {
+  return conn_write(c, s, bufs, n, ref, owned, NULL, NULL);
+}
+
+int rp__conn_write_notify(struct rp_conn *c, const uv_buf_t *bufs, unsigned n,
+                          void (*done)(void *arg, int status), void *arg) {
+  return conn_write(c, c->client, bufs, n, NULL, NULL, done, arg);
 }
 
 int rp__conn_write_client(struct rp_conn *c, const char *p, size_t n) {

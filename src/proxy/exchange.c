@@ -3,8 +3,9 @@
  * status line, the headers the way in adds (Via for plain HTTP,
  * OCI-Namespace for the mirror), Content-Length or chunked framing,
  * Connection: close when the connection ends after it — and the body is
- * written to the client's stream (TCP, or TLS inside MITM) with the
- * writer's completions as its backpressure. */
+ * written to the client's stream (TCP, or TLS inside MITM), counted and
+ * drained like the connection's other writes, with each write's completion
+ * as the writer's backpressure. */
 #include <llhttp.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -72,9 +73,8 @@ static int x_start(struct rp_exchange *x, int status, const struct rp_http_heade
   return 0;
 }
 
-static void on_body_written(struct rp_stream *s, int status, void *arg) {
+static void on_body_written(void *arg, int status) {
   struct body_write *w = arg;
-  (void)s;
   w->cb(w->arg, status);
   free(w);
 }
@@ -106,9 +106,7 @@ static int body_write(struct rp_sink *s, const uv_buf_t *bufs, unsigned n, rp_si
     w->bufs[k++] = bufs[i];
   if (c->x_chunked)
     w->bufs[k++] = uv_buf_init((char *)chunk_tail, 2);
-  if (c->req_active)
-    c->log.bytes_out += total;
-  rc = rp_stream_write(c->client, w->bufs, k, on_body_written, w);
+  rc = rp__conn_write_notify(c, w->bufs, k, on_body_written, w);
   if (rc != 0)
     free(w);
   return rc;

@@ -162,7 +162,7 @@ struct rp_conn {
   size_t pending_head_len;
   struct rp_http_parser *uparser;
   int up_head_sent;   /* the response head went to the client */
-  int up_chunked_out; /* we chunk the response body for the client */
+  int up_chunked_out; /* forward.c chunks the response body for the client */
   int up_close_after; /* close the client after this response */
   int up_keep;        /* the upstream may serve another request */
   int req_chunked_up; /* we chunk the request body for the upstream */
@@ -242,6 +242,11 @@ void rp__conn_route(struct rp_conn *c, const struct rp_http_head *h);
  * On completion the connection's drain logic runs. */
 int rp__conn_write(struct rp_conn *c, struct rp_stream *s, const uv_buf_t *bufs, unsigned n,
                    struct rp_bref *ref, char *owned);
+/** Write to the client; done(arg, status) once the buffers are no longer
+ * needed (they stay the caller's until then). Counted, timed and drained
+ * like every other write of the connection. */
+int rp__conn_write_notify(struct rp_conn *c, const uv_buf_t *bufs, unsigned n,
+                          void (*done)(void *arg, int status), void *arg);
 /** Bytes queued on s by this connection and not yet confirmed written. */
 size_t rp__conn_queued(const struct rp_conn *c, const struct rp_stream *s);
 /** Queue a copy of p to the client. */

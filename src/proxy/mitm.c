@@ -19,7 +19,6 @@
 #include "regproxy/upstream.h"
 
 static const char established[] = "HTTP/1.1 200 Connection established\r\n\r\n";
-static const char last_chunk[] = "0\r\n\r\n";
 
 /* ---- TLS set-up ---- */
 
@@ -102,48 +101,44 @@ void rp__mitm_connect(struct rp_conn *c) {
 int rp__mitm_pass_head(struct rp_fetch *f, void *data, int status, const char *reason,
                        const struct rp_http_header *headers, size_t n) {
   struct rp_conn *c = data;
-  struct rp_sbuf b = {0};
-  bool no_body, has_length = false;
-  char *p;
-  size_t len;
-  uv_buf_t buf;
+  struct rp_http_head up = {.headers = (struct rp_http_header *)headers, .nheaders = n};
+  struct rp_http_header *h;
+  size_t nh = 0;
+  int rc;
 
   (void)f;
+  (void)reason;
   if ((status >= 500 || status == 429) && rp__regcache_can_stale(c)) {
     c->stale_pending = 1;
     return -1; /* the answer comes from memory once the fetch is gone */
   }
-  rp_sbuf_addf(&b, "HTTP/1.1 %d %s\r\n", status,
-               reason != NULL && reason[0] ? reason : rp_http_reason(status));
-  {
-    struct rp_http_head up = {.headers = (struct rp_http_header *)headers, .nheaders = n};
-    rp_sbuf_add_end_to_end(&b, &up, NULL);
-    has_length = rp_http_header_find(&up, "content-length") != NULL;
-  }
-  no_body = c->req_is_head || status == 204 || status == 304;
-  c->up_chunked_out = !no_body && !has_length;
-  if (c->up_chunked_out)
-    rp_sbuf_adds(&b, "Transfer-Encoding: chunked\r\n");
-  rp__mitm_extra_headers(c, &b);
+  /* The end-to-end headers go to the client as they came; the length and
+   * the framing are the exchange's. */
+  h = malloc((n + 1) * sizeof(*h));
+  if (h == NULL)
+    return -1;
+  for (size_t i = 0; i < n; i++)
+    if (!rp_http_is_hop_by_hop(&up, &headers[i]) &&
+        !rp_http_token_eq(headers[i].name, headers[i].name_len, "content-length"))
+      h[nh++] = headers[i];
   if (c->mirror && status == 401)
     rp__mirror_unauthorized(c);
-  if (!c->keep_alive || c->srv->draining) {
-    c->keep_alive = 0;
-    rp_sbuf_adds(&b, "Connection: close\r\n");
-  }
-  rp_sbuf_adds(&b, "\r\n");
-  c->log.status = status;
   c->up_head_sent = 1;
   rp__regcache_observe(c, status, headers, n);
-  p = rp_sbuf_take(&b, &len);
-  if (p == NULL)
-    return -1;
-  buf = uv_buf_init(p, (unsigned)len);
-  return rp__conn_write(c, c->client, &buf, 1, NULL, p) == 0 ? 0 : -1;
+  rc = rp_exchange_start(rp__conn_exchange(c), status, h, nh,
+                         rp_http_header_size(headers, n, "content-length"));
+  free(h);
+  return rc == 0 ? 0 : -1;
+}
+
+static void block_written(void *arg, int status) {
+  (void)status;
+  rp__bref_put(arg);
 }
 
 int rp__mitm_pass_body(struct rp_fetch *f, void *data, const char *p, size_t n) {
   struct rp_conn *c = data;
+  struct rp_sink *body = rp_exchange_body(rp__conn_exchange(c));
 
   (void)f;
   if (rp__conn_queued(c, c->client) > RP_QUEUE_HIGH) {
@@ -154,33 +149,24 @@ int rp__mitm_pass_body(struct rp_fetch *f, void *data, const char *p, size_t n) 
     rp__regcache_relay_body(c, p, n);
   /* libcurl reuses its buffer after we return, so the bytes are copied, into
    * pool blocks rather than fresh allocations of varying size (which made
-   * glibc's heap grow with every body relayed). Chunked framing, when the
-   * client needs it, makes each block one self-contained chunk. */
+   * glibc's heap grow with every body relayed). */
   while (n > 0) {
     char *block = rp_buf_alloc();
+    size_t take = n < RP_BUF_SIZE ? n : RP_BUF_SIZE;
     struct rp_bref *ref;
-    size_t room = RP_BUF_SIZE - (c->up_chunked_out ? 16 : 0), take = n < room ? n : room, len = 0;
     uv_buf_t buf;
-    int rc;
 
     if (block == NULL)
       return -1;
-    if (c->up_chunked_out)
-      len = (size_t)snprintf(block, 16, "%zx\r\n", take);
-    memcpy(block + len, p, take);
-    len += take;
-    if (c->up_chunked_out) {
-      memcpy(block + len, "\r\n", 2);
-      len += 2;
-    }
+    memcpy(block, p, take);
     ref = rp__bref_new(block);
     if (ref == NULL)
       return -1;
-    buf = uv_buf_init(block, (unsigned)len);
-    rc = rp__conn_write(c, c->client, &buf, 1, ref, NULL);
-    rp__bref_put(ref);
-    if (rc != 0)
+    buf = uv_buf_init(block, (unsigned)take);
+    if (body->write(body, &buf, 1, block_written, ref) != 0) {
+      rp__bref_put(ref);
       return -1;
+    }
     rp_metrics.bytes[1][RP_SRC_BYTES_UPSTREAM] += take;
     p += take;
     n -= take;
@@ -223,7 +209,6 @@ static ssize_t on_fetch_read(struct rp_fetch *f, void *data, char *buf, size_t n
 
 void rp__mitm_pass_done(struct rp_fetch *f, void *data, int status, const char *reason) {
   struct rp_conn *c = data;
-  uv_buf_t buf;
 
   (void)f;
   c->fetch = NULL;
@@ -256,15 +241,7 @@ void rp__mitm_pass_done(struct rp_fetch *f, void *data, int status, const char *
       rp__conn_respond(c, 502, reason, true);
     return;
   }
-  if (c->up_chunked_out) {
-    buf = uv_buf_init((char *)last_chunk, sizeof(last_chunk) - 1);
-    if (rp__conn_write(c, c->client, &buf, 1, NULL, NULL) != 0) {
-      rp__conn_close(c);
-      return;
-    }
-  }
-  rp__conn_go_state(c, RP_CONN_RESPOND);
-  rp__conn_response_done(c);
+  rp_exchange_finish(rp__conn_exchange(c));
 }
 
 static const struct rp_fetch_callbacks fetch_callbacks = {
@@ -442,7 +419,6 @@ void rp__mitm_relay(struct rp_conn *c, const struct rp_http_head *h) {
   c->req_is_head = h->method_id == HTTP_HEAD;
   c->grab_manifest = 0;
   c->up_head_sent = 0;
-  c->up_chunked_out = 0;
   c->fetch_paused = 0;
   c->up_body_waiting = 0;
   /* A body of the previous request that its answer left unread (the cache

@@ -58,7 +58,7 @@ static int tag_on_head(struct rp_fetch *f, void *data, int status, const char *r
   rp__reg_header_copy(h, n, "docker-content-digest", dg, sizeof(dg));
   tc->have_digest = dg[0] != '\0' && rp_digest_parse(dg, strlen(dg), &tc->d) == 0;
   rp__reg_header_copy(h, n, "content-type", tc->ctype, sizeof(tc->ctype));
-  tc->size = rp__reg_header_size(h, n, "content-length");
+  tc->size = rp_http_header_size(h, n, "content-length");
   rp__status_ratelimit(tc->srv, tc->registry, tc->authenticated, h, n);
   return 0;
 }
@@ -388,7 +388,7 @@ void rp__regcache_observe(struct rp_conn *c, int status, const struct rp_http_he
   memset(&e, 0, sizeof(e));
   rp__reg_header_copy(h, n, "docker-content-digest", dg, sizeof(dg));
   rp__reg_header_copy(h, n, "content-type", e.media_type, sizeof(e.media_type));
-  size = rp__reg_header_size(h, n, "content-length");
+  size = rp_http_header_size(h, n, "content-length");
   if (c->srv->cache != NULL && dg[0] != '\0' && size > 0 &&
       rp_digest_parse(dg, strlen(dg), &e.digest) == 0) {
     e.size = (uint64_t)size;

@@ -121,7 +121,6 @@ bool rp__reg_start_job(struct rp_conn *c, struct rp__regreq *rq, const struct rp
 void rp__reg_release_waiters(struct rp__filljob *job);
 /** Does c send the credential the upstream accepted for this job's fill? */
 bool rp__reg_job_same_credential(const struct rp__filljob *job, const struct rp_conn *c);
-int64_t rp__reg_header_size(const struct rp_http_header *h, size_t n, const char *name);
 void rp__reg_header_copy(const struct rp_http_header *h, size_t n, const char *name, char *out,
                          size_t outsz);
 

@@ -263,23 +263,6 @@ static void on_fill_state(struct rp_fill *f, void *data) {
     rp__reg_job_free(job);
 }
 
-int64_t rp__reg_header_size(const struct rp_http_header *h, size_t n, const char *name) {
-  for (size_t i = 0; i < n; i++) {
-    if (rp_http_token_eq(h[i].name, h[i].name_len, name)) {
-      char buf[32];
-      char *end;
-      unsigned long long v;
-      if (h[i].value_len == 0 || h[i].value_len >= sizeof(buf))
-        return -1;
-      memcpy(buf, h[i].value, h[i].value_len);
-      buf[h[i].value_len] = '\0';
-      v = strtoull(buf, &end, 10);
-      return *end == '\0' ? (int64_t)v : -1;
-    }
-  }
-  return -1;
-}
-
 void rp__reg_header_copy(const struct rp_http_header *h, size_t n, const char *name, char *out,
                          size_t outsz) {
   out[0] = '\0';
@@ -318,7 +301,7 @@ static int job_on_head(struct rp_fetch *f, void *data, int status, const char *r
   struct rp__regreq *rq = job->rq;
   struct rp_conn *c = rq != NULL ? rq->c : NULL;
   char ctype[128];
-  int64_t size = rp__reg_header_size(h, n, "content-length");
+  int64_t size = rp_http_header_size(h, n, "content-length");
 
   rp__reg_header_copy(h, n, "content-type", ctype, sizeof(ctype));
   if (job->fill != NULL) {
