@@ -66,6 +66,11 @@ struct rp_config {
   struct rp_connect_to *connect_to;
   size_t n_connect_to;
   char *upstream_ca;
+  /* certs.d directories read for per-registry upstream TLS (SPEC §4), and
+   * whether they are the defaults (then an unreadable host directory is a
+   * warning, not an error: a user's regproxy may not read root's keys). */
+  struct rp_strv upstream_certs_dir;
+  bool upstream_certs_dir_default;
   char *registry_auth;
   char *mirror_default;
   struct rp_strv server_names;

@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "config/internal.h"
@@ -393,6 +394,24 @@ static int list_add(struct rp__load *ld, const struct rp__opt *o, const struct r
     *c = grown;
     (*c)[(*n)++] = item;
     return 0;
+  }
+  if (o->type == OT_PATHS) {
+    char *path = NULL;
+    struct stat st;
+    rc = rp__expand_path(ld, o, org, v, &path);
+    if (rc != 0) {
+      return rc;
+    }
+    errno = 0;
+    if (stat(path, &st) != 0 || !S_ISDIR(st.st_mode) || access(path, R_OK | X_OK) != 0) {
+      int e = errno != 0 ? errno : ENOTDIR;
+      rp__show(path, shown, sizeof shown);
+      free(path);
+      return rp__config_fail(ld, o, org, "cannot read directory '%s': %s", shown, strerror(e));
+    }
+    rc = rp__strv_push(rp__config_field(cfg, o->off), path);
+    free(path);
+    return rc;
   }
   /* OT_NAMES */
   for (const char *p = v;;) {

@@ -154,6 +154,8 @@ int rp__config_finish(struct rp__load *ld) {
   cfg->parent_proxy_source = ld->src[rp__opt_index(rp__opt_find_key("parent_proxy"))];
   cfg->allow_source = ld->src[rp__opt_index(rp__opt_find_key("allow"))];
   cfg->cache_max_size_source = ld->src[rp__opt_index(rp__opt_find_key("cache_max_size"))];
+  cfg->upstream_certs_dir_default =
+      ld->src[rp__opt_index(rp__opt_find_key("upstream_certs_dir"))] == RP_SRC_DEFAULT;
   return 0;
 }
 

@@ -105,6 +105,7 @@ enum opt_type {
   OT_LISTEN,     /* list: struct rp_listen_addr * at off, size_t count at off2 */
   OT_CONNECT_TO, /* list: struct rp_connect_to * at off, size_t count at off2 */
   OT_NAMES,      /* list: struct rp_strv at off */
+  OT_PATHS,      /* list of directories ("~/" expanded, must exist): struct rp_strv at off */
 };
 
 enum opt_flags {
@@ -134,13 +135,14 @@ struct rp__opt {
 };
 
 /* The number of options; options.c checks it against the table. */
-#define RP__N_OPTS 37
+#define RP__N_OPTS 38
 extern const struct rp__opt rp__opts[RP__N_OPTS];
 
 size_t rp__opt_index(const struct rp__opt *o);
 /** The field of cfg at offset off (struct rp__opt's off and off2). */
 void *rp__config_field(struct rp_config *cfg, size_t off);
-/** A repeatable option (listen, transparent, connect_to, server_names). */
+/** A repeatable option (listen, transparent, connect_to, server_names,
+ * upstream_certs_dir). */
 bool rp__opt_is_list(const struct rp__opt *o);
 /** "--cache-max-size" for cache_max_size. */
 void rp__opt_flag_name(const struct rp__opt *o, char *buf, size_t size);

@@ -64,6 +64,13 @@ const struct rp__opt rp__opts[] = {
      0},
     {"upstream_ca", OT_PATH, OF_MUST_EXIST, F(upstream_ca), 0, NULL, "system bundle", "FILE",
      "extra CA bundle trusted for upstream TLS", G_ROUTING, 0, 0},
+    {"upstream_certs_dir", OT_PATHS, 0, F(upstream_certs_dir), 0, NULL,
+     "/etc/docker/certs.d, /etc/containers/certs.d if present; non-root: "
+     "~/.config/containers/certs.d first",
+     "DIR",
+     "per-registry upstream CAs (*.crt) and client certificates (X.cert + X.key) in "
+     "DIR/<host[:port]>/, as the engines read them (repeatable)",
+     G_ROUTING, 0, 0},
 
     {"cache_dir", OT_PATH, OF_NONEMPTY, F(cache_dir), 0, NULL,
      "$XDG_CACHE_HOME/regproxy, root: /var/cache/regproxy", "DIR", "cache root", G_CACHE, 0, 0},
@@ -122,7 +129,8 @@ void *rp__config_field(struct rp_config *cfg, size_t off) {
 }
 
 bool rp__opt_is_list(const struct rp__opt *o) {
-  return o->type == OT_LISTEN || o->type == OT_CONNECT_TO || o->type == OT_NAMES;
+  return o->type == OT_LISTEN || o->type == OT_CONNECT_TO || o->type == OT_NAMES ||
+         o->type == OT_PATHS;
 }
 
 void rp__opt_flag_name(const struct rp__opt *o, char *buf, size_t size) {
@@ -215,7 +223,8 @@ void rp_config_destroy(struct rp_config *cfg) {
       rp__connect_to_free(*(struct rp_connect_to **)rp__config_field(cfg, o->off),
                           *(size_t *)rp__config_field(cfg, o->off2));
       break;
-    case OT_NAMES: rp__strv_clear(rp__config_field(cfg, o->off)); break;
+    case OT_NAMES:
+    case OT_PATHS: rp__strv_clear(rp__config_field(cfg, o->off)); break;
     default: break;
     }
   }

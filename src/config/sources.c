@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "config/internal.h"
@@ -70,6 +71,38 @@ static int xdg_default(struct rp__load *ld, const char *xdg, const char *rel_xdg
   return *out != NULL ? 0 : RP_ENOMEM;
 }
 
+/* The certs.d directories the engines read, those that exist: a user's
+ * podman reads ~/.config/containers/certs.d before the system ones. */
+static int certs_dir_defaults(struct rp__load *ld) {
+  struct rp_config *cfg = ld->cfg;
+  int euid = ld->opts->euid >= 0 ? ld->opts->euid : (int)geteuid();
+  const char *sys[] = {"/etc/docker/certs.d", "/etc/containers/certs.d"};
+  struct stat st;
+  int rc;
+
+  cfg->upstream_certs_dir_default = true;
+  if (euid != 0 && ld->home != NULL) {
+    char *p = rp__aprintf("%s/.config/containers/certs.d", ld->home);
+    if (p == NULL) {
+      return RP_ENOMEM;
+    }
+    rc = stat(p, &st) == 0 && S_ISDIR(st.st_mode) ? rp__strv_push(&cfg->upstream_certs_dir, p) : 0;
+    free(p);
+    if (rc != 0) {
+      return rc;
+    }
+  }
+  for (size_t i = 0; i < sizeof sys / sizeof sys[0]; i++) {
+    if (stat(sys[i], &st) == 0 && S_ISDIR(st.st_mode)) {
+      rc = rp__strv_push(&cfg->upstream_certs_dir, sys[i]);
+      if (rc != 0) {
+        return rc;
+      }
+    }
+  }
+  return 0;
+}
+
 static int apply_defaults(struct rp__load *ld) {
   struct rp_config *cfg = ld->cfg;
   struct rp__origin org;
@@ -95,6 +128,10 @@ static int apply_defaults(struct rp__load *ld) {
   }
   rc = xdg_default(ld, "XDG_DATA_HOME", "regproxy/ca", ".local/share/regproxy/ca",
                    "/var/lib/regproxy/ca", &cfg->ca_dir);
+  if (rc != 0) {
+    return rc;
+  }
+  rc = certs_dir_defaults(ld);
   if (rc != 0) {
     return rc;
   }

@@ -9,6 +9,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <cmocka.h>
 
@@ -1168,8 +1170,8 @@ static void test_conf_example(void **state) {
     }
     line += ll;
   }
-  /* Every one of the 31 keys, the 11 default mitm hosts and the listen item. */
-  assert_int_equal(lines, 31 + 11 + 1);
+  /* Every one of the 32 keys, the 11 default mitm hosts and the listen item. */
+  assert_int_equal(lines, 32 + 11 + 1);
 
   cfg = load_ok(NONE, A(env_home), out);
   def = load_ok(NONE, A(env_home), NULL);
@@ -1298,7 +1300,7 @@ static void test_usage(void **state) {
     }
     *nl = '\n';
   }
-  assert_int_equal(option_lines, 37);
+  assert_int_equal(option_lines, 38);
   free(buf);
 }
 
@@ -1338,6 +1340,57 @@ static void test_home_expansion(void **state) {
   cfg = load_ok(A("--cache-dir", "rel/dir"), A("HOME=/home/t"), NULL);
   assert_string_equal(cfg->cache_dir, "rel/dir");
   rp_config_destroy(cfg);
+}
+
+/* --upstream-certs-dir: repeatable, each a readable directory; a config
+ * file gives a sequence; "" empties the list; the defaults are only the
+ * directories that exist, ~/.config/containers/certs.d first for a user. */
+static void test_upstream_certs_dir(void **state) {
+  struct rp_config *cfg;
+  char home[] = "/tmp/rp-test-certsd-XXXXXX", sub[128], env_home[160];
+  (void)state;
+  assert_non_null(mkdtemp(home));
+  snprintf(sub, sizeof sub, "%s/.config", home);
+  assert_int_equal(mkdir(sub, 0755), 0);
+  snprintf(sub, sizeof sub, "%s/.config/containers", home);
+  assert_int_equal(mkdir(sub, 0755), 0);
+  snprintf(sub, sizeof sub, "%s/.config/containers/certs.d", home);
+  assert_int_equal(mkdir(sub, 0755), 0);
+  snprintf(env_home, sizeof env_home, "HOME=%s", home);
+
+  cfg = load_ok(A("--upstream-certs-dir", "/tmp", "--upstream-certs-dir", "~/.config"),
+                A(env_home), NULL);
+  assert_int_equal(cfg->upstream_certs_dir.n, 2);
+  assert_string_equal(cfg->upstream_certs_dir.v[0], "/tmp");
+  assert_true(strstr(cfg->upstream_certs_dir.v[1], "/.config") != NULL);
+  assert_false(cfg->upstream_certs_dir_default);
+  rp_config_destroy(cfg);
+
+  cfg = load_ok(NULL, A(env_home), "upstream_certs_dir:\n  - /tmp\n");
+  assert_int_equal(cfg->upstream_certs_dir.n, 1);
+  assert_string_equal(cfg->upstream_certs_dir.v[0], "/tmp");
+  rp_config_destroy(cfg);
+
+  cfg = load_ok(A("--upstream-certs-dir", ""), A(env_home), NULL);
+  assert_int_equal(cfg->upstream_certs_dir.n, 0);
+  rp_config_destroy(cfg);
+
+  /* Defaults for a user: the user's podman directory first. */
+  cfg = load_ok(NULL, A(env_home), NULL);
+  assert_true(cfg->upstream_certs_dir_default);
+  assert_true(cfg->upstream_certs_dir.n >= 1);
+  assert_string_equal(cfg->upstream_certs_dir.v[0], sub);
+  rp_config_destroy(cfg);
+
+  load_err(A("--upstream-certs-dir", "/nonexistent/certs.d"), A(env_home), NULL,
+           "--upstream-certs-dir: cannot read directory '/nonexistent/certs.d'");
+  load_err(A("--upstream-certs-dir", "/etc/passwd"), A(env_home), NULL, "Not a directory");
+  rmdir(sub);
+  snprintf(sub, sizeof sub, "%s/.config/containers", home);
+  rmdir(sub);
+  snprintf(sub, sizeof sub, "%s/.config", home);
+  rmdir(sub);
+  rmdir(home);
 }
 
 static void test_error_shows_sanitized_value(void **state) {
@@ -1383,6 +1436,7 @@ int main(void) {
       cmocka_unit_test(test_invalid_args),
       cmocka_unit_test(test_home_expansion),
       cmocka_unit_test(test_error_shows_sanitized_value),
+      cmocka_unit_test(test_upstream_certs_dir),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
