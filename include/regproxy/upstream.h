@@ -17,9 +17,33 @@
 
 struct rp_connect_to;
 struct rp_upstream;
+struct rp_upstream_trust;
+
+/* What upstream TLS trusts and presents: the system bundle plus ca_file for
+ * every host, and per registry what the certs.d directories hold for it
+ * (SPEC §4 --upstream-certs-dir). */
+struct rp_upstream_trust_opts {
+  const char *ca_file; /* --upstream-ca, or NULL */
+  char *const *certs_dirs;
+  size_t n_certs_dirs;
+  bool certs_dirs_default; /* the defaults: an unreadable directory is a warning */
+  const char *own_ca_pem;  /* regproxy's CA: never trusted from certs.d */
+  size_t own_ca_pem_len;
+};
+
+/** Read the bundle and every certs.d directory now. RP_ECONFIG with *err
+ * (malloc'd) naming the file on a bad one; the caller owns *out (one
+ * reference, released with rp_upstream_trust_release). */
+int rp_upstream_trust_load(const struct rp_upstream_trust_opts *o, struct rp_upstream_trust **out,
+                           char **err);
+void rp_upstream_trust_release(struct rp_upstream_trust *t);
+/** Use t for transfers started from now on (takes its own reference);
+ * running transfers keep the material they started with (SIGHUP). */
+void rp_upstream_set_trust(struct rp_upstream *up, struct rp_upstream_trust *t);
 
 struct rp_upstream_opts {
-  const char *ca_file; /* extra CA bundle, or NULL */
+  const char *ca_file;             /* extra CA bundle, or NULL (when trust is NULL) */
+  struct rp_upstream_trust *trust; /* or NULL: built from ca_file alone; a reference is taken */
   const struct rp_connect_to *connect_to;
   size_t n_connect_to;
   uint64_t connect_timeout_ms;

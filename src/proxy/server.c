@@ -196,6 +196,28 @@ static int load_htpasswd(const struct rp_config *cfg, struct rp_htpasswd **out, 
   return 0;
 }
 
+/* The upstream trust of cfg: --upstream-ca and the certs.d directories
+ * (regproxy's own CA skipped wherever it is found). */
+static int load_trust(struct rp_server *srv, const struct rp_config *cfg,
+                      struct rp_upstream_trust **out, char **err) {
+  struct rp_upstream_trust_opts to;
+  char *why = NULL;
+  int rc;
+
+  memset(&to, 0, sizeof(to));
+  to.ca_file = cfg->upstream_ca;
+  to.certs_dirs = cfg->upstream_certs_dir.v;
+  to.n_certs_dirs = cfg->upstream_certs_dir.n;
+  to.certs_dirs_default = cfg->upstream_certs_dir_default;
+  to.own_ca_pem = rp_ca_cert_pem(srv->ca, &to.own_ca_pem_len);
+  rc = rp_upstream_trust_load(&to, out, &why);
+  if (rc != 0) {
+    *err = why != NULL ? why : strdup(rp_strerror(rc));
+    return rc == RP_ENOMEM ? rc : RP_ECONFIG;
+  }
+  return 0;
+}
+
 static void reload(struct rp_server *srv) {
   struct rp_config *ncfg = NULL;
   struct rp_parent parent;
@@ -216,13 +238,19 @@ static void reload(struct rp_server *srv) {
   }
   {
     struct rp_htpasswd *hp = NULL;
-    if (load_htpasswd(ncfg, &hp, &err) != 0) {
+    struct rp_upstream_trust *trust = NULL;
+    if (load_htpasswd(ncfg, &hp, &err) != 0 || load_trust(srv, ncfg, &trust, &err) != 0) {
       rp_log_error("reload failed, keeping the running configuration: %s", err ? err : "?");
       free(err);
       free(parent.auth);
+      rp_htpasswd_destroy(hp);
       rp_config_destroy(ncfg);
       return;
     }
+    /* certs.d is read again on every reload: new fetches use it, running
+     * ones finish with what they started with. */
+    rp_upstream_set_trust(srv->up, trust);
+    rp_upstream_trust_release(trust);
     rp_htpasswd_destroy(srv->htpasswd);
     srv->htpasswd = hp;
     rp__proxyauth_shutdown(srv); /* other users, other answers */
@@ -493,12 +521,16 @@ static int start_mitm(struct rp_server *srv, char **err) {
       return rc;
   }
   memset(&o, 0, sizeof(o));
-  o.ca_file = cfg->upstream_ca;
+  rc = load_trust(srv, cfg, &o.trust, err);
+  if (rc != 0)
+    return rc;
   o.connect_to = cfg->connect_to;
   o.n_connect_to = cfg->n_connect_to;
   o.connect_timeout_ms = cfg->connect_timeout_ms;
   o.mark = cfg->mark_set ? cfg->mark : 0;
-  return rp_upstream_create(srv->loop, &o, &srv->up);
+  rc = rp_upstream_create(srv->loop, &o, &srv->up);
+  rp_upstream_trust_release(o.trust);
+  return rc;
 }
 
 int rp_server_start(struct rp_server *srv, char **err) {

@@ -12,7 +12,9 @@
  * inside an rp_fetch_* call. */
 #include <arpa/inet.h>
 #include <errno.h>
+#include <pthread.h>
 #include <netinet/in.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -28,6 +30,7 @@
 #include "regproxy/error.h"
 #include "regproxy/log.h"
 #include "regproxy/upstream.h"
+#include "upstream/internal.h"
 
 /* libcurl's receive buffer per transfer: the only body bytes libcurl holds
  * for a paused transfer, so it bounds memory per fetch. */
@@ -49,8 +52,9 @@ struct rp_upstream {
   CURLM *multi;
   uv_timer_t timer;
   uv_idle_t idle; /* deferred resumes */
-  X509_STORE *store;
+  struct rp_upstream_trust *trust;
   struct curl_slist *connect_to;
+  uint64_t next_serial;
   uint64_t connect_timeout_ms;
   uint32_t mark;
   int depth; /* > 0 while libcurl may be running our transfer callbacks */
@@ -72,6 +76,11 @@ struct rp_fetch {
   struct curl_slist *headers;
   struct rp_fetch_callbacks cb;
   void *data;
+  uint64_t serial;
+  struct rp_upstream_trust *trust;    /* the generation this fetch started with */
+  const struct rp__certsd_host *host; /* its certs.d entry, or NULL */
+  char hostport[280];                 /* the URL's host[:port], for messages */
+  int cert_requested;                 /* the server asked for a client certificate */
   char *proxy_user, *proxy_pass;
   int follow;
   int proxied;          /* through a parent proxy */
@@ -108,59 +117,50 @@ struct rp_fetch {
 static void process_pending(struct rp_upstream *up);
 static void check_multi_info(struct rp_upstream *up);
 
-/* ---- trust store ------------------------------------------------------ */
+/* ---- trust: the store and the client certificate per connection ----------- */
 
-/* The system bundle (libcurl's compiled-in default, else OpenSSL's), plus
- * ca_file: built once and shared by every TLS connection (SSL_CTX_FUNCTION),
- * instead of re-reading the bundle on each handshake. */
-static int build_store(const char *ca_file, X509_STORE **out) {
-  int rc = 0;
-  X509_STORE *store = X509_STORE_new();
-  CURL *probe = NULL;
-  char *sys_file = NULL, *sys_path = NULL;
-  if (store == NULL) {
-    rc = RP_ENOMEM;
-    goto out;
-  }
-  probe = curl_easy_init();
-  if (probe != NULL) {
-    curl_easy_getinfo(probe, CURLINFO_CAINFO, &sys_file);
-    curl_easy_getinfo(probe, CURLINFO_CAPATH, &sys_path);
-  }
-  if (sys_file == NULL && sys_path == NULL) {
-    if (X509_STORE_set_default_paths(store) != 1)
-      rp_log_warn("upstream: cannot load OpenSSL's default CA locations");
-  } else {
-    if (sys_file != NULL && X509_STORE_load_file(store, sys_file) != 1)
-      rp_log_warn("upstream: cannot load the system CA bundle %s", sys_file);
-    if (sys_path != NULL && X509_STORE_load_path(store, sys_path) != 1)
-      rp_log_warn("upstream: cannot use the system CA directory %s", sys_path);
-  }
-  ERR_clear_error();
-  if (ca_file != NULL && ca_file[0] != '\0') {
-    if (X509_STORE_load_file(store, ca_file) != 1) {
-      char ebuf[256];
-      ERR_error_string_n(ERR_peek_last_error(), ebuf, sizeof(ebuf));
-      ERR_clear_error();
-      rp_log_error("upstream: cannot load --upstream-ca %s: %s", ca_file, ebuf);
-      rc = RP_ECONFIG;
-      goto out;
-    }
-  }
-  /* libcurl's default: an intermediate in the store is a trust anchor. */
-  X509_STORE_set_flags(store, X509_V_FLAG_PARTIAL_CHAIN);
-  *out = store;
-  store = NULL;
-out:
-  if (probe != NULL)
-    curl_easy_cleanup(probe);
-  X509_STORE_free(store);
-  return rc;
+/* SSL_CTX ex_data slots: the engine and the serial of the fetch that made
+ * the connection. */
+static int up_idx = -1, serial_idx = -1;
+static pthread_once_t idx_once = PTHREAD_ONCE_INIT;
+
+static void idx_init(void) {
+  up_idx = SSL_CTX_get_ex_new_index(0, NULL, NULL, NULL, NULL);
+  serial_idx = SSL_CTX_get_ex_new_index(0, NULL, NULL, NULL, NULL);
 }
 
+/* The server asked for a client certificate and this fetch has none: note
+ * it, so that a failed handshake can say what is missing. The SSL_CTX may
+ * outlive the fetch (a pooled connection renegotiating), so it carries the
+ * fetch's serial number, looked up among the live fetches, not a pointer. */
+static int on_client_cert(SSL *ssl, X509 **x509, EVP_PKEY **pkey) {
+  SSL_CTX *ctx = SSL_get_SSL_CTX(ssl);
+  struct rp_upstream *up = ctx != NULL ? SSL_CTX_get_ex_data(ctx, up_idx) : NULL;
+  uint64_t serial = ctx != NULL ? (uint64_t)(uintptr_t)SSL_CTX_get_ex_data(ctx, serial_idx) : 0;
+  (void)x509;
+  (void)pkey;
+  if (up != NULL && !up->destroying)
+    for (struct rp_fetch *f = up->fetches; f != NULL; f = f->next)
+      if (f->serial == serial)
+        f->cert_requested = 1;
+  return 0; /* no certificate: the server decides whether that is fatal */
+}
+
+/* Every new TLS connection: the store of this fetch's registry (built once
+ * per trust generation, instead of re-reading the bundle on each
+ * handshake). A client pair, when configured, was set by libcurl from the
+ * blobs, which also keep connections with other TLS material apart. */
 static CURLcode on_ssl_ctx(CURL *easy, void *ssl_ctx, void *arg) {
-  struct rp_upstream *up = arg;
-  SSL_CTX_set1_cert_store(ssl_ctx, up->store);
+  struct rp_fetch *f = arg;
+  const struct rp__certsd_host *h = f->host;
+  (void)easy;
+  SSL_CTX_set1_cert_store(ssl_ctx, h != NULL && h->store != NULL ? h->store : f->trust->base);
+  if (h == NULL || h->cert_file == NULL) {
+    pthread_once(&idx_once, idx_init);
+    if (up_idx >= 0 && serial_idx >= 0 && SSL_CTX_set_ex_data(ssl_ctx, up_idx, f->up) == 1 &&
+        SSL_CTX_set_ex_data(ssl_ctx, serial_idx, (void *)(uintptr_t)f->serial) == 1)
+      SSL_CTX_set_client_cert_cb(ssl_ctx, on_client_cert);
+  }
   return CURLE_OK;
 }
 
@@ -321,6 +321,7 @@ static void fetch_free(struct rp_fetch *f) {
   if (f->easy != NULL)
     curl_easy_cleanup(f->easy);
   curl_slist_free_all(f->headers);
+  rp_upstream_trust_release(f->trust);
   free(f->proxy_user);
   free(f->proxy_pass);
   free(f->hbuf);
@@ -641,8 +642,26 @@ static void build_reason(struct rp_fetch *f, CURLcode code, char *out, size_t ou
   out[j] = '\0';
 }
 
+/* The handshake (or the first read, in TLS 1.3) failed after the server
+ * asked for a client certificate we do not have: say which and where. */
+static int missing_client_cert(struct rp_fetch *f, char *reason, size_t n) {
+  char tls[CURL_ERROR_SIZE + 64];
+  const char *dirs = f->trust->dirs != NULL && f->trust->dirs[0] ? f->trust->dirs : NULL;
+  snprintf(tls, sizeof(tls), "%s", reason);
+  int k = snprintf(
+      reason, n,
+      "%s requires a client certificate and none is configured for it: put client.cert "
+      "and client.key in <certs.d>/%s/ (%s%s) (%s)",
+      f->hostport, f->hostport, dirs != NULL ? "--upstream-certs-dir " : "no --upstream-certs-dir",
+      dirs != NULL ? dirs : "", tls);
+  if (k < 0)
+    snprintf(reason, n, "%s requires a client certificate", f->hostport);
+  rp_log_warn("upstream: %s", reason);
+  return RP_EUPSTREAM_TLS;
+}
+
 static void fetch_finish(struct rp_fetch *f, CURLcode code) {
-  char reason[CURL_ERROR_SIZE + 64];
+  char reason[1024];
   int status;
   if (f->added) {
     curl_multi_remove_handle(f->up->multi, f->easy);
@@ -667,6 +686,8 @@ static void fetch_finish(struct rp_fetch *f, CURLcode code) {
   reason[0] = '\0';
   if (status != 0)
     build_reason(f, code, reason, sizeof(reason));
+  if (status != 0 && f->cert_requested && !f->aborted)
+    status = missing_client_cert(f, reason, sizeof(reason));
   f->finishing = 1;
   if (f->cb.on_done != NULL)
     f->cb.on_done(f, f->data, status, status == 0 ? "" : reason);
@@ -905,6 +926,31 @@ out:
   return 0;
 }
 
+/* The certs.d entry for the URL's registry (redirects keep it, as the
+ * engines' HTTP clients keep their TLS configuration). */
+static int pick_certsd(struct rp_fetch *f, const char *url) {
+  char *host = NULL, *port = NULL;
+  int rc = 0;
+  CURLU *u = curl_url();
+  if (u == NULL)
+    return RP_ENOMEM;
+  if (curl_url_set(u, CURLUPART_URL, url, 0) != CURLUE_OK ||
+      curl_url_get(u, CURLUPART_HOST, &host, 0) != CURLUE_OK ||
+      curl_url_get(u, CURLUPART_PORT, &port, CURLU_DEFAULT_PORT) != CURLUE_OK)
+    goto out; /* libcurl refuses it itself */
+  if (strncasecmp(url, "https://", 8) == 0)
+    f->host = rp__trust_find(f->trust, host, strtol(port, NULL, 10));
+  if (strcmp(port, "443") == 0 || strcmp(port, "80") == 0)
+    snprintf(f->hostport, sizeof(f->hostport), "%s", host);
+  else
+    snprintf(f->hostport, sizeof(f->hostport), "%s:%s", host, port);
+out:
+  curl_free(host);
+  curl_free(port);
+  curl_url_cleanup(u);
+  return rc;
+}
+
 #define SETOPT(opt, val)                                                                           \
   do {                                                                                             \
     if (curl_easy_setopt(f->easy, opt, val) != CURLE_OK) {                                         \
@@ -974,8 +1020,26 @@ static int setup_easy(struct rp_fetch *f, const struct rp_fetch_req *req) {
   SETOPT(CURLOPT_CAPATH, NULL);
   SETOPT(CURLOPT_PROXY_CAINFO, NULL);
   SETOPT(CURLOPT_PROXY_CAPATH, NULL);
+  rc = pick_certsd(f, req->url);
+  if (rc != 0)
+    goto out;
+  if (f->host != NULL && f->host->ca_pem != NULL) {
+    /* Only the reuse key: libcurl compares blobs when it looks for a pooled
+     * connection, so one verified with other CAs is never reused after a
+     * reload. The store set in on_ssl_ctx already holds these CAs. */
+    struct curl_blob blob = {f->host->ca_pem, f->host->ca_pem_len, CURL_BLOB_COPY};
+    SETOPT(CURLOPT_CAINFO_BLOB, &blob);
+  }
+  if (f->host != NULL && f->host->cert_file != NULL) {
+    struct curl_blob cert = {f->host->cert_pem, f->host->cert_pem_len, CURL_BLOB_COPY};
+    struct curl_blob key = {f->host->key_pem, f->host->key_pem_len, CURL_BLOB_COPY};
+    SETOPT(CURLOPT_SSLCERT_BLOB, &cert);
+    SETOPT(CURLOPT_SSLCERTTYPE, "PEM");
+    SETOPT(CURLOPT_SSLKEY_BLOB, &key);
+    SETOPT(CURLOPT_SSLKEYTYPE, "PEM");
+  }
   SETOPT(CURLOPT_SSL_CTX_FUNCTION, on_ssl_ctx);
-  SETOPT(CURLOPT_SSL_CTX_DATA, up);
+  SETOPT(CURLOPT_SSL_CTX_DATA, f);
   SETOPT(CURLOPT_SSL_VERIFYPEER, 1L);
   SETOPT(CURLOPT_SSL_VERIFYHOST, 2L);
   if (up->mark != 0) {
@@ -1044,6 +1108,8 @@ struct rp_fetch *rp_fetch_start(struct rp_upstream *up, const struct rp_fetch_re
   f->up = up;
   f->cb = *cb;
   f->data = data;
+  f->serial = ++up->next_serial;
+  f->trust = rp__trust_ref(up->trust);
   f->easy = curl_easy_init();
   if (f->easy == NULL || setup_easy(f, req) != 0)
     goto fail;
@@ -1065,6 +1131,7 @@ fail:
   if (f->easy != NULL)
     curl_easy_cleanup(f->easy);
   curl_slist_free_all(f->headers);
+  rp_upstream_trust_release(f->trust);
   free(f->proxy_user);
   free(f->proxy_pass);
   free(f);
@@ -1143,9 +1210,20 @@ int rp_upstream_create(uv_loop_t *loop, const struct rp_upstream_opts *opts,
   up->loop = loop;
   up->connect_timeout_ms = opts->connect_timeout_ms;
   up->mark = opts->mark;
-  rc = build_store(opts->ca_file, &up->store);
-  if (rc != 0)
-    goto fail;
+  if (opts->trust != NULL) {
+    up->trust = rp__trust_ref(opts->trust);
+  } else {
+    struct rp_upstream_trust_opts to;
+    char *err = NULL;
+    memset(&to, 0, sizeof(to));
+    to.ca_file = opts->ca_file;
+    rc = rp_upstream_trust_load(&to, &up->trust, &err);
+    if (rc != 0) {
+      rp_log_error("upstream: %s", err != NULL ? err : rp_strerror(rc));
+      free(err);
+      goto fail;
+    }
+  }
   for (size_t i = 0; i < opts->n_connect_to; i++) {
     rc = format_connect_to(&opts->connect_to[i], line, sizeof(line));
     if (rc != 0)
@@ -1187,7 +1265,7 @@ fail:
     if (up->multi != NULL)
       curl_multi_cleanup(up->multi);
     curl_slist_free_all(up->connect_to);
-    X509_STORE_free(up->store);
+    rp_upstream_trust_release(up->trust);
     if (timer || idle) {
       /* The handles are initialised: free up in their close callbacks. */
       up->destroying = 1;
@@ -1219,12 +1297,20 @@ void rp_upstream_destroy(struct rp_upstream *up) {
   while (up->polls != NULL)
     poll_ctx_close(up->polls);
   curl_slist_free_all(up->connect_to);
-  X509_STORE_free(up->store);
+  rp_upstream_trust_release(up->trust);
   up->connect_to = NULL;
-  up->store = NULL;
+  up->trust = NULL;
   uv_close((uv_handle_t *)&up->timer, on_engine_handle_close);
   uv_close((uv_handle_t *)&up->idle, on_engine_handle_close);
   curl_global_cleanup();
+}
+
+void rp_upstream_set_trust(struct rp_upstream *up, struct rp_upstream_trust *t) {
+  if (up == NULL || t == NULL || up->destroying)
+    return;
+  rp__trust_ref(t);
+  rp_upstream_trust_release(up->trust);
+  up->trust = t;
 }
 
 uv_loop_t *rp_upstream_loop(const struct rp_upstream *up) {
