@@ -3,8 +3,8 @@
  *
  *   docker      systemd drop-in with HTTP(S)_PROXY/NO_PROXY; the CA in the
  *               system trust store (dockerd never reads certs.d for Docker
- *               Hub) and in /etc/docker/certs.d/<registry>/ca.crt for the
- *               other registries in `mitm`
+ *               Hub) and in /etc/docker/certs.d/<registry>/regproxy.crt for
+ *               the other registries in `mitm`
  *   containerd  systemd drop-in; the CA in the system trust store
  *   containerd --mirror
  *               no proxy and no CA: /etc/containerd/certs.d/<registry>/
@@ -13,7 +13,12 @@
  *               that containerd's config_path is set
  *   podman      a containers.conf.d drop-in with the proxy environment; the
  *               CA in the system store and /etc/containers/certs.d/<registry>/
+ *               regproxy.crt
  *
+ * In certs.d the CA is regproxy.crt, never ca.crt: the engines load every
+ * *.crt there, and ca.crt is usually the registry's own CA, which regproxy
+ * now needs upstream (--upstream-certs-dir reads the same directory and
+ * skips its own CA).
  * Files are written atomically and only when their content changes. A file
  * that exists and was not written by regproxy is left alone and the command
  * fails naming it (merge by hand). --root DIR writes under DIR as if it were
@@ -51,6 +56,7 @@ struct setup {
   const char *root; /* "" for / */
   bool dry_run;
   unsigned written, unchanged;
+  bool certs_d_written;
   int failed;
 };
 
@@ -195,7 +201,8 @@ static void system_ca(struct setup *s, const char *pem) {
   }
 }
 
-/* One ca.crt per registry in `mitm` under dir (certs.d). */
+/* One regproxy.crt per registry in `mitm` under dir (certs.d), beside
+ * whatever the registry's own ca.crt and client pair are. */
 static void certs_d(struct setup *s, const char *dir, const char *pem, bool with_hub) {
   const char *p = s->cfg->mitm != NULL ? s->cfg->mitm : "";
 
@@ -218,8 +225,9 @@ static void certs_d(struct setup *s, const char *dir, const char *pem, bool with
       if (plain_host(h) &&
           (with_hub || (strcmp(h, "registry-1.docker.io") != 0 &&
                         strcmp(h, "index.docker.io") != 0 && strcmp(h, "docker.io") != 0))) {
-        snprintf(path, sizeof(path), "%s/%s/ca.crt", dir, h);
-        put(s, path, pem, false);
+        snprintf(path, sizeof(path), "%s/%s/regproxy.crt", dir, h);
+        if (put(s, path, pem, false))
+          s->certs_d_written = true;
       }
     }
     p += n;
@@ -504,6 +512,11 @@ int rp_cli_setup(struct rp_config *cfg) {
   rp_ca_destroy(ca);
   if (s.failed)
     return 1;
+  if (s.certs_d_written)
+    printf("certs.d: regproxy's CA is regproxy.crt, beside the registry's own ca.crt and "
+           "client.cert/client.key (never over them); the engine trusts both, and regproxy "
+           "reads that directory (--upstream-certs-dir) to trust the registry and present its "
+           "client certificate upstream\n");
   if (!s.dry_run && s.written > 0) {
     if (strcmp(engine, "podman") == 0)
       printf("podman reads these at its next start (no daemon to restart)\n");

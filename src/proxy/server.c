@@ -399,7 +399,7 @@ static void startup_lines(struct rp_server *srv) {
   rp_logline_begin(&l, RP_LOG_INFO, "trust the CA");
   rp_logline_str(&l, "debian",
                  "cp CA /usr/local/share/ca-certificates/regproxy.crt && update-ca-certificates");
-  rp_logline_str(&l, "other_registries", "/etc/docker/certs.d/<registry>/ca.crt");
+  rp_logline_str(&l, "other_registries", "/etc/docker/certs.d/<registry>/regproxy.crt");
   rp_logline_end(&l);
   if (srv->parent.host[0] != '\0') {
     rp_logline_begin(&l, RP_LOG_INFO, "parent proxy");

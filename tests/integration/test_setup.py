@@ -48,10 +48,12 @@ def test_docker_files_and_idempotence():
     assert read(root, "/usr/local/share/ca-certificates/regproxy.crt") == pem
     # certs.d for the registries dockerd reads it for: not Docker Hub, not suffix entries.
     assert files_under(root) == sorted([
-        "etc/docker/certs.d/ghcr.io/ca.crt", "etc/docker/certs.d/registry.lan:5000/ca.crt",
+        "etc/docker/certs.d/ghcr.io/regproxy.crt",
+        "etc/docker/certs.d/registry.lan:5000/regproxy.crt",
         "etc/systemd/system/docker.service.d/http-proxy.conf",
         "usr/local/share/ca-certificates/regproxy.crt"]), files_under(root)
-    assert read(root, "/etc/docker/certs.d/ghcr.io/ca.crt") == pem
+    assert read(root, "/etc/docker/certs.d/ghcr.io/regproxy.crt") == pem
+    assert "beside the registry's own ca.crt" in out, out
     assert "systemctl daemon-reload && systemctl restart docker" in out
     before = {f: os.stat(os.path.join(root, f)).st_mtime_ns for f in files_under(root)}
     rc, out, err, _ = setup_cmd("docker", root, "--mitm",
@@ -94,7 +96,7 @@ def test_containerd_and_podman():
     pem = ca_pem(ca_dir)
     # podman reads certs.d for Docker Hub too.
     for host in ("registry-1.docker.io", "quay.io"):
-        assert read(root, "/etc/containers/certs.d/%s/ca.crt" % host) == pem
+        assert read(root, "/etc/containers/certs.d/%s/regproxy.crt" % host) == pem
 
 
 MIRROR_MITM = "registry-1.docker.io,index.docker.io,GHCR.io,registry.lan:5000,.pkg.dev,*.corp.example,10.0.0.0/8,192.168.1.9:5000"
