@@ -17,6 +17,7 @@
 #include "regproxy/log.h"
 #include "regproxy/upstream.h"
 #include "regproxy/util.h"
+#include "upstream/internal.h"
 
 #define CONFIG_MAX          (4 * 1024 * 1024)
 #define TOKEN_BODY_MAX      (256 * 1024)
@@ -35,8 +36,7 @@ static char *xstrndup(const char *s, size_t n) {
   return p;
 }
 
-static char *xasprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static char *xasprintf(const char *fmt, ...) {
+char *rp__xasprintf(const char *fmt, ...) {
   va_list ap;
   char *out = NULL;
   va_start(ap, fmt);
@@ -353,12 +353,12 @@ int rp_auth_challenge_from_response(struct rp_fetch *f, const struct rp_http_hea
 /* ---- Basic ---------------------------------------------------------------- */
 
 char *rp_auth_basic_value(const char *user, const char *pass) {
-  char *plain = xasprintf("%s:%s", user, pass), *b64 = NULL, *out = NULL;
+  char *plain = rp__xasprintf("%s:%s", user, pass), *b64 = NULL, *out = NULL;
   if (plain == NULL)
     return NULL;
   b64 = rp_base64_encode(plain, strlen(plain));
   if (b64 != NULL)
-    out = xasprintf("Basic %s", b64);
+    out = rp__xasprintf("Basic %s", b64);
   explicit_bzero(plain, strlen(plain));
   free(plain);
   free(b64);
@@ -1091,7 +1091,7 @@ static void token_on_done(struct rp_fetch *f, void *data, int status, const char
         status = RP_EAUTH;
       snprintf(msg, sizeof(msg), "token server %s: no usable token in its answer", e->host);
     } else {
-      e->value = xasprintf("Bearer %s", token);
+      e->value = rp__xasprintf("Bearer %s", token);
       explicit_bzero(token, strlen(token));
       free(token);
       if (e->value == NULL) {

@@ -30,6 +30,9 @@ struct rp_upstream_trust {
   char *dirs; /* the directories read, ", "-separated, for messages */
 };
 
+/** malloc'd printf (auth.c); NULL when out of memory. */
+char *rp__xasprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
 /** Take one more reference; returns t. */
 struct rp_upstream_trust *rp__trust_ref(struct rp_upstream_trust *t);
 /** The entry for a URL's host and port (port 443 is looked up without it),
