@@ -1288,13 +1288,17 @@ def docker_bin():
 class Dockerd:
     """dockerd on its own socket, data and exec roots. rp: a Regproxy to use as
     HTTP(S)_PROXY (its CA joins the system bundle in SSL_CERT_FILE), or None for no
-    proxy environment (mirror tests). extra: more dockerd arguments."""
+    proxy environment (mirror tests). extra: more dockerd arguments. rp_ca_in_bundle=False:
+    the system pool as it is, so regproxy's CA must come from /etc/docker/certs.d."""
 
-    def __init__(self, rp, extra=()):
+    def __init__(self, rp, extra=(), rp_ca_in_bundle=True):
         self.dir = tmpdir("rpit-dockerd-")
         self.sock = os.path.join(self.dir, "docker.sock")
         env = clean_env()
-        if rp is not None:
+        if rp is not None and not rp_ca_in_bundle:
+            env = clean_env(HTTPS_PROXY=rp.url, HTTP_PROXY=rp.url, NO_PROXY="localhost",
+                            SSL_CERT_FILE=None, SSL_CERT_DIR=None)
+        elif rp is not None:
             bundle = os.path.join(self.dir, "bundle.pem")
             with open(bundle, "wb") as out:
                 if os.path.exists(SYSTEM_BUNDLE):
