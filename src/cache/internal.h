@@ -192,6 +192,21 @@ struct rp__idx_op *rp__idx_op_new(enum rp__idx_kind kind, const char *from, cons
 void rp__index_shutdown(struct rp_cache *c, void (*done)(struct rp_cache *c));
 void rp__index_free(struct rp_cache *c);
 
+/* meta.c: memberships, tag memory, public answers (in memory; rows are
+ * queued to the index writer). The _load ones fill the tables at open. */
+const char *rp__nz(const char *s);
+bool rp__repo_add(struct rp_cache *c, struct rp__obj *o, const char *registry,
+                  const char *repository);
+bool rp__tag_load(struct rp_cache *c, const char *const parts[4], const struct rp_tag_entry *e);
+bool rp__pub_load(struct rp_cache *c, const char *const parts[2], bool is_public,
+                  int64_t checked);
+/** Bring tag memory and public answers within their bounds (after loading). */
+void rp__meta_trim(struct rp_cache *c);
+/** An object leaves: its memberships go (and, for a manifest, the tags naming it). */
+void rp__members_drop(struct rp_cache *c, struct rp__obj *o);
+void rp__tags_drop_digest(struct rp_cache *c, const struct rp_digest *d);
+void rp__meta_free(struct rp_cache *c);
+
 struct rp__obj *rp__obj_find(const struct rp_cache *c, const struct rp_digest *d);
 /** Add or update a published object (in memory only). NULL when out of memory. */
 struct rp__obj *rp__obj_put(struct rp_cache *c, const struct rp_digest *d, uint64_t size,

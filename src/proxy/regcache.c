@@ -265,16 +265,15 @@ bool rp__regcache_request(struct rp_conn *c, const struct rp_http_head *h) {
   struct rp_digest d;
   struct rp__regreq *rq;
   bool is_manifest = c->reg.kind == RP_REG_MANIFEST, partial;
+  char registry[300];
   uint64_t off;
   int64_t len;
 
-  if (c->reg.kind == RP_REG_MANIFEST && (h->method_id == HTTP_GET || h->method_id == HTTP_HEAD)) {
-    /* SPEC §3: whether the repository is public is asked once, on its first
-     * pull, in the background. */
-    char registry[300];
-    rp__mitm_registry(c, registry, sizeof(registry));
+  rp__mitm_registry(c, registry, sizeof(registry));
+  /* SPEC §3: whether the repository is public is asked once, on its first
+   * pull, in the background. */
+  if (c->reg.kind == RP_REG_MANIFEST && (h->method_id == HTTP_GET || h->method_id == HTTP_HEAD))
     rp__reg_probe_public(c, registry);
-  }
   if (c->reg.kind == RP_REG_MANIFEST && !c->reg.ref_is_digest &&
       (h->method_id == HTTP_GET || h->method_id == HTTP_HEAD) && rp__reg_tag_fresh(c) &&
       rp__reg_answer_from_memory(c, "hit", false))
@@ -294,7 +293,7 @@ bool rp__regcache_request(struct rp_conn *c, const struct rp_http_head *h) {
   if (rq == NULL)
     return false;
   rq->c = c;
-  rp__mitm_registry(c, rq->registry, sizeof(rq->registry));
+  snprintf(rq->registry, sizeof(rq->registry), "%s", registry);
 
   if (rp_cache_has(srv->cache, &d, &info) && info.is_manifest == is_manifest &&
       rp__reg_may_serve(c, rq->registry, &d, false)) {
