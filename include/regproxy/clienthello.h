@@ -22,7 +22,7 @@ enum rp_ch_status {
 };
 
 struct rp_client_hello {
-  char sni[256];           /* host_name of server_name, lower-cased; "" when none */
+  char sni[256]; /* host_name of server_name, lower-cased; "" when none */
   bool has_sni;
   bool sni_is_ip;          /* an IP literal was sent as the name (RFC 6066 forbids it) */
   bool ech;                /* encrypted_client_hello: the SNI above is the public name */

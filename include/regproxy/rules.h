@@ -25,8 +25,7 @@ bool rp_hostlist_match(const struct rp_hostlist *list, const char *host, uint16_
 /** Like rp_hostlist_match, but only entries that name this port ("host:port")
  * count; "*" does not (SPEC §3: a plain-HTTP registry is trusted only when
  * listed with its port). */
-bool rp_hostlist_match_port_named(const struct rp_hostlist *list, const char *host,
-                                  uint16_t port);
+bool rp_hostlist_match_port_named(const struct rp_hostlist *list, const char *host, uint16_t port);
 void rp_hostlist_destroy(struct rp_hostlist *list);
 /** Does an entry name this port explicitly ("host:port")? */
 bool rp_hostlist_names_port(const struct rp_hostlist *list, uint16_t port);

@@ -76,9 +76,9 @@ static void log_fill_refused(const struct rp_cache *c, const struct rp_digest *d
     rp_logline_u64(&l, "expected_size", (uint64_t)expected);
   rp_logline_u64(&l, "fills_running", c->fills_running);
   rp_logline_u64(&l, "max_size", c->max_size);
-  rp_logline_str(&l, "reason", c->fills_running >= RP_CACHE_FILLS_MAX
-                                   ? "too many fills at once"
-                                   : "larger than the cache can hold");
+  rp_logline_str(&l, "reason",
+                 c->fills_running >= RP_CACHE_FILLS_MAX ? "too many fills at once"
+                                                        : "larger than the cache can hold");
   rp_logline_end(&l);
 }
 
@@ -590,9 +590,8 @@ struct rp_fill *rp_fill_start(struct rp_cache *c, const struct rp_digest *d, int
     return NULL;
   if (c->fills_running >= RP_CACHE_FILLS_MAX ||
       (c->max_size != 0 && expected_size > 0 &&
-       (uint64_t)expected_size > c->max_size - (c->fills_announced < c->max_size
-                                                    ? c->fills_announced
-                                                    : c->max_size))) {
+       (uint64_t)expected_size >
+           c->max_size - (c->fills_announced < c->max_size ? c->fills_announced : c->max_size))) {
     log_fill_refused(c, d, expected_size);
     return NULL;
   }

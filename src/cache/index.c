@@ -97,11 +97,12 @@ static const char prune_sql[] =
     "DELETE FROM object_repos WHERE digest NOT IN (SELECT digest FROM objects);"
     "DELETE FROM tags WHERE digest NOT IN (SELECT digest FROM objects);"
     "DELETE FROM tags WHERE (registry, repository, tag, accept_key) NOT IN "
-    "  (SELECT registry, repository, tag, accept_key FROM tags ORDER BY checked DESC LIMIT "
-    RP__STR(RP_CACHE_TAGS_MAX) ");"
-    "DELETE FROM public_repos WHERE (registry, repository) NOT IN "
-    "  (SELECT registry, repository FROM public_repos ORDER BY checked DESC LIMIT "
-    RP__STR(RP_CACHE_PUBLIC_MAX) ");";
+    "  (SELECT registry, repository, tag, accept_key FROM tags ORDER BY checked DESC "
+    "LIMIT " RP__STR(
+        RP_CACHE_TAGS_MAX) ");"
+                           "DELETE FROM public_repos WHERE (registry, repository) NOT IN "
+                           "  (SELECT registry, repository FROM public_repos ORDER BY checked DESC "
+                           "LIMIT " RP__STR(RP_CACHE_PUBLIC_MAX) ");";
 
 struct rp__index {
   struct rp_cache *c;

@@ -35,7 +35,6 @@ struct pub_node {
   char key[];
 };
 
-
 /* At most this many registries are remembered as known (for /v2/ answers). */
 #define REGISTRIES_MAX 1024
 
@@ -100,7 +99,7 @@ static void registry_mark(struct rp_cache *c, const char *registry) {
 /* Remember in memory that object o belongs to (registry, repository); true
  * when it was not known yet. */
 bool rp__repo_add(struct rp_cache *c, struct rp__obj *o, const char *registry,
-                     const char *repository) {
+                  const char *repository) {
   char dkey[160];
   const char *parts[3] = {dkey, registry, repository};
   struct repo_node *r;
@@ -446,8 +445,7 @@ bool rp__tag_load(struct rp_cache *c, const char *const parts[4], const struct r
   return tag_set(c, parts, e) != NULL;
 }
 
-bool rp__pub_load(struct rp_cache *c, const char *const parts[2], bool is_public,
-                  int64_t checked) {
+bool rp__pub_load(struct rp_cache *c, const char *const parts[2], bool is_public, int64_t checked) {
   return pub_set(c, parts, is_public, checked) != NULL;
 }
 

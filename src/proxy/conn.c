@@ -214,7 +214,7 @@ struct conn_write {
   struct rp_bref *ref;
   char *owned;
   size_t bytes;
-  size_t *inflight; /* the counter the bytes were added to */
+  size_t *inflight;                    /* the counter the bytes were added to */
   void (*done)(void *arg, int status); /* the writer's own completion, or NULL */
   void *done_arg;
 };

@@ -42,8 +42,8 @@ static int x_start(struct rp_exchange *x, int status, const struct rp_http_heade
   char *p;
   uv_buf_t buf;
 
-  c->x_no_body = (c->head != NULL && c->head->method_id == HTTP_HEAD) || status == 204 ||
-                 status == 304;
+  c->x_no_body =
+      (c->head != NULL && c->head->method_id == HTTP_HEAD) || status == 204 || status == 304;
   c->x_chunked = length < 0 && !c->x_no_body;
   rp_sbuf_addf(&b, "HTTP/1.1 %d %s\r\n", status, rp_http_reason(status));
   for (size_t i = 0; i < n; i++)

@@ -371,8 +371,7 @@ bool rp__regcache_can_stale(struct rp_conn *c);
 /* publicrepo.c */
 /** Known to be readable anonymously: answered within the hour, or at any
  * age while the registry is unreachable (offline). */
-bool rp__public_known(struct rp_server *srv, const char *registry, const char *repo,
-                      bool offline);
+bool rp__public_known(struct rp_server *srv, const char *registry, const char *repo, bool offline);
 /** Find out in the background, with a manifest HEAD of ref on origin ("https://host[:port]"). */
 void rp__public_probe(struct rp_server *srv, const char *registry, const char *repo,
                       const char *origin, const char *ref);

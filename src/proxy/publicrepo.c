@@ -53,8 +53,7 @@ static void make_key(char *key, size_t n, const char *registry, const char *repo
   snprintf(key, n, "%s\n%s", registry, repo);
 }
 
-bool rp__public_known(struct rp_server *srv, const char *registry, const char *repo,
-                      bool offline) {
+bool rp__public_known(struct rp_server *srv, const char *registry, const char *repo, bool offline) {
   bool is_public;
   int64_t checked, age;
 
@@ -79,8 +78,8 @@ static void probe_free(struct probe *pr) {
 static void probe_result(struct probe *pr, enum pub_state st) {
   const char *nl = strchr(pr->key, '\n');
   char registry[300];
-  size_t rl = (size_t)(nl - pr->key) < sizeof(registry) - 1 ? (size_t)(nl - pr->key)
-                                                            : sizeof(registry) - 1;
+  size_t rl =
+      (size_t)(nl - pr->key) < sizeof(registry) - 1 ? (size_t)(nl - pr->key) : sizeof(registry) - 1;
 
   memcpy(registry, pr->key, rl);
   registry[rl] = '\0';
@@ -93,8 +92,7 @@ static void probe_result(struct probe *pr, enum pub_state st) {
 /* A manifest answer, not any 2xx (a captive portal, a catch-all page). */
 static bool is_manifest_answer(const struct rp_http_header *h, size_t n) {
   for (size_t i = 0; i < n; i++) {
-    if (rp_http_token_eq(h[i].name, h[i].name_len, "docker-content-digest") &&
-        h[i].value_len > 0)
+    if (rp_http_token_eq(h[i].name, h[i].name_len, "docker-content-digest") && h[i].value_len > 0)
       return true;
     if (rp_http_token_eq(h[i].name, h[i].name_len, "content-type") &&
         rp_reg_is_manifest_type(h[i].value, h[i].value_len))

@@ -66,7 +66,7 @@ struct rp__filljob {
   bool passing;            /* not a cacheable answer: relayed by the pass-through */
   bool memo_pending;       /* confirm memo_key once the fill is published */
   unsigned char memo_key[RP__MEMO_KEY_LEN]; /* the credential the upstream accepted */
-  bool done;               /* the transfer ended; the fill may still be publishing */
+  bool done; /* the transfer ended; the fill may still be publishing */
   bool paused;
   char registry[300];
   char repo[256];

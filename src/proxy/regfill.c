@@ -59,7 +59,8 @@ int rp__reg_serve(struct rp_conn *c, struct rp__regreq *rq, const struct rp_dige
 
   rp_digest_format(d, dg, sizeof(dg));
   rp_http_header_init(&h[nh++], "Content-Type",
-                 media_type != NULL && media_type[0] ? media_type : "application/octet-stream");
+                      media_type != NULL && media_type[0] ? media_type
+                                                          : "application/octet-stream");
   rp_http_header_init(&h[nh++], "Docker-Content-Digest", dg);
   rp_http_header_init(&h[nh++], "Accept-Ranges", "bytes");
   rp_http_header_init(&h[nh++], "Docker-Distribution-API-Version", "registry/2.0");

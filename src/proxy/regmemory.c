@@ -27,9 +27,8 @@ void rp__reg_remember_tag(struct rp_conn *c, const char *registry, struct rp_tag
 }
 
 /* What memory can answer for the current request, without answering. */
-static bool stale_lookup(struct rp_conn *c, const char *registry, bool offline,
-                         struct rp_digest *d, struct rp_object_info *info,
-                         struct rp_tag_entry *tag, bool *by_tag) {
+static bool stale_lookup(struct rp_conn *c, const char *registry, bool offline, struct rp_digest *d,
+                         struct rp_object_info *info, struct rp_tag_entry *tag, bool *by_tag) {
   struct rp_server *srv = c->srv;
   const struct rp_http_head *h = c->head;
   bool head_only = h->method_id == HTTP_HEAD;

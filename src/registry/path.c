@@ -720,8 +720,7 @@ bool rp_reg_is_manifest_type(const char *type, size_t n) {
  * is remembered under (SPEC §3: bounded tables). */
 static bool manifest_range(const char *p, size_t n) {
   static const char *const wild[] = {
-      "*/*",
-      "application/*",
+      "*/*", "application/*",
       "application/json", /* dockerd sends it; old registries label schema 1 so */
   };
   for (size_t i = 0; i < sizeof(wild) / sizeof(wild[0]); i++)

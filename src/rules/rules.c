@@ -720,8 +720,7 @@ bool rp_hostlist_match(const struct rp_hostlist *list, const char *host, uint16_
   return hostlist_match(list, host, port, false);
 }
 
-bool rp_hostlist_match_port_named(const struct rp_hostlist *list, const char *host,
-                                  uint16_t port) {
+bool rp_hostlist_match_port_named(const struct rp_hostlist *list, const char *host, uint16_t port) {
   return hostlist_match(list, host, port, true);
 }
 

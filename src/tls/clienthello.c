@@ -75,7 +75,8 @@ static bool sni_copy(const uint8_t *p, size_t n, struct rp_client_hello *out) {
   }
   out->sni[n] = '\0';
   out->has_sni = true;
-  out->sni_is_ip = inet_pton(AF_INET, out->sni, &a4) == 1 || inet_pton(AF_INET6, out->sni, &a6) == 1;
+  out->sni_is_ip =
+      inet_pton(AF_INET, out->sni, &a4) == 1 || inet_pton(AF_INET6, out->sni, &a6) == 1;
   if (!out->sni_is_ip && strchr(out->sni, ':') != NULL)
     return false; /* a colon belongs only in an IPv6 literal */
   return true;
@@ -130,8 +131,8 @@ static bool parse_body(struct cur c, struct rp_client_hello *out) {
   sid = sub(&c, u8(&c));
   suites = sub(&c, u16(&c));
   comp = sub(&c, u8(&c));
-  if (c.bad || (out->legacy_version >> 8) != 3 || sid.n > 32 || suites.n < 2 ||
-      suites.n % 2 != 0 || comp.n < 1)
+  if (c.bad || (out->legacy_version >> 8) != 3 || sid.n > 32 || suites.n < 2 || suites.n % 2 != 0 ||
+      comp.n < 1)
     return false;
   if (c.n == 0)
     return true; /* no extensions at all (allowed before TLS 1.3) */

@@ -104,10 +104,10 @@ static void build_hello(struct buf *m, const struct hello_opts *o) {
   put16(m, 0); /* length, set below */
   put16(m, 0x0303);
   put(m, random, 32);
-  put8(m, 0);    /* session id */
-  put16(m, 2);   /* one cipher suite */
+  put8(m, 0);  /* session id */
+  put16(m, 2); /* one cipher suite */
   put16(m, 0x1301);
-  put8(m, 1);    /* null compression */
+  put8(m, 1); /* null compression */
   put8(m, 0);
   put16(m, (unsigned)e.n);
   put(m, e.b, e.n);
@@ -308,10 +308,8 @@ static void test_not_a_hello(void **state) {
 
 int main(void) {
   const struct CMUnitTest tests[] = {
-      cmocka_unit_test(test_openssl_hello),
-      cmocka_unit_test(test_split_over_records),
-      cmocka_unit_test(test_names),
-      cmocka_unit_test(test_ech),
+      cmocka_unit_test(test_openssl_hello), cmocka_unit_test(test_split_over_records),
+      cmocka_unit_test(test_names),         cmocka_unit_test(test_ech),
       cmocka_unit_test(test_not_a_hello),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);

@@ -1358,8 +1358,8 @@ static void test_upstream_certs_dir(void **state) {
   assert_int_equal(mkdir(sub, 0755), 0);
   snprintf(env_home, sizeof env_home, "HOME=%s", home);
 
-  cfg = load_ok(A("--upstream-certs-dir", "/tmp", "--upstream-certs-dir", "~/.config"),
-                A(env_home), NULL);
+  cfg = load_ok(A("--upstream-certs-dir", "/tmp", "--upstream-certs-dir", "~/.config"), A(env_home),
+                NULL);
   assert_int_equal(cfg->upstream_certs_dir.n, 2);
   assert_string_equal(cfg->upstream_certs_dir.v[0], "/tmp");
   assert_true(strstr(cfg->upstream_certs_dir.v[1], "/.config") != NULL);

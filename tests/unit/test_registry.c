@@ -821,12 +821,15 @@ static const struct accept_case accept_cases[] = {
     {"wildcard refused", {"Accept: */*;q=0"}, "?"},
     {"garbage only", {"Accept: text"}, "?"},
     {"garbage dropped", {"Accept: text, /json, json/, */json, a b/c, " OCI_INDEX}, OCI_INDEX},
-    {"duplicates", {"Accept: application/JSON, application/json;x=1", "Accept: application/json"},
+    {"duplicates",
+     {"Accept: application/JSON, application/json;x=1", "Accept: application/json"},
      "application/json"},
     {"control bytes", {"Accept: application/json\x01, " OCI_INDEX}, OCI_INDEX},
     /* Only ranges that can select a manifest are members: a client cannot
      * multiply the keys a tag is remembered under. */
-    {"other types dropped", {"Accept: text/plain, a/b, application/x-made-up, " OCI_INDEX}, OCI_INDEX},
+    {"other types dropped",
+     {"Accept: text/plain, a/b, application/x-made-up, " OCI_INDEX},
+     OCI_INDEX},
     {"only other types", {"Accept: text/html, image/png"}, "?"},
 };
 
