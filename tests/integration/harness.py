@@ -27,6 +27,7 @@ import http.server
 import io
 import json
 import os
+import random
 import re
 import shutil
 import signal
@@ -148,9 +149,38 @@ def settled(fn, timeout=3.0, what="registry log settled"):
     return last[0]
 
 
+def _ephemeral_range():
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            lo, hi = (int(x) for x in f.read().split())
+            return lo, hi
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def free_port(host="127.0.0.1"):
-    """A port nobody listens on right now (bind port 0, read it, close)."""
+    """A port nobody listens on right now, outside the kernel's ephemeral range.
+
+    Binding port 0 hands out an ephemeral port, the same pool every outgoing connection
+    (regproxy to an upstream, curl to regproxy) draws its source port from: between the
+    test closing its probe socket and the server binding, a connection made by a parallel
+    test can take it ("address already in use", seen in CI). Ports below the ephemeral
+    range are never handed out that way; a random pick there collides only with another
+    test's listener, which the bind check catches.
+    """
     fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+    lo, _ = _ephemeral_range()
+    top = min(lo, 65536) - 1
+    base = 10000 if top > 12000 else 1024
+    rnd = random.SystemRandom()
+    for _ in range(200):
+        port = rnd.randint(base, top)
+        with socket.socket(fam, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+            return port
     with socket.socket(fam, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return s.getsockname()[1]
@@ -768,14 +798,27 @@ class Regproxy:
         self._exit_expected = False
         self._reported = False
         _regproxies.append(self)
-        self.proc = Proc(argv, name="regproxy", cwd=self.dir, env=base_env,
-                         stdout=self.stdout_path, stderr=self.stderr_path, scoped=False)
         defer(self.stop)
-        if ready == "healthz":
-            self._wait_ready(timeout, self._healthz_ok, "GET /healthz == ok")
-        elif ready == "port":
-            self._wait_ready(timeout, lambda: port_open(self.host, self.port),
-                             "port %s:%s" % (self.host, self.port))
+        chose_port = listen and "--listen" not in given
+        for attempt in range(3):
+            self.proc = Proc(argv, name="regproxy", cwd=self.dir, env=base_env,
+                             stdout=self.stdout_path, stderr=self.stderr_path, scoped=False)
+            try:
+                if ready == "healthz":
+                    self._wait_ready(timeout, self._healthz_ok, "GET /healthz == ok")
+                elif ready == "port":
+                    self._wait_ready(timeout, lambda: port_open(self.host, self.port),
+                                     "port %s:%s" % (self.host, self.port))
+                break
+            except AssertionError:
+                # Another test's listener took the port between free_port() and our bind:
+                # that is the harness's race, not regproxy's failure; take another port.
+                if not (chose_port and attempt < 2 and not self.proc.alive()
+                        and "address already in use" in self.stderr()):
+                    raise
+                self.port = free_port()
+                argv[argv.index("--listen") + 1] = "127.0.0.1:%d" % self.port
+                self.argv = argv
 
     @staticmethod
     def _first_listen(args):
