@@ -288,6 +288,12 @@ void rp__forward_client_drained(struct rp_conn *c);
 void rp__forward_destroy(struct rp_conn *c);
 /* mitm.c */
 void rp__mitm_connect(struct rp_conn *c);
+/** Terminate the client's TLS as host:port (the connection's identity) and
+ * serve the requests inside: CONNECT after its 200, and the transparent
+ * front, which hands over the ClientHello bytes it already read (preread, a
+ * pool block owned from now on, or NULL). */
+void rp__mitm_start_tls(struct rp_conn *c, const char *host, uint16_t port, char *preread,
+                        size_t preread_len);
 void rp__mitm_request(struct rp_conn *c, const struct rp_http_head *h);
 int rp__mitm_body(struct rp_conn *c, const char *at, size_t len);
 void rp__mitm_request_done(struct rp_conn *c);
