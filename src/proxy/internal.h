@@ -87,6 +87,7 @@ enum rp_conn_state {
   RP_CONN_RESPOND, /* a local answer is being sent */
   RP_CONN_TLS,     /* MITM: TLS handshake with the client */
   RP_CONN_PASS,    /* MITM: a request relayed through the upstream engine */
+  RP_CONN_PEEK,    /* transparent: reading the first bytes to tell TLS, HTTP or other */
   RP_CONN_CLOSING,
   RP_CONN_STATE_LAST
 };
@@ -198,6 +199,14 @@ struct rp_conn {
   struct rp__grab *grab;     /* that body, while it is relayed (regcache.c) */
   int up_plain;              /* a plain-HTTP registry request (insecure registry):
                               * mitm_host/port name its origin, upstream is http:// */
+
+  /* Transparent (transparent.c): the original destination, where every
+   * outgoing connection of this client connection goes (not via a parent). */
+  int transparent;
+  struct sockaddr_storage dst;
+  char dst_ip[64]; /* "" when not transparent; IPv6 without brackets */
+  uint16_t dst_port;
+  struct sockaddr_storage up_local; /* our side of the tunnel's upstream (loop check) */
 };
 
 /* An upstream request built from a client request inside MITM. */
@@ -275,6 +284,20 @@ void rp__conn_log(struct rp_conn *c);
 void rp__conn_dial_req(struct rp_conn *c, struct rp_dial_req *req, const char *host, uint16_t port,
                        bool via_parent, bool parent_connect);
 int rp__dial_status(int status);
+
+/* transparent.c */
+/** Accept on a --transparent listener: original destination, loop check,
+ * then the peek that decides between TLS, plain HTTP and a blind tunnel. */
+void rp__transparent_accept(struct rp_listener *l, uv_tcp_t *tcp);
+/** The peek timer fired (no decision yet): tunnel what was read, or nothing. */
+void rp__transparent_peek_timeout(struct rp_conn *c);
+/** A plain-HTTP request on a transparent connection: its origin-form target
+ * becomes the Host's absolute form (answered 400 and false when it cannot). */
+bool rp__transparent_target(struct rp_conn *c, const struct rp_http_head *h);
+/** A server that listens on --transparent: set up before bind (IP_TRANSPARENT). */
+int rp__transparent_listener_prepare(uv_tcp_t *tcp, int family, bool tproxy, char **err);
+/** Say at start what the transparent set-up lacks (CAP_NET_ADMIN for --mark). */
+void rp__transparent_start_checks(const struct rp_server *srv);
 
 /* tunnel.c */
 /** Dial the CONNECT target as c->route says (direct or via the parent). */

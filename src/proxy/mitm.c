@@ -335,6 +335,10 @@ int rp__upreq_build(struct rp_conn *c, const struct rp_http_head *h, const char 
   if (srv->parent.host[0] != '\0') {
     req->proxy = srv->parent.url;
     req->proxy_userinfo = srv->cfg->parent_proxy_userinfo;
+  } else if (c->dst_ip[0] != '\0') {
+    /* Transparent: the original destination, verified for the SNI name. */
+    snprintf(req->connect_ip, sizeof(req->connect_ip), "%s", c->dst_ip);
+    req->connect_port = c->dst_port;
   }
   return 0;
 }
@@ -367,6 +371,10 @@ void rp__mitm_registry(const struct rp_conn *c, char *buf, size_t bufsz) {
   rp_reg_canonical(c->mitm_host, c->mitm_port, buf + n, bufsz - n);
   if (buf[n] == '\0')
     buf[0] = '\0';
+  /* Transparent plain HTTP: Host alone proves nothing, so the original
+   * destination is part of the key (SPEC §3). */
+  if (c->up_plain && c->dst_ip[0] != '\0' && buf[0] != '\0')
+    snprintf(buf + strlen(buf), bufsz - strlen(buf), "@%s:%u", c->dst_ip, c->dst_port);
 }
 
 void rp__mitm_request(struct rp_conn *c, const struct rp_http_head *h) {
