@@ -411,7 +411,7 @@ int rp__transparent_listener_prepare(uv_tcp_t *tcp, int family, bool tproxy, cha
     int e = errno;
     const char *pre = "--tproxy: IP_TRANSPARENT failed: ";
     const char *hint = e == EPERM ? " (regproxy lacks CAP_NET_ADMIN: run it as root or grant the "
-                                    "capability, e.g. the systemd transparent.conf drop-in)"
+                                    "capability, e.g. with the systemd transparent.conf drop-in)"
                                   : "";
     size_t n = strlen(pre) + strlen(strerror(e)) + strlen(hint) + 1;
     *err = malloc(n);
