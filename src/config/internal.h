@@ -135,7 +135,7 @@ struct rp__opt {
 };
 
 /* The number of options; options.c checks it against the table. */
-#define RP__N_OPTS 38
+#define RP__N_OPTS 39
 extern const struct rp__opt rp__opts[RP__N_OPTS];
 
 size_t rp__opt_index(const struct rp__opt *o);

@@ -162,16 +162,6 @@ table inet rp_redirect {
 }
 """
 
-TPROXY_RULES = """
-table ip rp_tproxy {
-  chain pre {
-    type filter hook prerouting priority mangle; policy accept;
-    iifname "gc" meta l4proto tcp socket transparent 1 meta mark set 1 accept
-    iifname "gc" tcp dport { 80, 443, 7777 } tproxy to :%(port)d meta mark set 1 accept
-  }
-}
-"""
-
 # regproxy's own outgoing connections to :7777 sent back to it, with no mark exemption.
 LOOP_RULES = """
 table ip rp_loop {
@@ -524,6 +514,28 @@ def ns_skopeo(ns, args):
                  timeout=120, env=env)
 
 
+def generated_rules(rp, tproxy=False):
+    """What `regproxy setup gateway` writes for a LAN gateway, loaded in the gateway."""
+    root = h.tmpdir("rpit-gwsetup-")
+    argv = [REAL_BIN, "setup", "gateway", "--root", root, "--interface", "gc",
+            "--transparent", "0.0.0.0:%d" % rp.tport, "--mark", str(MARK),
+            "--allow", "10.200.0.0/16", "--mitm", "registry.test"]
+    if tproxy:
+        argv.append("--tproxy")
+    r = sh(*argv)
+    assert b"regproxy must run with" in r.stdout, r.stdout
+    gwdir = os.path.join(root, "etc/regproxy/gateway")
+    nsx("g", "nft", "-f", os.path.join(gwdir, "lan.nft"))
+    h.defer(lambda: nsx("g", "nft", "delete", "table", "inet", "regproxy_lan", check=False))
+    if tproxy:
+        for line in open(os.path.join(gwdir, "policy-routing.sh")):
+            if line.startswith("ip "):
+                nsx("g", *line.split())
+                undo = line.split()
+                undo[undo.index("add")] = "del"
+                h.defer(lambda undo=undo: nsx("g", *undo, check=False))
+
+
 def with_rules(rules, **values):
     table = rules.split("table ", 1)[1].split(" {", 1)[0]
     nft("g", rules % values)
@@ -534,7 +546,7 @@ def with_rules(rules, **values):
 
 def test_redirect_tunnel_mitm_http_and_log():
     rp = start_regproxy()
-    with_rules(REDIRECT_RULES, port=rp.tport)
+    generated_rules(rp)
     # A host regproxy does not intercept: the origin's own certificate, bytes untouched.
     r, cert = https_get(ORIGIN_IP, "origin.test", CA.ca_crt)
     assert r.status == 200 and r.body == ORIGIN_BODY + b"host=origin.test\n", r
@@ -682,7 +694,7 @@ def test_loop_of_its_own_traffic_is_refused():
 
 def test_ipv6_redirect_tunnel_and_mitm():
     rp = start_regproxy()
-    with_rules(REDIRECT_RULES, port=rp.tport)
+    generated_rules(rp)
     r, cert = https_get(ORIGIN6_IP, "origin.test", CA.ca_crt)
     assert r.status == 200 and issuer_cn(cert) == "regproxy integration test CA", cert
     ln = rp.wait_log(via="transparent", host="origin.test", route="tunnel")
@@ -696,11 +708,7 @@ def test_ipv6_redirect_tunnel_and_mitm():
 
 def test_tproxy_tunnel_mitm_and_http():
     rp = start_regproxy(tproxy=True)
-    with_rules(TPROXY_RULES, port=rp.tport)
-    nsx("g", "ip", "rule", "add", "fwmark", "1", "lookup", "100")
-    nsx("g", "ip", "route", "add", "local", "0.0.0.0/0", "dev", "lo", "table", "100")
-    h.defer(lambda: nsx("g", "ip", "rule", "del", "fwmark", "1", "lookup", "100",
-                        check=False))
+    generated_rules(rp, tproxy=True)
     r, cert = https_get(ORIGIN_IP, "origin.test", CA.ca_crt)
     assert r.status == 200 and issuer_cn(cert) == "regproxy integration test CA", cert
     # TPROXY that misses the listener passes traffic silently: regproxy must have seen it.
@@ -714,6 +722,49 @@ def test_tproxy_tunnel_mitm_and_http():
     r = c.request("GET", "/t", [("Host", "origin.test"), ("Connection", "close")])
     c.close()
     assert r.status == 200 and b"server=%s" % ORIGIN_IP.encode() in r.body, r
+    # IPv6 through TPROXY too.
+    r, cert = https_get(REG6_IP, "registry.test", os.path.join(lan_ca, "ca.crt"), "/v2/")
+    assert r.status == 200 and issuer_cn(cert) != "regproxy integration test CA", r
+    rp.wait_log(via="transparent", route="mitm", path="/v2/", dst="[%s]:443" % REG6_IP)
+
+
+NO_NET_CAPS = ["setpriv", "--inh-caps=-net_admin,-net_raw",
+               "--bounding-set=-net_admin,-net_raw"]
+
+
+def test_tproxy_without_cap_net_admin_says_so_and_exits_2():
+    if shutil.which("setpriv") is None:
+        print("  (setpriv missing: not checked)")
+        return
+    d = h.tmpdir("rpit-nocap-")
+    r = subprocess.run(NO_NET_CAPS + [REAL_BIN, "--listen", "127.0.0.1:%d" % h.free_port(),
+                                      "--transparent", "127.0.0.1:%d" % h.free_port(),
+                                      "--tproxy", "--mitm", "", "--cache-dir", d + "/c",
+                                      "--ca-dir", d + "/ca"],
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=20)
+    err = r.stderr.decode(errors="replace")
+    assert r.returncode == 2, (r.returncode, err)
+    assert "--tproxy" in err and "CAP_NET_ADMIN" in err, err
+
+
+def test_mark_without_cap_net_admin_is_reported_at_start():
+    if shutil.which("setpriv") is None:
+        print("  (setpriv missing: not checked)")
+        return
+    wrapper = os.path.join(h.tmpdir("rpit-nsbin-"), "regproxy-nocap")
+    h.write_file(wrapper, '#!/bin/sh\nexec %s %s "$@"\n' % (" ".join(NO_NET_CAPS), REAL_BIN),
+                 mode=0o755)
+    saved = os.environ.get("REGPROXY_BIN")
+    os.environ["REGPROXY_BIN"] = wrapper
+    try:
+        rp = h.Regproxy(["--transparent", "127.0.0.1:%d" % h.free_port(), "--mark", "7"])
+    finally:
+        if saved is None:
+            os.environ.pop("REGPROXY_BIN", None)
+        else:
+            os.environ["REGPROXY_BIN"] = saved
+    ln = rp.wait_log(level="error")
+    assert "SO_MARK needs CAP_NET_ADMIN" in ln.get("msg", ""), ln
 
 
 if __name__ == "__main__":
