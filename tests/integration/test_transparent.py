@@ -157,7 +157,7 @@ REDIRECT_RULES = """
 table inet rp_redirect {
   chain pre {
     type nat hook prerouting priority dstnat; policy accept;
-    iifname "gc" tcp dport { 80, 443, 7777 } redirect to :%(port)d
+    iifname "gc" tcp dport { 80, 443, 5000, 7777 } redirect to :%(port)d
   }
 }
 """
@@ -324,7 +324,7 @@ class NsRegistry(h.Registry):
 
 # ---- regproxy in the gateway namespace ------------------------------------------
 
-def start_regproxy(tproxy=False, extra=()):
+def start_regproxy(tproxy=False, extra=(), mitm="registry.test"):
     wrapper = os.path.join(h.tmpdir("rpit-nsbin-"), "regproxy-in-gw")
     h.write_file(wrapper, '#!/bin/sh\nexec ip netns exec %s %s "$@"\n' % (
         NS["g"], REAL_BIN), mode=0o755)
@@ -333,7 +333,7 @@ def start_regproxy(tproxy=False, extra=()):
     args = ["--listen", "127.0.0.1:%d" % port, "--listen", "%s:%d" % (GW_IP, port),
             "--transparent", "0.0.0.0:%d" % tport, "--transparent", "[::]:%d" % tport,
             "--allow", "127.0.0.0/8,10.200.0.0/16,fd00:200::/32",
-            "--mitm", "registry.test", "--upstream-ca", CA.ca_crt,
+            "--mitm", mitm, "--upstream-ca", CA.ca_crt,
             "--mark", str(MARK), "--log-level", "info"] + list(extra)
     if tproxy:
         args.append("--tproxy")
@@ -665,6 +665,44 @@ def test_no_sni_garbage_and_silence_are_tunnelled():
     assert waited < 5, waited
     rp.wait_log(via="transparent", reason="nothing sent within the peek time")
     assert admin(rp, "/healthz").status == 200
+
+
+def test_plain_http_registry_cached_under_its_destination():
+    # distribution without TLS on REG_IP:5000 over the same storage; `mitm` names it with
+    # its port, so plain HTTP to it gets the cache (SPEC §3), keyed by destination too.
+    d = h.tmpdir("rpit-plainreg-")
+    conf = h.write_file(os.path.join(d, "config.yml"), "\n".join([
+        "version: 0.1", "log:", "  level: info", "  accesslog:", "    disabled: false",
+        "storage:", "  filesystem:", "    rootdirectory: %s/data" % REG.dir,
+        "http:", "  addr: %s:5000" % REG_IP, "  secret: regproxy-plain", ""]))
+    log = os.path.join(d, "registry.log")
+    proc = h.Proc(["ip", "netns", "exec", NS["s"], "docker-registry", "serve", conf],
+                  name="docker-registry", stdout=log, stderr=log)
+    h.defer(lambda: proc.stop(signal.SIGTERM, timeout=3))
+
+    def up():
+        try:
+            c = h.HttpConn(sock=ns_connect("s", REG_IP, 5000, 2))
+        except OSError:
+            return False
+        try:
+            return c.request("GET", "/v2/", [("Host", "registry.test:5000")]).status == 200
+        finally:
+            c.close()
+    h.wait_until(up, 15, "plain registry on :5000")
+    rp = start_regproxy(mitm="registry.test,registry.test:5000")
+    with_rules(REDIRECT_RULES, port=rp.tport)
+    for i in range(2):
+        out = os.path.join(h.tmpdir(), "plain%d" % i)
+        ns_skopeo("c", ["copy", "--src-tls-verify=false",
+                        "docker://registry.test:5000/library/alpine:3.18", "oci:%s:3.18" % out])
+        mdg, blobs = h.layout_blobs(out)
+        assert mdg == IMG.manifest and blobs == IMG.blobs, (mdg, blobs)
+    gets = open(log, errors="replace").read().count('"GET /v2/library/alpine/blobs/')
+    assert gets == len(IMG.blobs), "blob GETs upstream: %d for %d blobs" % (gets, len(IMG.blobs))
+    lines = rp.request_logs(via="transparent", route="http", host="registry.test")
+    assert lines and all(ln.get("dst") == "%s:5000" % REG_IP for ln in lines), lines
+    assert any(ln.get("cache") == "hit" for ln in lines if "/blobs/" in ln.get("path", "")), lines
 
 
 def test_loop_of_its_own_traffic_is_refused():
