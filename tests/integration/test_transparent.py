@@ -386,12 +386,12 @@ def regproxy_ca(rp):
     return d
 
 
-def https_get(ip, name, cafile, path="/", port=443, sni=True):
-    """A client in the client namespace, no proxy: returns (response, peer cert)."""
+def https_get(ip, name, cafile, path="/", port=443, sni=True, ns="c"):
+    """A client in namespace ns (the client's), no proxy: returns (response, peer cert)."""
     ctx = ssl.create_default_context(cafile=cafile)
     if not sni:
         ctx.check_hostname = False
-    s = ctx.wrap_socket(ns_connect("c", ip, port), server_hostname=name if sni else None)
+    s = ctx.wrap_socket(ns_connect(ns, ip, port), server_hostname=name if sni else None)
     cert = s.getpeercert()
     c = h.HttpConn(sock=s)
     try:
@@ -514,7 +514,7 @@ def ns_skopeo(ns, args):
                  timeout=120, env=env)
 
 
-def generated_rules(rp, tproxy=False):
+def generated_rules(rp, tproxy=False, which="lan"):
     """What `regproxy setup gateway` writes for a LAN gateway, loaded in the gateway."""
     root = h.tmpdir("rpit-gwsetup-")
     argv = [REAL_BIN, "setup", "gateway", "--root", root, "--interface", "gc",
@@ -525,8 +525,9 @@ def generated_rules(rp, tproxy=False):
     r = sh(*argv)
     assert b"regproxy must run with" in r.stdout, r.stdout
     gwdir = os.path.join(root, "etc/regproxy/gateway")
-    nsx("g", "nft", "-f", os.path.join(gwdir, "lan.nft"))
-    h.defer(lambda: nsx("g", "nft", "delete", "table", "inet", "regproxy_lan", check=False))
+    nsx("g", "nft", "-f", os.path.join(gwdir, which + ".nft"))
+    h.defer(lambda: nsx("g", "nft", "delete", "table", "inet", "regproxy_" + which,
+                        check=False))
     if tproxy:
         for line in open(os.path.join(gwdir, "policy-routing.sh")):
             if line.startswith("ip "):
@@ -703,6 +704,25 @@ def test_plain_http_registry_cached_under_its_destination():
     lines = rp.request_logs(via="transparent", route="http", host="registry.test")
     assert lines and all(ln.get("dst") == "%s:5000" % REG_IP for ln in lines), lines
     assert any(ln.get("cache") == "hit" for ln in lines if "/blobs/" in ln.get("path", "")), lines
+
+
+def test_engines_on_the_gateway_itself_output_rules_and_mark():
+    # host.nft: the gateway's own connections (an engine pulling on this host) go to
+    # regproxy through OUTPUT; regproxy's own, marked with --mark, are exempt, for its
+    # tunnels (dial) and its upstream fetches (libcurl) alike: no loop, no 508.
+    rp = start_regproxy()
+    generated_rules(rp, which="host")
+    r, cert = https_get(ORIGIN_IP, "origin.test", CA.ca_crt, ns="g")
+    assert r.status == 200 and issuer_cn(cert) == "regproxy integration test CA", cert
+    ln = rp.wait_log(via="transparent", host="origin.test", route="tunnel")
+    assert ln.get("dst") == "%s:443" % ORIGIN_IP and ln.get("status") == "200", ln
+    lan_ca = regproxy_ca(rp)
+    r, cert = https_get(REG_IP, "registry.test", os.path.join(lan_ca, "ca.crt"), "/v2/",
+                        ns="g")
+    assert r.status == 200 and issuer_cn(cert) != "regproxy integration test CA", r
+    rp.wait_log(via="transparent", route="mitm", path="/v2/", dst="%s:443" % REG_IP)
+    assert not rp.request_logs(status="508"), rp.request_logs(status="508")
+    assert len(rp.request_logs(via="transparent")) == 2, rp.request_logs(via="transparent")
 
 
 def test_loop_of_its_own_traffic_is_refused():
