@@ -196,6 +196,7 @@ static void route_tls(struct rp_conn *c, const struct rp_client_hello *ch) {
   switch (c->route.route) {
   case RP_ROUTE_MITM:
     if (c->srv->leaves == NULL) {
+      c->route.name = "tunnel";
       tunnel(c, ch->sni, "MITM not available");
       return;
     }
