@@ -17,7 +17,6 @@
 #include "regproxy/log.h"
 #include "regproxy/upstream.h"
 #include "regproxy/util.h"
-#include "upstream/internal.h"
 
 #define CONFIG_MAX          (4 * 1024 * 1024)
 #define TOKEN_BODY_MAX      (256 * 1024)
@@ -34,16 +33,6 @@ static char *xstrndup(const char *s, size_t n) {
     p[n] = '\0';
   }
   return p;
-}
-
-char *rp__xasprintf(const char *fmt, ...) {
-  va_list ap;
-  char *out = NULL;
-  va_start(ap, fmt);
-  if (vasprintf(&out, fmt, ap) < 0)
-    out = NULL;
-  va_end(ap);
-  return out;
 }
 
 /* ---- challenges (RFC 9110 §11.2: auth-scheme [ 1*SP ( token68 / #auth-param ) ]) -- */
@@ -353,12 +342,12 @@ int rp_auth_challenge_from_response(struct rp_fetch *f, const struct rp_http_hea
 /* ---- Basic ---------------------------------------------------------------- */
 
 char *rp_auth_basic_value(const char *user, const char *pass) {
-  char *plain = rp__xasprintf("%s:%s", user, pass), *b64 = NULL, *out = NULL;
+  char *plain = rp_asprintf("%s:%s", user, pass), *b64 = NULL, *out = NULL;
   if (plain == NULL)
     return NULL;
   b64 = rp_base64_encode(plain, strlen(plain));
   if (b64 != NULL)
-    out = rp__xasprintf("Basic %s", b64);
+    out = rp_asprintf("Basic %s", b64);
   explicit_bzero(plain, strlen(plain));
   free(plain);
   free(b64);
@@ -1091,7 +1080,7 @@ static void token_on_done(struct rp_fetch *f, void *data, int status, const char
         status = RP_EAUTH;
       snprintf(msg, sizeof(msg), "token server %s: no usable token in its answer", e->host);
     } else {
-      e->value = rp__xasprintf("Bearer %s", token);
+      e->value = rp_asprintf("Bearer %s", token);
       explicit_bzero(token, strlen(token));
       free(token);
       if (e->value == NULL) {
