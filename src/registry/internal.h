@@ -30,6 +30,7 @@
 
 #define RP__MEMO_KEY_LEN 16
 #define RP__REGISTRY_LEN 300
+#define RP__AUTH_KEY_MAX 256 /* a registry key of the auth client (credentials.c, token.c) */
 
 struct rp__memo;
 struct rp__mirror;
