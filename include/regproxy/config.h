@@ -73,6 +73,9 @@ struct rp_config {
   bool upstream_certs_dir_default;
   char *registry_auth;
   char *mirror_default;
+  /* upstream_mirrors: "registry=URL[,URL…]" each, the registry lower-case
+   * and every URL checked (http(s)://host[:port][/path], no query). */
+  struct rp_strv upstream_mirrors;
   struct rp_strv server_names;
 
   uint64_t tag_ttl_ms;

@@ -6,10 +6,12 @@
 #include "regproxy/util.h"
 
 struct rp_cache;
+struct rp_registry_counters;
 
 /* The proxy layer's own counters and the Prometheus text exposition (SPEC §5).
- * Metrics are pulled: the cache keeps its numbers in struct rp_cache, and
- * rp_metrics_render asks it for them (rp_cache_stats) at render time. */
+ * Metrics are pulled: the cache keeps its numbers in struct rp_cache and the
+ * registry service in struct rp_registry; rp_metrics_render is handed them
+ * at render time. */
 enum rp_bytes_source {
   RP_SRC_BYTES_CACHE,
   RP_SRC_BYTES_UPSTREAM,
@@ -31,8 +33,9 @@ extern struct rp_metrics rp_metrics;
 void rp_metrics_request(const char *via, const char *route, const char *cache, int code);
 /** Count an upstream failure of a kind ("dns", "connect", "timeout", "proxy", "protocol"). */
 void rp_metrics_upstream_error(const char *kind);
-/** Append the Prometheus exposition to b: the proxy's counters and the
- * cache's numbers (NULL: no cache, rendered as 0). */
-void rp_metrics_render(struct rp_sbuf *b, const struct rp_cache *cache);
+/** Append the Prometheus exposition to b: the proxy's counters, the cache's
+ * numbers (NULL: no cache, rendered as 0) and the registry service's. */
+void rp_metrics_render(struct rp_sbuf *b, const struct rp_cache *cache,
+                       const struct rp_registry_counters *reg);
 
 #endif

@@ -29,9 +29,4 @@ void rp_server_stop(struct rp_server *srv);
 /** Free everything; call after uv_run returned. */
 void rp_server_destroy(struct rp_server *srv);
 
-/** Does mirror mode (and so prefetch) serve this registry (canonical
- * identity)? Only an HTTPS registry named in mitm, or mirror_default (SPEC §3
- * "Who may receive what"). */
-bool rp_mirror_serves(const struct rp_config *cfg, const char *registry);
-
 #endif

@@ -21,6 +21,8 @@ void rp_sbuf_addf(struct rp_sbuf *b, const char *fmt, ...) __attribute__((format
  * reset the buffer. */
 char *rp_sbuf_take(struct rp_sbuf *b, size_t *len);
 void rp_sbuf_free(struct rp_sbuf *b);
+/** A malloc'd printf, or NULL when out of memory. */
+char *rp_asprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
 /** FNV-1a of a string, for small fixed hash tables. */
 static inline uint32_t rp_str_hash(const char *s) {

@@ -174,8 +174,10 @@ void rp__admin_handle(struct rp_conn *c, const struct rp_http_head *h) {
     return;
   }
   if (plen == 8 && memcmp(t->path, "/metrics", 8) == 0) {
-    rp_metrics_render(&body, c->srv->cache);
-    rp__status_metrics(c->srv, &body);
+    struct rp_registry_counters rc;
+    rp_registry_counters(c->srv->registry, &rc);
+    rp_metrics_render(&body, c->srv->cache, &rc);
+    rp_registry_metrics(c->srv->registry, &body);
     p = rp_sbuf_take(&body, &n);
     rp__admin_reply(c, 200, "text/plain; version=0.0.4; charset=utf-8", "", p, n, head_only);
     return;

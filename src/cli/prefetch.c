@@ -24,6 +24,7 @@
 #include "regproxy/log.h"
 #include "regproxy/proxy.h"
 #include "regproxy/registry.h"
+#include "regproxy/registry_service.h"
 #include "regproxy/upstream.h"
 
 #define PREFETCH_USAGE "usage: regproxy prefetch <image-ref>... [run options]"
@@ -423,7 +424,7 @@ int rp_cli_prefetch(struct rp_config *cfg, int argc, char **argv, char **envp) {
       free(refs);
       return 2;
     }
-    if (!rp_mirror_serves(cfg, refs[i].registry)) {
+    if (!rp_registry_mirror_serves(cfg->mitm_list, cfg->mirror_default, refs[i].registry)) {
       fprintf(stderr,
               "regproxy: prefetch: %s: registry %s is not in mitm (nor mirror_default); "
               "regproxy fetches only from registries it is told to trust: add it with "

@@ -413,6 +413,19 @@ static int list_add(struct rp__load *ld, const struct rp__opt *o, const struct r
     free(path);
     return rc;
   }
+  if (o->type == OT_MIRRORS) {
+    char *item = NULL;
+    rc = rp__mirrors_parse(v, &item, why, sizeof why);
+    if (rc == RP_EPARSE) {
+      return rp__config_fail(ld, o, org, "bad upstream mirror '%s': %s", shown, why);
+    }
+    if (rc != 0) {
+      return rc;
+    }
+    rc = rp__strv_push(rp__config_field(cfg, o->off), item);
+    free(item);
+    return rc;
+  }
   /* OT_NAMES */
   for (const char *p = v;;) {
     size_t len = strcspn(p, ",");
@@ -476,6 +489,21 @@ int rp__apply_text(struct rp__load *ld, const struct rp__opt *o, const struct rp
     list_begin(ld, o, org);
     if (!split || o->type == OT_NAMES) {
       rc = list_add(ld, o, org, v);
+    } else if (o->type == OT_MIRRORS) {
+      /* Items hold commas themselves: the variable separates them with ';'. */
+      for (const char *p = v; rc == 0;) {
+        size_t len = strcspn(p, ";");
+        char *item = strndup(p, len);
+        if (item == NULL) {
+          return RP_ENOMEM;
+        }
+        rc = list_add(ld, o, org, item);
+        free(item);
+        if (p[len] == '\0') {
+          break;
+        }
+        p += len + 1;
+      }
     } else {
       for (const char *p = v; rc == 0;) {
         size_t len = strcspn(p, ",");

@@ -106,6 +106,7 @@ enum opt_type {
   OT_CONNECT_TO, /* list: struct rp_connect_to * at off, size_t count at off2 */
   OT_NAMES,      /* list: struct rp_strv at off */
   OT_PATHS,      /* list of directories ("~/" expanded, must exist): struct rp_strv at off */
+  OT_MIRRORS,    /* list of "registry=URL[,URL…]": struct rp_strv at off */
 };
 
 enum opt_flags {
@@ -135,7 +136,7 @@ struct rp__opt {
 };
 
 /* The number of options; options.c checks it against the table. */
-#define RP__N_OPTS 39
+#define RP__N_OPTS 40
 extern const struct rp__opt rp__opts[RP__N_OPTS];
 
 size_t rp__opt_index(const struct rp__opt *o);
@@ -152,6 +153,9 @@ void rp__opt_env_name(const struct rp__opt *o, char *buf, size_t size);
  * a variable name after "REGPROXY_"; NULL when there is none. */
 const struct rp__opt *rp__opt_find_flag(const char *name, size_t len);
 const struct rp__opt *rp__opt_find_key(const char *name);
+/** "registry=URL[,URL…]" checked and normalised into *out (malloc'd):
+ * the registry lower-case, URLs without a trailing '/'. */
+int rp__mirrors_parse(const char *s, char **out, char *why, size_t whylen);
 const struct rp__opt *rp__opt_find_env(const char *name, size_t len);
 
 /* ---- value parsers and string helpers (values.c) ---- */

@@ -86,6 +86,11 @@ const struct rp__opt rp__opts[] = {
      "upstream credentials (docker config format) for mirror mode and prefetch", G_CACHE, 0, 0},
     {"mirror_default", OT_STRING, 0, F(mirror_default), 0, "docker.io", NULL, "REGISTRY",
      "registry for origin-form /v2/ requests without ?ns=", G_CACHE, 0, 0},
+    {"upstream_mirrors", OT_MIRRORS, 0, F(upstream_mirrors), 0, NULL, "none",
+     "REGISTRY=URL[,URL...]",
+     "fetch REGISTRY's blobs and manifests by digest from these registry mirrors first (a "
+     "site tier), then from REGISTRY itself (repeatable)",
+     G_CACHE, 0, 0},
     {"tag_ttl", OT_DURATION, 0, F(tag_ttl_ms), 0, "0", NULL, "DURATION",
      "answer tags from memory this long without asking upstream", G_CACHE, 0, 0},
     {"access_ttl", OT_DURATION, 0, F(access_ttl_ms), 0, "10m", NULL, "DURATION",
@@ -132,11 +137,23 @@ void *rp__config_field(struct rp_config *cfg, size_t off) {
 
 bool rp__opt_is_list(const struct rp__opt *o) {
   return o->type == OT_LISTEN || o->type == OT_CONNECT_TO || o->type == OT_NAMES ||
-         o->type == OT_PATHS;
+         o->type == OT_PATHS || o->type == OT_MIRRORS;
 }
+
+/* Flags spelled otherwise than their key (SPEC §4): a repeatable flag
+ * names one item, its key the list. */
+static const struct {
+  const char *flag, *key;
+} flag_aliases[] = {{"upstream-mirror", "upstream_mirrors"}};
 
 void rp__opt_flag_name(const struct rp__opt *o, char *buf, size_t size) {
   size_t i = 0;
+  for (size_t k = 0; k < sizeof flag_aliases / sizeof flag_aliases[0]; k++) {
+    if (strcmp(flag_aliases[k].key, o->key) == 0) {
+      snprintf(buf, size, "--%s", flag_aliases[k].flag);
+      return;
+    }
+  }
   buf[i++] = '-';
   buf[i++] = '-';
   for (const char *k = o->key; *k != '\0' && i + 1 < size; k++) {
@@ -169,6 +186,11 @@ static bool key_matches(const char *key, const char *name, size_t len, char sep,
 }
 
 const struct rp__opt *rp__opt_find_flag(const char *name, size_t len) {
+  for (size_t k = 0; k < sizeof flag_aliases / sizeof flag_aliases[0]; k++) {
+    if (strlen(flag_aliases[k].flag) == len && memcmp(flag_aliases[k].flag, name, len) == 0) {
+      return rp__opt_find_key(flag_aliases[k].key);
+    }
+  }
   for (size_t i = 0; i < RP__N_OPTS; i++) {
     if (key_matches(rp__opts[i].key, name, len, '-', false)) {
       return &rp__opts[i];
@@ -226,7 +248,8 @@ void rp_config_destroy(struct rp_config *cfg) {
                           *(size_t *)rp__config_field(cfg, o->off2));
       break;
     case OT_NAMES:
-    case OT_PATHS: rp__strv_clear(rp__config_field(cfg, o->off)); break;
+    case OT_PATHS:
+    case OT_MIRRORS: rp__strv_clear(rp__config_field(cfg, o->off)); break;
     default: break;
     }
   }

@@ -13,6 +13,7 @@
 #include "config/internal.h"
 #include "regproxy/config.h"
 #include "regproxy/error.h"
+#include "regproxy/util.h"
 
 /* Durations beyond ten years are surely typos, and keeping them small means
  * "now + timeout" can never overflow. */
@@ -561,4 +562,115 @@ void rp__connect_to_free(struct rp_connect_to *c, size_t n) {
     free(c[i].to_addr);
   }
   free(c);
+}
+
+/* One URL of an upstream mirror: http(s)://host[:port][/path], no userinfo,
+ * query or fragment. Appended to *b without a trailing '/'. */
+static bool mirror_url_ok(const char *u, size_t n, struct rp_sbuf *b, char *why, size_t whylen) {
+  size_t scheme = n >= 7 && strncasecmp(u, "http://", 7) == 0    ? 7
+                  : n >= 8 && strncasecmp(u, "https://", 8) == 0 ? 8
+                                                                 : 0;
+  const char *host = u + scheme, *end = u + n, *slash, *port = NULL;
+
+  if (scheme == 0) {
+    snprintf(why, whylen, "a mirror URL starts with http:// or https://");
+    return false;
+  }
+  if (memchr(u, '?', n) != NULL || memchr(u, '#', n) != NULL || memchr(u, '@', n) != NULL) {
+    snprintf(why, whylen, "a mirror URL has no user, query or fragment");
+    return false;
+  }
+  slash = memchr(host, '/', (size_t)(end - host));
+  if (slash == NULL)
+    slash = end;
+  if (host < slash && *host == '[') {
+    const char *close = memchr(host, ']', (size_t)(slash - host));
+    if (close == NULL) {
+      snprintf(why, whylen, "unclosed '[' in the mirror's host");
+      return false;
+    }
+    if (close + 1 < slash)
+      port = close + 1;
+  } else {
+    port = memchr(host, ':', (size_t)(slash - host));
+    if (host == slash || !rp__valid_hostname(host, (size_t)((port ? port : slash) - host))) {
+      snprintf(why, whylen, "bad host in the mirror URL");
+      return false;
+    }
+  }
+  if (port != NULL) {
+    unsigned long v = 0;
+    if (*port != ':' || port + 1 == slash) {
+      snprintf(why, whylen, "bad port in the mirror URL");
+      return false;
+    }
+    for (const char *p = port + 1; p < slash; p++) {
+      if (*p < '0' || *p > '9' || (v = v * 10 + (unsigned long)(*p - '0')) > 65535) {
+        snprintf(why, whylen, "bad port in the mirror URL");
+        return false;
+      }
+    }
+    if (v == 0) {
+      snprintf(why, whylen, "bad port in the mirror URL");
+      return false;
+    }
+  }
+  while (end > slash && end[-1] == '/')
+    end--;
+  rp_sbuf_add(b, u, (size_t)(end - u));
+  return true;
+}
+
+int rp__mirrors_parse(const char *s, char **out, char *why, size_t whylen) {
+  const char *eq = strchr(s, '=');
+  struct rp_sbuf b = {0};
+  size_t n;
+
+  *out = NULL;
+  if (eq == NULL || eq == s) {
+    snprintf(why, whylen, "expected REGISTRY=URL[,URL...]");
+    return RP_EPARSE;
+  }
+  for (const char *p = s; p < eq; p++) {
+    if (*p == '/' || *p == ' ' || (unsigned char)*p < 0x21) {
+      snprintf(why, whylen, "bad registry name");
+      return RP_EPARSE;
+    }
+    rp_sbuf_addf(&b, "%c", tolower((unsigned char)*p));
+  }
+  rp_sbuf_adds(&b, "=");
+  n = 0;
+  for (const char *p = eq + 1;;) {
+    size_t len = strcspn(p, ",");
+    while (len > 0 && isspace((unsigned char)*p)) {
+      p++;
+      len--;
+    }
+    {
+      size_t l = len;
+      while (l > 0 && isspace((unsigned char)p[l - 1]))
+        l--;
+      if (l > 0) {
+        if (n++ > 0)
+          rp_sbuf_adds(&b, ",");
+        if (!mirror_url_ok(p, l, &b, why, whylen)) {
+          rp_sbuf_free(&b);
+          return RP_EPARSE;
+        }
+      }
+    }
+    p += len;
+    while (*p != '\0' && *p != ',')
+      p++;
+    if (*p == '\0')
+      break;
+    p++;
+  }
+  if (n == 0) {
+    rp_sbuf_free(&b);
+    snprintf(why, whylen, "no mirror URL");
+    return RP_EPARSE;
+  }
+  *out = rp_sbuf_take(&b, &n);
+  return *out != NULL ? 0 : RP_ENOMEM;
 }

@@ -116,9 +116,7 @@ void rp__conn_close(struct rp_conn *c) {
   rp_dial_cancel(c->dial);
   c->dial = NULL;
   rp__forward_destroy(c);
-  rp__regcache_destroy(c);
-  rp__mitm_destroy(c);
-  rp__mirror_request_end(c);
+  rp__exchange_end(c);
   rp__proxyauth_detach(c);
   rp_http_parser_destroy(c->parser);
   c->parser = NULL;
@@ -239,7 +237,7 @@ static void conn_drained(struct rp_conn *c, struct rp_stream *s) {
     break;
   case RP_CONN_PASS:
     if (s == c->client)
-      rp__mitm_client_drained(c);
+      rp__exchange_client_drained(c);
     break;
   default: break;
   }
@@ -411,7 +409,6 @@ void rp__conn_log(struct rp_conn *c) {
   rp_logline_end(&l);
   rp_metrics_request(r->via != NULL ? r->via : "proxy", r->route != NULL ? r->route : "-",
                      r->cache != NULL ? r->cache : "-", r->status);
-  rp__status_note(c);
   r->start_ns = 0;
 }
 
@@ -437,6 +434,7 @@ void rp__conn_start_client(struct rp_conn *c) {
 
 static void finish_request(struct rp_conn *c) {
   rp__conn_log(c);
+  rp__exchange_end(c);
   c->req_active = 0;
   c->head = NULL;
   if (!c->keep_alive || c->srv->draining || c->client_eof) {
@@ -478,7 +476,7 @@ static bool can_parse(struct rp_conn *c) {
     return c->upstream != NULL && c->pending_head == NULL &&
            rp__conn_queued(c, c->upstream) < RP_QUEUE_HIGH;
   if (c->state == RP_CONN_PASS)
-    return !rp__mitm_body_full(c);
+    return !rp__exchange_body_full(c);
   return c->state == RP_CONN_RESPOND;
 }
 
@@ -521,8 +519,7 @@ static void dispatch(struct rp_conn *c, const struct rp_http_head *h) {
   c->head = h;
   c->client_minor = h->minor;
   c->keep_alive = h->keep_alive && !srv->draining;
-  c->up_plain = 0;
-  rp__mirror_request_end(c);
+  c->x_via = 0;
   rp__conn_set_timer(c, RP_TM_IDLE, srv->cfg->idle_timeout_ms);
 
   if (rp_target_parse(h->target, h->target_len, is_connect, &c->target, &why) != 0) {
@@ -592,7 +589,7 @@ void rp__conn_route(struct rp_conn *c, const struct rp_http_head *h) {
     if (!rp__conn_request_host(c, h, 80, &host))
       break;
     if (r->route == RP_ROUTE_MIRROR)
-      rp__mirror_request(c, h);
+      rp__mitm_mirror_request(c, h);
     else
       rp__admin_handle(c, h);
     break;
@@ -605,7 +602,7 @@ static void request_done(struct rp_conn *c) {
   if (c->state == RP_CONN_FORWARD)
     rp__forward_request_done(c);
   else if (c->state == RP_CONN_PASS)
-    rp__mitm_request_done(c);
+    rp__exchange_request_done(c);
   if (c->resp_done && c->req_active)
     finish_request(c);
 }
@@ -718,7 +715,7 @@ static int on_req_body(void *data, const char *at, size_t len) {
   if (c->state == RP_CONN_FORWARD)
     return rp__forward_body(c, at, len);
   if (c->state == RP_CONN_PASS)
-    return rp__mitm_body(c, at, len);
+    return rp__exchange_body_in(c, at, len);
   return 0; /* a local answer ignores the body */
 }
 
@@ -754,6 +751,7 @@ struct rp_conn *rp__conn_adopt(struct rp_server *srv, struct rp_stream *s, const
   c->client = s;
   c->client->data = c;
   c->client->on_read = on_client_read;
+  c->x_in_tail = &c->x_in;
   if (s->ops->peername(s, &c->peer) == 0) {
     char ip[64] = "?";
     uint16_t port;

@@ -1,11 +1,12 @@
 /* The exchange (include/regproxy/exchange.h) of a client connection: the
- * answer the registry cache gives goes on the wire here as HTTP/1.1 — the
- * status line, the headers the way in adds (Via for plain HTTP,
- * OCI-Namespace for the mirror), Content-Length or chunked framing,
- * Connection: close when the connection ends after it — and the body is
- * written to the client's stream (TCP, or TLS inside MITM), counted and
- * drained like the connection's other writes, with each write's completion
- * as the writer's backpressure. */
+ * answer the registry service gives goes on the wire here as HTTP/1.1 — the
+ * status line, the headers the way in adds (Via for plain HTTP), Content-Length
+ * or chunked framing, Connection: close when the connection ends after it —
+ * and the body is written to the client's stream (TCP, or TLS inside MITM),
+ * counted and drained like the connection's other writes, with each write's
+ * completion as the writer's backpressure. The request body the parser
+ * delivers waits here, in the read blocks it arrived in, until the handler
+ * reads it; reading from the client stops while too much of it waits. */
 #include <llhttp.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -42,6 +43,8 @@ static int x_start(struct rp_exchange *x, int status, const struct rp_http_heade
   char *p;
   uv_buf_t buf;
 
+  if (c->closing)
+    return UV_EPIPE;
   c->x_no_body =
       (c->head != NULL && c->head->method_id == HTTP_HEAD) || status == 204 || status == 304;
   c->x_chunked = length < 0 && !c->x_no_body;
@@ -53,7 +56,8 @@ static int x_start(struct rp_exchange *x, int status, const struct rp_http_heade
     rp_sbuf_addf(&b, "Content-Length: %lld\r\n", (long long)length);
   else if (c->x_chunked)
     rp_sbuf_adds(&b, "Transfer-Encoding: chunked\r\n");
-  rp__mitm_extra_headers(c, &b);
+  if (c->x_via)
+    rp_sbuf_adds(&b, "Via: 1.1 regproxy\r\n");
   if (!c->keep_alive || c->srv->draining) {
     c->keep_alive = 0;
     rp_sbuf_adds(&b, "Connection: close\r\n");
@@ -91,6 +95,8 @@ static int body_write(struct rp_sink *s, const uv_buf_t *bufs, unsigned n, rp_si
     cb(arg, 0);
     return 0;
   }
+  if (c->closing)
+    return UV_EPIPE;
   if (n > 2 || (w = malloc(sizeof(*w))) == NULL)
     return n > 2 ? UV_EINVAL : UV_ENOMEM;
   for (unsigned i = 0; i < n; i++)
@@ -109,6 +115,8 @@ static int body_write(struct rp_sink *s, const uv_buf_t *bufs, unsigned n, rp_si
   rc = rp__conn_write_notify(c, w->bufs, k, on_body_written, w);
   if (rc != 0)
     free(w);
+  else
+    rp__conn_touch(c);
   return rc;
 }
 
@@ -119,6 +127,8 @@ static struct rp_sink *x_body(struct rp_exchange *x) {
 static void x_finish(struct rp_exchange *x) {
   struct rp_conn *c = conn_of_exchange(x);
 
+  if (c->closing)
+    return;
   if (c->x_chunked) {
     uv_buf_t buf = uv_buf_init((char *)last_chunk, sizeof(last_chunk) - 1);
     c->x_chunked = 0;
@@ -136,19 +146,145 @@ static void x_abort(struct rp_exchange *x, const char *reason) {
 
   if (c->log.reason[0] == '\0' && reason != NULL)
     snprintf(c->log.reason, sizeof(c->log.reason), "%s", reason);
+  /* No answer went out: the log says the client got none from upstream. */
+  if (c->log.status == 0)
+    c->log.status = 502;
   rp__conn_close(c);
 }
+
+static void x_error(struct rp_exchange *x, int status, const char *reason, bool close_after) {
+  rp__conn_respond(conn_of_exchange(x), status, reason, close_after);
+}
+
+static size_t x_queued(struct rp_exchange *x) {
+  struct rp_conn *c = conn_of_exchange(x);
+  return rp__conn_queued(c, c->client);
+}
+
+static void x_note(struct rp_exchange *x, const char *cache, const char *reason,
+                   const char *host) {
+  struct rp_conn *c = conn_of_exchange(x);
+  if (cache != NULL)
+    c->log.cache = cache;
+  if (reason != NULL)
+    snprintf(c->log.reason, sizeof(c->log.reason), "%s", reason);
+  if (host != NULL)
+    snprintf(c->log.host, sizeof(c->log.host), "%s", host);
+}
+
+/* ---- the request body ---- */
+
+static void body_drop(struct rp_conn *c) {
+  while (c->x_in != NULL) {
+    struct rp_body_chunk *k = c->x_in;
+    c->x_in = k->next;
+    rp__bref_put(k->ref);
+    free(k);
+  }
+  c->x_in_tail = &c->x_in;
+  c->x_in_bytes = 0;
+}
+
+static ssize_t x_read(struct rp_exchange *x, char *buf, size_t n) {
+  struct rp_conn *c = conn_of_exchange(x);
+  size_t done = 0;
+
+  while (done < n && c->x_in != NULL) {
+    struct rp_body_chunk *k = c->x_in;
+    size_t take = k->len < n - done ? k->len : n - done;
+    memcpy(buf + done, k->p, take);
+    done += take;
+    k->p += take;
+    k->len -= take;
+    c->x_in_bytes -= take;
+    if (k->len == 0) {
+      c->x_in = k->next;
+      if (c->x_in == NULL)
+        c->x_in_tail = &c->x_in;
+      rp__bref_put(k->ref);
+      free(k);
+    }
+  }
+  if (done > 0) {
+    if (c->x_in_bytes <= RP_QUEUE_LOW)
+      rp__conn_resume_input(c);
+    return (ssize_t)done;
+  }
+  return c->req_done ? 0 : RP_EXCHANGE_AGAIN;
+}
+
+int rp__exchange_body_in(struct rp_conn *c, const char *at, size_t len) {
+  struct rp_body_chunk *k = malloc(sizeof(*k));
+  if (k == NULL)
+    return -1;
+  k->next = NULL;
+  k->ref = c->in;
+  c->in->refs++;
+  k->p = at;
+  k->len = len;
+  *c->x_in_tail = k;
+  c->x_in_tail = &k->next;
+  c->x_in_bytes += len;
+  if (c->x.handler.body_ready != NULL)
+    c->x.handler.body_ready(c->x.handler.data);
+  return 0;
+}
+
+void rp__exchange_request_done(struct rp_conn *c) {
+  if (c->x.handler.body_ready != NULL)
+    c->x.handler.body_ready(c->x.handler.data);
+}
+
+bool rp__exchange_body_full(const struct rp_conn *c) {
+  return c->x_in_bytes >= RP_QUEUE_HIGH;
+}
+
+void rp__exchange_client_drained(struct rp_conn *c) {
+  if (c->x.handler.drained != NULL && rp__conn_queued(c, c->client) <= RP_EXCHANGE_LOW)
+    c->x.handler.drained(c->x.handler.data);
+}
+
+/* ---- the exchange's life ---- */
 
 static const struct rp_exchange_ops conn_exchange_ops = {
     .start = x_start,
     .body = x_body,
     .finish = x_finish,
     .abort = x_abort,
+    .error = x_error,
+    .queued = x_queued,
+    .read = x_read,
+    .note = x_note,
 };
 
-struct rp_exchange *rp__conn_exchange(struct rp_conn *c) {
+void rp__exchange_end(struct rp_conn *c) {
+  struct rp_exchange_handler hd = c->x.handler;
+  struct rp_exchange_summary s;
+
+  memset(&c->x.handler, 0, sizeof(c->x.handler));
+  /* A body of the request that its answer left unread (the cache answered
+   * it) goes now. */
+  body_drop(c);
+  if (hd.end == NULL)
+    return;
+  memset(&s, 0, sizeof(s));
+  s.status = c->log.status;
+  s.bytes_out = c->log.bytes_out;
+  s.ms = c->log.start_ns != 0 ? (double)(uv_hrtime() - c->log.start_ns) / 1e6 : 0;
+  s.client = c->client_addr;
+  s.complete = !c->closing;
+  hd.end(hd.data, &s);
+}
+
+struct rp_exchange *rp__conn_exchange_begin(struct rp_conn *c, const char *path, size_t path_len) {
+  rp__exchange_end(c);
   c->x.ops = &conn_exchange_ops;
+  c->x.head = c->head;
+  c->x.path = path;
+  c->x.path_len = path_len;
   c->x_body.write = body_write;
+  c->x_chunked = 0;
+  c->x_no_body = 0;
   return &c->x;
 }
 

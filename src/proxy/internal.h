@@ -10,6 +10,7 @@
 #include "regproxy/http.h"
 #include "regproxy/net.h"
 #include "regproxy/registry.h"
+#include "regproxy/registry_service.h"
 #include "regproxy/route.h"
 #include "regproxy/upstream.h"
 #include "regproxy/util.h"
@@ -61,14 +62,9 @@ struct rp_server {
   struct rp_leafcache *leaves;
   struct rp_upstream *up;
   struct rp_cache *cache;       /* NULL: caching off (the directory is unusable) */
-  struct rp__memo *memo;        /* access confirmations (registry, repository, credential) */
-  struct rp__filljob *jobs;     /* upstream fetches feeding fills, for single-flight */
-  struct rp__headcheck *heads;  /* upstream HEADs in flight (tag checks, confirmations) */
-  struct rp__mirror *mirror;    /* mirror mode's auth client and registry challenges */
-  struct rp__status *status;    /* the status page's numbers (status.c) */
+  struct rp_registry *registry; /* the registry service (src/registry) */
   struct rp_htpasswd *htpasswd; /* --proxy-auth-file, or NULL */
   struct rp__proxyauth *pauth;  /* its remembered answers */
-  struct rp__public *pub;       /* which repositories are public (publicrepo.c) */
 };
 
 /* A read block shared by the writes that point into it. */
@@ -86,7 +82,7 @@ enum rp_conn_state {
   RP_CONN_FORWARD, /* a plain-HTTP request is in flight */
   RP_CONN_RESPOND, /* a local answer is being sent */
   RP_CONN_TLS,     /* MITM: TLS handshake with the client */
-  RP_CONN_PASS,    /* MITM: a request relayed through the upstream engine */
+  RP_CONN_PASS,    /* a request answered through its exchange (the registry service) */
   RP_CONN_PEEK,    /* transparent: reading the first bytes to tell TLS, HTTP or other */
   RP_CONN_CLOSING,
   RP_CONN_STATE_LAST
@@ -171,34 +167,22 @@ struct rp_conn {
 
   int handles_open; /* client stream, upstream stream, timer */
 
-  /* MITM: the client stream is TLS; requests inside go through the
-   * upstream engine. */
+  /* MITM: the client stream is TLS; requests inside go to the registry
+   * service. */
   int mitm;
   char mitm_host[256];
   uint16_t mitm_port;
-  struct rp_fetch *fetch;
-  struct rp_body_chunk *up_body; /* request body waiting for libcurl */
-  struct rp_body_chunk **up_body_tail;
-  size_t up_body_bytes;
-  int up_body_waiting;       /* libcurl asked and got RP_FETCH_PAUSE */
-  int fetch_paused;          /* the response body is paused (client queue full) */
-  struct rp_reg_path reg;    /* the registry path of the current request */
-  struct rp__regreq *rc;     /* the registry cache's state for this request */
-  struct rp_exchange x;      /* the current request's answer, for the cache (exchange.c) */
-  struct rp_sink x_body;     /* its body */
-  int x_chunked;             /* that body is chunked on the wire */
-  int x_no_body;             /* HEAD, 204, 304: the body is dropped */
-  int stale_pending;         /* upstream answered 5xx/429: answer from memory */
-  int mirror;                /* a mirror-mode request (mirror.c) */
-  char mirror_ns[256];       /* its ?ns=, echoed as OCI-Namespace */
-  char *mirror_authz;        /* regproxy's own Authorization for it, or NULL */
-  char *up_path;             /* upstream path+query when not the client's (ns stripped) */
-  struct rp__mirror_op *mop; /* its credential being prepared */
+  /* The exchange of the current request (exchange.c), for the registry
+   * service: the answer's framing, and the request body waiting for it. */
+  struct rp_exchange x;
+  struct rp_sink x_body;
+  int x_chunked; /* that body is chunked on the wire */
+  int x_no_body; /* HEAD, 204, 304: the body is dropped */
+  int x_via;     /* plain HTTP: the answer carries Via */
+  struct rp_body_chunk *x_in; /* request body not yet read by the handler */
+  struct rp_body_chunk **x_in_tail;
+  size_t x_in_bytes;
   struct rp__pa_job *pa_job; /* Proxy-Authorization being checked (proxyauth.c) */
-  int grab_manifest;         /* GET by tag relayed without a digest: hash the body */
-  struct rp__grab *grab;     /* that body, while it is relayed (regcache.c) */
-  int up_plain;              /* a plain-HTTP registry request (insecure registry):
-                              * mitm_host/port name its origin, upstream is http:// */
 
   /* Transparent (transparent.c): the original destination, where every
    * outgoing connection of this client connection goes (not via a parent). */
@@ -208,17 +192,6 @@ struct rp_conn {
   uint16_t dst_port;
   struct sockaddr_storage up_local; /* our side of the tunnel's upstream (loop check) */
 };
-
-/* An upstream request built from a client request inside MITM. */
-struct rp__upreq {
-  struct rp_fetch_req req;
-  struct rp_http_header *headers;
-  char *url;
-};
-/** path: the upstream path and query, NULL for the client's. */
-int rp__upreq_build(struct rp_conn *c, const struct rp_http_head *h, const char *method,
-                    bool drop_range, const char *path, struct rp__upreq *u);
-void rp__upreq_free(struct rp__upreq *u);
 
 struct rp_body_chunk {
   struct rp_body_chunk *next;
@@ -274,9 +247,17 @@ void rp__conn_resume_input(struct rp_conn *c);
 void rp__conn_touch(struct rp_conn *c);
 void rp__conn_set_timer(struct rp_conn *c, enum rp_timer_mode mode, uint64_t ms);
 /* exchange.c */
-/** The exchange of the connection's current request (one per connection,
- * reset for each request). */
-struct rp_exchange *rp__conn_exchange(struct rp_conn *c);
+/** A fresh exchange for the current request (c->head, path: its origin-form
+ * path and query). */
+struct rp_exchange *rp__conn_exchange_begin(struct rp_conn *c, const char *path, size_t path_len);
+/** The exchange's handler is told the request is over (at most once). */
+void rp__exchange_end(struct rp_conn *c);
+/** Request body bytes for the handler (conn's parser callback). */
+int rp__exchange_body_in(struct rp_conn *c, const char *at, size_t len);
+/** The request body is complete. */
+void rp__exchange_request_done(struct rp_conn *c);
+bool rp__exchange_body_full(const struct rp_conn *c);
+void rp__exchange_client_drained(struct rp_conn *c);
 void rp__conn_stop_client(struct rp_conn *c);
 void rp__conn_start_client(struct rp_conn *c);
 void rp__conn_log(struct rp_conn *c);
@@ -317,52 +298,16 @@ void rp__mitm_connect(struct rp_conn *c);
  * pool block owned from now on, or NULL). */
 void rp__mitm_start_tls(struct rp_conn *c, const char *host, uint16_t port, char *preread,
                         size_t preread_len);
+/** A request inside an intercepted TLS connection. */
 void rp__mitm_request(struct rp_conn *c, const struct rp_http_head *h);
-int rp__mitm_body(struct rp_conn *c, const char *at, size_t len);
-void rp__mitm_request_done(struct rp_conn *c);
-void rp__mitm_client_drained(struct rp_conn *c);
-void rp__mitm_destroy(struct rp_conn *c);
-bool rp__mitm_body_full(const struct rp_conn *c);
-/** The MITM target as URL authority ("host", "host:port", "[v6]:port"). */
-/** "https://host[:port]" (or http:// for up_plain) of the current request's origin. */
-void rp__mitm_origin(const struct rp_conn *c, char *buf, size_t bufsz);
-/** Response header lines the client gets on relayed and cached answers
- * (Via for plain HTTP, OCI-Namespace for a mirror request with ?ns=). */
-void rp__mitm_extra_headers(const struct rp_conn *c, struct rp_sbuf *b);
-/** The registry identity keys use (canonical, "http://"-prefixed for up_plain). */
-void rp__mitm_registry(const struct rp_conn *c, char *buf, size_t bufsz);
-/** A request routed RP_ROUTE_PLAIN_REGISTRY: relayed with the registry
- * cache; false for paths the cache does not take (the byte relay takes it). */
+/** A request routed RP_ROUTE_PLAIN_REGISTRY; false for what the registry
+ * service does not take (the byte relay takes it). */
 bool rp__mitm_plain_request(struct rp_conn *c, const struct rp_http_head *h);
-/** Relay the current request (c->head) upstream as it is. */
-void rp__mitm_pass_start(struct rp_conn *c);
-/* The pass-through relay's fetch callbacks (data = the conn). */
-int rp__mitm_pass_head(struct rp_fetch *f, void *data, int status, const char *reason,
-                       const struct rp_http_header *headers, size_t nheaders);
-int rp__mitm_pass_body(struct rp_fetch *f, void *data, const char *p, size_t n);
-void rp__mitm_pass_done(struct rp_fetch *f, void *data, int status, const char *reason);
-/** The relay (and registry cache) for a request whose origin is set in
- * c->mitm_host/port (MITM, plain-HTTP registry, mirror). */
-void rp__mitm_relay(struct rp_conn *c, const struct rp_http_head *h);
+/** An origin-form /v2/ request on a listener (mirror mode). */
+void rp__mitm_mirror_request(struct rp_conn *c, const struct rp_http_head *h);
 /* status.c */
-/** Count a finished registry request for the status page (from its log line). */
-void rp__status_note(struct rp_conn *c);
 /** /status.json, malloc'd (NULL on OOM). */
 char *rp__status_json(struct rp_server *srv, size_t *len);
-void rp__status_shutdown(struct rp_server *srv);
-/** Does the upstream request carry a credential (SPEC §5 `auth` label)? The
- * client's Authorization, or regproxy's own in mirror mode; a Bearer JWT
- * with an empty subject (Docker Hub's anonymous token) does not count. */
-bool rp__status_authenticated(const struct rp_conn *c);
-/** Keep the ratelimit-limit / ratelimit-remaining of an upstream manifest
- * answer (headers read during the call only). */
-void rp__status_ratelimit(struct rp_server *srv, const char *registry, bool authenticated,
-                          const struct rp_http_header *h, size_t n);
-/** Append the pull-limit and pulls-saved series to the /metrics text. */
-void rp__status_metrics(struct rp_server *srv, struct rp_sbuf *b);
-struct json_t;
-/** The fills in flight, for the status page (regfill.c). */
-void rp__regcache_fills_json(struct rp_server *srv, struct json_t *arr);
 /* proxyauth.c */
 /** true: the request may go on now; false: answered (407) or being checked
  * on the thread pool (then routed with rp__conn_route). */
@@ -370,43 +315,6 @@ bool rp__proxyauth_check(struct rp_conn *c, const struct rp_http_head *h);
 /** The connection is going away: its check answers nobody. */
 void rp__proxyauth_detach(struct rp_conn *c);
 void rp__proxyauth_shutdown(struct rp_server *srv);
-/* mirror.c */
-void rp__mirror_request(struct rp_conn *c, const struct rp_http_head *h);
-/** The registry refused regproxy's own credential: forget the cached token. */
-void rp__mirror_unauthorized(struct rp_conn *c);
-/** Release the per-request mirror state (next request, connection closing). */
-void rp__mirror_request_end(struct rp_conn *c);
-void rp__mirror_shutdown(struct rp_server *srv);
-/* regcache.c: the registry cache inside MITM */
-struct rp__regreq;
-/** Take the request when the cache can answer it (blobs and manifests by
- * digest); false lets the pass-through relay it. */
-bool rp__regcache_request(struct rp_conn *c, const struct rp_http_head *h);
-/** A pass-through answer for the current request: 2xx confirms the client's
- * credential for the repository (access memo). */
-void rp__regcache_observe(struct rp_conn *c, int status, const struct rp_http_header *h, size_t n);
-/** Body bytes of a pass-through answer (a manifest by tag being kept, see
- * grab_manifest). */
-void rp__regcache_relay_body(struct rp_conn *c, const char *p, size_t n);
-/** The pass-through answer ended (status 0: complete). */
-void rp__regcache_relay_done(struct rp_conn *c, int status);
-void rp__regcache_destroy(struct rp_conn *c);
-/** The upstream is unreachable or failing (SPEC §3 table): answer the
- * current request from memory when it can; false when it cannot (502). */
-bool rp__regcache_stale(struct rp_conn *c);
-/** Could rp__regcache_stale answer the current request? */
-bool rp__regcache_can_stale(struct rp_conn *c);
-
-/* publicrepo.c */
-/** Known to be readable anonymously: answered within the hour, or at any
- * age while the registry is unreachable (offline). */
-bool rp__public_known(struct rp_server *srv, const char *registry, const char *repo, bool offline);
-/** Find out in the background, with a manifest HEAD of ref on origin ("https://host[:port]"). */
-void rp__public_probe(struct rp_server *srv, const char *registry, const char *repo,
-                      const char *origin, const char *ref);
-void rp__public_shutdown(struct rp_server *srv);
-/** Drop every fill job and the memo (server stopping). */
-void rp__regcache_shutdown(struct rp_server *srv);
 /* admin.c */
 void rp__admin_handle(struct rp_conn *c, const struct rp_http_head *h);
 /** Host is one well-formed IP literal, localhost or server_names entry (no

@@ -1,10 +1,12 @@
 /* The proxy layer's counters, and the Prometheus text exposition of them and
  * of the numbers other modules keep themselves (asked for at render time). */
+#include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
 
 #include "regproxy/cache.h"
 #include "regproxy/metrics.h"
+#include "regproxy/registry_service.h"
 
 struct rp_metrics rp_metrics;
 
@@ -54,6 +56,13 @@ void rp_metrics_upstream_error(const char *kind) {
     err_series[n_err_series++] = (struct err_series){kind, 1};
 }
 
+static bool has_kind(const char *kind) {
+  for (size_t i = 0; i < n_err_series; i++)
+    if (strcmp(err_series[i].kind, kind) == 0)
+      return true;
+  return false;
+}
+
 static void gauge(struct rp_sbuf *b, const char *name, const char *help, long long v) {
   rp_sbuf_addf(b, "# HELP %s %s\n# TYPE %s gauge\n%s %lld\n", name, help, name, name, v);
 }
@@ -62,12 +71,17 @@ static void counter(struct rp_sbuf *b, const char *name, const char *help, unsig
   rp_sbuf_addf(b, "# HELP %s %s\n# TYPE %s counter\n%s %llu\n", name, help, name, name, v);
 }
 
-void rp_metrics_render(struct rp_sbuf *b, const struct rp_cache *cache) {
+void rp_metrics_render(struct rp_sbuf *b, const struct rp_cache *cache,
+                       const struct rp_registry_counters *reg) {
   static const char *const sources[RP_SRC_BYTES_LAST] = {"cache", "upstream", "tunnel"};
   static const char *const dirs[2] = {"in", "out"};
+  uint64_t bytes[2][RP_SRC_BYTES_LAST];
   struct rp_cache_stats cs;
 
   rp_cache_stats(cache, &cs);
+  memcpy(bytes, rp_metrics.bytes, sizeof(bytes));
+  bytes[1][RP_SRC_BYTES_CACHE] += reg->bytes_from_cache;
+  bytes[1][RP_SRC_BYTES_UPSTREAM] += reg->bytes_from_upstream;
 
   gauge(b, "regproxy_connections_active", "Client connections open.",
         (long long)rp_metrics.connections_active);
@@ -88,14 +102,18 @@ void rp_metrics_render(struct rp_sbuf *b, const struct rp_cache *cache) {
   for (int d = 0; d < 2; d++)
     for (int s = 0; s < RP_SRC_BYTES_LAST; s++)
       rp_sbuf_addf(b, "regproxy_bytes_total{direction=\"%s\",source=\"%s\"} %llu\n", dirs[d],
-                   sources[s], (unsigned long long)rp_metrics.bytes[d][s]);
+                   sources[s], (unsigned long long)bytes[d][s]);
   counter(b, "regproxy_upstream_bytes_total", "Bytes received from upstream servers.",
-          (unsigned long long)rp_metrics.upstream_bytes);
+          (unsigned long long)(rp_metrics.upstream_bytes + reg->upstream_bytes));
   rp_sbuf_adds(b, "# HELP regproxy_upstream_errors_total Upstream failures by kind.\n"
                   "# TYPE regproxy_upstream_errors_total counter\n");
   for (size_t i = 0; i < n_err_series; i++)
     rp_sbuf_addf(b, "regproxy_upstream_errors_total{kind=\"%s\"} %llu\n", err_series[i].kind,
-                 (unsigned long long)err_series[i].n);
+                 (unsigned long long)err_series[i].n +
+                     (strcmp(err_series[i].kind, "upstream") == 0 ? reg->upstream_errors : 0));
+  if (reg->upstream_errors > 0 && !has_kind("upstream"))
+    rp_sbuf_addf(b, "regproxy_upstream_errors_total{kind=\"upstream\"} %llu\n",
+                 (unsigned long long)reg->upstream_errors);
   gauge(b, "regproxy_cache_size_bytes", "Bytes stored in the cache.", (long long)cs.size_bytes);
   gauge(b, "regproxy_cache_objects", "Objects stored in the cache.", (long long)cs.objects);
   gauge(b, "regproxy_fills_in_flight", "Cache fills running.", (long long)cs.fills_in_flight);

@@ -129,9 +129,8 @@ static void on_listener_close(uv_handle_t *h) {
  * depend on each other: the engine's timer and sockets would keep the loop
  * running; the cache finishes its queued index writes while it winds down. */
 static void stop_modules(struct rp_server *srv) {
-  rp__regcache_shutdown(srv);
-  rp__public_shutdown(srv);
-  rp__mirror_shutdown(srv);
+  rp_registry_destroy(srv->registry);
+  srv->registry = NULL;
   rp__proxyauth_shutdown(srv);
   rp_upstream_destroy(srv->up);
   srv->up = NULL;
@@ -218,6 +217,9 @@ static int load_trust(struct rp_server *srv, const struct rp_config *cfg,
   return 0;
 }
 
+static void registry_opts(const struct rp_server *srv, const struct rp_config *cfg,
+                          const struct rp_parent *parent, struct rp_registry_opts *o);
+
 static void reload(struct rp_server *srv) {
   struct rp_config *ncfg = NULL;
   struct rp_parent parent;
@@ -261,6 +263,14 @@ static void reload(struct rp_server *srv) {
   ncfg->max_connections = ncfg->max_connections ? ncfg->max_connections : 1;
   free(srv->parent.auth);
   srv->parent = parent;
+  {
+    /* The registry service holds ncfg's mitm list from here. */
+    struct rp_registry_opts ro;
+    registry_opts(srv, ncfg, &srv->parent, &ro);
+    if (srv->registry != NULL && rp_registry_configure(srv->registry, &ro) != 0)
+      rp_log_error("reload: out of memory; the registry service keeps its parent proxy, "
+                   "credentials and mirror_default");
+  }
   rp_config_destroy(srv->cfg);
   srv->cfg = ncfg;
   rp_log_setup(ncfg->log_level, ncfg->log_format);
@@ -498,6 +508,25 @@ void rp_server_stop(struct rp_server *srv) {
   begin_shutdown(srv, "stop requested");
 }
 
+/* What the registry service works with, from the configuration. */
+static void registry_opts(const struct rp_server *srv, const struct rp_config *cfg,
+                          const struct rp_parent *parent, struct rp_registry_opts *o) {
+  memset(o, 0, sizeof(*o));
+  o->loop = srv->loop;
+  o->up = srv->up;
+  o->cache = srv->cache;
+  if (parent->host[0] != '\0') {
+    o->parent_url = parent->url;
+    o->parent_userinfo = cfg->parent_proxy_userinfo;
+  }
+  o->access_check = cfg->access_check;
+  o->access_ttl_ms = cfg->access_ttl_ms;
+  o->tag_ttl_ms = cfg->tag_ttl_ms;
+  o->registry_auth = cfg->registry_auth;
+  o->mitm = cfg->mitm_list;
+  o->mirror_default = cfg->mirror_default;
+}
+
 /* The CA (created on first start, limited to the mitm registries unless
  * --unconstrained), its leaf cache and the upstream engine. A CA whose name
  * constraints leave out a mitm entry would have every client refuse that
@@ -538,6 +567,13 @@ static int start_mitm(struct rp_server *srv, char **err) {
   o.mark = cfg->mark_set ? cfg->mark : 0;
   rc = rp_upstream_create(srv->loop, &o, &srv->up);
   rp_upstream_trust_release(o.trust);
+  if (rc != 0)
+    return rc;
+  {
+    struct rp_registry_opts ro;
+    registry_opts(srv, cfg, &srv->parent, &ro);
+    rc = rp_registry_create(&ro, &srv->registry);
+  }
   return rc;
 }
 
@@ -587,7 +623,6 @@ void rp_server_destroy(struct rp_server *srv) {
   free(srv->listeners);
   free(srv->parent.auth);
   rp_htpasswd_destroy(srv->htpasswd);
-  rp__status_shutdown(srv);
   rp_config_destroy(srv->cfg);
   free(srv);
 }

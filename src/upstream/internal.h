@@ -31,7 +31,6 @@ struct rp_upstream_trust {
 };
 
 /** malloc'd printf (auth.c); NULL when out of memory. */
-char *rp__xasprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
 /** Take one more reference; returns t. */
 struct rp_upstream_trust *rp__trust_ref(struct rp_upstream_trust *t);

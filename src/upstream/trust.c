@@ -72,7 +72,7 @@ static int build_base(const char *ca_file, X509_STORE **out, char **err) {
   if (ca_file != NULL && ca_file[0] != '\0' && X509_STORE_load_file(store, ca_file) != 1) {
     char ebuf[256];
     openssl_reason(ebuf, sizeof(ebuf));
-    *err = rp__xasprintf("--upstream-ca %s: %s", ca_file, ebuf);
+    *err = rp_asprintf("--upstream-ca %s: %s", ca_file, ebuf);
     rc = RP_ECONFIG;
     goto out;
   }
@@ -95,7 +95,7 @@ static int read_file(const char *path, char **out, size_t *len, char **err) {
   size_t n = 0;
   int rc = 0;
   if (fp == NULL) {
-    *err = rp__xasprintf("%s: %s", path, strerror(errno));
+    *err = rp_asprintf("%s: %s", path, strerror(errno));
     return errno == EACCES ? UV_EACCES : RP_ECONFIG;
   }
   buf = malloc(MAX_PEM_FILE + 1);
@@ -105,7 +105,7 @@ static int read_file(const char *path, char **out, size_t *len, char **err) {
   }
   n = fread(buf, 1, MAX_PEM_FILE + 1, fp);
   if (ferror(fp) || n > MAX_PEM_FILE) {
-    *err = rp__xasprintf("%s: %s", path, ferror(fp) ? strerror(errno) : "larger than 1 MiB");
+    *err = rp_asprintf("%s: %s", path, ferror(fp) ? strerror(errno) : "larger than 1 MiB");
     rc = RP_ECONFIG;
     goto out;
   }
@@ -170,7 +170,7 @@ static int add_ca_file(struct rp__certsd_host *h, const char *path, X509 *own, s
         /* The same CA twice (system bundle, another file) is fine. */
         if (ERR_GET_REASON(e) != X509_R_CERT_ALREADY_IN_HASH_TABLE) {
           openssl_reason(ebuf, sizeof(ebuf));
-          *err = rp__xasprintf("%s: %s", path, ebuf);
+          *err = rp_asprintf("%s: %s", path, ebuf);
           rc = RP_ECONFIG;
           goto out;
         }
@@ -195,7 +195,7 @@ static int add_ca_file(struct rp__certsd_host *h, const char *path, X509 *own, s
   }
   ERR_clear_error();
   if (n == 0) {
-    *err = rp__xasprintf("%s: no PEM certificate in it", path);
+    *err = rp_asprintf("%s: no PEM certificate in it", path);
     rc = RP_ECONFIG;
   }
 out:
@@ -223,7 +223,7 @@ static int add_pair(struct rp__certsd_host *h, const char *cert_path, const char
   x = bio != NULL ? PEM_read_bio_X509(bio, NULL, no_passphrase, NULL) : NULL;
   if (x == NULL) {
     openssl_reason(ebuf, sizeof(ebuf));
-    *err = rp__xasprintf("%s: not a PEM client certificate: %s", cert_path, ebuf);
+    *err = rp_asprintf("%s: not a PEM client certificate: %s", cert_path, ebuf);
     rc = RP_ECONFIG;
     goto out;
   }
@@ -232,13 +232,13 @@ static int add_pair(struct rp__certsd_host *h, const char *cert_path, const char
   pk = bio != NULL ? PEM_read_bio_PrivateKey(bio, NULL, no_passphrase, NULL) : NULL;
   if (pk == NULL) {
     openssl_reason(ebuf, sizeof(ebuf));
-    *err = rp__xasprintf("%s: not an unencrypted PEM private key: %s", key_path, ebuf);
+    *err = rp_asprintf("%s: not an unencrypted PEM private key: %s", key_path, ebuf);
     rc = RP_ECONFIG;
     goto out;
   }
   if (X509_check_private_key(x, pk) != 1) {
     ERR_clear_error();
-    *err = rp__xasprintf("%s: does not match the certificate in %s", key_path, cert_path);
+    *err = rp_asprintf("%s: does not match the certificate in %s", key_path, cert_path);
     rc = RP_ECONFIG;
     goto out;
   }
@@ -287,7 +287,7 @@ static int read_host_dir(struct rp__certsd_host *h, X509_STORE *base, X509 *own,
   int n, rc = 0;
   n = scandir(h->dir, &ents, skip_dot, by_name);
   if (n < 0) {
-    *err = rp__xasprintf("%s: %s", h->dir, strerror(errno));
+    *err = rp_asprintf("%s: %s", h->dir, strerror(errno));
     return errno == EACCES ? UV_EACCES : RP_ECONFIG;
   }
   for (int i = 0; i < n && rc == 0; i++) {
@@ -316,7 +316,7 @@ static int read_host_dir(struct rp__certsd_host *h, X509_STORE *base, X509 *own,
     } else if (has_suffix(f, ".cert")) {
       snprintf(other, sizeof(other), "%.*s.key", (int)(strlen(path) - 5), path);
       if (stat(other, &st) != 0) {
-        *err = rp__xasprintf("%s: client certificate without its key %s (CA certificates must be "
+        *err = rp_asprintf("%s: client certificate without its key %s (CA certificates must be "
                              "named *.crt)",
                              path, other);
         rc = RP_ECONFIG;
@@ -326,7 +326,7 @@ static int read_host_dir(struct rp__certsd_host *h, X509_STORE *base, X509 *own,
     } else if (has_suffix(f, ".key")) {
       snprintf(other, sizeof(other), "%.*s.cert", (int)(strlen(path) - 4), path);
       if (stat(other, &st) != 0) {
-        *err = rp__xasprintf("%s: key without its client certificate %s", path, other);
+        *err = rp_asprintf("%s: key without its client certificate %s", path, other);
         rc = RP_ECONFIG;
       }
     }
@@ -400,7 +400,7 @@ static int read_certs_dir(struct rp_upstream_trust *t, const char *dir, bool len
       rp_log_warn("upstream: cannot read %s: %s", dir, strerror(errno));
       return 0;
     }
-    *err = rp__xasprintf("--upstream-certs-dir %s: %s", dir, strerror(errno));
+    *err = rp_asprintf("--upstream-certs-dir %s: %s", dir, strerror(errno));
     return RP_ECONFIG;
   }
   for (int i = 0; i < n && rc == 0; i++) {
@@ -409,7 +409,7 @@ static int read_certs_dir(struct rp_upstream_trust *t, const char *dir, bool len
     char *why = NULL;
     memset(&h, 0, sizeof(h));
     h.name = strdup(ents[i]->d_name);
-    h.dir = rp__xasprintf("%s/%s", dir, ents[i]->d_name);
+    h.dir = rp_asprintf("%s/%s", dir, ents[i]->d_name);
     if (h.name == NULL || h.dir == NULL) {
       host_clear(&h);
       rc = RP_ENOMEM;
@@ -427,7 +427,7 @@ static int read_certs_dir(struct rp_upstream_trust *t, const char *dir, bool len
       host_clear(&h);
     } else if (rc != 0) {
       if (rc != RP_ENOMEM) {
-        *err = rp__xasprintf("--upstream-certs-dir: %s", why != NULL ? why : h.dir);
+        *err = rp_asprintf("--upstream-certs-dir: %s", why != NULL ? why : h.dir);
         rc = RP_ECONFIG;
       }
       host_clear(&h);
@@ -502,7 +502,7 @@ int rp_upstream_trust_load(const struct rp_upstream_trust_opts *o, struct rp_ups
   t = NULL;
 out:
   if (rc == RP_ENOMEM && *err == NULL)
-    *err = rp__xasprintf("reading certs.d: out of memory");
+    *err = rp_asprintf("reading certs.d: out of memory");
   rp_sbuf_free(&dirs);
   X509_free(own);
   rp_upstream_trust_release(t);

@@ -1,4 +1,4 @@
-/* The growable output buffer (struct rp_sbuf). */
+/* The growable output buffer (struct rp_sbuf), and a malloc'd printf. */
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -69,4 +69,14 @@ void rp_sbuf_free(struct rp_sbuf *b) {
   b->p = NULL;
   b->len = b->cap = 0;
   b->oom = 0;
+}
+
+char *rp_asprintf(const char *fmt, ...) {
+  va_list ap;
+  char *out = NULL;
+  va_start(ap, fmt);
+  if (vasprintf(&out, fmt, ap) < 0)
+    out = NULL;
+  va_end(ap);
+  return out;
 }

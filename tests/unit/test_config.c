@@ -1170,8 +1170,8 @@ static void test_conf_example(void **state) {
     }
     line += ll;
   }
-  /* Every one of the 32 keys, the 11 default mitm hosts and the listen item. */
-  assert_int_equal(lines, 32 + 11 + 1);
+  /* Every one of the 33 keys, the 11 default mitm hosts and the listen item. */
+  assert_int_equal(lines, 33 + 11 + 1);
 
   cfg = load_ok(NONE, A(env_home), out);
   def = load_ok(NONE, A(env_home), NULL);
@@ -1300,7 +1300,7 @@ static void test_usage(void **state) {
     }
     *nl = '\n';
   }
-  assert_int_equal(option_lines, 39);
+  assert_int_equal(option_lines, 40);
   free(buf);
 }
 
@@ -1403,6 +1403,38 @@ static void test_error_shows_sanitized_value(void **state) {
       A("HOME=/home/t"), NULL, "aaaaaaaa...'");
 }
 
+/* upstream_mirrors (SPEC §3 "Upstream mirrors"): REGISTRY=URL[,URL…], the
+ * flag named for one item and repeatable, the variable's items split by ';',
+ * YAML a list; URLs checked and normalised. */
+static void test_upstream_mirrors(void **state) {
+  struct rp_config *cfg;
+  (void)state;
+  cfg = load_ok(A("--upstream-mirror", "Docker.IO=http://site.lan:5000/, https://[::1]:8443/m",
+                  "--upstream-mirror", "ghcr.io=http://10.0.0.7"),
+                NONE, NULL);
+  assert_int_equal(cfg->upstream_mirrors.n, 2);
+  assert_string_equal(cfg->upstream_mirrors.v[0],
+                      "docker.io=http://site.lan:5000,https://[::1]:8443/m");
+  assert_string_equal(cfg->upstream_mirrors.v[1], "ghcr.io=http://10.0.0.7");
+  rp_config_destroy(cfg);
+  cfg = load_ok(NONE, A("REGPROXY_UPSTREAM_MIRRORS=docker.io=http://a:1,http://b:2;quay.io=http://c"),
+                NULL);
+  assert_int_equal(cfg->upstream_mirrors.n, 2);
+  assert_string_equal(cfg->upstream_mirrors.v[0], "docker.io=http://a:1,http://b:2");
+  assert_string_equal(cfg->upstream_mirrors.v[1], "quay.io=http://c");
+  rp_config_destroy(cfg);
+  cfg = load_ok(NONE, NONE, "upstream_mirrors:\n  - docker.io=http://site:5000\n");
+  assert_int_equal(cfg->upstream_mirrors.n, 1);
+  assert_string_equal(cfg->upstream_mirrors.v[0], "docker.io=http://site:5000");
+  rp_config_destroy(cfg);
+  load_err(A("--upstream-mirror", "docker.io"), NONE, NULL, "expected REGISTRY=URL");
+  load_err(A("--upstream-mirror", "docker.io=ftp://x"), NONE, NULL, "http:// or https://");
+  load_err(A("--upstream-mirror", "docker.io=http://u:p@x"), NONE, NULL, "no user");
+  load_err(A("--upstream-mirror", "docker.io=http://x/?ns=y"), NONE, NULL, "no user, query");
+  load_err(A("--upstream-mirror", "docker.io=http://x:99999"), NONE, NULL, "bad port");
+  load_err(A("--upstream-mirror", "docker.io="), NONE, NULL, "no mirror URL");
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_parse_size),
@@ -1437,6 +1469,7 @@ int main(void) {
       cmocka_unit_test(test_home_expansion),
       cmocka_unit_test(test_error_shows_sanitized_value),
       cmocka_unit_test(test_upstream_certs_dir),
+      cmocka_unit_test(test_upstream_mirrors),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -14,9 +14,7 @@
 
 #include "internal.h"
 #include "regproxy/auth.h"
-#include "regproxy/cache.h"
 #include "regproxy/log.h"
-#include "regproxy/registry.h"
 
 #define PUB_FRESH_S 3600 /* an answer older than this is asked again */
 #define PROBES_MAX  32   /* probes at once; more wait for a later pull */
@@ -31,7 +29,7 @@ struct rp__public {
 
 struct probe {
   struct probe *next;
-  struct rp_server *srv;
+  struct rp_registry *reg;
   char key[560]; /* "registry\nrepository" */
   char url[1200];
   char authz[4096];
@@ -53,23 +51,23 @@ static void make_key(char *key, size_t n, const char *registry, const char *repo
   snprintf(key, n, "%s\n%s", registry, repo);
 }
 
-bool rp__public_known(struct rp_server *srv, const char *registry, const char *repo, bool offline) {
+bool rp__public_known(struct rp_registry *reg, const char *registry, const char *repo, bool offline) {
   bool is_public;
   int64_t checked, age;
 
-  if (srv->cache == NULL || !rp_cache_public_get(srv->cache, registry, repo, &is_public, &checked))
+  if (reg->cache == NULL || !rp_cache_public_get(reg->cache, registry, repo, &is_public, &checked))
     return false;
   age = (int64_t)time(NULL) - checked;
   return is_public && (offline || (age >= 0 && age < PUB_FRESH_S));
 }
 
 static void probe_free(struct probe *pr) {
-  struct probe **pp = &pr->srv->pub->probes;
+  struct probe **pp = &pr->reg->pub->probes;
   while (*pp != NULL && *pp != pr)
     pp = &(*pp)->next;
   if (*pp == pr) {
     *pp = pr->next;
-    pr->srv->pub->nprobes--;
+    pr->reg->pub->nprobes--;
   }
   rp_auth_challenge_clear(&pr->ch);
   free(pr);
@@ -83,7 +81,7 @@ static void probe_result(struct probe *pr, enum pub_state st) {
 
   memcpy(registry, pr->key, rl);
   registry[rl] = '\0';
-  rp_cache_public_put(pr->srv->cache, registry, nl + 1, st == PUB_PUBLIC, (int64_t)time(NULL));
+  rp_cache_public_put(pr->reg->cache, registry, nl + 1, st == PUB_PUBLIC, (int64_t)time(NULL));
   rp_log_info("repository %s/%s is %s", registry, nl + 1,
               st == PUB_PUBLIC ? "public" : "not public");
   probe_free(pr);
@@ -144,7 +142,7 @@ static void on_probe_done(struct rp_fetch *f, void *data, int status, const char
     probe_result(pr, PUB_PUBLIC);
     return;
   }
-  if (pr->stage == 0 && pr->status == 401 && pr->have_challenge && pr->srv->pub->auth != NULL) {
+  if (pr->stage == 0 && pr->status == 401 && pr->have_challenge && pr->reg->pub->auth != NULL) {
     nl = strchr(pr->key, '\n');
     snprintf(scope, sizeof(scope), "repository:%s:pull", nl + 1);
     {
@@ -153,7 +151,7 @@ static void on_probe_done(struct rp_fetch *f, void *data, int status, const char
                                                                 : sizeof(registry) - 1;
       memcpy(registry, pr->key, rl);
       registry[rl] = '\0';
-      pr->areq = rp_auth_get(pr->srv->pub->auth, registry, scope, &pr->ch, RP_AUTH_ANONYMOUS,
+      pr->areq = rp_auth_get(pr->reg->pub->auth, registry, scope, &pr->ch, RP_AUTH_ANONYMOUS,
                              on_token, pr);
     }
     if (pr->areq == NULL)
@@ -169,7 +167,7 @@ static const struct rp_fetch_callbacks probe_callbacks = {
 };
 
 static void probe_head(struct probe *pr) {
-  struct rp_server *srv = pr->srv;
+  struct rp_registry *reg = pr->reg;
   struct rp_http_header hd[2];
   struct rp_fetch_req req;
 
@@ -189,74 +187,71 @@ static void probe_head(struct probe *pr) {
   req.method = "HEAD";
   req.url = pr->url;
   req.headers = hd;
-  if (srv->parent.host[0] != '\0') {
-    req.proxy = srv->parent.url;
-    req.proxy_userinfo = srv->cfg->parent_proxy_userinfo;
-  }
+  rp__fetch_req_defaults(reg, &req);
   pr->status = 0;
-  pr->fetch = rp_fetch_start(srv->up, &req, &probe_callbacks, pr);
+  pr->fetch = rp_fetch_start(reg->up, &req, &probe_callbacks, pr);
   if (pr->fetch == NULL)
     probe_free(pr);
 }
 
-void rp__public_probe(struct rp_server *srv, const char *registry, const char *repo,
+void rp__public_probe(struct rp_registry *reg, const char *registry, const char *repo,
                       const char *origin, const char *ref) {
   struct probe *pr;
   char key[560];
 
-  if (srv->up == NULL || srv->cache == NULL)
+  if (reg->up == NULL || reg->cache == NULL)
     return;
-  if (srv->pub == NULL) {
+  if (reg->pub == NULL) {
     struct rp_auth_opts o;
     char *err = NULL;
-    srv->pub = calloc(1, sizeof(*srv->pub));
-    if (srv->pub == NULL)
+    reg->pub = calloc(1, sizeof(*reg->pub));
+    if (reg->pub == NULL)
       return;
     memset(&o, 0, sizeof(o));
-    o.up = srv->up;
-    if (rp_auth_create(&o, &srv->pub->auth, &err) != 0) {
+    o.up = reg->up;
+    if (rp_auth_create(&o, &reg->pub->auth, &err) != 0) {
       rp_log_warn("registry auth client: %s", err != NULL ? err : "failed");
       free(err);
-      srv->pub->auth = NULL;
+      reg->pub->auth = NULL;
     }
   }
   {
     bool is_public;
     int64_t checked, age;
-    if (rp_cache_public_get(srv->cache, registry, repo, &is_public, &checked) &&
+    if (rp_cache_public_get(reg->cache, registry, repo, &is_public, &checked) &&
         (age = (int64_t)time(NULL) - checked) >= 0 && age < PUB_FRESH_S)
       return; /* known, and recent enough */
   }
   make_key(key, sizeof(key), registry, repo);
-  for (pr = srv->pub->probes; pr != NULL; pr = pr->next)
+  for (pr = reg->pub->probes; pr != NULL; pr = pr->next)
     if (strcmp(pr->key, key) == 0)
       return; /* being asked */
-  if (srv->pub->nprobes >= PROBES_MAX)
+  if (reg->pub->nprobes >= PROBES_MAX)
     return;
   pr = calloc(1, sizeof(*pr));
   if (pr == NULL)
     return;
-  pr->srv = srv;
+  pr->reg = reg;
   snprintf(pr->key, sizeof(pr->key), "%s", key);
   snprintf(pr->url, sizeof(pr->url), "%s/v2/%s/manifests/%s", origin, repo, ref);
-  pr->next = srv->pub->probes;
-  srv->pub->probes = pr;
-  srv->pub->nprobes++;
+  pr->next = reg->pub->probes;
+  reg->pub->probes = pr;
+  reg->pub->nprobes++;
   probe_head(pr);
 }
 
-void rp__public_shutdown(struct rp_server *srv) {
-  if (srv->pub == NULL)
+void rp__public_shutdown(struct rp_registry *reg) {
+  if (reg->pub == NULL)
     return;
-  while (srv->pub->probes != NULL) {
-    struct probe *pr = srv->pub->probes;
+  while (reg->pub->probes != NULL) {
+    struct probe *pr = reg->pub->probes;
     if (pr->fetch != NULL)
       rp_fetch_cancel(pr->fetch);
-    srv->pub->probes = pr->next;
+    reg->pub->probes = pr->next;
     rp_auth_challenge_clear(&pr->ch);
     free(pr);
   }
-  rp_auth_destroy(srv->pub->auth);
-  free(srv->pub);
-  srv->pub = NULL;
+  rp_auth_destroy(reg->pub->auth);
+  free(reg->pub);
+  reg->pub = NULL;
 }

@@ -8,9 +8,10 @@
  * client's own Authorization is not forwarded: everything a mirror serves,
  * it serves to every allowed client (documented).
  *
- * Once the credential is ready, the request takes the same relay and cache
- * as an intercepted one (rp__mitm_relay): mirror and MITM share the store
- * and the tag memory of a registry. */
+ * Once the credential is ready, the request takes the same decision, cache
+ * and relay as an intercepted one (rp__serve): mirror and MITM share the
+ * store and the tag memory of a registry. Which Host names may reach the
+ * mirror is the front's check (DNS rebinding), made before it comes here. */
 #include <llhttp.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -18,10 +19,7 @@
 
 #include "internal.h"
 #include "regproxy/auth.h"
-#include "regproxy/error.h"
 #include "regproxy/log.h"
-#include "regproxy/proxy.h"
-#include "regproxy/registry.h"
 #include "regproxy/rules.h"
 
 #define MIRROR_REGS     64
@@ -44,7 +42,7 @@ struct rp__mirror {
 
 /* The credential being prepared for one request. */
 struct rp__mirror_op {
-  struct rp_conn *c;
+  struct rp__rq *rq;
   struct rp_fetch *ping;
   struct rp_auth_req *areq;
   int ping_status;
@@ -54,29 +52,29 @@ struct rp__mirror_op {
   char scope[300];    /* "repository:<name>:pull", "" for none */
 };
 
-static struct rp__mirror *mirror_of(struct rp_server *srv) {
-  if (srv->mirror == NULL) {
+static struct rp__mirror *mirror_of(struct rp_registry *reg) {
+  if (reg->mirror == NULL) {
     struct rp_auth_opts o;
     char *err = NULL;
 
-    srv->mirror = calloc(1, sizeof(*srv->mirror));
-    if (srv->mirror == NULL)
+    reg->mirror = calloc(1, sizeof(*reg->mirror));
+    if (reg->mirror == NULL)
       return NULL;
     memset(&o, 0, sizeof(o));
-    o.up = srv->up;
-    o.docker_config = srv->cfg->registry_auth;
-    if (rp_auth_create(&o, &srv->mirror->auth, &err) != 0) {
+    o.up = reg->up;
+    o.docker_config = reg->registry_auth;
+    if (rp_auth_create(&o, &reg->mirror->auth, &err) != 0) {
       rp_log_warn("mirror: registry credentials not usable (%s); fetching anonymously",
                   err != NULL ? err : "failed");
       free(err);
       o.docker_config = NULL;
-      if (rp_auth_create(&o, &srv->mirror->auth, &err) != 0) {
+      if (rp_auth_create(&o, &reg->mirror->auth, &err) != 0) {
         free(err);
-        srv->mirror->auth = NULL;
+        reg->mirror->auth = NULL;
       }
     }
   }
-  return srv->mirror;
+  return reg->mirror;
 }
 
 static struct mirror_reg *reg_slot(struct rp__mirror *m, const char *registry) {
@@ -85,11 +83,11 @@ static struct mirror_reg *reg_slot(struct rp__mirror *m, const char *registry) {
 
 /* ---- the request, once its credential is settled ---- */
 
-static void op_free(struct rp_conn *c) {
-  struct rp__mirror_op *op = c->mop;
+static void op_free(struct rp__rq *rq) {
+  struct rp__mirror_op *op = rq->mop;
   if (op == NULL)
     return;
-  c->mop = NULL;
+  rq->mop = NULL;
   if (op->ping != NULL)
     rp_fetch_cancel(op->ping);
   rp_auth_cancel(op->areq);
@@ -97,49 +95,48 @@ static void op_free(struct rp_conn *c) {
   free(op);
 }
 
-static void go(struct rp_conn *c, const char *authorization) {
-  op_free(c);
-  free(c->mirror_authz);
-  c->mirror_authz = authorization != NULL && authorization[0] ? strdup(authorization) : NULL;
-  rp__mitm_relay(c, c->head);
-  rp__conn_resume_input(c); /* the rest of the request, parked since its head */
+static void go(struct rp__rq *rq, const char *authorization) {
+  op_free(rq);
+  free(rq->authz);
+  rq->authz = authorization != NULL && authorization[0] ? strdup(authorization) : NULL;
+  rp__serve(rq);
 }
 
 static void on_token(void *data, int status, const char *authorization, const char *reason) {
   struct rp__mirror_op *op = data;
-  struct rp_conn *c = op->c;
+  struct rp__rq *rq = op->rq;
 
   op->areq = NULL;
   if (status != 0)
     /* No token (the token server refused, or Basic without credentials):
      * the request goes without, and the registry's answer is relayed. */
     rp_log_info("mirror: no credential for %s %s: %s", op->registry, op->scope, reason);
-  go(c, status == 0 ? authorization : NULL);
+  go(rq, status == 0 ? authorization : NULL);
 }
 
 /* Answer the registry's challenge with a token or Basic credentials. */
-static void authorize(struct rp_conn *c, const struct rp_auth_challenge *ch) {
-  struct rp__mirror_op *op = c->mop;
-  struct rp__mirror *m = c->srv->mirror;
+static void authorize(struct rp__rq *rq, const struct rp_auth_challenge *ch) {
+  struct rp__mirror_op *op = rq->mop;
+  struct rp__mirror *m = rq->reg->mirror;
 
   if (m->auth == NULL) {
-    go(c, NULL);
+    go(rq, NULL);
     return;
   }
   op->areq =
       rp_auth_get(m->auth, op->registry, op->scope[0] ? op->scope : NULL, ch, 0, on_token, op);
   if (op->areq == NULL)
-    go(c, NULL);
+    go(rq, NULL);
 }
 
-static void with_challenge(struct rp_conn *c) {
-  struct rp__mirror_op *op = c->mop;
-  struct mirror_reg *r = reg_slot(c->srv->mirror, op->registry);
+static void with_challenge(struct rp__rq *rq) {
+  struct rp__mirror_op *op = rq->mop;
+  struct mirror_reg *r = reg_slot(rq->reg->mirror, op->registry);
 
   if (r->state == REG_CHALLENGE && strcmp(r->key, op->registry) == 0)
-    authorize(c, &r->ch);
+    authorize(rq, &r->ch);
   else
-    go(c, NULL);
+    go(rq, NULL);
 }
 
 static int on_ping_head(struct rp_fetch *f, void *data, int status, const char *reason,
@@ -154,8 +151,8 @@ static int on_ping_head(struct rp_fetch *f, void *data, int status, const char *
 
 static void on_ping_done(struct rp_fetch *f, void *data, int status, const char *reason) {
   struct rp__mirror_op *op = data;
-  struct rp_conn *c = op->c;
-  struct mirror_reg *r = reg_slot(c->srv->mirror, op->registry);
+  struct rp__rq *rq = op->rq;
+  struct mirror_reg *r = reg_slot(rq->reg->mirror, op->registry);
 
   (void)f;
   (void)reason;
@@ -163,14 +160,14 @@ static void on_ping_done(struct rp_fetch *f, void *data, int status, const char 
   if (status == 0 && (op->ping_status == 200 || (op->ping_status == 401 && op->ping_have_ch))) {
     rp_auth_challenge_clear(&r->ch);
     snprintf(r->key, sizeof(r->key), "%s", op->registry);
-    r->when_ms = uv_now(c->srv->loop);
+    r->when_ms = uv_now(rq->reg->loop);
     r->state = REG_OPEN;
     if (op->ping_status == 401 && rp_auth_challenge_copy(&r->ch, &op->ping_ch) == 0)
       r->state = REG_CHALLENGE;
   }
   /* Unreachable or odd: go without a credential; the relay answers from
    * memory or relays the failure. */
-  with_challenge(c);
+  with_challenge(rq);
 }
 
 static const struct rp_fetch_callbacks ping_callbacks = {
@@ -179,24 +176,20 @@ static const struct rp_fetch_callbacks ping_callbacks = {
 };
 
 /* The registry's /v2/ tells whether and how to authenticate. */
-static void ping(struct rp_conn *c) {
-  struct rp__mirror_op *op = c->mop;
-  struct rp_server *srv = c->srv;
+static void ping(struct rp__rq *rq) {
+  struct rp__mirror_op *op = rq->mop;
   struct rp_fetch_req req;
   char origin[320], url[400];
 
-  rp__mitm_origin(c, origin, sizeof(origin));
+  rp__rq_origin(rq, origin, sizeof(origin));
   snprintf(url, sizeof(url), "%s/v2/", origin);
   memset(&req, 0, sizeof(req));
   req.method = "GET";
   req.url = url;
-  if (srv->parent.host[0] != '\0') {
-    req.proxy = srv->parent.url;
-    req.proxy_userinfo = srv->cfg->parent_proxy_userinfo;
-  }
-  op->ping = rp_fetch_start(srv->up, &req, &ping_callbacks, op);
+  rp__fetch_req_defaults(rq->reg, &req);
+  op->ping = rp_fetch_start(rq->reg->up, &req, &ping_callbacks, op);
   if (op->ping == NULL)
-    go(c, NULL);
+    go(rq, NULL);
 }
 
 /* ---- entry points ---- */
@@ -215,35 +208,35 @@ static bool parse_origin(const char *hostport, struct rp_target *t) {
 /* A registry the mirror serves (SPEC §3 "Who may receive what"): an HTTPS
  * registry named in mitm, or mirror_default. Anything else a client names
  * with ?ns= is refused before any upstream request. */
-bool rp_mirror_serves(const struct rp_config *cfg, const char *registry) {
+bool rp_registry_mirror_serves(const struct rp_hostlist *mitm, const char *mirror_default,
+                               const char *registry) {
   struct rp_target t;
   char dflt[300];
 
-  if (parse_origin(rp_reg_upstream_host(registry), &t) &&
-      rp_hostlist_match(cfg->mitm_list, t.host, t.port))
+  if (parse_origin(rp_reg_upstream_host(registry), &t) && mitm != NULL &&
+      rp_hostlist_match(mitm, t.host, t.port))
     return true;
-  rp_reg_canonical(cfg->mirror_default, 0, dflt, sizeof(dflt));
+  rp_reg_canonical(mirror_default != NULL ? mirror_default : "", 0, dflt, sizeof(dflt));
   return dflt[0] != '\0' && strcmp(dflt, registry) == 0;
 }
 
 /* A whole answer from the mirror itself. */
-static void answer(struct rp_conn *c, int status, const char *ctype, const char *body) {
+static void answer(struct rp__rq *rq, int status, const char *ctype, const char *body) {
   struct rp_http_header h[2];
 
   rp_http_header_init(&h[0], "Content-Type", ctype);
   rp_http_header_init(&h[1], "Docker-Distribution-API-Version", "registry/2.0");
-  if (rp_exchange_reply(rp__conn_exchange(c), status, h, 2, body, strlen(body)) != 0)
-    rp__conn_close(c);
+  rp__rq_reply(rq, status, h, 2, body, strlen(body));
 }
 
-/* host[:port] of an upstream into c->mitm_host / c->mitm_port. */
-static bool set_origin(struct rp_conn *c, const char *hostport) {
+/* host[:port] of an upstream into rq->host / rq->port. */
+static bool set_origin(struct rp__rq *rq, const char *hostport) {
   struct rp_target t;
 
   if (!parse_origin(hostport, &t))
     return false;
-  snprintf(c->mitm_host, sizeof(c->mitm_host), "%s", t.host);
-  c->mitm_port = t.port;
+  snprintf(rq->host, sizeof(rq->host), "%s", t.host);
+  rq->port = t.port;
   return true;
 }
 
@@ -278,114 +271,97 @@ static char *strip_ns(const char *p, size_t n) {
   return out;
 }
 
-void rp__mirror_request(struct rp_conn *c, const struct rp_http_head *h) {
-  struct rp_server *srv = c->srv;
+void rp__mirror_serve(struct rp__rq *rq) {
+  struct rp_registry *reg = rq->reg;
+  const struct rp_reg_path *p = &rq->path;
   struct rp__mirror *m;
   struct rp__mirror_op *op;
   struct mirror_reg *r;
-  char registry[300];
+  char registry[RP__REGISTRY_LEN];
   char *cached;
 
-  c->log.via = "mirror";
-  c->log.route = "mirror";
-  c->log.cache = "pass";
-  if (!rp__admin_host_allowed(srv->cfg, h)) {
-    rp__conn_respond(c, 421,
-                     "mirror requests need Host: localhost, an IP address or a "
-                     "server_names entry",
-                     false);
+  if (rq->head->method_id != HTTP_GET && rq->head->method_id != HTTP_HEAD) {
+    static const char why[] = "a mirror only reads (GET, HEAD)\n";
+    struct rp_http_header h[2];
+    rp_http_header_init(&h[0], "Content-Type", "text/plain; charset=utf-8");
+    rp_http_header_init(&h[1], "Allow", "GET, HEAD");
+    rp__rq_reason(rq, "a mirror only reads (GET, HEAD)");
+    rp__rq_reply(rq, 405, h, 2, why, sizeof(why) - 1);
     return;
   }
-  rp_reg_path_parse(c->target.path, c->target.path_len, &c->reg);
-  if (h->method_id != HTTP_GET && h->method_id != HTTP_HEAD) {
-    rp__conn_respond_with(c, 405, "a mirror only reads (GET, HEAD)", "Allow: GET, HEAD\r\n", false);
+  rp_reg_canonical(p->ns[0] ? p->ns : (reg->mirror_default ? reg->mirror_default : ""), 0,
+                   registry, sizeof(registry));
+  if (registry[0] == '\0' || !set_origin(rq, rp_reg_upstream_host(registry))) {
+    rp_exchange_error(rq->x, 400, "no usable registry (?ns= or mirror_default)", false);
     return;
   }
-  rp_reg_canonical(c->reg.ns[0] ? c->reg.ns : srv->cfg->mirror_default, 0, registry,
-                   sizeof(registry));
-  if (registry[0] == '\0' || !set_origin(c, rp_reg_upstream_host(registry))) {
-    rp__conn_respond(c, 400, "no usable registry (?ns= or mirror_default)", false);
-    return;
-  }
-  snprintf(c->log.host, sizeof(c->log.host), "%s", registry);
-  c->mirror = 1;
-  c->up_plain = 0;
-  if (c->reg.ns[0] != '\0')
-    snprintf(c->mirror_ns, sizeof(c->mirror_ns), "%s", c->reg.ns);
-  if (!rp_mirror_serves(srv->cfg, registry)) {
+  rp_exchange_note(rq->x, NULL, NULL, registry);
+  rp_reg_canonical(rq->host, rq->port, rq->registry, sizeof(rq->registry));
+  if (p->ns[0] != '\0')
+    snprintf(rq->ns, sizeof(rq->ns), "%s", p->ns);
+  if (!rp_registry_mirror_serves(reg->mitm, reg->mirror_default, registry)) {
     /* SPEC §3: only registries regproxy trusts, and no request to any other. */
-    snprintf(c->log.reason, sizeof(c->log.reason), "registry not served by this mirror");
-    answer(c, 404, "application/json",
+    rp__rq_reason(rq, "registry not served by this mirror");
+    answer(rq, 404, "application/json",
            "{\"errors\":[{\"code\":\"NAME_UNKNOWN\",\"message\":\"registry not served by "
            "this mirror (not in mitm or mirror_default)\"}]}");
     return;
   }
-  if (c->reg.kind == RP_REG_BASE) {
+  if (p->kind == RP_REG_BASE) {
     /* SPEC §3: the mirror answers /v2/ itself (clients then pull without a token). */
-    c->log.cache = "-";
-    answer(c, 200, "application/json", "{}");
+    rp__rq_label(rq, "-");
+    answer(rq, 200, "application/json", "{}");
     return;
   }
-  free(c->up_path);
-  c->up_path = strip_ns(c->target.path, c->target.path_len);
-  m = mirror_of(srv);
+  rq->up_path = strip_ns(rq->x->path, rq->x->path_len);
+  m = mirror_of(reg);
   op = calloc(1, sizeof(*op));
-  if (m == NULL || op == NULL || c->up_path == NULL) {
+  if (m == NULL || op == NULL || rq->up_path == NULL) {
     free(op);
-    rp__conn_respond(c, 502, "out of memory", true);
+    rp_exchange_error(rq->x, 502, "out of memory", true);
     return;
   }
-  op->c = c;
+  op->rq = rq;
   snprintf(op->registry, sizeof(op->registry), "%s", registry);
-  if (c->reg.name[0] != '\0')
-    snprintf(op->scope, sizeof(op->scope), "repository:%s:pull", c->reg.name);
-  c->mop = op;
-  /* The state stays HEAD, so nothing after the head is parsed until the relay
-   * takes the request (go): a body that comes along waits for the relay's
-   * queue (in PASS it was queued before the queue existed, a NULL dereference). */
+  if (p->name[0] != '\0')
+    snprintf(op->scope, sizeof(op->scope), "repository:%s:pull", p->name);
+  rq->mop = op;
   /* A token still fresh from an earlier request: no round trip. */
   cached = m->auth != NULL ? rp_auth_cached(m->auth, registry, op->scope, 0) : NULL;
   if (cached != NULL) {
-    go(c, cached);
+    go(rq, cached);
     free(cached);
     return;
   }
   r = reg_slot(m, registry);
   if (strcmp(r->key, registry) == 0 && r->state != REG_UNKNOWN &&
-      uv_now(srv->loop) - r->when_ms < MIRROR_FRESH_MS) {
-    with_challenge(c);
+      uv_now(reg->loop) - r->when_ms < MIRROR_FRESH_MS) {
+    with_challenge(rq);
     return;
   }
-  ping(c);
+  ping(rq);
 }
 
-void rp__mirror_unauthorized(struct rp_conn *c) {
-  struct rp__mirror *m = c->srv->mirror;
-  char registry[300], scope[300];
+void rp__mirror_unauthorized(struct rp__rq *rq) {
+  struct rp__mirror *m = rq->reg->mirror;
+  char scope[300];
 
-  if (m == NULL || m->auth == NULL || c->reg.name[0] == '\0')
+  if (m == NULL || m->auth == NULL || rq->path.name[0] == '\0')
     return;
-  rp__mitm_registry(c, registry, sizeof(registry));
-  snprintf(scope, sizeof(scope), "repository:%s:pull", c->reg.name);
-  rp_auth_invalidate(m->auth, registry, scope, 0);
+  snprintf(scope, sizeof(scope), "repository:%s:pull", rq->path.name);
+  rp_auth_invalidate(m->auth, rq->registry, scope, 0);
 }
 
-void rp__mirror_request_end(struct rp_conn *c) {
-  op_free(c);
-  free(c->mirror_authz);
-  c->mirror_authz = NULL;
-  free(c->up_path);
-  c->up_path = NULL;
-  c->mirror = 0;
-  c->mirror_ns[0] = '\0';
+void rp__mirror_detach(struct rp__rq *rq) {
+  op_free(rq);
 }
 
-void rp__mirror_shutdown(struct rp_server *srv) {
-  if (srv->mirror == NULL)
+void rp__mirror_shutdown(struct rp_registry *reg) {
+  if (reg->mirror == NULL)
     return;
   for (size_t i = 0; i < MIRROR_REGS; i++)
-    rp_auth_challenge_clear(&srv->mirror->reg[i].ch);
-  rp_auth_destroy(srv->mirror->auth);
-  free(srv->mirror);
-  srv->mirror = NULL;
+    rp_auth_challenge_clear(&reg->mirror->reg[i].ch);
+  rp_auth_destroy(reg->mirror->auth);
+  free(reg->mirror);
+  reg->mirror = NULL;
 }
