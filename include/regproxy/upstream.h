@@ -121,6 +121,11 @@ struct rp_fetch_req {
    * instead, names are left to the proxy, and redirects are not followed. */
   bool forbid_internal;
   unsigned internal_ok;
+  /* Give up on a slow source fast (a registry mirror, with another source to
+   * fall back to): connecting, and any stretch without a byte, bounded by
+   * these (0: the engine's connect timeout; no stall bound). */
+  uint64_t connect_timeout_ms;
+  uint64_t stall_timeout_ms;
 };
 
 /** Start a transfer. Callbacks run on the loop, never inside this call. */
