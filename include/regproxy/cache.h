@@ -138,6 +138,9 @@ void rp_fill_note_repo(struct rp_fill *f, const char *registry, const char *repo
 /** Call cb once, from the loop, after the fill published its verified object
  * (never when it fails). NULL clears it: a watcher that goes away first must. */
 void rp_fill_on_published(struct rp_fill *f, rp_fill_cb cb, void *data);
+/** Call cb once, from the loop, when the fill is over either way: published
+ * (verified) or failed (rp_fill_state tells). NULL clears it. */
+void rp_fill_on_settled(struct rp_fill *f, rp_fill_cb cb, void *data);
 /** The upstream body ended: verify size and digest, fsync, rename, fsync
  * the directory, publish. A mismatch fails the fill (`digest_mismatch`). */
 void rp_fill_finish(struct rp_fill *f);

@@ -37,6 +37,11 @@ struct rp_registry_opts {
   /* The registries the mirror serves: HTTPS ones named in mitm, and mirror_default. */
   const struct rp_hostlist *mitm;
   const char *mirror_default;
+  /* Upstream mirrors (a site tier), "registry=URL[,URL…]" each, as the
+   * configuration checked them: blobs and manifests by digest are fetched
+   * from them first. */
+  char *const *upstream_mirrors;
+  size_t n_upstream_mirrors;
 };
 
 int rp_registry_create(const struct rp_registry_opts *o, struct rp_registry **out);

@@ -121,6 +121,11 @@ struct rp_fetch_req {
    * instead, names are left to the proxy, and redirects are not followed. */
   bool forbid_internal;
   unsigned internal_ok;
+  /* Give up on a slow source fast (a registry mirror, with another source to
+   * fall back to): connecting, and any stretch without a byte, bounded by
+   * these (0: the engine's connect timeout; no stall bound). */
+  uint64_t connect_timeout_ms;
+  uint64_t stall_timeout_ms;
   /* Connect to this address and port for the URL's own host:port, whatever
    * DNS and --connect-to say ("" for none): transparent mode's original
    * destination. TLS is still verified against the URL's host; a redirect to

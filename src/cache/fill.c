@@ -205,6 +205,13 @@ static void on_task(struct rp__task *t) {
     if (cb != NULL)
       cb(f, f->published_data);
   }
+  if (f->notify_settled) {
+    f->notify_settled = false;
+    cb = f->on_settled;
+    f->on_settled = NULL;
+    if (cb != NULL)
+      cb(f, f->settled_data);
+  }
   if (f->notify_writable) {
     f->notify_writable = false;
     cb = f->on_writable;
@@ -258,6 +265,10 @@ static void fail(struct rp_fill *f, int err, const char *reason) {
   f->error = err;
   f->publishing = false;
   leave_table(f);
+  if (f->on_settled != NULL) {
+    f->notify_settled = true;
+    post(f);
+  }
   log_fill(err == RP_EDIGEST ? RP_LOG_WARN : RP_LOG_INFO, "cache fill failed", f, reason, err);
   unlink_tmp(f);
   if (!f->write_busy)
@@ -322,6 +333,10 @@ static void publish_mem(struct rp_fill *f) {
     rp_cache_note_repo(c, &f->digest, fr->registry, fr->repository);
   if (f->on_published != NULL) {
     f->notify_published = true;
+    post(f);
+  }
+  if (f->on_settled != NULL) {
+    f->notify_settled = true;
     post(f);
   }
   wake_readers(f);
@@ -735,6 +750,15 @@ void rp_fill_note_repo(struct rp_fill *f, const char *registry, const char *repo
   fr->next = f->repos;
   f->repos = fr;
   f->nrepos++;
+}
+
+void rp_fill_on_settled(struct rp_fill *f, rp_fill_cb cb, void *data) {
+  if (f == NULL)
+    return;
+  f->on_settled = cb;
+  f->settled_data = data;
+  if (cb == NULL)
+    f->notify_settled = false;
 }
 
 void rp_fill_on_published(struct rp_fill *f, rp_fill_cb cb, void *data) {

@@ -273,6 +273,8 @@ struct rp_fill {
   void *producer_data;
   rp_fill_cb on_published;
   void *published_data;
+  rp_fill_cb on_settled;
+  void *settled_data;
   struct rp__fill_repo *repos; /* memberships recorded on publication */
   unsigned nrepos;
 
@@ -287,6 +289,7 @@ struct rp_fill {
   bool notify_writable;
   bool notify_state;
   bool notify_published;
+  bool notify_settled;
   bool unlink_wanted; /* unlink once the open finished */
   bool tmp_gone;
 };

@@ -89,7 +89,7 @@ const struct rp__opt rp__opts[] = {
     {"upstream_mirrors", OT_MIRRORS, 0, F(upstream_mirrors), 0, NULL, "none",
      "REGISTRY=URL[,URL...]",
      "fetch REGISTRY's blobs and manifests by digest from these registry mirrors first (a "
-     "site tier), then from REGISTRY itself (repeatable)",
+     "site tier), then from REGISTRY itself (repeatable; the variable separates items with ';')",
      G_CACHE, 0, 0},
     {"tag_ttl", OT_DURATION, 0, F(tag_ttl_ms), 0, "0", NULL, "DURATION",
      "answer tags from memory this long without asking upstream", G_CACHE, 0, 0},

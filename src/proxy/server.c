@@ -525,6 +525,8 @@ static void registry_opts(const struct rp_server *srv, const struct rp_config *c
   o->registry_auth = cfg->registry_auth;
   o->mitm = cfg->mitm_list;
   o->mirror_default = cfg->mirror_default;
+  o->upstream_mirrors = cfg->upstream_mirrors.v;
+  o->n_upstream_mirrors = cfg->upstream_mirrors.n;
 }
 
 /* The CA (created on first start, limited to the mitm registries unless

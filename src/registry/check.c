@@ -154,7 +154,8 @@ static void confirm_on_done(struct rp_fetch *f, void *data, int status, const ch
     }
     /* Still being fetched (for another client): join the fill. */
     run = rp__job_find(reg, &d);
-    if (run != NULL && run->fill != NULL && rp_fill_state(run->fill) != RP_FILL_FAILED &&
+    if (run != NULL && run->fill != NULL && !run->holding &&
+        rp_fill_state(run->fill) != RP_FILL_FAILED &&
         rp__parse_range(rq->head, run->size, &off, &len, &partial)) {
       rp_fill_note_repo(run->fill, rq->registry, rq->path.name);
       rp__rq_label(rq, "coalesced");
@@ -170,6 +171,38 @@ static void confirm_on_done(struct rp_fetch *f, void *data, int status, const ch
 const struct rp_fetch_callbacks rp__confirm_callbacks = {
     .on_head = confirm_on_head,
     .on_done = confirm_on_done,
+};
+
+/* ---- before a fetch from an upstream mirror ----
+ * The registry itself says whether this credential may read the object;
+ * then the bytes come from the mirror (job.c), or the client's own GET goes
+ * to the registry, whose refusal it gets. */
+
+static void premirror_on_done(struct rp_fetch *f, void *data, int status, const char *reason) {
+  struct rp__headcheck *tc = data;
+  struct rp_digest d = tc->d;
+  int st = tc->status;
+  bool unreachable = rp__reg_unreachable(status, st);
+  struct rp__rq *rq;
+
+  (void)f;
+  (void)reason;
+  rq = head_done(tc);
+  if (rq == NULL)
+    return;
+  if (status == 0 && rp__head_confirms(rq, st)) {
+    rp__memo_confirm(rq);
+    if (rp__job_start(rq, &d, rq->path.kind == RP_REG_MANIFEST, NULL))
+      return;
+  } else if (unreachable && rp__answer_from_memory(rq, "stale", true)) {
+    return;
+  }
+  rp__relay(rq);
+}
+
+const struct rp_fetch_callbacks rp__premirror_callbacks = {
+    .on_head = confirm_on_head,
+    .on_done = premirror_on_done,
 };
 
 /* An upstream HEAD of the request's path with its credentials; the answer

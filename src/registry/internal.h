@@ -40,6 +40,19 @@ struct rp__stats;
 struct rp__filljob;
 struct rp__headcheck;
 
+/* A registry's upstream mirrors (job.c): tried in order, each skipped for a
+ * while after it failed. */
+struct rp__source {
+  char *url;                /* "http(s)://host[:port][/path]" */
+  uint64_t backoff_until;   /* uv_now() before which it is skipped */
+};
+
+struct rp__upmirrors {
+  char registry[RP__REGISTRY_LEN]; /* canonical identity */
+  struct rp__source *src;
+  size_t n;
+};
+
 struct rp_registry {
   uv_loop_t *loop;
   struct rp_upstream *up;
@@ -57,6 +70,8 @@ struct rp_registry {
   struct rp__mirror *mirror;   /* the mirror's auth client and registry challenges */
   struct rp__public *pub;      /* which repositories are public */
   struct rp__stats *stats;     /* the status page's numbers */
+  struct rp__upmirrors *upmirrors; /* upstream mirrors per registry */
+  size_t n_upmirrors;
   struct rp_registry_counters counters;
 };
 
@@ -185,6 +200,9 @@ struct rp__headcheck {
 
 extern const struct rp_fetch_callbacks rp__confirm_callbacks;
 extern const struct rp_fetch_callbacks rp__tag_callbacks;
+/* Confirms the request's credential with the registry before its object is
+ * fetched from an upstream mirror (which is sent no credential). */
+extern const struct rp_fetch_callbacks rp__premirror_callbacks;
 /** An upstream HEAD of the request's path with its credentials; cb gets it
  * (with the digest d, NULL for a tag check). false: nothing started. */
 bool rp__start_head(struct rp__rq *rq, const struct rp_fetch_callbacks *cb,
@@ -211,6 +229,14 @@ struct rp__filljob {
   unsigned char memo_key[RP__MEMO_KEY_LEN]; /* the credential the upstream accepted */
   bool done; /* the transfer ended; the fill may still be publishing */
   bool paused;
+  /* Upstream mirrors to try before the registry (copied at the start). */
+  char **srcs;
+  size_t nsrc, next_src;
+  char *on_mirror;  /* the mirror the transfer is from, or NULL for the registry */
+  char *fed_by;     /* the mirror that wrote into the fill, or NULL */
+  bool fall_back;   /* the mirror's answer was refused: the next source follows */
+  bool holding;     /* a mirror feeds the fill: clients wait until it verified */
+  unsigned restarts; /* fills started again from the registry after a mirror's failed */
   char registry[RP__REGISTRY_LEN];
   char repo[256];
 };
@@ -231,6 +257,10 @@ void rp__job_add_finished(struct rp_registry *reg, struct rp_fill *fill, const s
                           uint64_t size, const char *ctype, const char *registry,
                           const char *repo);
 void rp__jobs_shutdown(struct rp_registry *reg);
+/** Does the request's registry have upstream mirrors? */
+bool rp__has_mirrors(const struct rp__rq *rq);
+int rp__upmirrors_set(struct rp_registry *reg, char *const *items, size_t n);
+void rp__upmirrors_free(struct rp_registry *reg);
 void rp__jobs_json(const struct rp_registry *reg, struct json_t *arr);
 
 /* access.c: every "who may receive what" decision (SPEC §3). offline: the

@@ -1,6 +1,9 @@
 /* Fill jobs: one upstream fetch per digest feeding one fill, outliving the
  * client that started it, resumed with Range when cut, with the clients
- * that came before its answer waiting on it (SPEC §3 "Blobs"). */
+ * that came before its answer waiting on it (SPEC §3 "Blobs"). A registry
+ * with upstream mirrors (a site tier) has its objects fetched from them
+ * first, with no credential, falling back to the registry itself (SPEC §3
+ * "Upstream mirrors"). */
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -60,6 +63,104 @@ static struct saved_req *saved_req_copy(const struct rp_fetch_req *r) {
   return sr;
 }
 
+/* ---- upstream mirrors ---- */
+
+#define MIRROR_BACKOFF_MS        30000
+#define MIRROR_CONNECT_TIMEOUT_MS 3000
+#define MIRROR_STALL_TIMEOUT_MS   10000
+
+void rp__upmirrors_free(struct rp_registry *reg) {
+  for (size_t i = 0; i < reg->n_upmirrors; i++) {
+    for (size_t k = 0; k < reg->upmirrors[i].n; k++)
+      free(reg->upmirrors[i].src[k].url);
+    free(reg->upmirrors[i].src);
+  }
+  free(reg->upmirrors);
+  reg->upmirrors = NULL;
+  reg->n_upmirrors = 0;
+}
+
+/* "registry=URL[,URL…]" items, checked by the configuration. */
+int rp__upmirrors_set(struct rp_registry *reg, char *const *items, size_t n) {
+  rp__upmirrors_free(reg);
+  if (n == 0)
+    return 0;
+  reg->upmirrors = calloc(n, sizeof(*reg->upmirrors));
+  if (reg->upmirrors == NULL)
+    return UV_ENOMEM;
+  for (size_t i = 0; i < n; i++) {
+    struct rp__upmirrors *m = &reg->upmirrors[reg->n_upmirrors];
+    const char *eq = strchr(items[i], '=');
+    char name[RP__REGISTRY_LEN];
+    size_t k = 1;
+
+    if (eq == NULL || (size_t)(eq - items[i]) >= sizeof(name))
+      continue;
+    snprintf(name, sizeof(name), "%.*s", (int)(eq - items[i]), items[i]);
+    rp_reg_canonical(name, 0, m->registry, sizeof(m->registry));
+    if (m->registry[0] == '\0')
+      continue;
+    for (const char *p = eq + 1; *p != '\0'; p++)
+      k += *p == ',';
+    m->src = calloc(k, sizeof(*m->src));
+    if (m->src == NULL)
+      return UV_ENOMEM;
+    for (const char *p = eq + 1; *p != '\0';) {
+      size_t len = strcspn(p, ",");
+      if (len > 0 && (m->src[m->n].url = strndup(p, len)) != NULL)
+        m->n++;
+      p += len + (p[len] == ',' ? 1 : 0);
+    }
+    reg->n_upmirrors++;
+  }
+  return 0;
+}
+
+static const struct rp__upmirrors *mirrors_of(const struct rp_registry *reg,
+                                              const char *registry) {
+  for (size_t i = 0; i < reg->n_upmirrors; i++)
+    if (strcmp(reg->upmirrors[i].registry, registry) == 0)
+      return &reg->upmirrors[i];
+  return NULL;
+}
+
+bool rp__has_mirrors(const struct rp__rq *rq) {
+  /* Plain-HTTP registries have none: their identity is no ?ns= value. */
+  return rq->way != RP_REGISTRY_PLAIN && mirrors_of(rq->reg, rq->registry) != NULL;
+}
+
+static struct rp__source *source_of(struct rp_registry *reg, const char *registry,
+                                    const char *url) {
+  const struct rp__upmirrors *m = mirrors_of(reg, registry);
+  for (size_t i = 0; m != NULL && i < m->n; i++)
+    if (strcmp(m->src[i].url, url) == 0)
+      return &m->src[i];
+  return NULL;
+}
+
+/* A mirror failed this job: skipped by every job for a while. */
+static void mirror_failed(struct rp__filljob *job, const char *url, const char *why) {
+  struct rp__source *s;
+  char dg[140];
+  if (url == NULL)
+    return;
+  s = source_of(job->reg, job->registry, url);
+  if (s != NULL)
+    s->backoff_until = uv_now(job->reg->loop) + MIRROR_BACKOFF_MS;
+  rp_digest_format(&job->d, dg, sizeof(dg));
+  rp_log_warn("upstream mirror %s failed for %s/%s@%s (%s); skipped for %d s", url, job->registry,
+              job->repo, dg, why, MIRROR_BACKOFF_MS / 1000);
+}
+
+static void job_sources_free(struct rp__filljob *job) {
+  for (size_t i = 0; i < job->nsrc; i++)
+    free(job->srcs[i]);
+  free(job->srcs);
+  job->srcs = NULL;
+  job->nsrc = 0;
+  job->on_mirror = NULL;
+}
+
 void rp__job_free(struct rp__filljob *job) {
   struct rp__filljob **pp = &job->reg->jobs;
   if (job->fill != NULL) {
@@ -67,8 +168,10 @@ void rp__job_free(struct rp__filljob *job) {
     if (job->memo_pending && rp_fill_state(job->fill) == RP_FILL_PUBLISHED)
       rp__memo_confirm_key(job->reg, job->memo_key);
     rp_fill_on_published(job->fill, NULL, NULL);
+    rp_fill_on_settled(job->fill, NULL, NULL);
   }
   free(job->saved);
+  job_sources_free(job);
   while (*pp != NULL && *pp != job)
     pp = &(*pp)->next;
   if (*pp == job)
@@ -84,7 +187,10 @@ struct rp__filljob *rp__job_find(struct rp_registry *reg, const struct rp_digest
   struct rp__filljob *found = NULL, *j, *next;
   for (j = reg->jobs; j != NULL; j = next) {
     next = j->next;
-    if (j->done && (j->fill == NULL || rp_fill_state(j->fill) != RP_FILL_RUNNING)) {
+    if (j->done && (j->fill == NULL || rp_fill_state(j->fill) != RP_FILL_RUNNING) && !j->holding) {
+      if (j->fed_by != NULL && j->fill != NULL && rp_fill_state(j->fill) == RP_FILL_FAILED)
+        /* Its bytes failed verification after the transfer ended. */
+        mirror_failed(j, j->fed_by, "its bytes failed verification");
       rp__job_free(j);
       continue;
     }
@@ -103,8 +209,9 @@ void rp__job_release_waiters(struct rp__filljob *job) {
     rq->waiting_on = NULL;
     if (job->fill != NULL && !job->passing && rp_fill_state(job->fill) != RP_FILL_FAILED) {
       if (rp__client_ok(rq, false) || rp__job_same_credential(job, rq)) {
+        bool published = rp_fill_state(job->fill) == RP_FILL_PUBLISHED;
         rp__rq_label(rq, "coalesced");
-        rp__serve_range(rq, &job->d, job->fill, job->size, job->ctype);
+        rp__serve_range(rq, &job->d, published ? NULL : job->fill, job->size, job->ctype);
       } else if (!rp__start_head(rq, &rp__confirm_callbacks, &job->d)) {
         /* Another credential than the one the upstream just accepted. */
         rp__relay(rq);
@@ -127,6 +234,9 @@ static void on_fill_writable(struct rp_fill *f, void *data) {
 static void on_fill_state(struct rp_fill *f, void *data) {
   struct rp__filljob *job = data;
   (void)f;
+  if (job->fed_by != NULL && rp_fill_state(job->fill) == RP_FILL_FAILED)
+    /* A mirror's bytes failed verification: not that mirror again soon. */
+    mirror_failed(job, job->fed_by, "its bytes failed verification");
   /* The cache gave the fill up: stop the upstream transfer. */
   if (job->fetch != NULL) {
     rp_fetch_cancel(job->fetch);
@@ -167,6 +277,47 @@ static int job_pass(struct rp__filljob *job, struct rp_fetch *f, int status, con
   return rp__relay_head(f, rq, status, reason, h, n);
 }
 
+static void job_fetch(struct rp__filljob *job);
+
+/* The fill a mirror fed is over: its clients are served from the verified
+ * object, or the registry is asked (once) for bytes that do verify. */
+static void job_mirror_settled(struct rp_fill *f, void *data) {
+  struct rp__filljob *job = data;
+  struct rp__rq *rq = job->rq;
+
+  job->holding = false;
+  if (rp_fill_state(f) == RP_FILL_PUBLISHED) {
+    if (rq != NULL) {
+      job->rq = NULL;
+      rq->job = NULL;
+      rp__serve_range(rq, &job->d, NULL, job->size, job->ctype);
+    }
+    rp__job_release_waiters(job);
+    return;
+  }
+  if (job->fed_by != NULL)
+    mirror_failed(job, job->fed_by, "its bytes failed verification");
+  if (job->restarts++ == 0 && (rq != NULL || job->waiters != NULL) && job->fetch == NULL) {
+    rp_fill_on_settled(job->fill, NULL, NULL);
+    rp_fill_unref(job->fill);
+    job->fill = NULL;
+    job->done = false;
+    job->fed_by = NULL;
+    job->skip = 0;
+    job->attempts = 0;
+    job->next_src = job->nsrc; /* the registry itself */
+    job_fetch(job);
+    if (job->fetch != NULL)
+      return;
+  }
+  if (rq != NULL) {
+    job->rq = NULL;
+    rq->job = NULL;
+    rp_exchange_abort(rq->x, "no source gave bytes that verify");
+  }
+  rp__job_release_waiters(job);
+}
+
 static int job_on_head(struct rp_fetch *f, void *data, int status, const char *reason,
                        const struct rp_http_header *h, size_t n) {
   struct rp__filljob *job = data;
@@ -188,24 +339,47 @@ static int job_on_head(struct rp_fetch *f, void *data, int status, const char *r
   }
   if (rq == NULL)
     return -1; /* the client left before any answer: nothing worth keeping */
-  if (job->is_manifest)
+  if (job->on_mirror != NULL &&
+      (status != 200 || size < 0 || (job->is_manifest && strstr(ctype, "prettyjws") != NULL))) {
+    /* Whatever a mirror says other than the object, the registry decides. */
+    char why[32];
+    snprintf(why, sizeof(why), "answered %d", status);
+    mirror_failed(job, job->on_mirror, why);
+    job->fall_back = true;
+    return -1;
+  }
+  if (job->is_manifest && job->on_mirror == NULL)
     rp__stats_ratelimit(job->reg, job->registry, rp__stats_authenticated(rq), h, n);
   if (status != 200 || size < 0 || (job->is_manifest && strstr(ctype, "prettyjws") != NULL))
     return job_pass(job, f, status, reason, h, n);
   job->size = (uint64_t)size;
   snprintf(job->ctype, sizeof(job->ctype), "%s", ctype);
   job->fill = rp_fill_start(job->reg->cache, &job->d, size, job->is_manifest, ctype);
-  if (job->fill == NULL)
+  if (job->fill == NULL) {
+    if (job->on_mirror != NULL) {
+      job->fall_back = true; /* the registry's answer is relayed instead */
+      return -1;
+    }
     return job_pass(job, f, status, reason, h, n);
+  }
   rp_fill_set_producer(job->fill, on_fill_writable, on_fill_state, job);
   /* SPEC §3: the object belongs to the repository, and the credential is
    * confirmed there, once the bytes are verified, not at this head (which
    * may be a CDN's after a redirect). */
   rp_fill_note_repo(job->fill, job->registry, job->repo);
+  rp__rq_label(rq, "miss");
+  if (job->on_mirror != NULL) {
+    /* A mirror was sent no credential: it confirms none (the client was
+     * confirmed with the registry before). Its bytes reach no client before
+     * they verified: a wrong answer then costs a fetch from the registry,
+     * not a failed pull. */
+    job->holding = true;
+    rp_fill_on_settled(job->fill, job_mirror_settled, job);
+    return 0;
+  }
   rp__memo_key(rq, job->registry, job->repo, job->memo_key);
   job->memo_pending = true;
   rp_fill_on_published(job->fill, job_on_published, job);
-  rp__rq_label(rq, "miss");
   job->rq = NULL; /* from here the reader serves the client; the job only fills */
   rq->job = NULL;
   rp__serve_range(rq, &job->d, job->fill, (uint64_t)size, ctype);
@@ -227,6 +401,8 @@ static int job_on_body(struct rp_fetch *f, void *data, const char *p, size_t n) 
     if (n == 0)
       return 0;
   }
+  if (job->on_mirror != NULL)
+    job->fed_by = job->on_mirror;
   rc = rp_fill_write(job->fill, p, n);
   if (rc == RP_FILL_AGAIN) {
     job->paused = true;
@@ -242,7 +418,23 @@ static void job_on_done(struct rp_fetch *f, void *data, int status, const char *
   struct rp__filljob *job = data;
 
   job->fetch = NULL;
-  rp__job_release_waiters(job);
+  if (job->on_mirror != NULL && job->fill == NULL && (job->fall_back || status != 0)) {
+    /* The mirror refused, failed or had no answer worth keeping: the next
+     * source, the registry last, before anyone waiting hears of it. */
+    if (!job->fall_back)
+      mirror_failed(job, job->on_mirror, reason);
+    job->fall_back = false;
+    if (job->rq != NULL || job->waiters != NULL) {
+      job_fetch(job);
+      if (job->fetch != NULL)
+        return;
+    }
+  }
+  if (!job->holding)
+    rp__job_release_waiters(job); /* a mirror's bytes: once they verified */
+  if (status != 0 && job->on_mirror != NULL && job->fill != NULL)
+    mirror_failed(job, job->on_mirror, reason); /* cut: the registry has the rest */
+  job->on_mirror = NULL;
   if (status != 0 && job->fill != NULL && !job->passing && job->saved != NULL &&
       job->attempts < 3 && rp_fill_state(job->fill) == RP_FILL_RUNNING) {
     /* Upstream cut mid-fill: ask the registry URL again (a CDN URL may have
@@ -285,12 +477,55 @@ static const struct rp_fetch_callbacks job_callbacks = {
     .on_done = job_on_done,
 };
 
+/* The next source that is not backed off: an upstream mirror (GET in
+ * mirror-mode form, no credential, short timeouts), else the registry. */
+static void job_fetch(struct rp__filljob *job) {
+  struct rp_registry *reg = job->reg;
+
+  while (job->next_src < job->nsrc) {
+    char *url = job->srcs[job->next_src++];
+    struct rp__source *s = source_of(reg, job->registry, url);
+    struct rp_fetch_req req;
+    struct rp_http_header accept[8];
+    size_t na = 0;
+    char dg[140], *full;
+
+    if (s != NULL && s->backoff_until > uv_now(reg->loop))
+      continue;
+    rp_digest_format(&job->d, dg, sizeof(dg));
+    full = rp_asprintf("%s/v2/%s/%s/%s?ns=%s", url, job->repo,
+                       job->is_manifest ? "manifests" : "blobs", dg, job->registry);
+    if (full == NULL)
+      break;
+    memset(&req, 0, sizeof(req));
+    req.method = "GET";
+    req.url = full;
+    /* The client's Accept, for a manifest; never its credential. */
+    for (size_t i = 0; i < job->saved->n && na < 8; i++)
+      if (rp_http_token_eq(job->saved->h[i].name, job->saved->h[i].name_len, "accept"))
+        accept[na++] = job->saved->h[i];
+    req.headers = accept;
+    req.nheaders = na;
+    req.follow_redirects = true;
+    req.connect_timeout_ms = MIRROR_CONNECT_TIMEOUT_MS;
+    req.stall_timeout_ms = MIRROR_STALL_TIMEOUT_MS;
+    job->on_mirror = url;
+    job->fetch = rp_fetch_start(reg->up, &req, &job_callbacks, job);
+    free(full);
+    if (job->fetch != NULL)
+      return;
+  }
+  job->on_mirror = NULL;
+  job->fetch = rp_fetch_start(reg->up, &job->saved->req, &job_callbacks, job);
+}
+
 /* Fetch d from upstream into a new fill while rq reads it (cache=miss).
  * path: the upstream path (manifests by digest after a tag check), or NULL
  * for the request's. */
 bool rp__job_start(struct rp__rq *rq, const struct rp_digest *dp, bool is_manifest,
                    const char *path) {
   struct rp_registry *reg = rq->reg;
+  const struct rp__upmirrors *m = rp__has_mirrors(rq) ? mirrors_of(reg, rq->registry) : NULL;
   struct rp__filljob *job;
   struct rp__upreq u;
 
@@ -311,9 +546,20 @@ bool rp__job_start(struct rp__rq *rq, const struct rp_digest *dp, bool is_manife
   u.req.follow_redirects = true;
   u.req.body_len = 0;
   job->saved = saved_req_copy(&u.req);
-  rq->job = job;
-  job->fetch = rp_fetch_start(reg->up, &u.req, &job_callbacks, job);
   rp__upreq_free(&u);
+  rq->job = job;
+  if (job->saved == NULL) {
+    rq->job = NULL;
+    rp__job_free(job);
+    rp_exchange_error(rq->x, 502, "out of memory", true);
+    return true;
+  }
+  if (m != NULL && (job->srcs = calloc(m->n, sizeof(*job->srcs))) != NULL) {
+    for (size_t i = 0; i < m->n; i++)
+      if ((job->srcs[job->nsrc] = strdup(m->src[i].url)) != NULL)
+        job->nsrc++;
+  }
+  job_fetch(job);
   if (job->fetch == NULL) {
     rq->job = NULL;
     rp__job_free(job);

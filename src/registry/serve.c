@@ -194,9 +194,10 @@ static bool decide(struct rp__rq *rq) {
   run = rp__job_find(reg, &d);
   if (run != NULL && strcmp(run->repo, p->name) == 0 && strcmp(run->registry, rq->registry) == 0 &&
       get) {
-    if (run->fill == NULL) {
-      /* Before the upstream answered: wait for it. The size (for a range)
-       * and this client's access are checked when the waiter is released. */
+    if (run->fill == NULL || run->holding) {
+      /* Before the upstream answered (or a mirror's bytes verified): wait for
+       * it. The size (for a range) and this client's access are checked when
+       * the waiter is released. */
       rq->waiting_on = run;
       rq->next_waiter = run->waiters;
       run->waiters = rq;
@@ -224,6 +225,10 @@ static bool decide(struct rp__rq *rq) {
       return false;
     }
   }
+  /* SPEC §3 "Upstream mirrors": a mirror gets no credential, so the
+   * registry confirms this client's first (a HEAD, free of pull limits). */
+  if (rp__has_mirrors(rq) && reg->access_check && !rp__client_ok(rq, false))
+    return rp__start_head(rq, &rp__premirror_callbacks, &d);
   return rp__job_start(rq, &d, is_manifest, NULL);
 }
 

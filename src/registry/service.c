@@ -32,6 +32,8 @@ int rp_registry_configure(struct rp_registry *reg, const struct rp_registry_opts
   reg->access_ttl_ms = o->access_ttl_ms;
   reg->tag_ttl_ms = o->tag_ttl_ms;
   reg->mitm = o->mitm;
+  if (rp__upmirrors_set(reg, o->upstream_mirrors, o->n_upstream_mirrors) != 0)
+    rc = UV_ENOMEM;
   if ((o->parent_url != NULL && o->parent_url[0] && parent_url == NULL) ||
       (o->parent_userinfo != NULL && o->parent_userinfo[0] && parent_userinfo == NULL) ||
       (o->registry_auth != NULL && o->registry_auth[0] && registry_auth == NULL) ||
@@ -78,6 +80,7 @@ void rp_registry_destroy(struct rp_registry *reg) {
   rp__public_shutdown(reg);
   rp__memo_free(reg);
   rp__stats_free(reg);
+  rp__upmirrors_free(reg);
   free(reg->parent_url);
   free(reg->parent_userinfo);
   free(reg->registry_auth);

@@ -1025,8 +1025,15 @@ static int setup_easy(struct rp_fetch *f, const struct rp_fetch_req *req) {
   SETOPT(CURLOPT_TCP_KEEPALIVE, 1L);
   /* Bytes pass through exactly as the upstream sent them. */
   SETOPT(CURLOPT_HTTP_CONTENT_DECODING, 0L);
-  if (up->connect_timeout_ms > 0)
+  if (req->connect_timeout_ms > 0)
+    SETOPT(CURLOPT_CONNECTTIMEOUT_MS, (long)req->connect_timeout_ms);
+  else if (up->connect_timeout_ms > 0)
     SETOPT(CURLOPT_CONNECTTIMEOUT_MS, (long)up->connect_timeout_ms);
+  if (req->stall_timeout_ms > 0) {
+    /* Below one byte a second for that long, from the request on. */
+    SETOPT(CURLOPT_LOW_SPEED_LIMIT, 1L);
+    SETOPT(CURLOPT_LOW_SPEED_TIME, (long)((req->stall_timeout_ms + 999) / 1000));
+  }
 
   /* The proxy decision is the caller's alone: CURLOPT_PROXY "" means direct,
    * and a non-NULL CURLOPT_NOPROXY keeps libcurl from reading $NO_PROXY

@@ -46,11 +46,19 @@ def page_text():
     return t
 
 
+# Flags spelled otherwise than their key (flag_aliases in src/config/options.c).
+FLAG_ALIASES = {"upstream_mirrors": "--upstream-mirror"}
+
+
+def flag_of(key):
+    return FLAG_ALIASES.get(key, "--" + key.replace("_", "-"))
+
+
 def test_every_option_flag_key_and_variable():
     text = page_text()
     missing = []
     for key, flags in table():
-        names = ["--" + key.replace("_", "-")]
+        names = [flag_of(key)]
         if "OF_NO_KEY" not in flags:
             names.append(key)
         if "OF_NO_ENV" not in flags:
@@ -92,7 +100,7 @@ def test_renders():
     assert "regproxy - caching forward proxy for container images" in out
     # Each option's term line starts a line, so no line breaking can split it.
     for key, _ in table():
-        flag = "--" + key.replace("_", "-")
+        flag = flag_of(key)
         assert re.search(r"^\s+%s(\s|$)" % re.escape(flag), out, re.M), flag
 
 
