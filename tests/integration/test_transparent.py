@@ -597,6 +597,58 @@ def test_skopeo_pulls_through_the_gateway_and_then_from_the_cache():
     assert len(hits) >= len(IMG.layers), rp.request_logs(via="transparent")
 
 
+def test_dockerd_pulls_through_the_gateway_and_then_from_the_cache():
+    # dockerd in the client namespace, no proxy environment, regproxy's CA beside the
+    # system bundle: the pull goes through the gateway; after rmi, the second pull
+    # fetches no blob from the registry.
+    if h.docker_bin() is None or shutil.which("dockerd") is None:
+        print("  (dockerd missing: not checked)")
+        return
+    rp = start_regproxy()
+    generated_rules(rp)
+    lan_ca = regproxy_ca(rp)
+    d = h.tmpdir("rpit-dockerd-")
+    bundle = os.path.join(d, "bundle.pem")
+    with open(bundle, "wb") as out:
+        if os.path.exists(h.SYSTEM_BUNDLE):
+            out.write(open(h.SYSTEM_BUNDLE, "rb").read())
+        out.write(open(os.path.join(lan_ca, "ca.crt"), "rb").read())
+    sock = os.path.join(d, "docker.sock")
+    log = os.path.join(d, "dockerd.log")
+    # Not `ip netns exec`: it mounts a fresh /sys, which hides the cgroups dockerd needs.
+    # Only the network namespace, and the namespace's hosts file in a private mount.
+    hosts = "/etc/netns/%s/hosts" % NS["c"]
+    proc = h.Proc(["nsenter", "--net=/var/run/netns/%s" % NS["c"], "unshare", "--mount",
+                   "sh", "-c", 'mount --bind "$0" /etc/hosts && exec "$@"', hosts,
+                   "dockerd", "--iptables=false",
+                   "--ip6tables=false", "--bridge=none", "--storage-driver=vfs",
+                   "--data-root", os.path.join(d, "data"), "--exec-root", os.path.join(d, "x"),
+                   "--pidfile", os.path.join(d, "docker.pid"), "-H", "unix://" + sock],
+                  name="dockerd", env=h.clean_env(SSL_CERT_FILE=bundle), stdout=log,
+                  stderr=log)
+    h.defer(lambda: proc.stop(timeout=10))
+
+    def docker(args, check=True):
+        return h.run([h.docker_bin(), "-H", "unix://" + sock] + args, timeout=120,
+                     check=check, env=h.clean_env())
+
+    def ready():
+        if not proc.alive():
+            raise AssertionError("dockerd exited: %s" % h.tail(log))
+        return docker(["version"], check=False).returncode == 0
+    h.wait_until(ready, 30, "dockerd in the client namespace")
+    ref = "registry.test/library/alpine:3.18"
+    before = REG.blob_gets()
+    docker(["pull", ref])
+    first = REG.blob_gets()
+    docker(["rmi", ref])
+    docker(["pull", ref])
+    assert first > before and REG.blob_gets() == first, (before, first, REG.blob_gets())
+    lines = rp.request_logs(via="transparent", route="mitm", host="registry.test")
+    assert any("/blobs/" in ln.get("path", "") and ln.get("cache") == "hit" for ln in lines), \
+        lines
+
+
 def test_clienthello_split_over_segments_and_records():
     rp = start_regproxy()
     with_rules(REDIRECT_RULES, port=rp.tport)
