@@ -574,7 +574,10 @@ static int setup_gateway(struct setup *s) {
                    "redirected and TPROXY'd replies leave by another path than strict "
                    "rp_filter expects.\n"
                    "net.ipv4.ip_forward = 1\nnet.ipv6.conf.all.forwarding = 1\n"
-                   "net.ipv4.conf.all.rp_filter = 2\nnet.ipv4.conf.default.rp_filter = 2\n");
+                   "net.ipv4.conf.all.rp_filter = 2\nnet.ipv4.conf.default.rp_filter = 2\n"
+                   "# Accepted sockets take the SYN's mark: regproxy recognises (and refuses) "
+                   "its own marked connections sent back to it by a rule without the "
+                   "exemption.\nnet.ipv4.tcp_fwmark_accept = 1\n");
   text = rp_sbuf_take(&b, &n);
   if (text == NULL)
     return 1;

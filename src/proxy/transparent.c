@@ -129,6 +129,21 @@ static bool dst_is_listener(const struct rp_server *srv, const struct sockaddr_s
   return false;
 }
 
+/* The SYN carried regproxy's own --mark: one of its outgoing connections (a
+ * tunnel, a forward, or the upstream engine's) was redirected back to it.
+ * The accepted socket has the SYN's mark only with net.ipv4.tcp_fwmark_accept
+ * (setup gateway's sysctl file sets it); without it this never matches and
+ * own_tunnel below catches the tunnels. */
+static bool carries_own_mark(const struct rp_server *srv, uv_tcp_t *tcp) {
+  uint32_t mark = 0;
+  socklen_t len = sizeof(mark);
+  uv_os_fd_t fd;
+
+  if (!srv->cfg->mark_set || srv->cfg->mark == 0 || uv_fileno((uv_handle_t *)tcp, &fd) != 0)
+    return false;
+  return getsockopt(fd, SOL_SOCKET, SO_MARK, &mark, &len) == 0 && mark == srv->cfg->mark;
+}
+
 /* regproxy's own outgoing tunnel came back to it (an OUTPUT-chain redirect
  * without the --mark exemption): the client is our own upstream socket. The
  * redirected connection can only carry bytes once that tunnel is up, so this
@@ -331,9 +346,11 @@ void rp__transparent_accept(struct rp_listener *l, uv_tcp_t *tcp) {
   struct sockaddr_storage dst, local;
   const char *why = NULL;
   struct rp_conn *c;
+  bool own_mark;
   int rc;
 
   rc = original_dst(tcp, srv->cfg->tproxy, &dst, &local, &why);
+  own_mark = rc == 0 && carries_own_mark(srv, tcp);
   c = rp__conn_adopt(srv, rp_tcp_stream_wrap(tcp), "transparent");
   if (c == NULL)
     return;
@@ -357,6 +374,13 @@ void rp__transparent_accept(struct rp_listener *l, uv_tcp_t *tcp) {
     uv_ip4_name((struct sockaddr_in *)&dst, c->dst_ip, sizeof(c->dst_ip));
   snprintf(c->log.host, sizeof(c->log.host), "%s", c->dst_ip);
   c->log.port = c->dst_port;
+  if (own_mark) {
+    rp_log_warn("conn=%llu loop: a connection with regproxy's own --mark %u was redirected "
+                "back; exempt the mark from the redirect rules",
+                (unsigned long long)c->id, srv->cfg->mark);
+    refuse(c, 508, "loop: the connection carries regproxy's own --mark");
+    return;
+  }
   if (dst_is_listener(srv, &dst, &local)) {
     rp_log_warn("conn=%llu loop: the original destination %s:%u is regproxy's own listener",
                 (unsigned long long)c->id, c->dst_ip, c->dst_port);

@@ -167,7 +167,7 @@ LOOP_RULES = """
 table ip rp_loop {
   chain out {
     type nat hook output priority -100; policy accept;
-    ip daddr %(origin)s tcp dport 7777 redirect to :%(port)d
+    ip daddr %(origin)s tcp dport %(dport)d redirect to :%(port)d
   }
 }
 """
@@ -780,7 +780,7 @@ def test_engines_on_the_gateway_itself_output_rules_and_mark():
 def test_loop_of_its_own_traffic_is_refused():
     rp = start_regproxy()
     with_rules(REDIRECT_RULES, port=rp.tport)
-    with_rules(LOOP_RULES, port=rp.tport, origin=ORIGIN_IP)
+    with_rules(LOOP_RULES, port=rp.tport, origin=ORIGIN_IP, dport=7777)
     s = ns_connect("c", ORIGIN_IP, 7777)
     s.sendall(b"hello loop\n")
     got = b""
@@ -799,6 +799,27 @@ def test_loop_of_its_own_traffic_is_refused():
     # One refusal, not a chain of connections: at most the client's and the loop's.
     assert len(rp.request_logs(via="transparent", dst="%s:7777" % ORIGIN_IP)) <= 2, \
         rp.request_logs(via="transparent")
+    assert admin(rp, "/healthz").status == 200
+
+
+def test_loop_of_its_own_upstream_fetch_is_refused_by_its_mark():
+    # The MITM's upstream fetch (libcurl, marked --mark) redirected back to regproxy: with
+    # net.ipv4.tcp_fwmark_accept (setup gateway's sysctl) the accepted socket carries the
+    # mark and is refused at once; the client's request fails, nothing recurses.
+    rp = start_regproxy()
+    generated_rules(rp)
+    nsx("g", "sysctl", "-qw", "net.ipv4.tcp_fwmark_accept=1")
+    h.defer(lambda: nsx("g", "sysctl", "-qw", "net.ipv4.tcp_fwmark_accept=0", check=False))
+    with_rules(LOOP_RULES, port=rp.tport, origin=REG_IP, dport=443)
+    lan_ca = regproxy_ca(rp)
+    try:
+        r, _ = https_get(REG_IP, "registry.test", os.path.join(lan_ca, "ca.crt"), "/v2/")
+        assert r.status == 502, r
+    except h.ConnClosed:
+        pass  # the upstream handshake failed: the client's connection is closed (no answer)
+    ln = rp.wait_log(via="transparent", status="508")
+    assert "own --mark" in ln.get("reason", "") and ln.get("dst") == "%s:443" % REG_IP, ln
+    assert len(rp.request_logs(status="508")) == 1, rp.request_logs(status="508")
     assert admin(rp, "/healthz").status == 200
 
 
