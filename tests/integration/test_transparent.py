@@ -287,7 +287,7 @@ class NsRegistry(h.Registry):
 
     def __init__(self, ca):
         self.ca = ca
-        self.dir = h.tmpdir("rpit-registry-")
+        self.dir = h.tmpdir("rptransparent-registry-")
         self.port = 443
         self.conf = h.render("registry.yml.in", os.path.join(self.dir, "config.yml"),
                              dir=self.dir, port=443, cert=ca.chain, key=ca.key)
@@ -490,8 +490,10 @@ def setup():
         raise h.Skip("cannot create a network namespace here")
     sh("ip", "netns", "del", probe, check=False)
     REAL_BIN = h.regproxy_bin()
+    # The file's fixtures live a minute: a prefix of their own, apart from rpit-* dirs.
     CA = h.TestCA(names=["registry.test", "origin.test"],
-                  ips=(REG_IP, ORIGIN_IP, REG6_IP, ORIGIN6_IP))
+                  ips=(REG_IP, ORIGIN_IP, REG6_IP, ORIGIN6_IP),
+                  scoped_dir=h.tmpdir("rptransparent-ca-"))
     make_namespaces()
     REG = NsRegistry(CA)
     for ip in (ORIGIN_IP, ORIGIN6_IP):
@@ -499,7 +501,8 @@ def setup():
         serve("s", ip, 80, http_origin(ip))
     serve("s", ORIGIN_IP, 7777, raw_origin)
     serve("s", REG6_IP, 443, relay_to(REG_IP, 443))
-    IMG = h.OciImage(os.path.join(h.tmpdir(), "src"), layer_sizes=(4096, 300 * 1024))
+    IMG = h.OciImage(os.path.join(h.tmpdir("rptransparent-img-"), "src"),
+                     layer_sizes=(4096, 300 * 1024))
     ns_skopeo("s", ["copy", "--dest-cert-dir", CA.certdir, "oci:%s:3.18" % IMG.path,
                     "docker://registry.test/library/alpine:3.18"])
 
