@@ -56,6 +56,7 @@ struct rp_upstream {
   struct curl_slist *connect_to;
   uint64_t next_serial;
   uint64_t connect_timeout_ms;
+  uint64_t stall_timeout_ms;
   uint32_t mark;
   int depth; /* > 0 while libcurl may be running our transfer callbacks */
   struct rp_fetch *fetches;
@@ -989,6 +990,14 @@ static int setup_easy(struct rp_fetch *f, const struct rp_fetch_req *req) {
   SETOPT(CURLOPT_HTTP_CONTENT_DECODING, 0L);
   if (up->connect_timeout_ms > 0)
     SETOPT(CURLOPT_CONNECTTIMEOUT_MS, (long)up->connect_timeout_ms);
+  /* An upstream that goes silent (before its head or mid-body) would hold
+   * its fill, and every client that joins it, forever. libcurl exempts a
+   * paused transfer, so a slow client is not taken for a silent upstream. */
+  if (up->stall_timeout_ms > 0) {
+    SETOPT(CURLOPT_LOW_SPEED_LIMIT, 1L);
+    SETOPT(CURLOPT_LOW_SPEED_TIME,
+           (long)(up->stall_timeout_ms < 1000 ? 1 : up->stall_timeout_ms / 1000));
+  }
 
   /* The proxy decision is the caller's alone: CURLOPT_PROXY "" means direct,
    * and a non-NULL CURLOPT_NOPROXY keeps libcurl from reading $NO_PROXY
@@ -1209,6 +1218,7 @@ int rp_upstream_create(uv_loop_t *loop, const struct rp_upstream_opts *opts,
   }
   up->loop = loop;
   up->connect_timeout_ms = opts->connect_timeout_ms;
+  up->stall_timeout_ms = opts->stall_timeout_ms;
   up->mark = opts->mark;
   if (opts->trust != NULL) {
     up->trust = rp__trust_ref(opts->trust);
