@@ -162,6 +162,7 @@ struct rp_conn {
   size_t pending_head_len;
   struct rp_http_parser *uparser;
   int up_head_sent;   /* the response head went to the client */
+  int pass_waited;    /* the timer let one period pass for the upstream engine */
   int up_chunked_out; /* forward.c chunks the response body for the client */
   int up_close_after; /* close the client after this response */
   int up_keep;        /* the upstream may serve another request */
