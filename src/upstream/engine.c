@@ -683,6 +683,10 @@ static void fetch_finish(struct rp_fetch *f, CURLcode code) {
     fetch_free(f);
     return;
   }
+  /* libcurl refuses a response header line over its own limit
+   * (CURL_MAX_HTTP_HEADER) with CURLE_OUT_OF_MEMORY and no message. */
+  if (code == CURLE_OUT_OF_MEMORY && f->head_open && !f->head_delivered)
+    fail(f, RP_EUPSTREAM, "upstream response head too large");
   status = map_result(f, code);
   reason[0] = '\0';
   if (status != 0)
