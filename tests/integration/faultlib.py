@@ -40,6 +40,8 @@ class Standin:
     def __init__(self, ca):
         self.ca = ca
         self.blobs = {}
+        self.tags = {}    # tag -> manifest digest (its bytes in blobs)
+        self.mtypes = {}  # manifest digest -> media type
         self.handler = None
         self.requests = []  # (method, path, headers)
         self.broken = 0     # writes that failed: the peer (regproxy) went away
@@ -153,6 +155,15 @@ def serve_good(st, req, s):
         s.sendall(b"{}")
         return True
     dg = req.path.rsplit("/", 1)[-1]
+    if "/manifests/" in req.path:
+        dg = st.tags.get(dg, dg)
+        if dg in st.mtypes:
+            data = st.blobs[dg]
+            send_head(s, 200, [("Content-Length", str(len(data))), ("Docker-Content-Digest", dg),
+                               ("Content-Type", st.mtypes[dg])])
+            if req.method != "HEAD":
+                s.sendall(data)
+            return True
     data = st.blobs.get(dg)
     if data is None:
         send_head(s, 404, [("Content-Length", "0")], "Not Found")
@@ -236,6 +247,20 @@ def rss_kib(rp):
     return int(m.group(1))
 
 
+def sanitized(rp):
+    """An ASan build keeps freed memory in its quarantine (256 MiB): RSS says nothing
+    about regproxy's own use there, so memory bounds are checked in normal builds."""
+    with open("/proc/%d/maps" % rp.proc.pid) as f:
+        return "libasan" in f.read()
+
+
+def assert_rss_bounded(rp, base_kib, slack_kib, what="RSS"):
+    if sanitized(rp):
+        return
+    grew = rss_kib(rp) - base_kib
+    assert grew <= slack_kib, "%s grew by %d KiB (from %d KiB)" % (what, grew, base_kib)
+
+
 class Baseline:
     """Descriptors and RSS of a warmed-up instance; check() after the fault."""
 
@@ -257,8 +282,7 @@ class Baseline:
                 self.fds, fd_count(rp), sorted(
                     os.readlink("/proc/%d/fd/%s" % (rp.proc.pid, n))
                     for n in os.listdir("/proc/%d/fd" % rp.proc.pid)))) from None
-        grew = rss_kib(rp) - self.rss
-        assert grew <= rss_slack_kib, "RSS grew by %d KiB (from %d KiB)" % (grew, self.rss)
+        assert_rss_bounded(rp, self.rss, rss_slack_kib)
 
 
 def cache_files(rp):

@@ -375,6 +375,58 @@ def test_429_with_retry_after():
     base.check()
 
 
+def test_429_on_a_tag_served_stale():
+    """A registry answering 429 to everything after one pull: the tag comes from
+    memory (cache=stale) and the blob from the cache, the same bytes as before."""
+    import json
+    st = fl.Standin(CA)
+    rp = fl.proxy(st)
+    layer = st.add_blob(os.urandom(3000))
+    config = st.add_blob(b'{"architecture":"amd64","os":"linux"}')
+    mt = "application/vnd.oci.image.manifest.v1+json"
+    man = json.dumps({"schemaVersion": 2, "mediaType": mt,
+                      "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                                 "digest": config, "size": 37},
+                      "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                                  "digest": layer, "size": 3000}]}).encode()
+    mdg = st.add_blob(man)
+    st.mtypes[mdg] = mt
+    st.tags["1"] = mdg
+
+    def pull_once():
+        c = fl.tls_client(rp)
+        r = c.request("GET", "/v2/library/x/manifests/1", [("Accept", mt)], host=fl.HOST)
+        assert r.status == 200 and r.body == man, r
+        assert r.header("Docker-Content-Digest") == mdg, r.headers
+        r = c.request("GET", "/v2/library/x/blobs/" + layer, host=fl.HOST)
+        assert r.status == 200 and h.sha256(r.body) == layer[7:], r
+        c.close()
+    pull_once()
+    h.wait_until(lambda: {mdg[7:], layer[7:]} <= {os.path.basename(f)
+                                                 for f in fl.cache_files(rp)}, 5, "cached")
+    base = fl.Baseline(rp)
+
+    def busy(st_, req, s):
+        fl.send_head(s, 429, [("Retry-After", "30"), ("Content-Length", "0")],
+                     "Too Many Requests")
+        return True
+    st.handler = busy
+    for _ in range(REPEAT):
+        pull_once()
+    for path in ("/v2/library/x/manifests/1", "/v2/library/x/blobs/" + layer):
+        h.wait_until(lambda: len(rp.request_logs(path=path)) >= REPEAT + 1, 5,
+                     "every request of %s logged" % path)
+    tags = rp.request_logs(path="/v2/library/x/manifests/1")
+    assert [ln["cache"] for ln in tags[-REPEAT:]] == ["stale"] * REPEAT, tags
+    blobs = rp.request_logs(path="/v2/library/x/blobs/" + layer)[-REPEAT:]
+    assert all(ln["cache"] == "hit" for ln in blobs), blobs
+    fl.assert_cache_sound(rp)
+    base.check()
+    st.handler = None
+    pull_once()
+    assert rp.request_logs(path="/v2/library/x/manifests/1")[-1]["cache"] != "stale"
+
+
 def test_one_mib_response_header():
     st = fl.Standin(CA)
     rp = fl.proxy(st)
