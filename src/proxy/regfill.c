@@ -379,10 +379,27 @@ static int job_on_body(struct rp_fetch *f, void *data, const char *p, size_t n) 
 
 static const struct rp_fetch_callbacks job_callbacks;
 
+/* The upstream failed before any answer (unreachable, reset, silent): the
+ * waiters asked it the same thing, so they get that failure (a 502 naming
+ * it, or a stale answer) rather than each waiting for it once more. */
+static void fail_waiters(struct rp__filljob *job, int status, const char *reason) {
+  while (job->waiters != NULL) {
+    struct rp__regreq *rq = job->waiters;
+    struct rp_conn *c = rq->c;
+    job->waiters = rq->next_waiter;
+    rq->waiting_on = NULL;
+    c->rc = NULL;
+    free(rq);
+    rp__mitm_pass_done(NULL, c, status, reason);
+  }
+}
+
 static void job_on_done(struct rp_fetch *f, void *data, int status, const char *reason) {
   struct rp__filljob *job = data;
 
   job->fetch = NULL;
+  if (status != 0 && status != RP_EABORTED && job->fill == NULL && !job->passing)
+    fail_waiters(job, status, reason);
   rp__reg_release_waiters(job);
   if (status != 0 && job->fill != NULL && !job->passing && job->saved != NULL &&
       job->attempts < 3 && rp_fill_state(job->fill) == RP_FILL_RUNNING) {
