@@ -243,8 +243,9 @@ def test_stall_mid_body_forever():
 
 
 def test_stall_before_the_head():
-    """No answer at all: the client gets a 502 naming the stall after --idle-timeout
-    (not an empty reply), and the next request does not wait on the dead fetch."""
+    """No answer at all: the client, and two more waiting on the same fetch, get a
+    502 naming the stall after --idle-timeout (not an empty reply), with one upstream
+    request; the next request does not wait on the dead fetch."""
     st = fl.Standin(CA)
     rp = fl.proxy(st, "--idle-timeout", "2s")
     base = warm(rp, st)
@@ -258,12 +259,15 @@ def test_stall_before_the_head():
         release.wait(60)
         return False
     st.handler = stall
-    for _ in range(2):
+    for n in range(2):
         t0 = time.monotonic()
-        r = fl.get(rp, fl.blob_url(dg), extra=["--max-time", "30"])
-        dt = time.monotonic() - t0
-        assert r.stdout.strip() == b"502", (r, dt)
-        assert dt < 8, dt
+        procs = [fl.spawn(rp, fl.blob_url(dg), extra=["--max-time", "30"]) for _ in range(3)]
+        for p in procs:
+            p.wait(30)
+            dt = time.monotonic() - t0
+            assert p.stdout.read().strip() == b"502", (p.returncode, p.stderr.read(), dt)
+            assert dt < 8, dt
+        assert st.blob_gets(dg) == n + 1, "one upstream GET per round: %d" % st.blob_gets(dg)
     line = rp.wait_log(path="/v2/library/x/blobs/" + dg, status="502")
     assert "slow" in line.get("reason", "").lower(), line
     release.set()
