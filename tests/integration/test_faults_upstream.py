@@ -102,6 +102,39 @@ def test_endless_chunked_body():
     base.check()
 
 
+def test_slow_client_not_taken_for_a_stalled_upstream():
+    """The stall timeout is for a silent upstream: a client that stops reading a
+    relayed body for longer than --idle-timeout (regproxy pauses the upstream
+    transfer meanwhile) still gets every byte."""
+    st = fl.Standin(CA)
+    rp = fl.proxy(st, "--idle-timeout", "1s")
+    base = warm(rp, st)
+    dg = st.add_blob(os.urandom(1000))
+    chunk = b"%x\r\n%s\r\n" % (65536, os.urandom(65536))
+    total = 200 * 65536
+
+    def chunked(st_, req, s):
+        if dg not in req.path:
+            return fl.serve_good(st_, req, s)
+        fl.send_head(s, 200, [("Transfer-Encoding", "chunked"), ("Docker-Content-Digest", dg)])
+        for _ in range(200):
+            s.sendall(chunk)
+        s.sendall(b"0\r\n\r\n")
+        return True
+    st.handler = chunked
+    c = fl.tls_client(rp)
+    c.send(h.build_request("GET", "/v2/library/x/blobs/" + dg, host=fl.HOST))
+    c.read_until(b"\r\n\r\n")
+    # The fault itself, not a synchronisation: the client reads nothing for three
+    # times the idle timeout while regproxy holds the upstream transfer paused.
+    time.sleep(3)
+    body = c._read_chunked()
+    assert len(body) == total, "the paused relay was cut: %d of %d bytes" % (len(body), total)
+    line = rp.wait_log(path="/v2/library/x/blobs/" + dg, status="200")
+    assert line["cache"] == "pass" and not line.get("reason"), line
+    base.check()
+
+
 def test_reset_during_headers():
     st = fl.Standin(CA)
     rp = fl.proxy(st)
