@@ -125,6 +125,7 @@ struct rp_cache {
   struct rp__index *idx;
 
   char *chunk_pool; /* free RP_CACHE_CHUNK blocks, linked through their first bytes */
+  bool no_nowait;   /* preadv2(RWF_NOWAIT) is not supported here: every read goes to the pool */
   unsigned chunk_pool_n;
 
   uv_idle_t idle;
