@@ -47,7 +47,8 @@ struct rp_upstream_opts {
   const struct rp_connect_to *connect_to;
   size_t n_connect_to;
   uint64_t connect_timeout_ms;
-  uint32_t mark; /* SO_MARK on upstream sockets, 0 = none */
+  uint64_t stall_timeout_ms; /* a transfer with no byte either way this long fails, 0 = never */
+  uint32_t mark;             /* SO_MARK on upstream sockets, 0 = none */
 };
 
 int rp_upstream_create(uv_loop_t *loop, const struct rp_upstream_opts *opts,

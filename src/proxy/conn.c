@@ -163,6 +163,7 @@ static void begin_headless_request(struct rp_conn *c) {
 void rp__conn_set_timer(struct rp_conn *c, enum rp_timer_mode mode, uint64_t ms) {
   c->tmode = mode;
   c->timer_ms = ms;
+  c->pass_waited = 0;
   rp__conn_touch(c);
   if (mode == RP_TM_NONE || ms == 0)
     uv_timer_stop(&c->timer);
@@ -204,6 +205,18 @@ static void on_timer(uv_timer_t *t) {
     rp__conn_close(c);
     break;
   case RP_CONN_PEEK: rp__transparent_peek_timeout(c); break;
+  case RP_CONN_PASS:
+    /* Still waiting for the upstream's answer: the upstream engine gives a
+     * silent upstream up after the same time and answers the client (502,
+     * or from memory); closing now would leave it an empty reply. This timer
+     * only backs the engine up. */
+    if (!c->x_started && !c->pass_waited) {
+      c->pass_waited = 1;
+      uv_timer_start(&c->timer, on_timer, c->timer_ms, 0);
+      break;
+    }
+    rp__conn_close(c);
+    break;
   default: rp__conn_close(c); break;
   }
 }

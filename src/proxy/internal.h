@@ -159,6 +159,7 @@ struct rp_conn {
   size_t pending_head_len;
   struct rp_http_parser *uparser;
   int up_head_sent;   /* the response head went to the client */
+  int pass_waited;    /* the timer let one period pass for the upstream engine */
   int up_chunked_out; /* forward.c chunks the response body for the client */
   int up_close_after; /* close the client after this response */
   int up_keep;        /* the upstream may serve another request */
@@ -179,6 +180,7 @@ struct rp_conn {
   int x_chunked; /* that body is chunked on the wire */
   int x_no_body; /* HEAD, 204, 304: the body is dropped */
   int x_via;     /* plain HTTP: the answer carries Via */
+  int x_started; /* the answer's head went out */
   struct rp_body_chunk *x_in; /* request body not yet read by the handler */
   struct rp_body_chunk **x_in_tail;
   size_t x_in_bytes;

@@ -566,6 +566,7 @@ static int start_mitm(struct rp_server *srv, char **err) {
   o.connect_to = cfg->connect_to;
   o.n_connect_to = cfg->n_connect_to;
   o.connect_timeout_ms = cfg->connect_timeout_ms;
+  o.stall_timeout_ms = cfg->idle_timeout_ms;
   o.mark = cfg->mark_set ? cfg->mark : 0;
   rc = rp_upstream_create(srv->loop, &o, &srv->up);
   rp_upstream_trust_release(o.trust);

@@ -56,6 +56,7 @@ struct rp_upstream {
   struct curl_slist *connect_to;
   uint64_t next_serial;
   uint64_t connect_timeout_ms;
+  uint64_t stall_timeout_ms;
   uint32_t mark;
   int depth; /* > 0 while libcurl may be running our transfer callbacks */
   struct rp_fetch *fetches;
@@ -684,6 +685,10 @@ static void fetch_finish(struct rp_fetch *f, CURLcode code) {
     fetch_free(f);
     return;
   }
+  /* libcurl refuses a response header line over its own limit
+   * (CURL_MAX_HTTP_HEADER) with CURLE_OUT_OF_MEMORY and no message. */
+  if (code == CURLE_OUT_OF_MEMORY && f->head_open && !f->head_delivered)
+    fail(f, RP_EUPSTREAM, "upstream response head too large");
   status = map_result(f, code);
   reason[0] = '\0';
   if (status != 0)
@@ -1029,10 +1034,17 @@ static int setup_easy(struct rp_fetch *f, const struct rp_fetch_req *req) {
     SETOPT(CURLOPT_CONNECTTIMEOUT_MS, (long)req->connect_timeout_ms);
   else if (up->connect_timeout_ms > 0)
     SETOPT(CURLOPT_CONNECTTIMEOUT_MS, (long)up->connect_timeout_ms);
-  if (req->stall_timeout_ms > 0) {
-    /* Below one byte a second for that long, from the request on. */
-    SETOPT(CURLOPT_LOW_SPEED_LIMIT, 1L);
-    SETOPT(CURLOPT_LOW_SPEED_TIME, (long)((req->stall_timeout_ms + 999) / 1000));
+  {
+    /* An upstream that goes silent (before its head or mid-body) would hold
+     * its fill, and every client that joins it, forever: below one byte a
+     * second for the stall bound, the transfer fails. libcurl exempts a
+     * paused transfer, so a slow client is not taken for a silent upstream.
+     * A fetch may bound it tighter (a mirror, with another source behind). */
+    uint64_t stall = req->stall_timeout_ms > 0 ? req->stall_timeout_ms : up->stall_timeout_ms;
+    if (stall > 0) {
+      SETOPT(CURLOPT_LOW_SPEED_LIMIT, 1L);
+      SETOPT(CURLOPT_LOW_SPEED_TIME, (long)(stall < 1000 ? 1 : (stall + 999) / 1000));
+    }
   }
 
   /* The proxy decision is the caller's alone: CURLOPT_PROXY "" means direct,
@@ -1261,6 +1273,7 @@ int rp_upstream_create(uv_loop_t *loop, const struct rp_upstream_opts *opts,
   }
   up->loop = loop;
   up->connect_timeout_ms = opts->connect_timeout_ms;
+  up->stall_timeout_ms = opts->stall_timeout_ms;
   up->mark = opts->mark;
   if (opts->trust != NULL) {
     up->trust = rp__trust_ref(opts->trust);
