@@ -106,6 +106,8 @@ struct rp__rq {
   struct rp_reg_path path;            /* the registry path of the request */
   char host[256];                     /* the origin */
   uint16_t port;
+  char connect_ip[64];                /* transparent: where host is reached, or "" */
+  uint16_t connect_port;
   char registry[RP__REGISTRY_LEN];    /* identity: canonical, "http://" for plain */
   char *up_path;                      /* upstream path and query when not the client's */
   char ns[256];                       /* mirror: ?ns=, echoed as OCI-Namespace */
