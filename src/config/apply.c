@@ -489,24 +489,12 @@ int rp__apply_text(struct rp__load *ld, const struct rp__opt *o, const struct rp
     list_begin(ld, o, org);
     if (!split || o->type == OT_NAMES) {
       rc = list_add(ld, o, org, v);
-    } else if (o->type == OT_MIRRORS) {
-      /* Items hold commas themselves: the variable separates them with ';'. */
-      for (const char *p = v; rc == 0;) {
-        size_t len = strcspn(p, ";");
-        char *item = strndup(p, len);
-        if (item == NULL) {
-          return RP_ENOMEM;
-        }
-        rc = list_add(ld, o, org, item);
-        free(item);
-        if (p[len] == '\0') {
-          break;
-        }
-        p += len + 1;
-      }
     } else {
+      /* upstream_mirrors items hold commas themselves: the variable
+       * separates them with ';'. */
+      const char *sep = o->type == OT_MIRRORS ? ";" : ",";
       for (const char *p = v; rc == 0;) {
-        size_t len = strcspn(p, ",");
+        size_t len = strcspn(p, sep);
         const char *s = p;
         size_t slen = len;
         while (slen > 0 && isspace((unsigned char)*s)) {
