@@ -3,7 +3,9 @@
  * server name (so a DNS-rebinding page cannot read them). Only /healthz and
  * /ca.crt answer every allowed client; the rest list digests, repositories
  * and client addresses and answer only admin_allow. The cache endpoints are
- * in cache.c. */
+ * in cache.c. Every answer goes out through the request's exchange; what the
+ * proxy shows of itself (/metrics, /status.json) comes from its renderers in
+ * struct rp_admin. */
 #include <arpa/inet.h>
 #include <llhttp.h>
 #include <stdio.h>
@@ -13,12 +15,14 @@
 
 #include "internal.h"
 #include "page.h"
-#include "regproxy/metrics.h"
 #include "regproxy/rules.h"
-#include "regproxy/tls.h"
 #include "regproxy/util.h"
 
-bool rp__admin_host_allowed(const struct rp_config *cfg, const struct rp_http_head *h) {
+/* A header field of a literal name. */
+#define FIELD(n, v)                                                                                \
+  { n, sizeof(n) - 1, v, strlen(v) }
+
+bool rp_admin_host_allowed(const struct rp_http_head *h, char *const *names, size_t n) {
   struct rp_target t;
   unsigned char bin[4];
   const char *why;
@@ -28,98 +32,158 @@ bool rp__admin_host_allowed(const struct rp_config *cfg, const struct rp_http_he
   /* t.host is lower-case, without brackets or one trailing dot. */
   if (t.host_is_ip6 || inet_pton(AF_INET, t.host, bin) == 1 || strcmp(t.host, "localhost") == 0)
     return true;
-  for (size_t i = 0; i < cfg->server_names.n; i++)
-    if (strcasecmp(t.host, cfg->server_names.v[i]) == 0)
+  for (size_t i = 0; i < n; i++)
+    if (strcasecmp(t.host, names[i]) == 0)
       return true;
   return false;
 }
 
-void rp__admin_reply(struct rp_conn *c, int status, const char *ctype, const char *extra,
-                     char *body, size_t len, bool head_only) {
-  struct rp_sbuf b = {0};
-  char *p;
-  size_t n;
+static void free_body(void *arg, int status) {
+  (void)status;
+  free(arg);
+}
+
+/* The head, then body (taken) as the whole body. */
+static void answer(struct rp_exchange *x, int status, const struct rp_http_header *hd, size_t n,
+                   char *body, size_t len) {
+  struct rp_sink *s;
   uv_buf_t buf;
 
-  c->log.status = status;
-  rp_sbuf_addf(&b,
-               "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
-               "Cache-Control: no-store\r\n%s%s\r\n",
-               status, rp_http_reason(status), ctype, len, extra,
-               c->keep_alive ? "" : "Connection: close\r\n");
-  if (!head_only)
-    rp_sbuf_add(&b, body, len);
-  free(body);
-  p = rp_sbuf_take(&b, &n);
-  if (p == NULL) {
-    rp__conn_close(c);
+  if (rp_exchange_start(x, status, hd, n, (int64_t)len) != 0) {
+    free(body);
+    rp_exchange_abort(x, NULL);
     return;
   }
-  buf = uv_buf_init(p, (unsigned)n);
-  if (rp__conn_write(c, c->client, &buf, 1, NULL, p) != 0) {
-    rp__conn_close(c);
-    return;
-  }
-  rp__conn_go_state(c, RP_CONN_RESPOND);
-  rp__conn_response_done(c);
-}
-
-void rp__admin_reply_json(struct rp_conn *c, int status, const char *extra, json_t *body,
-                          bool head_only) {
-  char *text = json_dumps(body, JSON_COMPACT);
-  size_t n;
-
-  json_decref(body);
-  if (text == NULL) {
-    rp__conn_respond(c, 500, "out of memory", true);
-    return;
-  }
-  n = strlen(text);
-  /* One line, like every other admin answer ends with a newline. */
-  {
-    char *t = realloc(text, n + 2);
-    if (t == NULL) {
-      free(text);
-      rp__conn_respond(c, 500, "out of memory", true);
+  if (len > 0) {
+    buf = uv_buf_init(body, (unsigned)len);
+    s = rp_exchange_body(x);
+    if (s->write(s, &buf, 1, free_body, body) != 0) {
+      free(body);
+      rp_exchange_abort(x, NULL);
       return;
     }
-    text = t;
-    text[n++] = '\n';
-    text[n] = '\0';
+  } else {
+    free(body);
   }
-  rp__admin_reply(c, status, "application/json", extra, text, n, head_only);
+  rp_exchange_finish(x);
 }
 
-void rp__admin_reply_error(struct rp_conn *c, int status, const char *extra, const char *msg) {
-  json_t *o = json_pack("{s:s}", "error", msg);
+/* body (taken) as Content-Type ctype, never cached; extra: n more fields. */
+static void reply(struct rp_exchange *x, int status, const char *ctype,
+                  const struct rp_http_header *extra, size_t n, char *body, size_t len) {
+  struct rp_http_header hd[4] = {FIELD("Content-Type", ctype), FIELD("Cache-Control", "no-store")};
+  size_t k = 2;
 
-  if (c->log.reason[0] == '\0')
-    snprintf(c->log.reason, sizeof(c->log.reason), "%s", msg);
-  if (o == NULL) {
-    rp__conn_respond(c, status, msg, false);
+  for (size_t i = 0; i < n && k < sizeof(hd) / sizeof(hd[0]); i++)
+    hd[k++] = extra[i];
+  answer(x, status, hd, k, body, len);
+}
+
+/* o (taken) as one line of compact JSON, malloc'd; NULL when out of memory. */
+static char *json_line(json_t *o, size_t *len) {
+  char *text = json_dumps(o, JSON_COMPACT);
+  char *t;
+  size_t n;
+
+  json_decref(o);
+  if (text == NULL)
+    return NULL;
+  n = strlen(text);
+  /* One line, like every other admin answer ends with a newline. */
+  t = realloc(text, n + 2);
+  if (t == NULL) {
+    free(text);
+    return NULL;
+  }
+  t[n++] = '\n';
+  t[n] = '\0';
+  *len = n;
+  return t;
+}
+
+/* body (taken) as JSON, with one more header field when allow is set. */
+static void reply_json(struct rp_exchange *x, int status, const char *allow, json_t *body) {
+  struct rp_http_header hd[1];
+  size_t n;
+  char *text = json_line(body, &n);
+
+  if (text == NULL) {
+    rp_exchange_error(x, 500, "out of memory", true);
     return;
   }
-  rp__admin_reply_json(c, status, extra, o, false);
+  if (allow != NULL)
+    hd[0] = (struct rp_http_header)FIELD("Allow", allow);
+  reply(x, status, "application/json", hd, allow != NULL ? 1 : 0, text, n);
 }
 
-void rp__admin_handle(struct rp_conn *c, const struct rp_http_head *h) {
-  const struct rp_target *t = &c->target;
-  size_t plen = t->path_len;
+void rp__admin_reply_json(struct rp_exchange *x, int status, json_t *body) {
+  reply_json(x, status, NULL, body);
+}
+
+void rp__admin_reply_error(struct rp_exchange *x, int status, const char *allow, const char *msg) {
+  json_t *o = json_pack("{s:s}", "error", msg);
+
+  rp_exchange_note(x, NULL, msg, NULL);
+  if (o == NULL) {
+    rp_exchange_error(x, status, msg, false);
+    return;
+  }
+  reply_json(x, status, allow, o);
+}
+
+/* A copy of text (the whole body). */
+static void reply_copy(struct rp_exchange *x, const char *ctype, const struct rp_http_header *extra,
+                       size_t n, const char *text, size_t len) {
+  char *p = malloc(len);
+
+  if (p == NULL) {
+    rp_exchange_error(x, 500, "out of memory", true);
+    return;
+  }
+  memcpy(p, text, len);
+  reply(x, 200, ctype, extra, n, p, len);
+}
+
+/* Like the exchange's own short answers (text/plain, the reason as its one
+ * line), with an Allow field. */
+static void refuse_method(struct rp_exchange *x, const char *reason, const char *allow) {
+  struct rp_http_header hd[2] = {FIELD("Content-Type", "text/plain; charset=utf-8"),
+                                 FIELD("Allow", allow)};
+  size_t n = strlen(reason);
+  char *p = malloc(n + 1);
+
+  rp_exchange_note(x, NULL, reason, NULL);
+  if (p == NULL) {
+    rp_exchange_error(x, 500, "out of memory", true);
+    return;
+  }
+  memcpy(p, reason, n);
+  p[n] = '\n';
+  answer(x, 405, hd, 2, p, n + 1);
+}
+
+static bool is(const char *path, size_t plen, const char *lit) {
+  return plen == strlen(lit) && memcmp(path, lit, plen) == 0;
+}
+
+void rp_admin_serve(const struct rp_admin *a, struct rp_exchange *x,
+                    const struct sockaddr *client) {
+  const struct rp_http_head *h = x->head;
+  const char *path = x->path;
+  size_t plen = x->path_len;
   bool head_only = h->method_id == HTTP_HEAD;
   struct rp_sbuf body = {0};
   char *p;
   size_t n;
 
-  c->log.via = "admin";
-  c->log.route = "admin";
-  if (!rp__admin_host_allowed(c->srv->cfg, h)) {
-    rp__conn_respond(c, 421,
-                     "admin requests need Host: localhost, an IP address or a server_names entry",
-                     false);
+  if (!rp_admin_host_allowed(h, a->server_names, a->n_server_names)) {
+    rp_exchange_error(x, 421,
+                      "admin requests need Host: localhost, an IP address or a server_names entry",
+                      false);
     return;
   }
-  for (size_t i = 0; i < t->path_len; i++) {
-    if (t->path[i] == '?') {
+  for (size_t i = 0; i < x->path_len; i++) {
+    if (path[i] == '?') {
       plen = i;
       break;
     }
@@ -127,68 +191,57 @@ void rp__admin_handle(struct rp_conn *c, const struct rp_http_head *h) {
   /* Anything but the two public endpoints needs admin_allow, so an
    * endpoint added later is not public by accident. rp_acl_match compares
    * IPv4-mapped IPv6 peers as IPv4, like allow. */
-  if (!(plen == 8 && memcmp(t->path, "/healthz", 8) == 0) &&
-      !(plen == 7 && memcmp(t->path, "/ca.crt", 7) == 0) &&
-      !rp_acl_match(c->srv->cfg->admin_acl, (const struct sockaddr *)&c->peer)) {
-    rp__conn_respond(c, 403, "client address not in admin_allow", false);
+  if (!is(path, plen, "/healthz") && !is(path, plen, "/ca.crt") &&
+      !rp_acl_match(a->allow, client)) {
+    rp_exchange_error(x, 403, "client address not in admin_allow", false);
     return;
   }
-  if (plen > 7 && memcmp(t->path, "/cache/", 7) == 0) {
-    rp__admin_cache(c, h, t->path, plen, plen < t->path_len ? t->path + plen + 1 : "",
-                    plen < t->path_len ? t->path_len - plen - 1 : 0);
+  if (plen > 7 && memcmp(path, "/cache/", 7) == 0) {
+    rp__admin_cache(x, a->cache, path, plen, plen < x->path_len ? path + plen + 1 : "",
+                    plen < x->path_len ? x->path_len - plen - 1 : 0);
     return;
   }
   if (h->method_id != HTTP_GET && !head_only) {
-    rp__conn_respond_with(c, 405, "admin endpoints answer GET and HEAD", "Allow: GET, HEAD\r\n",
-                          false);
+    refuse_method(x, "admin endpoints answer GET and HEAD", "GET, HEAD");
     return;
   }
-  if (plen == 8 && memcmp(t->path, "/healthz", 8) == 0) {
-    rp_sbuf_adds(&body, "ok\n");
-    p = rp_sbuf_take(&body, &n);
-    rp__admin_reply(c, 200, "text/plain; charset=utf-8", "", p, n, head_only);
+  if (is(path, plen, "/healthz")) {
+    reply_copy(x, "text/plain; charset=utf-8", NULL, 0, "ok\n", 3);
     return;
   }
-  if (plen == 12 && memcmp(t->path, "/status.json", 12) == 0) {
-    p = rp__status_json(c->srv, &n);
+  if (is(path, plen, "/status.json")) {
+    p = a->status_json(a->data, &n);
     if (p == NULL) {
-      rp__conn_respond(c, 500, "out of memory", true);
+      rp_exchange_error(x, 500, "out of memory", true);
       return;
     }
-    rp__admin_reply(c, 200, "application/json", "", p, n, head_only);
+    reply(x, 200, "application/json", NULL, 0, p, n);
     return;
   }
-  if (plen == 1 && t->path[0] == '/') {
-    n = sizeof(rp__status_page) - 1;
-    p = malloc(n);
+  if (is(path, plen, "/")) {
+    /* The page runs no script it did not bring, loads nothing but
+     * /status.json, and is never taken for another type. */
+    struct rp_http_header hd[2] = {
+        FIELD("Content-Security-Policy", "default-src 'none'; connect-src 'self'; "
+                                         "style-src 'unsafe-inline'; script-src 'unsafe-inline'"),
+        FIELD("X-Content-Type-Options", "nosniff"),
+    };
+    reply_copy(x, "text/html; charset=utf-8", hd, 2, rp__status_page, sizeof(rp__status_page) - 1);
+    return;
+  }
+  if (is(path, plen, "/metrics")) {
+    a->metrics(a->data, &body);
+    p = rp_sbuf_take(&body, &n);
     if (p == NULL) {
-      rp__conn_respond(c, 500, "out of memory", true);
+      rp_exchange_error(x, 500, "out of memory", true);
       return;
     }
-    memcpy(p, rp__status_page, n);
-    rp__admin_reply(c, 200, "text/html; charset=utf-8",
-                    "Content-Security-Policy: default-src 'none'; connect-src 'self'; "
-                    "style-src 'unsafe-inline'; script-src 'unsafe-inline'\r\n"
-                    "X-Content-Type-Options: nosniff\r\n",
-                    p, n, head_only);
+    reply(x, 200, "text/plain; version=0.0.4; charset=utf-8", NULL, 0, p, n);
     return;
   }
-  if (plen == 8 && memcmp(t->path, "/metrics", 8) == 0) {
-    struct rp_registry_counters rc;
-    rp_registry_counters(c->srv->registry, &rc);
-    rp_metrics_render(&body, c->srv->cache, &rc);
-    rp_registry_metrics(c->srv->registry, &body);
-    p = rp_sbuf_take(&body, &n);
-    rp__admin_reply(c, 200, "text/plain; version=0.0.4; charset=utf-8", "", p, n, head_only);
+  if (is(path, plen, "/ca.crt") && a->ca_pem != NULL) {
+    reply_copy(x, "application/x-pem-file", NULL, 0, a->ca_pem, a->ca_pem_len);
     return;
   }
-  if (plen == 7 && memcmp(t->path, "/ca.crt", 7) == 0 && c->srv->ca != NULL) {
-    size_t pem_len;
-    const char *pem = rp_ca_cert_pem(c->srv->ca, &pem_len);
-    rp_sbuf_add(&body, pem, pem_len);
-    p = rp_sbuf_take(&body, &n);
-    rp__admin_reply(c, 200, "application/x-pem-file", "", p, n, head_only);
-    return;
-  }
-  rp__conn_respond(c, 404, "no such admin endpoint", false);
+  rp_exchange_error(x, 404, "no such admin endpoint", false);
 }

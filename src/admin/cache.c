@@ -3,7 +3,11 @@
  * docs/admin.md): list, stat, du, verify (on the thread pool, one object at
  * a time), gc and rm. Digests in paths are validated and only ever looked up
  * in the index. verify and gc stream their progress as NDJSON lines (one
- * chunk each) to a client that accepts application/x-ndjson. */
+ * chunk each) to a client that accepts application/x-ndjson.
+ *
+ * verify, gc and rm are jobs that answer once the index worker wrote their
+ * removals: a job holds the request's exchange and hears through its `end`
+ * that the client left, after which it never touches the exchange again. */
 #include <jansson.h>
 #include <llhttp.h>
 #include <stdio.h>
@@ -12,6 +16,7 @@
 
 #include "internal.h"
 #include "regproxy/cache.h"
+#include "regproxy/config.h"
 #include "regproxy/error.h"
 #include "regproxy/log.h"
 #include "regproxy/util.h"
@@ -27,9 +32,8 @@
 static bool verify_running;
 
 struct admin_job {
-  struct rp_server *srv;
   struct rp_cache *cache;
-  uint64_t conn_id; /* the connection is found again by id: it may be gone */
+  struct rp_exchange *x; /* NULL once the client left or was answered */
   int status;
   json_t *body;
   bool stream; /* the head went out: lines follow, body is the last one */
@@ -56,16 +60,29 @@ static bool add_object(const struct rp_object_info *info, void *data) {
   return o != NULL && json_array_append_new(data, o) == 0;
 }
 
-static struct rp_conn *job_conn(const struct admin_job *j) {
-  for (struct rp_conn *c = j->srv->conns; c != NULL; c = c->next)
-    if (c->id == j->conn_id)
-      return c->closing ? NULL : c;
-  return NULL;
+/* The exchange's end: the request is over for the front (the client left,
+ * or the job's answer went out). */
+static void on_end(void *data, const struct rp_exchange_summary *s) {
+  struct admin_job *j = data;
+  (void)s;
+  j->x = NULL;
+}
+
+/* The job's last use of its exchange: it hears nothing more from it, and
+ * its answer may end the request at once. */
+static struct rp_exchange *job_let_go(struct admin_job *j) {
+  struct rp_exchange *x = j->x;
+
+  if (x != NULL)
+    memset(&x->handler, 0, sizeof(x->handler));
+  j->x = NULL;
+  return x;
 }
 
 static void job_free(struct admin_job *j) {
   if (j == NULL)
     return;
+  job_let_go(j);
   if (j->is_verify)
     verify_running = false;
   json_decref(j->body);
@@ -80,38 +97,40 @@ static bool wants_stream(const struct rp_http_head *h) {
   return hd != NULL && memmem(hd->value, hd->value_len, NDJSON, strlen(NDJSON)) != NULL;
 }
 
-/* The head of a streamed answer: 200, chunked NDJSON. The request stays
- * paused after its head until the last line is queued (job_answer). */
-static int stream_head(struct rp_conn *c) {
-  char head[256];
-  int n = snprintf(head, sizeof head,
-                   "HTTP/1.1 200 OK\r\nContent-Type: " NDJSON "\r\nTransfer-Encoding: chunked\r\n"
-                   "Cache-Control: no-store\r\n%s\r\n",
-                   c->keep_alive ? "" : "Connection: close\r\n");
+/* The head of a streamed answer: 200, NDJSON of unknown length (chunked on
+ * HTTP/1.1). The request stays paused after its head until the last line
+ * is queued (job_answer). A client that cannot take it is cut. */
+static void stream_head(struct admin_job *j) {
+  static const struct rp_http_header hd[] = {
+      {"Content-Type", 12, NDJSON, sizeof(NDJSON) - 1},
+      {"Cache-Control", 13, "no-store", 8},
+  };
 
-  c->log.status = 200;
-  return rp__conn_write_client(c, head, (size_t)n);
+  if (j->x != NULL && rp_exchange_start(j->x, 200, hd, 2, -1) != 0)
+    rp_exchange_abort(j->x, NULL);
 }
 
-/* Lines (each ending in "\n") as one chunk; the terminating chunk too when
- * last. */
-static int stream_chunk(struct rp_conn *c, const char *lines, size_t n, bool last) {
-  struct rp_sbuf b = {0};
-  char *p;
-  size_t len;
-  uv_buf_t buf;
+static void free_lines(void *arg, int status) {
+  (void)status;
+  free(arg);
+}
 
-  if (n > 0)
-    rp_sbuf_addf(&b, "%zx\r\n", n);
-  rp_sbuf_add(&b, lines, n);
-  rp_sbuf_adds(&b, n > 0 ? "\r\n" : "");
-  if (last)
-    rp_sbuf_adds(&b, "0\r\n\r\n");
-  p = rp_sbuf_take(&b, &len);
-  if (p == NULL)
-    return RP_ENOMEM;
-  buf = uv_buf_init(p, (unsigned)len);
-  return rp__conn_write(c, c->client, &buf, 1, NULL, p);
+/* Lines (taken; n > 0 bytes, each line ending in "\n") as one write of the
+ * body, one chunk on the wire. A client that cannot take it is cut: the job
+ * sees it gone at its next step. */
+static void stream_lines(struct admin_job *j, char *lines, size_t n) {
+  uv_buf_t buf = uv_buf_init(lines, (unsigned)n);
+  struct rp_sink *s;
+
+  if (j->x == NULL) {
+    free(lines);
+    return;
+  }
+  s = rp_exchange_body(j->x);
+  if (s->write(s, &buf, 1, free_lines, lines) != 0) {
+    free(lines);
+    rp_exchange_abort(j->x, NULL);
+  }
 }
 
 /* o (taken) as one line of compact JSON appended to b. */
@@ -127,60 +146,65 @@ static int add_line(struct rp_sbuf *b, json_t *o) {
   return 0;
 }
 
-/* One progress line (o taken) to the client of a streamed answer. A client
- * that cannot take it is closed: the job sees it gone at its next step. */
-static void stream_line(struct rp_conn *c, json_t *o) {
+/* One progress line (o taken) to the client of a streamed answer. */
+static void stream_line(struct admin_job *j, json_t *o) {
   struct rp_sbuf b = {0};
   char *p;
   size_t n;
 
-  if (add_line(&b, o) != 0 || (p = rp_sbuf_take(&b, &n)) == NULL) {
-    rp_sbuf_free(&b);
-    rp__conn_close(c);
+  if (j->x == NULL) {
+    json_decref(o);
     return;
   }
-  if (stream_chunk(c, p, n, false) != 0)
-    rp__conn_close(c);
-  free(p);
+  if (add_line(&b, o) != 0 || (p = rp_sbuf_take(&b, &n)) == NULL) {
+    rp_sbuf_free(&b);
+    rp_exchange_abort(j->x, NULL);
+    return;
+  }
+  stream_lines(j, p, n);
 }
 
 /* Answer (when the client is still there), then the job is over. A streamed
- * answer ends with the body as its last line: the summary, or {"error"}. */
+ * answer ends with the body as its last line: the summary, or {"error"}. The
+ * front reads the rest of the request once the answer is out. */
 static void job_answer(struct admin_job *j) {
-  struct rp_conn *c = job_conn(j);
+  struct rp_exchange *x = job_let_go(j);
 
-  if (c != NULL && j->stream) {
+  if (x != NULL && j->stream) {
     struct rp_sbuf b = {0};
     const char *err = json_string_value(json_object_get(j->body, "error"));
+    struct rp_sink *s;
+    uv_buf_t buf;
     char *p;
     size_t n;
     int rc;
 
     if (err != NULL)
-      snprintf(c->log.reason, sizeof(c->log.reason), "%s", err);
+      rp_exchange_note(x, NULL, err, NULL);
     rc = add_line(&b, j->body != NULL ? j->body : json_pack("{s:s}", "error", "out of memory"));
     j->body = NULL;
     p = rc == 0 ? rp_sbuf_take(&b, &n) : NULL;
-    if (p == NULL || stream_chunk(c, p, n, true) != 0) {
-      rp_sbuf_free(&b);
-      free(p);
-      rp__conn_close(c);
+    rp_sbuf_free(&b);
+    if (p == NULL) {
+      rp_exchange_abort(x, NULL);
       job_free(j);
       return;
     }
-    free(p);
-    rp__conn_go_state(c, RP_CONN_RESPOND);
-    rp__conn_response_done(c);
-    rp__conn_resume_input(c);
-  } else if (c != NULL) {
+    buf = uv_buf_init(p, (unsigned)n);
+    s = rp_exchange_body(x);
+    if (s->write(s, &buf, 1, free_lines, p) != 0) {
+      free(p);
+      rp_exchange_abort(x, NULL);
+    } else {
+      rp_exchange_finish(x);
+    }
+  } else if (x != NULL) {
     json_t *body = j->body;
     j->body = NULL;
     if (body == NULL)
-      rp__admin_reply_error(c, 500, "", "out of memory");
+      rp__admin_reply_error(x, 500, NULL, "out of memory");
     else
-      rp__admin_reply_json(c, j->status, "", body, false);
-    /* The request was paused after its head: finish reading it. */
-    rp__conn_resume_input(c);
+      rp__admin_reply_json(x, j->status, body);
   }
   job_free(j);
 }
@@ -199,21 +223,21 @@ static void job_finish(struct admin_job *j) {
     job_answer(j);
 }
 
-static struct admin_job *job_new(struct rp_conn *c, int status, json_t *body) {
+/* A job that answers x later. The front keeps the request paused after its
+ * head, with no idle timeout, until then: the work ends by itself. */
+static struct admin_job *job_new(struct rp_exchange *x, struct rp_cache *cache, int status,
+                                 json_t *body) {
   struct admin_job *j = calloc(1, sizeof(*j));
 
   if (j == NULL) {
     json_decref(body);
     return NULL;
   }
-  j->srv = c->srv;
-  j->cache = c->srv->cache;
-  j->conn_id = c->id;
+  j->cache = cache;
+  j->x = x;
   j->status = status;
   j->body = body;
-  /* No idle timeout while the work runs: it ends by itself, and the
-   * connection reads nothing until it answered. */
-  rp__conn_set_timer(c, RP_TM_NONE, 0);
+  x->handler = (struct rp_exchange_handler){.end = on_end, .data = j};
   return j;
 }
 
@@ -253,16 +277,13 @@ static void on_verified(struct rp_cache *cache, const struct rp_digest *d, int s
                     "remove_error", rm_err);
   }
   if (r != NULL && j->stream) {
-    struct rp_conn *c = job_conn(j);
     /* Sent now, not kept; the size lets the client count bytes too. */
     if (json_object_set_new(r, "size", json_integer((json_int_t)j->todo[j->next - 1].size)) != 0) {
       json_decref(r);
       j->status = 500;
       j->next = j->ntodo;
-    } else if (c != NULL) {
-      stream_line(c, r);
     } else {
-      json_decref(r);
+      stream_line(j, r);
     }
   } else if (r == NULL || json_array_append_new(j->results, r) != 0) {
     j->status = 500;
@@ -275,7 +296,7 @@ static void verify_next(struct admin_job *j) {
   json_t *body;
   int rc;
 
-  while (j->next < j->ntodo && j->status == 200 && job_conn(j) != NULL) {
+  while (j->next < j->ntodo && j->status == 200 && j->x != NULL) {
     rc = rp_cache_verify_start(j->cache, &j->todo[j->next++].digest, on_verified, j);
     if (rc == 0)
       return;
@@ -312,18 +333,18 @@ static bool add_todo(const struct rp_object_info *info, void *data) {
   return true;
 }
 
-static void cache_verify(struct rp_conn *c, struct rp_cache *cache, bool stream) {
+static void cache_verify(struct rp_exchange *x, struct rp_cache *cache, bool stream) {
   struct admin_job *j;
   uint64_t bytes = 0;
   size_t total;
 
   if (verify_running) {
-    rp__admin_reply_error(c, 409, "", "a verification is already running");
+    rp__admin_reply_error(x, 409, NULL, "a verification is already running");
     return;
   }
-  j = job_new(c, 200, NULL);
+  j = job_new(x, cache, 200, NULL);
   if (j == NULL) {
-    rp__admin_reply_error(c, 500, "", "out of memory");
+    rp__admin_reply_error(x, 500, NULL, "out of memory");
     return;
   }
   j->is_verify = true;
@@ -337,22 +358,22 @@ static void cache_verify(struct rp_conn *c, struct rp_cache *cache, bool stream)
   }
   if (j->results == NULL || j->ntodo != total) {
     job_free(j);
-    rp__admin_reply_error(c, 500, "", "out of memory");
+    rp__admin_reply_error(x, 500, NULL, "out of memory");
     return;
   }
   rp_log_info("cache verify: %zu object(s), one at a time on the thread pool", j->ntodo);
   if (stream) {
     for (size_t i = 0; i < j->ntodo; i++)
       bytes += j->todo[i].size;
-    if (stream_head(c) != 0) {
-      rp__conn_close(c);
+    stream_head(j);
+    if (j->x == NULL) {
       job_free(j);
       return;
     }
     j->stream = true;
     /* First line: what there is to do. */
     stream_line(
-        c, json_pack("{s:I, s:I}", "objects", (json_int_t)j->ntodo, "bytes", (json_int_t)bytes));
+        j, json_pack("{s:I, s:I}", "objects", (json_int_t)j->ntodo, "bytes", (json_int_t)bytes));
   }
   verify_next(j);
 }
@@ -382,17 +403,21 @@ static bool add_evicted(const struct rp_object_info *info, void *data) {
          0;
 }
 
-static void cache_gc(struct rp_conn *c, struct rp_cache *cache, const char *q, size_t qlen,
+static void cache_gc(struct rp_exchange *x, struct rp_cache *cache, const char *q, size_t qlen,
                      bool stream) {
   struct rp_cache_stats st;
   uint64_t bound, freed = 0, evicted;
   struct rp_sbuf lines = {0};
   struct admin_job *j;
-  json_t *body;
 
   if (gc_bound(q, qlen, &bound) != 0) {
-    rp__admin_reply_error(c, 400, "",
+    rp__admin_reply_error(x, 400, NULL,
                           "the only parameter is max_size=SIZE (bytes, or 512M, 20G, ...; > 0)");
+    return;
+  }
+  j = job_new(x, cache, 200, NULL);
+  if (j == NULL) {
+    rp__admin_reply_error(x, 500, NULL, "out of memory");
     return;
   }
   rp_cache_stats(cache, &st);
@@ -400,89 +425,83 @@ static void cache_gc(struct rp_conn *c, struct rp_cache *cache, const char *q, s
     bound = st.max_size;
   if (stream) {
     /* First line: what there is, and the bound to trim it to. */
-    if (stream_head(c) != 0) {
-      rp__conn_close(c);
+    stream_head(j);
+    if (j->x == NULL) {
+      job_free(j);
       return;
     }
-    stream_line(c, json_pack("{s:I, s:I, s:I}", "objects", (json_int_t)st.objects, "bytes",
+    j->stream = true;
+    stream_line(j, json_pack("{s:I, s:I, s:I}", "objects", (json_int_t)st.objects, "bytes",
                              (json_int_t)st.size_bytes, "max_size", (json_int_t)bound));
   }
   /* Eviction itself is quick (the index in memory); the files go while the
    * index worker catches up (job_finish). */
   evicted = rp_cache_evict_each(cache, bound, &freed, stream ? add_evicted : NULL, &lines);
   if (stream) {
-    char *p;
     size_t n;
-    p = rp_sbuf_take(&lines, &n);
-    if (p != NULL && n > 0 && !c->closing && stream_chunk(c, p, n, false) != 0)
-      rp__conn_close(c);
-    free(p);
+    char *p = rp_sbuf_take(&lines, &n);
+    if (p != NULL && n > 0)
+      stream_lines(j, p, n);
+    else
+      free(p);
   }
   rp_sbuf_free(&lines);
-  if (stream && c->closing)
-    return; /* the client went while the lines were queued */
+  if (stream && j->x == NULL) {
+    job_free(j); /* the client went while the lines were queued */
+    return;
+  }
   rp_cache_stats(cache, &st);
   rp_log_info("cache gc: evicted %llu object(s), %llu bytes (bound %llu bytes)",
               (unsigned long long)evicted, (unsigned long long)freed, (unsigned long long)bound);
   /* Files without an index row are removed when the instance starts: while
    * it runs, every file under blobs/ has its row or is being published. */
-  body = json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:I}", "evicted", (json_int_t)evicted,
-                   "evicted_bytes", (json_int_t)freed, "stray_files", (json_int_t)0, "stray_bytes",
-                   (json_int_t)0, "size_bytes", (json_int_t)st.size_bytes, "objects",
-                   (json_int_t)st.objects, "max_size", (json_int_t)bound);
-  j = job_new(c, 200, body);
-  if (j == NULL) {
-    if (stream)
-      rp__conn_close(c); /* the head is out: no other answer fits */
-    else
-      rp__admin_reply_error(c, 500, "", "out of memory");
-    return;
-  }
-  j->stream = stream;
+  j->body = json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:I}", "evicted", (json_int_t)evicted,
+                      "evicted_bytes", (json_int_t)freed, "stray_files", (json_int_t)0,
+                      "stray_bytes", (json_int_t)0, "size_bytes", (json_int_t)st.size_bytes,
+                      "objects", (json_int_t)st.objects, "max_size", (json_int_t)bound);
   job_finish(j);
 }
 
-static void cache_rm(struct rp_conn *c, struct rp_cache *cache, const struct rp_digest *d) {
+static void cache_rm(struct rp_exchange *x, struct rp_cache *cache, const struct rp_digest *d) {
   char dg[160];
   struct admin_job *j;
   int rc = rp_cache_remove(cache, d);
 
   rp_digest_format(d, dg, sizeof dg);
   if (rc == RP_EINVAL) {
-    rp__admin_reply_error(c, 404, "", "not in the cache");
+    rp__admin_reply_error(x, 404, NULL, "not in the cache");
     return;
   }
   if (rc == RP_EDENIED) {
-    rp__admin_reply_error(c, 409, "", "in use (being served); not removed");
+    rp__admin_reply_error(x, 409, NULL, "in use (being served); not removed");
     return;
   }
   if (rc != 0) {
-    rp__admin_reply_error(c, 500, "", rp_strerror(rc));
+    rp__admin_reply_error(x, 500, NULL, rp_strerror(rc));
     return;
   }
   rp_log_info("cache rm: %s removed", dg);
-  j = job_new(c, 200, json_pack("{s:s}", "removed", dg));
+  j = job_new(x, cache, 200, json_pack("{s:s}", "removed", dg));
   if (j == NULL) {
-    rp__admin_reply_error(c, 500, "", "out of memory");
+    rp__admin_reply_error(x, 500, NULL, "out of memory");
     return;
   }
   job_finish(j);
 }
 
-static void cache_du(struct rp_conn *c, struct rp_cache *cache, bool head_only) {
+static void cache_du(struct rp_exchange *x, struct rp_cache *cache) {
   struct rp_cache_stats st;
 
   rp_cache_stats(cache, &st);
   rp__admin_reply_json(
-      c, 200, "",
+      x, 200,
       json_pack("{s:I, s:I, s:I, s:I, s:I, s:I}", "size_bytes", (json_int_t)st.size_bytes,
                 "objects", (json_int_t)st.objects, "max_size", (json_int_t)st.max_size,
                 "fills_in_flight", (json_int_t)st.fills_in_flight, "evictions",
-                (json_int_t)st.evictions, "digest_mismatches", (json_int_t)st.digest_mismatches),
-      head_only);
+                (json_int_t)st.evictions, "digest_mismatches", (json_int_t)st.digest_mismatches));
 }
 
-static void cache_ls(struct rp_conn *c, struct rp_cache *cache, bool head_only) {
+static void cache_ls(struct rp_exchange *x, struct rp_cache *cache) {
   json_t *arr = json_array();
   struct rp_cache_stats st;
 
@@ -491,21 +510,20 @@ static void cache_ls(struct rp_conn *c, struct rp_cache *cache, bool head_only) 
     rp_cache_foreach(cache, add_object, arr);
   if (arr == NULL || json_array_size(arr) != st.objects) {
     json_decref(arr);
-    rp__admin_reply_error(c, 500, "", "out of memory");
+    rp__admin_reply_error(x, 500, NULL, "out of memory");
     return;
   }
-  rp__admin_reply_json(c, 200, "", json_pack("{s:o}", "objects", arr), head_only);
+  rp__admin_reply_json(x, 200, json_pack("{s:o}", "objects", arr));
 }
 
-static void cache_stat(struct rp_conn *c, struct rp_cache *cache, const struct rp_digest *d,
-                       bool head_only) {
+static void cache_stat(struct rp_exchange *x, struct rp_cache *cache, const struct rp_digest *d) {
   struct rp_object_info info;
 
   if (!rp_cache_has(cache, d, &info)) {
-    rp__admin_reply_error(c, 404, "", "not in the cache");
+    rp__admin_reply_error(x, 404, NULL, "not in the cache");
     return;
   }
-  rp__admin_reply_json(c, 200, "", object_json(&info), head_only);
+  rp__admin_reply_json(x, 200, object_json(&info));
 }
 
 static bool has_cli_header(const struct rp_http_head *h) {
@@ -515,14 +533,13 @@ static bool has_cli_header(const struct rp_http_head *h) {
 }
 
 /* path (without the query) starts with "/cache/". */
-void rp__admin_cache(struct rp_conn *c, const struct rp_http_head *h, const char *path, size_t plen,
+void rp__admin_cache(struct rp_exchange *x, struct rp_cache *cache, const char *path, size_t plen,
                      const char *query, size_t qlen) {
   static const char objects[] = "/cache/objects";
   const size_t olen = sizeof(objects) - 1;
+  const struct rp_http_head *h = x->head;
   int m = h->method_id;
-  bool head_only = m == HTTP_HEAD;
-  bool read = m == HTTP_GET || head_only;
-  struct rp_cache *cache = c->srv->cache;
+  bool read = m == HTTP_GET || m == HTTP_HEAD;
   struct rp_digest d;
 
   enum { EP_LS, EP_OBJECT, EP_DU, EP_VERIFY, EP_GC } ep;
@@ -530,51 +547,51 @@ void rp__admin_cache(struct rp_conn *c, const struct rp_http_head *h, const char
 
   if (plen == olen && memcmp(path, objects, olen) == 0) {
     ep = EP_LS;
-    allow = "Allow: GET, HEAD\r\n";
+    allow = "GET, HEAD";
   } else if (plen > olen + 1 && memcmp(path, objects, olen) == 0 && path[olen] == '/') {
     ep = EP_OBJECT;
-    allow = "Allow: GET, HEAD, DELETE\r\n";
+    allow = "GET, HEAD, DELETE";
   } else if (plen == 9 && memcmp(path, "/cache/du", 9) == 0) {
     ep = EP_DU;
-    allow = "Allow: GET, HEAD\r\n";
+    allow = "GET, HEAD";
   } else if (plen == 13 && memcmp(path, "/cache/verify", 13) == 0) {
     ep = EP_VERIFY;
-    allow = "Allow: POST\r\n";
+    allow = "POST";
   } else if (plen == 9 && memcmp(path, "/cache/gc", 9) == 0) {
     ep = EP_GC;
-    allow = "Allow: POST\r\n";
+    allow = "POST";
   } else {
-    rp__admin_reply_error(c, 404, "", "no such admin endpoint");
+    rp__admin_reply_error(x, 404, NULL, "no such admin endpoint");
     return;
   }
   if ((ep == EP_VERIFY || ep == EP_GC) ? m != HTTP_POST
                                        : !(read || (ep == EP_OBJECT && m == HTTP_DELETE))) {
-    rp__admin_reply_error(c, 405, allow, "method not allowed here");
+    rp__admin_reply_error(x, 405, allow, "method not allowed here");
     return;
   }
   if (!read && !has_cli_header(h)) {
-    rp__admin_reply_error(c, 403, "", "changing the cache needs the header X-Regproxy-Cli: 1");
+    rp__admin_reply_error(x, 403, NULL, "changing the cache needs the header X-Regproxy-Cli: 1");
     return;
   }
   if (ep == EP_OBJECT && rp_digest_parse(path + olen + 1, plen - olen - 1, &d) != 0) {
-    rp__admin_reply_error(c, 400, "",
+    rp__admin_reply_error(x, 400, NULL,
                           "not a digest (sha256:<64 hex> or sha512:<128 hex>, lower case)");
     return;
   }
   if (cache == NULL) {
-    rp__admin_reply_error(c, 503, "", "the cache is off");
+    rp__admin_reply_error(x, 503, NULL, "the cache is off");
     return;
   }
   switch (ep) {
-  case EP_LS: cache_ls(c, cache, head_only); break;
+  case EP_LS: cache_ls(x, cache); break;
   case EP_OBJECT:
     if (m == HTTP_DELETE)
-      cache_rm(c, cache, &d);
+      cache_rm(x, cache, &d);
     else
-      cache_stat(c, cache, &d, head_only);
+      cache_stat(x, cache, &d);
     break;
-  case EP_DU: cache_du(c, cache, head_only); break;
-  case EP_VERIFY: cache_verify(c, cache, wants_stream(h)); break;
-  case EP_GC: cache_gc(c, cache, query, qlen, wants_stream(h)); break;
+  case EP_DU: cache_du(x, cache); break;
+  case EP_VERIFY: cache_verify(x, cache, wants_stream(h)); break;
+  case EP_GC: cache_gc(x, cache, query, qlen, wants_stream(h)); break;
   }
 }

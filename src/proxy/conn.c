@@ -7,13 +7,14 @@
 #include <string.h>
 
 #include "internal.h"
+#include "regproxy/admin.h"
 #include "regproxy/error.h"
 #include "regproxy/log.h"
 #include "regproxy/metrics.h"
 #include "regproxy/rules.h"
 
 static const char *const state_names[RP_CONN_STATE_LAST] = {
-    "head", "dial", "tunnel", "forward", "respond", "tls", "pass", "peek", "closing"};
+    "head", "dial", "tunnel", "forward", "respond", "tls", "pass", "peek", "local", "closing"};
 
 struct rp_bref *rp__bref_new(char *block) {
   struct rp_bref *r = malloc(sizeof(*r));
@@ -249,6 +250,7 @@ static void conn_drained(struct rp_conn *c, struct rp_stream *s) {
       rp__conn_resume_input(c);
     break;
   case RP_CONN_PASS:
+  case RP_CONN_LOCAL:
     if (s == c->client)
       rp__exchange_client_drained(c);
     break;
@@ -574,6 +576,20 @@ static void dispatch(struct rp_conn *c, const struct rp_http_head *h) {
   rp__conn_route(c, h);
 }
 
+/* The admin endpoints (src/admin) take the request as an exchange and answer
+ * it now, or once a cache job is done: until then nothing more of the
+ * connection is read (can_parse) and its timer is off (the work ends by
+ * itself); the exchange reads the rest of the request after the answer. */
+static void admin_request(struct rp_conn *c) {
+  struct rp_exchange *x = rp__conn_exchange_begin(c, c->target.path, c->target.path_len);
+  struct rp_admin a;
+
+  rp__conn_go_state(c, RP_CONN_LOCAL);
+  rp__conn_set_timer(c, RP_TM_NONE, 0);
+  rp__status_admin(c->srv, &a);
+  rp_admin_serve(&a, x, (const struct sockaddr *)&c->peer);
+}
+
 void rp__conn_route(struct rp_conn *c, const struct rp_http_head *h) {
   const struct rp_route_out *r = &c->route;
   struct rp_target host;
@@ -598,13 +614,13 @@ void rp__conn_route(struct rp_conn *c, const struct rp_http_head *h) {
   case RP_ROUTE_ADMIN:
     c->log.via = r->name;
     /* RFC 9112 §3.2: one well-formed Host, else 400. Which names may reach
-     * admin and mirror is their own check (rp__admin_host_allowed, 421). */
+     * admin and mirror is their own check (rp_admin_host_allowed, 421). */
     if (!rp__conn_request_host(c, h, 80, &host))
       break;
     if (r->route == RP_ROUTE_MIRROR)
       rp__mitm_mirror_request(c, h);
     else
-      rp__admin_handle(c, h);
+      admin_request(c);
     break;
   case RP_ROUTE_LAST: break;
   }

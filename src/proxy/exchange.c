@@ -125,8 +125,18 @@ static struct rp_sink *x_body(struct rp_exchange *x) {
   return &conn_of_exchange(x)->x_body;
 }
 
+/* A request held paused after its head (state LOCAL) was answered: the rest
+ * of it is read now, under the idle timeout, and the connection goes on. */
+static void release_held(struct rp_conn *c) {
+  if (c->closing || !c->req_active)
+    return;
+  rp__conn_set_timer(c, RP_TM_IDLE, c->srv->cfg->idle_timeout_ms);
+  rp__conn_resume_input(c);
+}
+
 static void x_finish(struct rp_exchange *x) {
   struct rp_conn *c = conn_of_exchange(x);
+  bool held = c->state == RP_CONN_LOCAL;
 
   if (c->closing)
     return;
@@ -140,6 +150,8 @@ static void x_finish(struct rp_exchange *x) {
   }
   rp__conn_go_state(c, RP_CONN_RESPOND);
   rp__conn_response_done(c);
+  if (held)
+    release_held(c);
 }
 
 static void x_abort(struct rp_exchange *x, const char *reason) {
@@ -154,7 +166,12 @@ static void x_abort(struct rp_exchange *x, const char *reason) {
 }
 
 static void x_error(struct rp_exchange *x, int status, const char *reason, bool close_after) {
-  rp__conn_respond(conn_of_exchange(x), status, reason, close_after);
+  struct rp_conn *c = conn_of_exchange(x);
+  bool held = c->state == RP_CONN_LOCAL;
+
+  rp__conn_respond(c, status, reason, close_after);
+  if (held)
+    release_held(c);
 }
 
 static size_t x_queued(struct rp_exchange *x) {
@@ -162,8 +179,7 @@ static size_t x_queued(struct rp_exchange *x) {
   return rp__conn_queued(c, c->client);
 }
 
-static void x_note(struct rp_exchange *x, const char *cache, const char *reason,
-                   const char *host) {
+static void x_note(struct rp_exchange *x, const char *cache, const char *reason, const char *host) {
   struct rp_conn *c = conn_of_exchange(x);
   if (cache != NULL)
     c->log.cache = cache;

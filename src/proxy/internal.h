@@ -84,6 +84,8 @@ enum rp_conn_state {
   RP_CONN_TLS,     /* MITM: TLS handshake with the client */
   RP_CONN_PASS,    /* a request answered through its exchange (the registry service) */
   RP_CONN_PEEK,    /* transparent: reading the first bytes to tell TLS, HTTP or other */
+  RP_CONN_LOCAL,   /* the admin endpoints answer through the exchange; the request
+                      stays paused after its head and no timer runs until they have */
   RP_CONN_CLOSING,
   RP_CONN_STATE_LAST
 };
@@ -308,8 +310,10 @@ bool rp__mitm_plain_request(struct rp_conn *c, const struct rp_http_head *h);
 /** An origin-form /v2/ request on a listener (mirror mode). */
 void rp__mitm_mirror_request(struct rp_conn *c, const struct rp_http_head *h);
 /* status.c */
-/** /status.json, malloc'd (NULL on OOM). */
-char *rp__status_json(struct rp_server *srv, size_t *len);
+struct rp_admin;
+/** What the admin endpoints work with for one request: srv's cache, CA and
+ * admin settings, and its renderers of /metrics and /status.json. */
+void rp__status_admin(struct rp_server *srv, struct rp_admin *out);
 /* proxyauth.c */
 /** true: the request may go on now; false: answered (407) or being checked
  * on the thread pool (then routed with rp__conn_route). */
@@ -317,12 +321,6 @@ bool rp__proxyauth_check(struct rp_conn *c, const struct rp_http_head *h);
 /** The connection is going away: its check answers nobody. */
 void rp__proxyauth_detach(struct rp_conn *c);
 void rp__proxyauth_shutdown(struct rp_server *srv);
-/* admin.c */
-void rp__admin_handle(struct rp_conn *c, const struct rp_http_head *h);
-/** Host is one well-formed IP literal, localhost or server_names entry (no
- * DNS rebinding). */
-bool rp__admin_host_allowed(const struct rp_config *cfg, const struct rp_http_head *h);
-
 /* server.c */
 void rp__server_conn_gone(struct rp_server *srv);
 /** The lists and settings rp_route_decide reads; they belong to srv->cfg. */

@@ -10,6 +10,7 @@
 #include <strings.h>
 
 #include "internal.h"
+#include "regproxy/admin.h"
 #include "regproxy/error.h"
 #include "regproxy/log.h"
 #include "regproxy/metrics.h"
@@ -175,7 +176,7 @@ void rp__mitm_mirror_request(struct rp_conn *c, const struct rp_http_head *h) {
   c->log.via = "mirror";
   c->log.route = "mirror";
   c->log.cache = "pass";
-  if (!rp__admin_host_allowed(c->srv->cfg, h)) {
+  if (!rp_admin_host_allowed(h, c->srv->cfg->server_names.v, c->srv->cfg->server_names.n)) {
     rp__conn_respond(c, 421,
                      "mirror requests need Host: localhost, an IP address or a "
                      "server_names entry",

@@ -1,7 +1,11 @@
-/* /status.json (SPEC §5, the status page's numbers): the time, the cache's
- * totals, where the proxy listens and the tunnelled bytes are the proxy's;
- * everything about registry traffic is the registry service's
- * (rp_registry_status_json), asked for at render time. */
+/* What the admin endpoints (src/admin) show of the proxy, handed to them as
+ * struct rp_admin: the cache, the CA, admin_allow and server_names, and the
+ * two renderers. /status.json (SPEC §5, the status page's numbers): the time,
+ * the cache's totals, where the proxy listens and the tunnelled bytes are the
+ * proxy's; everything about registry traffic is the registry service's
+ * (rp_registry_status_json), asked for at render time. /metrics: the proxy's
+ * counters with the cache's and the registry service's numbers
+ * (rp_metrics_render), then the registry's pull-limit series. */
 #include <arpa/inet.h>
 #include <jansson.h>
 #include <stdio.h>
@@ -9,8 +13,10 @@
 #include <time.h>
 
 #include "internal.h"
+#include "regproxy/admin.h"
 #include "regproxy/cache.h"
 #include "regproxy/metrics.h"
+#include "regproxy/tls.h"
 
 /* The first proxy listener as bound ("0.0.0.0:2080" stays a wildcard: the
  * page then uses the address the browser reached). "" when there is none. */
@@ -39,7 +45,8 @@ static void listen_addr(const struct rp_server *srv, char *out, size_t n) {
   }
 }
 
-char *rp__status_json(struct rp_server *srv, size_t *len) {
+static char *status_json(void *data, size_t *len) {
+  struct rp_server *srv = data;
   struct rp_cache_stats cs;
   char listen[INET6_ADDRSTRLEN + 16];
   json_t *j;
@@ -65,4 +72,28 @@ char *rp__status_json(struct rp_server *srv, size_t *len) {
   if (text != NULL)
     *len = strlen(text);
   return text;
+}
+
+static void metrics_text(void *data, struct rp_sbuf *b) {
+  struct rp_server *srv = data;
+  struct rp_registry_counters rc;
+
+  rp_registry_counters(srv->registry, &rc);
+  rp_metrics_render(b, srv->cache, &rc);
+  rp_registry_metrics(srv->registry, b);
+}
+
+void rp__status_admin(struct rp_server *srv, struct rp_admin *out) {
+  const struct rp_config *cfg = srv->cfg;
+
+  memset(out, 0, sizeof(*out));
+  out->cache = srv->cache;
+  if (srv->ca != NULL)
+    out->ca_pem = rp_ca_cert_pem(srv->ca, &out->ca_pem_len);
+  out->allow = cfg->admin_acl;
+  out->server_names = cfg->server_names.v;
+  out->n_server_names = cfg->server_names.n;
+  out->metrics = metrics_text;
+  out->status_json = status_json;
+  out->data = srv;
 }
