@@ -288,8 +288,13 @@ def test_a_site_instance_killed_mid_wave():
         victim.signal(signal.SIGKILL)
         assert victim.wait_exit(5) == -signal.SIGKILL
         killed.append(victim)
+    before = settled_blob_gets()
     wave(ns, during=kill_one_while_it_fills)
     victim = killed[0]
+    # Not asserted (a design figure for docs/fleet.md): a node that saw the cut skips the
+    # whole site (one mirror URL) for 30 s, so the rest of its blobs come from the origin.
+    print("    killed mid-wave: %d origin blob GETs for %d blobs x %d nodes" % (
+        settled_blob_gets() - before, len(IMG.blobs), NODES))
     url = "http://127.0.0.1:%d" % hap.port
     cut = [rp for rp in ns if "upstream mirror %s failed" % url in rp.stderr()]
     assert cut, "no node saw the kill: the wave was over before it"
