@@ -9,6 +9,8 @@ to kill a site instance in the middle of it and counts the bytes the origin sent
   went to one site instance; a second wave (fresh nodes) makes no origin blob request;
 - a site instance killed (SIGKILL, by PID) while it fills: every pull completes, nothing
   wrong is cached on any node or site instance;
+- a request for a dead instance's digest, before the health check noticed: HAProxy retries
+  it on another instance (the config's retry-on/redispatch), the node sees a 200;
 - the whole site down (instances dead behind HAProxy: 503; HAProxy gone: refused): nodes
   fall back to the origin, no pull fails.
 (A mirror answering wrong bytes is test_upstream_mirror.py.)"""
@@ -101,11 +103,13 @@ class HAProxy:
     the frontend bound to a free port, one server line per site instance, and a global
     section of its own (log to stdout, a stats socket, no chroot or user switch)."""
 
-    def __init__(self, servers):
+    def __init__(self, servers, edit=None):
         self.dir = h.tmpdir("rpit-haproxy-")
         self.port = h.free_port()
         self.sock = os.path.join(self.dir, "admin.sock")
         text = open(HAPROXY_CFG).read()
+        if edit:
+            text = edit(text)
         body = text[text.index("\ndefaults"):]
         body = re.sub(r"(?m)^(\s*)bind \S+", r"\g<1>bind 127.0.0.1:%d" % self.port, body)
         body = re.sub(r"(?m)^\s*server site\d+ .*\n", "", body).rstrip("\n") + "\n"
@@ -145,7 +149,7 @@ class HAProxy:
     def up(self):
         """How many servers the health checks hold UP."""
         rows = [r.split(",") for r in self.cmd("show stat").splitlines() if r and r[0] != "#"]
-        return sum(1 for r in rows if r[1].startswith("site") and r[17] == "UP")
+        return sum(1 for r in rows if r[1].startswith("site") and r[17].startswith("UP"))
 
     def blob_routes(self):
         """{blob path: set of servers} from the request log."""
@@ -307,6 +311,42 @@ def test_a_site_instance_killed_mid_wave():
     rc, err = h.run_regproxy_expect_exit(["cache", "verify", "--cache-dir",
                                           os.path.join(victim.dir, "cache")], timeout=60)
     assert rc == 0, "cache verify on the killed instance: %s" % err
+
+
+def test_a_dead_instance_is_skipped_before_the_health_check_notices():
+    # The shipped config with the health check slowed to once a minute: only HAProxy's
+    # retry with redispatch can keep a request for the dead instance's digest from failing.
+    def slow_checks(text):
+        new = re.sub(r"(?m)^(\s*default-server) inter [^\n]*? maxconn", r"\1 inter 60s fall 3 "
+                     "rise 1 maxconn", text)
+        assert new != text, "default-server line not found in deploy/haproxy.cfg"
+        return new
+    insts = [h.Regproxy(["--mitm", ""] + origin_args()) for _ in range(SITE)]
+    hap = HAProxy([s.port for s in insts], edit=slow_checks)
+    paths = ["/v2/%s/blobs/%s?ns=docker.io" % (REPO, d) for d in sorted(IMG.blobs)]
+
+    def get(path):
+        c = h.HttpConn("127.0.0.1", hap.port, timeout=20)
+        try:
+            r = c.request("GET", path, [("Host", "127.0.0.1:%d" % hap.port),
+                                        ("Connection", "close")])
+        finally:
+            c.close()
+        assert r.status == 200 and "sha256:" + h.sha256(r.body) == path.split("/")[-1][:71], \
+            (path, r.status)
+    for p in paths:
+        get(p)
+    routes = hap.blob_routes()
+    name = sorted(next(iter(v)) for v in routes.values())[0]
+    victim = insts[int(name[len("site"):]) - 1]
+    victim.signal(signal.SIGKILL)
+    victim.wait_exit(5)
+    theirs = [p for p in paths if routes[p.split("?")[0]] == {name}]
+    for p in theirs:
+        get(p)
+    assert hap.up() == SITE, "the health check acted: this test shows nothing"
+    routes = hap.blob_routes()
+    assert all(len(routes[p.split("?")[0]]) == 2 for p in theirs), routes
 
 
 def test_the_whole_site_down():
