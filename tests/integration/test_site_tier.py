@@ -280,15 +280,26 @@ def test_a_site_instance_killed_mid_wave():
     killed = []
 
     def kill_one_while_it_fills():
-        # One that is in the middle of a layer: a fill in flight and 1 MiB from the origin.
+        # One that is in the middle of a layer: a fill in flight, 1 MiB from the origin, and
+        # still receiving (more bytes than at the last look: a fill that is only publishing
+        # has sent the nodes everything). Polled every 10 ms (wait_until backs off to
+        # 200 ms, longer than the window).
+        seen = {}
+
         def filling():
             for s in insts:
                 m = s.metrics()
-                if m.sum("regproxy_fills_in_flight") > 0 and \
-                        m.sum("regproxy_upstream_bytes_total") >= 1 << 20:
+                got = m.sum("regproxy_upstream_bytes_total")
+                growing = got > seen.get(s, got)
+                seen[s] = got
+                if growing and got >= 1 << 20 and m.sum("regproxy_fills_in_flight") > 0:
                     return s
-        victim = h.wait_until(filling, 30, "a site instance in the middle of a layer",
-                              interval=0.01)
+        deadline = time.monotonic() + 30
+        victim = filling()
+        while victim is None:
+            assert time.monotonic() < deadline, "no site instance was ever in the middle of a layer"
+            time.sleep(0.01)
+            victim = filling()
         victim.signal(signal.SIGKILL)
         assert victim.wait_exit(5) == -signal.SIGKILL
         killed.append(victim)
