@@ -107,9 +107,10 @@ struct rp_config {
   bool ca_unconstrained; /* --unconstrained: a new CA gets no name constraints */
 
   /* Flags of `regproxy setup` (flag-only, no key, no environment). */
-  bool dry_run;      /* --dry-run */
-  char *root;        /* --root DIR, NULL = "/" */
-  bool setup_mirror; /* --mirror: containerd hosts.toml instead of proxy + CA */
+  bool dry_run;          /* --dry-run */
+  char *root;            /* --root DIR, NULL = "/" */
+  bool setup_mirror;     /* --mirror: containerd hosts.toml instead of proxy + CA */
+  char *setup_interface; /* --interface IF: setup gateway's LAN interface, NULL = all */
 
   /* Positional arguments left after the options (subcommand words). */
   struct rp_strv args;

@@ -139,6 +139,16 @@ struct rp_stream *rp_tls_stream_server(struct rp_stream *inner, SSL_CTX *base_ct
  * run once the stream is closed. A TCP EOF without the peer's close_notify
  * (a truncated session) is delivered as UV_EOF like a clean close: HTTP
  * framing above detects a cut message. */
+/** The same, with bytes of the client already read (the transparent front
+ * peeked its ClientHello): preread is a pool block (rp_buf_alloc) holding
+ * preread_len bytes from its start, owned by the stream on success and still
+ * the caller's when NULL is returned. */
+struct rp_stream *rp_tls_stream_server_preread(struct rp_stream *inner, SSL_CTX *base_ctx,
+                                               const char *host, rp_tls_select_cb select,
+                                               void *select_arg, rp_tls_handshake_cb cb,
+                                               char *preread, size_t preread_len);
+/** The local address of a TCP stream (0), UV_EINVAL for other streams. */
+int rp_tcp_stream_sockname(const struct rp_stream *s, struct sockaddr_storage *ss);
 /** The ClientHello's server name, or NULL (none sent, or s is not TLS). */
 const char *rp_tls_stream_sni(const struct rp_stream *s);
 /** The ALPN protocol agreed in the handshake, or NULL (none, or s is not TLS). */

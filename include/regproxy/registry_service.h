@@ -62,6 +62,10 @@ struct rp_registry_target {
   enum rp_registry_way way;
   const char *host; /* the origin (TLS, PLAIN); unused for MIRROR */
   uint16_t port;
+  /* Transparent mode: the address the client was going to, where upstream
+   * requests for host go (TLS still verified for host); NULL otherwise. */
+  const char *connect_ip;
+  uint16_t connect_port;
 };
 
 /** Take one request. false: not a request the service takes (plain HTTP that

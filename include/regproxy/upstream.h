@@ -47,7 +47,8 @@ struct rp_upstream_opts {
   const struct rp_connect_to *connect_to;
   size_t n_connect_to;
   uint64_t connect_timeout_ms;
-  uint32_t mark; /* SO_MARK on upstream sockets, 0 = none */
+  uint64_t stall_timeout_ms; /* a transfer with no byte either way this long fails, 0 = never */
+  uint32_t mark;             /* SO_MARK on upstream sockets, 0 = none */
 };
 
 int rp_upstream_create(uv_loop_t *loop, const struct rp_upstream_opts *opts,
@@ -126,6 +127,12 @@ struct rp_fetch_req {
    * these (0: the engine's connect timeout; no stall bound). */
   uint64_t connect_timeout_ms;
   uint64_t stall_timeout_ms;
+  /* Connect to this address and port for the URL's own host:port, whatever
+   * DNS and --connect-to say ("" for none): transparent mode's original
+   * destination. TLS is still verified against the URL's host; a redirect to
+   * another host resolves as usual. Arrays, so a copied request keeps them. */
+  char connect_ip[64]; /* IPv6 without brackets */
+  uint16_t connect_port;
 };
 
 /** Start a transfer. Callbacks run on the loop, never inside this call. */

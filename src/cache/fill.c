@@ -64,6 +64,16 @@ static void log_fill(enum rp_log_level level, const char *msg, const struct rp_f
   rp_logline_end(&l);
 }
 
+/* A disk error is a warning once: a read-only or full cache directory fails
+ * every fill, and one line per fill would bury the request log. The next fill
+ * that is stored says so. */
+static enum rp_log_level disk_error_level(struct rp_cache *c) {
+  enum rp_log_level level = c->disk_failing ? RP_LOG_DEBUG : RP_LOG_WARN;
+
+  c->disk_failing = true;
+  return level;
+}
+
 static void log_fill_refused(const struct rp_cache *c, const struct rp_digest *d,
                              int64_t expected) {
   struct rp_logline l;
@@ -303,7 +313,7 @@ static void done_unpublished(struct rp_fill *f, int why) {
   f->state = RP_FILL_FAILED;
   f->error = 0;
   leave_table(f);
-  log_fill(RP_LOG_WARN, "cache fill verified but not stored", f, "disk error", why);
+  log_fill(disk_error_level(f->c), "cache fill verified but not stored", f, "disk error", why);
   unlink_tmp(f);
   wake_readers(f);
 }
@@ -327,6 +337,10 @@ static void publish_mem(struct rp_fill *f) {
     }
   }
   log_fill(RP_LOG_DEBUG, "cache fill published", f, NULL, 0);
+  if (c->disk_failing) {
+    c->disk_failing = false;
+    log_fill(RP_LOG_INFO, "cache writable again: fill stored after disk errors", f, NULL, 0);
+  }
   /* Verified and in place: only now does it belong to the repositories it
    * was fetched for (SPEC §3: membership only for verified objects). */
   for (struct rp__fill_repo *fr = f->repos; o != NULL && fr != NULL; fr = fr->next)
@@ -348,7 +362,7 @@ static void on_published(struct rp__idx_op *op) {
 
   if (op->result != 0) {
     if (op->result != UV_ECANCELED)
-      log_fill(RP_LOG_WARN, "cache: cannot move fill into place", f, NULL, op->result);
+      log_fill(disk_error_level(f->c), "cache: cannot move fill into place", f, NULL, op->result);
     done_unpublished(f, op->result);
   } else {
     f->tmp_gone = true; /* renamed */
@@ -440,7 +454,8 @@ static void disk_fail(struct rp_fill *f, int err) {
   f->disk_err = err;
   f->disk_committed = f->committed;
   f->win_start = f->head != NULL ? f->head->off : f->accepted;
-  log_fill(RP_LOG_WARN, "cache disk error: serving from memory, not storing", f, NULL, err);
+  log_fill(disk_error_level(f->c), "cache disk error: serving from memory, not storing", f, NULL,
+           err);
   unlink_tmp(f);
   if (f->nreaders == 0) {
     fail(f, err, "disk error");

@@ -863,9 +863,54 @@ out:
   return rc;
 }
 
+/* The file is not a database, or one with damaged pages (a disk fault, a
+ * file cut short or overwritten): PRAGMA quick_check reads every page. */
+static bool index_damaged(sqlite3 *db, char *why, size_t whysz) {
+  sqlite3_stmt *st = NULL;
+  const char *res;
+  int ec;
+  bool bad = false;
+
+  if (sqlite3_prepare_v2(db, "PRAGMA quick_check(1)", -1, &st, NULL) == SQLITE_OK &&
+      sqlite3_step(st) == SQLITE_ROW) {
+    res = (const char *)sqlite3_column_text(st, 0);
+    bad = res == NULL || strcmp(res, "ok") != 0;
+    snprintf(why, whysz, "%s", res != NULL ? res : "quick_check failed");
+  } else {
+    ec = sqlite3_errcode(db);
+    bad = ec == SQLITE_NOTADB || ec == SQLITE_CORRUPT;
+    snprintf(why, whysz, "%s", sqlite3_errmsg(db));
+  }
+  sqlite3_finalize(st);
+  return bad;
+}
+
+/* A damaged index goes aside (with its WAL, which belongs to it) and the
+ * cache starts with an empty one: the blob files it listed are then removed
+ * as unknown and fetched again when asked for. A proxy that refused to
+ * start would stop every pull of the machine for what is only a cache. */
+static int index_set_aside(struct rp__index *ix, const char *path, const char *why) {
+  static const char *const sfx[] = {"", "-wal", "-shm"};
+  char from[4096], to[4096];
+
+  sqlite3_close(ix->db);
+  ix->db = NULL;
+  for (size_t i = 0; i < 3; i++) {
+    snprintf(from, sizeof from, "%s%s", path, sfx[i]);
+    snprintf(to, sizeof to, "%s.damaged%s", path, sfx[i]);
+    if (rename(from, to) != 0 && errno != ENOENT)
+      return -errno;
+  }
+  rp_log_warn("cache index %s is damaged (%s): moved to %s.damaged, starting with an empty "
+              "index; cached objects are fetched again when asked for",
+              path, why, path);
+  return 0;
+}
+
 int rp__index_open(struct rp_cache *c, char **err) {
   struct rp__index *ix;
   char *path = NULL;
+  char why[256];
   int rc = RP_ENOMEM;
 
   ix = calloc(1, sizeof *ix);
@@ -878,13 +923,27 @@ int rp__index_open(struct rp_cache *c, char **err) {
     goto out;
   }
   rc = RP_ECONFIG;
-  if (sqlite3_open_v2(path, &ix->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL) !=
-      SQLITE_OK) {
-    if (err != NULL && *err == NULL &&
-        asprintf(err, "cache index %s: %s", path,
-                 ix->db != NULL ? sqlite3_errmsg(ix->db) : "cannot open") < 0)
-      *err = NULL;
-    goto out;
+  for (int attempt = 0;; attempt++) {
+    if (sqlite3_open_v2(path, &ix->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL) !=
+        SQLITE_OK) {
+      if (err != NULL && *err == NULL &&
+          asprintf(err, "cache index %s: %s", path,
+                   ix->db != NULL ? sqlite3_errmsg(ix->db) : "cannot open") < 0)
+        *err = NULL;
+      goto out;
+    }
+    if (attempt > 0 || !index_damaged(ix->db, why, sizeof why))
+      break;
+    rc = index_set_aside(ix, path, why);
+    if (rc != 0) {
+      if (err != NULL && *err == NULL &&
+          asprintf(err, "cache index %s is damaged (%s) and cannot be moved aside: %s", path, why,
+                   strerror(-rc)) < 0)
+        *err = NULL;
+      rc = RP_ECONFIG;
+      goto out;
+    }
+    rc = RP_ECONFIG;
   }
   sqlite3_busy_timeout(ix->db, 5000);
   if (exec_sql(ix, schema_sql, err, path) != 0)

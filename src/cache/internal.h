@@ -125,6 +125,7 @@ struct rp_cache {
   struct rp__index *idx;
 
   char *chunk_pool; /* free RP_CACHE_CHUNK blocks, linked through their first bytes */
+  bool no_nowait;   /* preadv2(RWF_NOWAIT) is not supported here: every read goes to the pool */
   unsigned chunk_pool_n;
 
   uv_idle_t idle;
@@ -134,7 +135,8 @@ struct rp_cache {
 
   uint64_t evictions;
   uint64_t mismatches;
-  unsigned alive; /* fills, readers and verifications not yet freed */
+  bool disk_failing; /* a disk error was logged, and no fill stored since */
+  unsigned alive;    /* fills, readers and verifications not yet freed */
   bool closing;
   bool finalizing;
 };
@@ -198,8 +200,7 @@ const char *rp__nz(const char *s);
 bool rp__repo_add(struct rp_cache *c, struct rp__obj *o, const char *registry,
                   const char *repository);
 bool rp__tag_load(struct rp_cache *c, const char *const parts[4], const struct rp_tag_entry *e);
-bool rp__pub_load(struct rp_cache *c, const char *const parts[2], bool is_public,
-                  int64_t checked);
+bool rp__pub_load(struct rp_cache *c, const char *const parts[2], bool is_public, int64_t checked);
 /** Bring tag memory and public answers within their bounds (after loading). */
 void rp__meta_trim(struct rp_cache *c);
 /** An object leaves: its memberships go (and, for a manifest, the tags naming it). */

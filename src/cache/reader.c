@@ -1,14 +1,18 @@
 /* Readers: the one serving path for a published file and a growing fill.
- * Chunks of RP_CACHE_CHUNK bytes are read with uv_fs_read (one read in
- * flight, two chunks at most: one being written to the client while the
- * next is read) and written to the sink (the answer's body); the write callback is
- * the backpressure. A reader caught up with a running fill waits for the
+ * Chunks of RP_CACHE_CHUNK bytes are read (two chunks at most: one being
+ * written to the client while the next is read) and written to the sink (the
+ * answer's body); the write callback is the backpressure. A chunk whose pages
+ * are in the page cache is read right on the loop (preadv2 with RWF_NOWAIT,
+ * which refuses rather than wait for the disk); any other goes to libuv's
+ * thread pool (uv_fs_read, one read in flight). A reader caught up with a running fill waits for the
  * fill to wake it, and never reads a fill's last byte before the fill is
  * verified (it stays one byte behind the committed length until then). */
 
+#include <errno.h>
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/uio.h>
 
 #include "cache/internal.h"
 #include "regproxy/error.h"
@@ -163,6 +167,36 @@ static void submit_read(struct rp_reader *r, struct rp__rchunk *ch, size_t n) {
   r->rpos += n;
 }
 
+/* Read a chunk right here when its pages are cached: no thread-pool round
+ * trip (a futex and an eventfd wake-up per chunk) for a warm hit. false:
+ * not read (not cached, or not supported); the pool reads it. */
+static bool read_now(struct rp_reader *r, struct rp__rchunk *ch, size_t n) {
+#ifdef RWF_NOWAIT
+  uv_file fd = r->fd >= 0 ? r->fd : r->f->fd;
+  struct iovec iov = {ch->buf, n};
+  ssize_t k;
+
+  if (r->c->no_nowait)
+    return false;
+  k = preadv2(fd, &iov, 1, (off_t)r->rpos, RWF_NOWAIT);
+  if (k < 0) {
+    if (errno == EOPNOTSUPP || errno == ENOSYS || errno == EINVAL)
+      r->c->no_nowait = true;
+    return false; /* EAGAIN: on disk, not in memory */
+  }
+  if (k == 0)
+    return false; /* the pool's read reports a short file */
+  r->rpos += (uint64_t)k;
+  submit_write(r, ch, (size_t)k);
+  return true;
+#else
+  (void)r;
+  (void)ch;
+  (void)n;
+  return false;
+#endif
+}
+
 /* How far r may read now. */
 static uint64_t limit_of(const struct rp_reader *r) {
   const struct rp_fill *f = r->f;
@@ -240,7 +274,8 @@ static void run(struct rp_reader *r) {
     }
     if (f != NULL && f->disk_failed && r->rpos + n > f->disk_committed)
       n = (size_t)(f->disk_committed - r->rpos);
-    submit_read(r, ch, n);
+    if (!read_now(r, ch, n))
+      submit_read(r, ch, n);
   }
   if (r->nreads == 0 && r->nwrites == 0 && (r->status != 0 || (r->end_known && r->rpos >= r->end)))
     finish(r, r->status);

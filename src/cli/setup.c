@@ -42,6 +42,7 @@
 
 #define SETUP_USAGE                                                                                \
   "usage: regproxy setup docker|containerd|podman [--dry-run] [--root DIR]\n"                      \
+  "       regproxy setup gateway [--tproxy] [--interface IF] [--dry-run] [--root DIR]\n"           \
   "       regproxy setup containerd --mirror [--dry-run] [--root DIR]"
 #define MARK "Written by `regproxy setup`"
 
@@ -423,6 +424,194 @@ static int setup_containerd_mirror(struct setup *s) {
   return 0;
 }
 
+/* ---- gateway: nft rulesets for the transparent listener (issue 9) ---- */
+
+/* The three places traffic can be taken from (docs/gateway.md). */
+enum gw_case { GW_LAN, GW_CONTAINERS, GW_HOST, GW_CASE_LAST };
+
+struct gw {
+  uint16_t port;  /* the --transparent port */
+  uint32_t mark;  /* --mark: regproxy's own sockets, exempt */
+  uint32_t tmark; /* TPROXY: packets to deliver locally (policy routing) */
+  bool tproxy;
+  const char *ifname; /* --interface, or NULL */
+};
+
+/* "iifname "X" " for the rules of one interface pattern ("" for all). */
+static void gw_iif(struct rp_sbuf *b, const char *ifname) {
+  if (ifname != NULL)
+    rp_sbuf_addf(b, "iifname \"%s\" ", ifname);
+}
+
+/* PREROUTING rules for traffic arriving on ifname (LAN or container bridges). */
+static void gw_prerouting(struct rp_sbuf *b, const struct gw *g, const char *ifname) {
+  if (!g->tproxy) {
+    rp_sbuf_adds(b, "    ");
+    gw_iif(b, ifname);
+    rp_sbuf_adds(b, "fib daddr type local return\n    ");
+    gw_iif(b, ifname);
+    rp_sbuf_addf(b, "tcp dport { 80, 443 } redirect to :%u\n", g->port);
+    return;
+  }
+  rp_sbuf_adds(b, "    ");
+  gw_iif(b, ifname);
+  rp_sbuf_addf(b, "meta l4proto tcp socket transparent 1 meta mark set 0x%x accept\n    ",
+               g->tmark);
+  gw_iif(b, ifname);
+  rp_sbuf_adds(b, "fib daddr type local return\n    ");
+  gw_iif(b, ifname);
+  rp_sbuf_addf(
+      b, "meta nfproto ipv4 tcp dport { 80, 443 } tproxy ip to :%u meta mark set 0x%x accept\n    ",
+      g->port, g->tmark);
+  gw_iif(b, ifname);
+  rp_sbuf_addf(
+      b, "meta nfproto ipv6 tcp dport { 80, 443 } tproxy ip6 to :%u meta mark set 0x%x accept\n",
+      g->port, g->tmark);
+}
+
+static char *gw_ruleset(const struct gw *g, enum gw_case which) {
+  static const char *const names[GW_CASE_LAST] = {"regproxy_lan", "regproxy_containers",
+                                                  "regproxy_host"};
+  static const char *const what[GW_CASE_LAST] = {
+      "a LAN gateway: TCP 80/443 forwarded from the LAN",
+      "containers on this host: TCP 80/443 from docker0 and br-* bridges",
+      "engines on this host (dockerd, containerd, podman): TCP 80/443 they open"};
+  const char *bridges[2] = {"docker0", "br-*"};
+  const char *t = names[which];
+  struct rp_sbuf b = {0};
+  size_t n;
+
+  rp_sbuf_addf(&b,
+               "#!/usr/sbin/nft -f\n# " MARK " gateway (%s).\n# %s, to regproxy's "
+               "transparent listener :%u (%s); regproxy's own connections carry --mark 0x%x "
+               "and are never taken.\n# Load: nft -f THIS-FILE (again to replace it); remove: "
+               "nft delete table inet %s\n",
+               g->tproxy ? "TPROXY" : "REDIRECT", what[which], g->port,
+               g->tproxy ? "--tproxy" : "REDIRECT", g->mark, t);
+  rp_sbuf_addf(&b, "table inet %s\ndelete table inet %s\ntable inet %s {\n", t, t, t);
+  if (which == GW_HOST) {
+    if (!g->tproxy) {
+      rp_sbuf_addf(&b,
+                   "  chain output {\n    type nat hook output priority -100; policy accept;\n"
+                   "    meta mark 0x%x return\n    fib daddr type local return\n"
+                   "    tcp dport { 80, 443 } redirect to :%u\n  }\n",
+                   g->mark, g->port);
+    } else {
+      /* TPROXY works in PREROUTING only: local packets are marked in OUTPUT,
+       * re-routed through lo by the policy rule, and taken there. */
+      rp_sbuf_addf(&b,
+                   "  chain output {\n    type route hook output priority mangle; policy accept;\n"
+                   "    meta mark 0x%x return\n    fib daddr type local return\n"
+                   "    tcp dport { 80, 443 } meta mark set 0x%x\n  }\n"
+                   "  chain prerouting {\n    type filter hook prerouting priority mangle; "
+                   "policy accept;\n",
+                   g->mark, g->tmark);
+      rp_sbuf_addf(&b,
+                   "    iifname \"lo\" meta mark 0x%x meta nfproto ipv4 tcp dport { 80, 443 } "
+                   "tproxy ip to :%u accept\n"
+                   "    iifname \"lo\" meta mark 0x%x meta nfproto ipv6 tcp dport { 80, 443 } "
+                   "tproxy ip6 to :%u accept\n",
+                   g->tmark, g->port, g->tmark, g->port);
+      rp_sbuf_adds(&b, "  }\n");
+    }
+  } else {
+    if (!g->tproxy)
+      rp_sbuf_adds(&b, "  chain prerouting {\n    type nat hook prerouting priority dstnat; "
+                       "policy accept;\n");
+    else
+      rp_sbuf_adds(&b, "  chain prerouting {\n    type filter hook prerouting priority mangle; "
+                       "policy accept;\n");
+    if (which == GW_LAN) {
+      gw_prerouting(&b, g, g->ifname);
+    } else {
+      for (int i = 0; i < 2; i++)
+        gw_prerouting(&b, g, bridges[i]);
+    }
+    rp_sbuf_adds(&b, "  }\n");
+    /* HTTP/3 would pass beside regproxy: browsers fall back to TCP when
+     * UDP/443 is refused. */
+    rp_sbuf_adds(&b, "  chain forward {\n    type filter hook forward priority filter; "
+                     "policy accept;\n");
+    if (which == GW_LAN) {
+      rp_sbuf_adds(&b, "    ");
+      gw_iif(&b, g->ifname);
+      rp_sbuf_adds(&b, "udp dport 443 reject\n");
+    } else {
+      for (int i = 0; i < 2; i++)
+        rp_sbuf_addf(&b, "    iifname \"%s\" udp dport 443 reject\n", bridges[i]);
+    }
+    rp_sbuf_adds(&b, "  }\n");
+  }
+  rp_sbuf_adds(&b, "}\n");
+  return rp_sbuf_take(&b, &n);
+}
+
+static int setup_gateway(struct setup *s) {
+  const struct rp_config *cfg = s->cfg;
+  struct gw g;
+  struct rp_sbuf b = {0};
+  static const char *const files[GW_CASE_LAST] = {"/etc/regproxy/gateway/lan.nft",
+                                                  "/etc/regproxy/gateway/containers.nft",
+                                                  "/etc/regproxy/gateway/host.nft"};
+  char *text;
+  size_t n;
+
+  memset(&g, 0, sizeof(g));
+  g.port = cfg->n_transparent > 0 ? cfg->transparent[0].port : 3129;
+  g.mark = cfg->mark_set && cfg->mark != 0 ? cfg->mark : 0x2a;
+  g.tmark = g.mark == 0x1 ? 0x2 : 0x1;
+  g.tproxy = cfg->tproxy;
+  g.ifname = cfg->setup_interface;
+  for (int i = 0; i < GW_CASE_LAST; i++) {
+    text = gw_ruleset(&g, (enum gw_case)i);
+    if (text == NULL)
+      return 1;
+    put(s, files[i], text, true);
+    free(text);
+  }
+  rp_sbuf_adds(&b, "# " MARK " gateway; regproxy owns this file.\n"
+                   "# Forwarding for a LAN gateway; loose reverse-path filtering, since "
+                   "redirected and TPROXY'd replies leave by another path than strict "
+                   "rp_filter expects.\n"
+                   "net.ipv4.ip_forward = 1\nnet.ipv6.conf.all.forwarding = 1\n"
+                   "net.ipv4.conf.all.rp_filter = 2\nnet.ipv4.conf.default.rp_filter = 2\n"
+                   "# Accepted sockets take the SYN's mark: regproxy recognises (and refuses) "
+                   "its own marked connections sent back to it by a rule without the "
+                   "exemption.\nnet.ipv4.tcp_fwmark_accept = 1\n");
+  text = rp_sbuf_take(&b, &n);
+  if (text == NULL)
+    return 1;
+  put(s, "/etc/sysctl.d/90-regproxy-gateway.conf", text, true);
+  free(text);
+  if (g.tproxy) {
+    rp_sbuf_addf(&b,
+                 "#!/bin/sh\n# " MARK " gateway; regproxy owns this file.\n"
+                 "# TPROXY: packets marked 0x%x are delivered to the local socket. Run at boot "
+                 "(e.g. from a systemd unit before regproxy).\n"
+                 "ip rule add fwmark 0x%x lookup 100\nip route add local 0.0.0.0/0 dev lo table "
+                 "100\nip -6 rule add fwmark 0x%x lookup 100\nip -6 route add local ::/0 dev lo "
+                 "table 100\n",
+                 g.tmark, g.tmark, g.tmark);
+    text = rp_sbuf_take(&b, &n);
+    if (text == NULL)
+      return 1;
+    put(s, "/etc/regproxy/gateway/policy-routing.sh", text, true);
+    free(text);
+  }
+  if (s->failed)
+    return 1;
+  printf("regproxy must run with: --transparent 0.0.0.0:%u --transparent [::]:%u%s --mark "
+         "0x%x --allow <the LAN or container subnets>%s\n",
+         g.port, g.port, g.tproxy ? " --tproxy" : "", g.mark,
+         cfg->n_transparent > 0 ? "" : " (no --transparent given: port 3129 assumed)");
+  printf("then: sysctl --system; %snft -f one of the .nft files above (lan, containers or "
+         "host; see docs/gateway.md)\n",
+         g.tproxy ? "sh /etc/regproxy/gateway/policy-routing.sh; " : "");
+  printf("LAN hosts trust the CA from http://<this host>:<--listen port>/ca.crt; hosts that "
+         "do not trust it fail only for the mitm registries\n");
+  return 0;
+}
+
 int rp_cli_setup(struct rp_config *cfg) {
   const char *engine = cfg->args.n >= 2 ? cfg->args.v[1] : NULL;
   struct setup s;
@@ -437,7 +626,7 @@ int rp_cli_setup(struct rp_config *cfg) {
 
   if (engine == NULL || cfg->args.n > 2 ||
       (strcmp(engine, "docker") != 0 && strcmp(engine, "containerd") != 0 &&
-       strcmp(engine, "podman") != 0)) {
+       strcmp(engine, "podman") != 0 && strcmp(engine, "gateway") != 0)) {
     fprintf(stderr, "regproxy: setup: %s\n" SETUP_USAGE "\n",
             engine == NULL ? "which engine?" : "unknown engine or extra argument");
     return 2;
@@ -453,6 +642,8 @@ int rp_cli_setup(struct rp_config *cfg) {
   s.dry_run = cfg->dry_run;
   if (cfg->setup_mirror)
     return setup_containerd_mirror(&s);
+  if (strcmp(engine, "gateway") == 0)
+    return setup_gateway(&s);
   /* The CA the engine must trust (created now if this is the first use),
    * and one `regproxy run` will accept for this mitm list. */
   ca_opts.create = !cfg->dry_run;

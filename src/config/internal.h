@@ -136,7 +136,7 @@ struct rp__opt {
 };
 
 /* The number of options; options.c checks it against the table. */
-#define RP__N_OPTS 39
+#define RP__N_OPTS 40
 extern const struct rp__opt rp__opts[RP__N_OPTS];
 
 size_t rp__opt_index(const struct rp__opt *o);

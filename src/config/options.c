@@ -120,6 +120,8 @@ const struct rp__opt rp__opts[] = {
      "write into DIR as if it were /", G_SETUP, 0, 0},
     {"mirror", OT_BOOL, OF_NO_KEY | OF_NO_ENV, F(setup_mirror), 0, "off", NULL, NULL,
      "setup containerd: hosts.toml mirror entries (no proxy, no CA) instead", G_SETUP, 0, 0},
+    {"interface", OT_STRING, OF_NO_KEY | OF_NO_ENV, F(setup_interface), 0, NULL, "all", "IF",
+     "setup gateway: the LAN interface whose traffic is redirected", G_SETUP, 0, 0},
 };
 
 _Static_assert(sizeof rp__opts / sizeof rp__opts[0] == RP__N_OPTS,

@@ -120,11 +120,16 @@ const char *rp_http_reason(int status) {
   switch (status) {
   case 100: return "Continue";
   case 200: return "OK";
+  case 201: return "Created";
+  case 202: return "Accepted";
   case 204: return "No Content";
   case 206: return "Partial Content";
   case 301: return "Moved Permanently";
   case 302: return "Found";
+  case 303: return "See Other";
   case 304: return "Not Modified";
+  case 307: return "Temporary Redirect";
+  case 308: return "Permanent Redirect";
   case 400: return "Bad Request";
   case 401: return "Unauthorized";
   case 403: return "Forbidden";
@@ -134,7 +139,9 @@ const char *rp_http_reason(int status) {
   case 408: return "Request Timeout";
   case 409: return "Conflict";
   case 413: return "Content Too Large";
+  case 416: return "Range Not Satisfiable";
   case 421: return "Misdirected Request";
+  case 429: return "Too Many Requests";
   case 431: return "Request Header Fields Too Large";
   case 500: return "Internal Server Error";
   case 501: return "Not Implemented";

@@ -210,6 +210,16 @@ static uv_loop_t *tcp_loop(const struct rp_stream *s) {
   return ((const struct tcp_stream *)s)->tcp.loop;
 }
 
+static const struct rp_stream_ops tcp_ops;
+
+int rp_tcp_stream_sockname(const struct rp_stream *s, struct sockaddr_storage *ss) {
+  const struct tcp_stream *ts = (const struct tcp_stream *)s;
+  int len = sizeof(*ss);
+  if (s == NULL || s->ops != &tcp_ops)
+    return UV_EINVAL;
+  return uv_tcp_getsockname(&ts->tcp, (struct sockaddr *)ss, &len);
+}
+
 static const struct rp_stream_ops tcp_ops = {
     .name = "tcp",
     .read_start = tcp_read_start,

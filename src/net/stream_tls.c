@@ -762,6 +762,13 @@ static void on_failed_create_close(uv_handle_t *h) {
 struct rp_stream *rp_tls_stream_server(struct rp_stream *inner, SSL_CTX *base_ctx, const char *host,
                                        rp_tls_select_cb select, void *select_arg,
                                        rp_tls_handshake_cb cb) {
+  return rp_tls_stream_server_preread(inner, base_ctx, host, select, select_arg, cb, NULL, 0);
+}
+
+struct rp_stream *rp_tls_stream_server_preread(struct rp_stream *inner, SSL_CTX *base_ctx,
+                                               const char *host, rp_tls_select_cb select,
+                                               void *select_arg, rp_tls_handshake_cb cb,
+                                               char *preread, size_t preread_len) {
   struct tls_stream *ts = NULL;
   rp_stream_read_cb saved_read;
   void *saved_data;
@@ -815,9 +822,26 @@ struct rp_stream *rp_tls_stream_server(struct rp_stream *inner, SSL_CTX *base_ct
   ts->idle.data = ts;
   saved_read = inner->on_read;
   saved_data = inner->data;
-  inner->on_read = on_inner_read;
-  inner->data = ts;
-  rc = inner->ops->read_start(inner);
+  if (preread != NULL && preread_len > 0) {
+    /* The bytes already read go first, as the inner block on hand; the inner
+     * stream is read again once the handshake has taken them (pump from the
+     * loop, never from inside this call or the caller's read callback). */
+    rc = inner->ops->read_stop(inner);
+  }
+  if (rc == 0 && preread != NULL && preread_len > 0) {
+    inner->on_read = on_inner_read;
+    inner->data = ts;
+    ts->in_block = preread;
+    ts->in_off = 0;
+    ts->in_len = preread_len;
+    schedule(ts);
+    return &ts->base;
+  }
+  if (rc == 0) {
+    inner->on_read = on_inner_read;
+    inner->data = ts;
+    rc = inner->ops->read_start(inner);
+  }
   if (rc == UV_EALREADY)
     rc = 0;
   if (rc != 0) {

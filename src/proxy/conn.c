@@ -12,8 +12,8 @@
 #include "regproxy/metrics.h"
 #include "regproxy/rules.h"
 
-static const char *const state_names[RP_CONN_STATE_LAST] = {"head",    "dial", "tunnel", "forward",
-                                                            "respond", "tls",  "pass",   "closing"};
+static const char *const state_names[RP_CONN_STATE_LAST] = {
+    "head", "dial", "tunnel", "forward", "respond", "tls", "pass", "peek", "closing"};
 
 struct rp_bref *rp__bref_new(char *block) {
   struct rp_bref *r = malloc(sizeof(*r));
@@ -87,6 +87,8 @@ void rp__conn_set_upstream(struct rp_conn *c, struct rp_stream *s) {
   c->upstream = s;
   s->data = c;
   c->handles_open++;
+  if (c->transparent)
+    rp_tcp_stream_sockname(s, &c->up_local); /* the loop check looks for it */
   c->up_eof = 0;
   c->up_paused = 0;
   c->up_shut = 0;
@@ -161,6 +163,7 @@ static void begin_headless_request(struct rp_conn *c) {
 void rp__conn_set_timer(struct rp_conn *c, enum rp_timer_mode mode, uint64_t ms) {
   c->tmode = mode;
   c->timer_ms = ms;
+  c->pass_waited = 0;
   rp__conn_touch(c);
   if (mode == RP_TM_NONE || ms == 0)
     uv_timer_stop(&c->timer);
@@ -199,6 +202,19 @@ static void on_timer(uv_timer_t *t) {
     break;
   case RP_CONN_TUNNEL:
     snprintf(c->log.reason, sizeof(c->log.reason), "tunnel idle timeout");
+    rp__conn_close(c);
+    break;
+  case RP_CONN_PEEK: rp__transparent_peek_timeout(c); break;
+  case RP_CONN_PASS:
+    /* Still waiting for the upstream's answer: the upstream engine gives a
+     * silent upstream up after the same time and answers the client (502,
+     * or from memory); closing now would leave it an empty reply. This timer
+     * only backs the engine up. */
+    if (!c->x_started && !c->pass_waited) {
+      c->pass_waited = 1;
+      uv_timer_start(&c->timer, on_timer, c->timer_ms, 0);
+      break;
+    }
     rp__conn_close(c);
     break;
   default: rp__conn_close(c); break;
@@ -384,6 +400,12 @@ void rp__conn_log(struct rp_conn *c) {
   rp_logline_u64(&l, "conn", c->id);
   rp_logline_str(&l, "client", c->client_addr);
   rp_logline_str(&l, "via", r->via != NULL ? r->via : "proxy");
+  if (c->dst_ip[0] != '\0') {
+    char dst[80];
+    snprintf(dst, sizeof(dst), strchr(c->dst_ip, ':') ? "[%s]:%u" : "%s:%u", c->dst_ip,
+             c->dst_port);
+    rp_logline_str(&l, "dst", dst);
+  }
   rp_logline_str(&l, "route", r->route != NULL ? r->route : "-");
   rp_logline_str(&l, "host", r->host[0] ? r->host : "-");
   if (r->port != 0)
@@ -520,6 +542,9 @@ static void dispatch(struct rp_conn *c, const struct rp_http_head *h) {
     rp__conn_respond(c, 400, why, true);
     return;
   }
+  /* A transparent connection names its destination with Host. */
+  if (c->transparent && !c->mitm && !rp__transparent_target(c, h))
+    return;
   if (c->target.form == RP_TARGET_ORIGIN || c->target.form == RP_TARGET_ASTERISK) {
     n = h->target_len < sizeof(c->log.path) - 1 ? h->target_len : sizeof(c->log.path) - 1;
     memcpy(c->log.path, h->target, n);
@@ -720,7 +745,10 @@ void rp__conn_accept(struct rp_listener *l) {
     return;
   }
   rp_tcp_tune(tcp, 0);
-  rp__conn_adopt(srv, rp_tcp_stream_wrap(tcp), l->transparent ? "transparent" : "proxy");
+  if (l->transparent)
+    rp__transparent_accept(l, tcp);
+  else
+    rp__conn_adopt(srv, rp_tcp_stream_wrap(tcp), "proxy");
 }
 
 struct rp_conn *rp__conn_adopt(struct rp_server *srv, struct rp_stream *s, const char *via) {
@@ -798,6 +826,13 @@ void rp__conn_dial_req(struct rp_conn *c, struct rp_dial_req *req, const char *h
   req->n_connect_to = cfg->n_connect_to;
   req->timeout_ms = cfg->connect_timeout_ms;
   req->mark = cfg->mark_set ? cfg->mark : 0;
+  if (c->dst_ip[0] != '\0' && !(via_parent && c->srv->parent.host[0] != '\0')) {
+    /* Transparent: the original destination, never a fresh DNS answer. */
+    req->host = c->dst_ip;
+    req->port = c->dst_port;
+    req->connect_to = NULL;
+    req->n_connect_to = 0;
+  }
   if (via_parent && c->srv->parent.host[0] != '\0') {
     req->parent_host = c->srv->parent.host;
     req->parent_port = c->srv->parent.port;

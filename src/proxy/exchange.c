@@ -68,6 +68,7 @@ static int x_start(struct rp_exchange *x, int status, const struct rp_http_heade
     return UV_ENOMEM;
   buf = uv_buf_init(p, (unsigned)len);
   c->log.status = status;
+  c->x_started = 1;
   if (rp__conn_write(c, c->client, &buf, 1, NULL, p) != 0)
     return UV_EPIPE;
   /* A body paces itself on the client's stream; the idle timer would not
@@ -285,6 +286,7 @@ struct rp_exchange *rp__conn_exchange_begin(struct rp_conn *c, const char *path,
   c->x_body.write = body_write;
   c->x_chunked = 0;
   c->x_no_body = 0;
+  c->x_started = 0;
   return &c->x;
 }
 

@@ -83,6 +83,7 @@ enum rp_conn_state {
   RP_CONN_RESPOND, /* a local answer is being sent */
   RP_CONN_TLS,     /* MITM: TLS handshake with the client */
   RP_CONN_PASS,    /* a request answered through its exchange (the registry service) */
+  RP_CONN_PEEK,    /* transparent: reading the first bytes to tell TLS, HTTP or other */
   RP_CONN_CLOSING,
   RP_CONN_STATE_LAST
 };
@@ -158,6 +159,7 @@ struct rp_conn {
   size_t pending_head_len;
   struct rp_http_parser *uparser;
   int up_head_sent;   /* the response head went to the client */
+  int pass_waited;    /* the timer let one period pass for the upstream engine */
   int up_chunked_out; /* forward.c chunks the response body for the client */
   int up_close_after; /* close the client after this response */
   int up_keep;        /* the upstream may serve another request */
@@ -178,10 +180,19 @@ struct rp_conn {
   int x_chunked; /* that body is chunked on the wire */
   int x_no_body; /* HEAD, 204, 304: the body is dropped */
   int x_via;     /* plain HTTP: the answer carries Via */
+  int x_started; /* the answer's head went out */
   struct rp_body_chunk *x_in; /* request body not yet read by the handler */
   struct rp_body_chunk **x_in_tail;
   size_t x_in_bytes;
   struct rp__pa_job *pa_job; /* Proxy-Authorization being checked (proxyauth.c) */
+
+  /* Transparent (transparent.c): the original destination, where every
+   * outgoing connection of this client connection goes (not via a parent). */
+  int transparent;
+  struct sockaddr_storage dst;
+  char dst_ip[64]; /* "" when not transparent; IPv6 without brackets */
+  uint16_t dst_port;
+  struct sockaddr_storage up_local; /* our side of the tunnel's upstream (loop check) */
 };
 
 struct rp_body_chunk {
@@ -257,6 +268,20 @@ void rp__conn_dial_req(struct rp_conn *c, struct rp_dial_req *req, const char *h
                        bool via_parent, bool parent_connect);
 int rp__dial_status(int status);
 
+/* transparent.c */
+/** Accept on a --transparent listener: original destination, loop check,
+ * then the peek that decides between TLS, plain HTTP and a blind tunnel. */
+void rp__transparent_accept(struct rp_listener *l, uv_tcp_t *tcp);
+/** The peek timer fired (no decision yet): tunnel what was read, or nothing. */
+void rp__transparent_peek_timeout(struct rp_conn *c);
+/** A plain-HTTP request on a transparent connection: its origin-form target
+ * becomes the Host's absolute form (answered 400 and false when it cannot). */
+bool rp__transparent_target(struct rp_conn *c, const struct rp_http_head *h);
+/** A server that listens on --transparent: set up before bind (IP_TRANSPARENT). */
+int rp__transparent_listener_prepare(uv_tcp_t *tcp, int family, bool tproxy, char **err);
+/** Say at start what the transparent set-up lacks (CAP_NET_ADMIN for --mark). */
+void rp__transparent_start_checks(const struct rp_server *srv);
+
 /* tunnel.c */
 /** Dial the CONNECT target as c->route says (direct or via the parent). */
 void rp__tunnel_connect(struct rp_conn *c);
@@ -269,6 +294,12 @@ void rp__forward_client_drained(struct rp_conn *c);
 void rp__forward_destroy(struct rp_conn *c);
 /* mitm.c */
 void rp__mitm_connect(struct rp_conn *c);
+/** Terminate the client's TLS as host:port (the connection's identity) and
+ * serve the requests inside: CONNECT after its 200, and the transparent
+ * front, which hands over the ClientHello bytes it already read (preread, a
+ * pool block owned from now on, or NULL). */
+void rp__mitm_start_tls(struct rp_conn *c, const char *host, uint16_t port, char *preread,
+                        size_t preread_len);
 /** A request inside an intercepted TLS connection. */
 void rp__mitm_request(struct rp_conn *c, const struct rp_http_head *h);
 /** A request routed RP_ROUTE_PLAIN_REGISTRY; false for what the registry

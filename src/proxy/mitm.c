@@ -58,7 +58,6 @@ static void on_handshake(struct rp_stream *s, int status, const char *reason) {
 
 void rp__mitm_connect(struct rp_conn *c) {
   struct rp_server *srv = c->srv;
-  struct rp_stream *tls;
   uv_buf_t buf = uv_buf_init((char *)established, sizeof(established) - 1);
 
   c->log.status = 200;
@@ -80,15 +79,24 @@ void rp__mitm_connect(struct rp_conn *c) {
   c->req_active = 0;
   rp__bref_put(c->in);
   c->in = NULL;
+  rp__mitm_start_tls(c, c->target.host, c->target.port, NULL, 0);
+}
+
+void rp__mitm_start_tls(struct rp_conn *c, const char *host, uint16_t port, char *preread,
+                        size_t preread_len) {
+  struct rp_server *srv = c->srv;
+  struct rp_stream *tls;
+
   c->mitm = 1;
   rp_http_parser_reset(c->parser);
-  snprintf(c->mitm_host, sizeof(c->mitm_host), "%s", c->target.host);
-  c->mitm_port = c->target.port;
+  snprintf(c->mitm_host, sizeof(c->mitm_host), "%s", host);
+  c->mitm_port = port;
   rp__conn_go_state(c, RP_CONN_TLS);
   rp__conn_stop_client(c);
-  tls = rp_tls_stream_server(c->client, rp_leafcache_base_ctx(srv->leaves), c->mitm_host,
-                             select_ctx, c, on_handshake);
+  tls = rp_tls_stream_server_preread(c->client, rp_leafcache_base_ctx(srv->leaves), c->mitm_host,
+                                     select_ctx, c, on_handshake, preread, preread_len);
   if (tls == NULL) {
+    rp_buf_free(preread);
     rp__conn_close(c);
     return;
   }
@@ -116,6 +124,11 @@ static bool serve(struct rp_conn *c, enum rp_registry_way way, const char *host,
   const char *path;
   size_t len;
 
+  if (c->dst_ip[0] != '\0' && way != RP_REGISTRY_MIRROR) {
+    /* Transparent: the registry is reached at the original destination. */
+    t.connect_ip = c->dst_ip;
+    t.connect_port = c->dst_port;
+  }
   request_path(c, &path, &len);
   x = rp__conn_exchange_begin(c, path, len);
   rp__conn_go_state(c, RP_CONN_PASS);

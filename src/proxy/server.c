@@ -311,13 +311,6 @@ int rp_server_create(struct rp_server **out, uv_loop_t *loop, struct rp_config *
 
   *out = NULL;
   rc = rp_config_check_listeners(cfg, err);
-  if (rc == 0 && cfg->n_transparent > 0) {
-    /* Refuse rather than mishandle redirected traffic: without original-
-     * destination routing and SNI peeking it would be answered as admin or
-     * mirror requests. */
-    set_err(err, "--transparent", "transparent mode is not implemented yet");
-    rc = RP_ECONFIG;
-  }
   if (rc != 0) {
     rp_config_destroy(cfg);
     return rc;
@@ -369,8 +362,21 @@ static int bind_listener(struct rp_server *srv, struct rp_listener *l,
   l->srv = srv;
   l->transparent = transparent;
   snprintf(l->addr, sizeof(l->addr), "%s", a->text);
-  uv_tcp_init(srv->loop, &l->tcp);
+  /* TPROXY: IP_TRANSPARENT is set on the socket before bind. */
+  rc = uv_tcp_init_ex(srv->loop, &l->tcp, transparent ? ss.ss_family : AF_UNSPEC);
+  if (rc != 0) {
+    set_err(err, a->text, uv_strerror(rc));
+    return rc;
+  }
   l->tcp.data = l;
+  if (transparent) {
+    rc = rp__transparent_listener_prepare(&l->tcp, ss.ss_family, srv->cfg->tproxy, err);
+    if (rc != 0) {
+      l->closed = 1;
+      uv_close((uv_handle_t *)&l->tcp, NULL);
+      return rc;
+    }
+  }
   rc = uv_tcp_bind(&l->tcp, (struct sockaddr *)&ss, ss.ss_family == AF_INET6 ? UV_TCP_IPV6ONLY : 0);
   if (rc == 0)
     rc = uv_listen((uv_stream_t *)&l->tcp, 1024, on_connection);
@@ -393,6 +399,8 @@ static void startup_lines(struct rp_server *srv) {
     rp_logline_begin(&l, RP_LOG_INFO, "listening");
     rp_logline_str(&l, "addr", srv->listeners[i].addr);
     rp_logline_str(&l, "via", srv->listeners[i].transparent ? "transparent" : "proxy");
+    if (srv->listeners[i].transparent)
+      rp_logline_str(&l, "mode", cfg->tproxy ? "tproxy" : "redirect");
     rp_logline_end(&l);
   }
   rp_logline_begin(&l, RP_LOG_INFO, "paths");
@@ -558,6 +566,7 @@ static int start_mitm(struct rp_server *srv, char **err) {
   o.connect_to = cfg->connect_to;
   o.n_connect_to = cfg->n_connect_to;
   o.connect_timeout_ms = cfg->connect_timeout_ms;
+  o.stall_timeout_ms = cfg->idle_timeout_ms;
   o.mark = cfg->mark_set ? cfg->mark : 0;
   rc = rp_upstream_create(srv->loop, &o, &srv->up);
   rp_upstream_trust_release(o.trust);
@@ -590,6 +599,8 @@ int rp_server_start(struct rp_server *srv, char **err) {
   srv->nlisteners = k;
   if (rc != 0)
     return rc;
+  if (cfg->n_transparent > 0)
+    rp__transparent_start_checks(srv);
   record_owner(srv);
   uv_timer_init(srv->loop, &srv->grace);
   srv->grace.data = srv;

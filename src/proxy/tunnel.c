@@ -29,8 +29,10 @@ static void tunnel_start(struct rp_conn *c) {
   rp__conn_go_state(c, RP_CONN_TUNNEL);
   rp_metrics.tunnels_active++;
   c->log.status = 200;
-  rc = rp__conn_write(c, c->client, &buf, 1, NULL, NULL);
-  /* Bytes the client sent right behind its CONNECT head belong upstream. */
+  /* A transparent client never asked for a tunnel: it gets no answer. */
+  rc = c->transparent ? 0 : rp__conn_write(c, c->client, &buf, 1, NULL, NULL);
+  /* Bytes the client sent right behind its CONNECT head belong upstream
+   * (transparent: everything it sent while we peeked). */
   if (rc == 0 && c->in != NULL && c->in_off < c->in_len) {
     buf = uv_buf_init(c->in->block + c->in_off, (unsigned)(c->in_len - c->in_off));
     c->log.bytes_in += c->in_len - c->in_off;
@@ -59,6 +61,13 @@ static void on_dialed(void *data, int status, struct rp_stream *s, const char *r
     rp_metrics_upstream_error(status == RP_ETIMEDOUT ? "timeout"
                               : status == RP_EPROXY  ? "proxy"
                                                      : "connect");
+    if (c->transparent) {
+      /* Not an HTTP client: it sees the connection fail, as it would have. */
+      c->log.status = rp__dial_status(status);
+      snprintf(c->log.reason, sizeof(c->log.reason), "%s", reason);
+      rp__conn_close(c);
+      return;
+    }
     rp__conn_respond(c, rp__dial_status(status), reason, true);
     return;
   }

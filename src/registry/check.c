@@ -45,6 +45,7 @@ static int tag_on_head(struct rp_fetch *f, void *data, int status, const char *r
   rp__header_copy(h, n, "content-type", tc->ctype, sizeof(tc->ctype));
   tc->size = rp_http_header_size(h, n, "content-length");
   rp__stats_ratelimit(tc->reg, tc->registry, tc->authenticated, h, n);
+  rp__note_retry_after(tc->reg, tc->registry, status, h, n);
   return 0;
 }
 
@@ -117,9 +118,8 @@ static int confirm_on_head(struct rp_fetch *f, void *data, int status, const cha
   struct rp__headcheck *tc = data;
   (void)f;
   (void)reason;
-  (void)h;
-  (void)n;
   tc->status = status;
+  rp__note_retry_after(tc->reg, tc->registry, status, h, n);
   return 0;
 }
 

@@ -53,6 +53,13 @@ struct rp__upmirrors {
   size_t n;
 };
 
+/* A registry that asked to be left alone (429/503 with Retry-After). */
+#define RP__WAIT_SLOTS 16
+struct rp__wait {
+  char registry[RP__REGISTRY_LEN];
+  uint64_t until_ms; /* uv_now() */
+};
+
 struct rp_registry {
   uv_loop_t *loop;
   struct rp_upstream *up;
@@ -70,6 +77,7 @@ struct rp_registry {
   struct rp__mirror *mirror;   /* the mirror's auth client and registry challenges */
   struct rp__public *pub;      /* which repositories are public */
   struct rp__stats *stats;     /* the status page's numbers */
+  struct rp__wait waits[RP__WAIT_SLOTS]; /* Retry-After per registry */
   struct rp__upmirrors *upmirrors; /* upstream mirrors per registry */
   size_t n_upmirrors;
   struct rp_registry_counters counters;
@@ -98,6 +106,8 @@ struct rp__rq {
   struct rp_reg_path path;            /* the registry path of the request */
   char host[256];                     /* the origin */
   uint16_t port;
+  char connect_ip[64];                /* transparent: where host is reached, or "" */
+  uint16_t connect_port;
   char registry[RP__REGISTRY_LEN];    /* identity: canonical, "http://" for plain */
   char *up_path;                      /* upstream path and query when not the client's */
   char ns[256];                       /* mirror: ?ns=, echoed as OCI-Namespace */
@@ -295,6 +305,12 @@ bool rp__tag_fresh(struct rp__rq *rq);
 bool rp__answer_from_memory(struct rp__rq *rq, const char *label, bool offline);
 /** Could rp__answer_from_memory answer it while the registry is unreachable? */
 bool rp__can_stale(struct rp__rq *rq);
+/** A 429 or 503 with Retry-After: the registry is not asked again before then. */
+void rp__note_retry_after(struct rp_registry *reg, const char *registry, int status,
+                          const struct rp_http_header *h, size_t n);
+/** While the registry asked to wait: answer from memory, else a local 429
+ * (reads only). true: answered. */
+bool rp__wait_answer(struct rp__rq *rq);
 /** An upstream answer of the relay: a 2xx confirms the credential, a tag is remembered. */
 void rp__observe(struct rp__rq *rq, int status, const struct rp_http_header *h, size_t n);
 void rp__grab_body(struct rp__rq *rq, const char *p, size_t n);

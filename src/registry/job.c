@@ -421,6 +421,18 @@ static int job_on_body(struct rp_fetch *f, void *data, const char *p, size_t n) 
 
 static const struct rp_fetch_callbacks job_callbacks;
 
+/* The registry failed before any answer (unreachable, reset, silent): the
+ * waiters asked it the same thing, so they get that failure (a 502 naming
+ * it, or a stale answer) rather than each waiting for it once more. */
+static void fail_waiters(struct rp__filljob *job, int status, const char *reason) {
+  while (job->waiters != NULL) {
+    struct rp__rq *rq = job->waiters;
+    job->waiters = rq->next_waiter;
+    rq->waiting_on = NULL;
+    rp__relay_done(NULL, rq, status, reason);
+  }
+}
+
 static void job_on_done(struct rp_fetch *f, void *data, int status, const char *reason) {
   struct rp__filljob *job = data;
 
@@ -437,6 +449,9 @@ static void job_on_done(struct rp_fetch *f, void *data, int status, const char *
         return;
     }
   }
+  if (status != 0 && status != RP_EABORTED && job->fill == NULL && !job->passing &&
+      !job->fall_back)
+    fail_waiters(job, status, reason);
   if (!job->holding)
     rp__job_release_waiters(job); /* a mirror's bytes: once they verified */
   if (status != 0 && job->on_mirror != NULL && job->fill != NULL)

@@ -2,6 +2,7 @@
  * unreachable"): the tag memory, --tag-ttl, stale answers while the registry
  * is unreachable, and manifests relayed by tag without a digest, hashed on
  * the way and kept. */
+#include <curl/curl.h>
 #include <llhttp.h>
 #include <openssl/sha.h>
 #include <stdio.h>
@@ -119,6 +120,78 @@ bool rp__answer_from_memory(struct rp__rq *rq, const char *label, bool offline) 
     return true;
   }
   rp__serve_or_abort(rq, &d, NULL, info.size, info.media_type, 0, -1, false);
+  return true;
+}
+
+/* ---- Retry-After (RFC 9110 §10.2.3): a registry that asked to wait ---- */
+
+#define WAIT_MAX_S 3600
+
+void rp__note_retry_after(struct rp_registry *reg, const char *registry, int status,
+                          const struct rp_http_header *h, size_t n) {
+  char v[64];
+  int64_t secs = -1;
+  struct rp__wait *slot = NULL, *oldest = &reg->waits[0];
+  uint64_t now = uv_now(reg->loop);
+
+  if ((status != 429 && status != 503) || registry[0] == '\0')
+    return;
+  rp__header_copy(h, n, "retry-after", v, sizeof(v));
+  if (v[0] >= '0' && v[0] <= '9') {
+    secs = strtoll(v, NULL, 10);
+  } else if (v[0] != '\0') {
+    time_t when = curl_getdate(v, NULL);
+    if (when > 0)
+      secs = (int64_t)(when - time(NULL));
+  }
+  if (secs <= 0)
+    return;
+  if (secs > WAIT_MAX_S)
+    secs = WAIT_MAX_S;
+  for (size_t i = 0; i < RP__WAIT_SLOTS && slot == NULL; i++) {
+    if (strcmp(reg->waits[i].registry, registry) == 0)
+      slot = &reg->waits[i];
+    else if (reg->waits[i].until_ms < oldest->until_ms)
+      oldest = &reg->waits[i];
+  }
+  if (slot == NULL) {
+    slot = oldest;
+    snprintf(slot->registry, sizeof(slot->registry), "%s", registry);
+  }
+  slot->until_ms = now + (uint64_t)secs * 1000;
+  rp_log_info("registry %s asked to wait %llds (%d): answering from memory until then",
+              registry, (long long)secs, status);
+}
+
+static uint64_t wait_left_ms(const struct rp_registry *reg, const char *registry) {
+  uint64_t now = uv_now(reg->loop);
+  for (size_t i = 0; i < RP__WAIT_SLOTS; i++)
+    if (reg->waits[i].until_ms > now && strcmp(reg->waits[i].registry, registry) == 0)
+      return reg->waits[i].until_ms - now;
+  return 0;
+}
+
+bool rp__wait_answer(struct rp__rq *rq) {
+  static const char body[] = "{\"errors\":[{\"code\":\"TOOMANYREQUESTS\",\"message\":"
+                             "\"the registry asked to wait (Retry-After); regproxy waits with it\"}]}";
+  uint64_t left = wait_left_ms(rq->reg, rq->registry);
+  struct rp_http_header h[3];
+  char secs[24];
+  int m = rq->head->method_id;
+
+  if (left == 0)
+    return false;
+  if (rp__answer_from_memory(rq, "stale", true))
+    return true;
+  if ((m != HTTP_GET && m != HTTP_HEAD) ||
+      (rq->path.kind != RP_REG_MANIFEST && rq->path.kind != RP_REG_BLOB))
+    return false;
+  snprintf(secs, sizeof(secs), "%llu", (unsigned long long)((left + 999) / 1000));
+  rp_http_header_init(&h[0], "Content-Type", "application/json");
+  rp_http_header_init(&h[1], "Retry-After", secs);
+  rp_http_header_init(&h[2], "Docker-Distribution-API-Version", "registry/2.0");
+  rp__rq_reason(rq, "the registry asked to wait (Retry-After)");
+  rp__rq_reply(rq, 429, h, 3, body, sizeof(body) - 1);
   return true;
 }
 

@@ -171,7 +171,7 @@ static bool decide(struct rp__rq *rq) {
     return true;
   if (reg->cache != NULL && is_manifest && !p->ref_is_digest && get &&
       rp_http_header_find(h, "range") == NULL)
-    return rp__start_head(rq, &rp__tag_callbacks, NULL);
+    return rp__wait_answer(rq) || rp__start_head(rq, &rp__tag_callbacks, NULL);
   if (reg->cache == NULL || !p->ref_is_digest || (p->kind != RP_REG_BLOB && !is_manifest) ||
       !(get || head) || rp_digest_parse(p->ref, strlen(p->ref), &d) != 0)
     return false;
@@ -188,7 +188,7 @@ static bool decide(struct rp__rq *rq) {
     return true;
   }
   if (rp_cache_has(reg->cache, &d, &info) && info.is_manifest == is_manifest && get)
-    return rp__start_head(rq, &rp__confirm_callbacks, &d);
+    return rp__wait_answer(rq) || rp__start_head(rq, &rp__confirm_callbacks, &d);
   /* Single-flight: the same object being fetched for the same repository by
    * a confirmed client. Join it (now, or when its fill starts). */
   run = rp__job_find(reg, &d);
@@ -207,7 +207,7 @@ static bool decide(struct rp__rq *rq) {
         !rp__parse_range(h, run->size, &off, &len, &partial))
       return false;
     if (!rp__client_ok(rq, false) && !rp__job_same_credential(run, rq))
-      return rp__start_head(rq, &rp__confirm_callbacks, &d);
+      return rp__wait_answer(rq) || rp__start_head(rq, &rp__confirm_callbacks, &d);
     rp__rq_label(rq, "coalesced");
     rp__serve_or_abort(rq, &d, run->fill, run->size, run->ctype, off, len, partial);
     return true;
@@ -225,6 +225,9 @@ static bool decide(struct rp__rq *rq) {
       return false;
     }
   }
+  /* A registry that asked to wait (Retry-After) is not asked before then. */
+  if (rp__wait_answer(rq))
+    return true;
   /* SPEC §3 "Upstream mirrors": a mirror gets no credential, so the
    * registry confirms this client's first (a HEAD, free of pull limits). */
   if (rp__has_mirrors(rq) && reg->access_check && !rp__client_ok(rq, false))
@@ -233,6 +236,6 @@ static bool decide(struct rp__rq *rq) {
 }
 
 void rp__serve(struct rp__rq *rq) {
-  if (!decide(rq))
+  if (!decide(rq) && !rp__wait_answer(rq))
     rp__relay(rq);
 }

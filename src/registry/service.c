@@ -154,6 +154,13 @@ static void rq_identity(struct rp__rq *rq) {
   rp_reg_canonical(rq->host, rq->port, rq->registry + n, sizeof(rq->registry) - n);
   if (rq->registry[n] == '\0')
     rq->registry[0] = '\0';
+  /* Transparent plain HTTP: Host alone proves nothing, so the original
+   * destination is part of the key (SPEC §3). */
+  if (rq->way == RP_REGISTRY_PLAIN && rq->connect_ip[0] != '\0' && rq->registry[0] != '\0') {
+    n = strlen(rq->registry);
+    snprintf(rq->registry + n, sizeof(rq->registry) - n, "@%s:%u", rq->connect_ip,
+             rq->connect_port);
+  }
 }
 
 bool rp_registry_serve(struct rp_registry *reg, const struct rp_registry_target *t,
@@ -181,6 +188,10 @@ bool rp_registry_serve(struct rp_registry *reg, const struct rp_registry_target 
   }
   snprintf(rq->host, sizeof(rq->host), "%s", t->host);
   rq->port = t->port;
+  if (t->connect_ip != NULL) { /* transparent mode (issue 9) */
+    snprintf(rq->connect_ip, sizeof(rq->connect_ip), "%s", t->connect_ip);
+    rq->connect_port = t->connect_port;
+  }
   rq_identity(rq);
   rp__serve(rq);
   return true;
@@ -327,6 +338,11 @@ int rp__upreq_build(struct rp__rq *rq, const char *method, bool drop_range, cons
   req->nheaders = nh;
   req->body_len = h->chunked ? -1 : (h->content_length > 0 ? h->content_length : 0);
   rp__fetch_req_defaults(rq->reg, req);
+  if (req->proxy == NULL && rq->connect_ip[0] != '\0') {
+    /* Transparent: the original destination, verified for the name. */
+    snprintf(req->connect_ip, sizeof(req->connect_ip), "%s", rq->connect_ip);
+    req->connect_port = rq->connect_port;
+  }
   return 0;
 }
 

@@ -56,6 +56,7 @@ struct rp_upstream {
   struct curl_slist *connect_to;
   uint64_t next_serial;
   uint64_t connect_timeout_ms;
+  uint64_t stall_timeout_ms;
   uint32_t mark;
   int depth; /* > 0 while libcurl may be running our transfer callbacks */
   struct rp_fetch *fetches;
@@ -74,6 +75,7 @@ struct rp_fetch {
   struct rp_fetch *prev, *next;
   CURL *easy;
   struct curl_slist *headers;
+  struct curl_slist *connect_to; /* rp_fetch_req.connect_ip, then the configured rules */
   struct rp_fetch_callbacks cb;
   void *data;
   uint64_t serial;
@@ -321,6 +323,7 @@ static void fetch_free(struct rp_fetch *f) {
   if (f->easy != NULL)
     curl_easy_cleanup(f->easy);
   curl_slist_free_all(f->headers);
+  curl_slist_free_all(f->connect_to);
   rp_upstream_trust_release(f->trust);
   free(f->proxy_user);
   free(f->proxy_pass);
@@ -682,6 +685,10 @@ static void fetch_finish(struct rp_fetch *f, CURLcode code) {
     fetch_free(f);
     return;
   }
+  /* libcurl refuses a response header line over its own limit
+   * (CURL_MAX_HTTP_HEADER) with CURLE_OUT_OF_MEMORY and no message. */
+  if (code == CURLE_OUT_OF_MEMORY && f->head_open && !f->head_delivered)
+    fail(f, RP_EUPSTREAM, "upstream response head too large");
   status = map_result(f, code);
   reason[0] = '\0';
   if (status != 0)
@@ -926,6 +933,42 @@ out:
   return 0;
 }
 
+/* rp_fetch_req.connect_ip as this transfer's own connect-to line, ahead of
+ * the configured ones (the first match wins; they still apply to redirects). */
+static int fetch_connect_to(struct rp_fetch *f, const struct rp_fetch_req *req) {
+  char *host = NULL, *port = NULL;
+  char line[400];
+  int rc = 0, v6 = strchr(req->connect_ip, ':') != NULL;
+  CURLU *u = curl_url();
+
+  if (u == NULL)
+    return RP_ENOMEM;
+  if (curl_url_set(u, CURLUPART_URL, req->url, 0) != CURLUE_OK ||
+      curl_url_get(u, CURLUPART_HOST, &host, 0) != CURLUE_OK ||
+      curl_url_get(u, CURLUPART_PORT, &port, CURLU_DEFAULT_PORT) != CURLUE_OK) {
+    rc = RP_EINVAL;
+    goto out;
+  }
+  snprintf(line, sizeof(line), "%s:%s:%s%s%s:%u", host, port, v6 ? "[" : "", req->connect_ip,
+           v6 ? "]" : "",
+           req->connect_port != 0 ? req->connect_port : (unsigned)strtoul(port, NULL, 10));
+  f->connect_to = curl_slist_append(NULL, line);
+  for (struct curl_slist *l = f->up->connect_to; l != NULL && f->connect_to != NULL; l = l->next) {
+    struct curl_slist *n = curl_slist_append(f->connect_to, l->data);
+    if (n == NULL) {
+      curl_slist_free_all(f->connect_to);
+      f->connect_to = NULL;
+    }
+  }
+  if (f->connect_to == NULL)
+    rc = RP_ENOMEM;
+out:
+  curl_free(host);
+  curl_free(port);
+  curl_url_cleanup(u);
+  return rc;
+}
+
 /* The certs.d entry for the URL's registry (redirects keep it, as the
  * engines' HTTP clients keep their TLS configuration). */
 static int pick_certsd(struct rp_fetch *f, const char *url) {
@@ -991,10 +1034,17 @@ static int setup_easy(struct rp_fetch *f, const struct rp_fetch_req *req) {
     SETOPT(CURLOPT_CONNECTTIMEOUT_MS, (long)req->connect_timeout_ms);
   else if (up->connect_timeout_ms > 0)
     SETOPT(CURLOPT_CONNECTTIMEOUT_MS, (long)up->connect_timeout_ms);
-  if (req->stall_timeout_ms > 0) {
-    /* Below one byte a second for that long, from the request on. */
-    SETOPT(CURLOPT_LOW_SPEED_LIMIT, 1L);
-    SETOPT(CURLOPT_LOW_SPEED_TIME, (long)((req->stall_timeout_ms + 999) / 1000));
+  {
+    /* An upstream that goes silent (before its head or mid-body) would hold
+     * its fill, and every client that joins it, forever: below one byte a
+     * second for the stall bound, the transfer fails. libcurl exempts a
+     * paused transfer, so a slow client is not taken for a silent upstream.
+     * A fetch may bound it tighter (a mirror, with another source behind). */
+    uint64_t stall = req->stall_timeout_ms > 0 ? req->stall_timeout_ms : up->stall_timeout_ms;
+    if (stall > 0) {
+      SETOPT(CURLOPT_LOW_SPEED_LIMIT, 1L);
+      SETOPT(CURLOPT_LOW_SPEED_TIME, (long)(stall < 1000 ? 1 : (stall + 999) / 1000));
+    }
   }
 
   /* The proxy decision is the caller's alone: CURLOPT_PROXY "" means direct,
@@ -1019,8 +1069,14 @@ static int setup_easy(struct rp_fetch *f, const struct rp_fetch_req *req) {
       SETOPT(CURLOPT_PROXYAUTH, (long)CURLAUTH_BASIC);
     }
   }
-  if (up->connect_to != NULL)
+  if (req->connect_ip[0] != '\0') {
+    rc = fetch_connect_to(f, req);
+    if (rc != 0)
+      goto out;
+    SETOPT(CURLOPT_CONNECT_TO, f->connect_to);
+  } else if (up->connect_to != NULL) {
     SETOPT(CURLOPT_CONNECT_TO, up->connect_to);
+  }
 
   /* Trust: our shared store replaces whatever libcurl would load. */
   SETOPT(CURLOPT_CAINFO, NULL);
@@ -1138,6 +1194,7 @@ fail:
   if (f->easy != NULL)
     curl_easy_cleanup(f->easy);
   curl_slist_free_all(f->headers);
+  curl_slist_free_all(f->connect_to);
   rp_upstream_trust_release(f->trust);
   free(f->proxy_user);
   free(f->proxy_pass);
@@ -1216,6 +1273,7 @@ int rp_upstream_create(uv_loop_t *loop, const struct rp_upstream_opts *opts,
   }
   up->loop = loop;
   up->connect_timeout_ms = opts->connect_timeout_ms;
+  up->stall_timeout_ms = opts->stall_timeout_ms;
   up->mark = opts->mark;
   if (opts->trust != NULL) {
     up->trust = rp__trust_ref(opts->trust);

@@ -75,12 +75,19 @@ def test_non_loopback_transparent_without_allow_exits_2():
     assert rc == 2, "exit code %s, stderr: %s" % (rc, err[-1500:])
 
 
-def test_transparent_listener_refused_until_implemented():
-    # A redirected connection would be answered as an admin or mirror request: refuse.
-    rc, err = h.run_regproxy_expect_exit(["--listen", "127.0.0.1:%d" % h.free_port(),
-                                          "--transparent", "127.0.0.1:%d" % h.free_port(),
-                                          "--mitm", ""])
-    assert rc == 2 and "--transparent: transparent mode is not implemented yet" in err, err
+def test_transparent_listener_refuses_a_direct_connection():
+    # Nothing redirected it, so its destination is regproxy itself: dialing that
+    # would loop. The connection is closed and logged, the process lives on.
+    tport = h.free_port()
+    rp = h.Regproxy(["--transparent", "127.0.0.1:%d" % tport, "--mitm", ""])
+    c = h.HttpConn("127.0.0.1", tport)
+    c.send(b"GET / HTTP/1.1\r\nHost: example.org\r\n\r\n")
+    assert c.at_eof(), "a direct connection to the transparent port was not closed"
+    c.close()
+    ln = rp.wait_log(via="transparent")
+    assert ln.get("status") in ("0", "508"), ln
+    assert "original destination" in ln.get("reason", ""), ln
+    assert rp.get_admin("/healthz").status == 200
 
 
 def test_non_loopback_listener_with_allow_starts():

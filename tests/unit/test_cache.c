@@ -1240,6 +1240,53 @@ static void test_lock(void **state) {
 /* Another process holds the directory (the message names it) and is killed
  * with SIGKILL in the middle of a fill: the lock is free again, the partial
  * temp file is removed at the next open and nothing was published. */
+/* A damaged index.db (overwritten, truncated) is moved aside and the cache
+ * starts empty; its files go, as they have no row; the next open is normal. */
+static void test_damaged_index(void **state) {
+  const size_t len = 300000;
+  unsigned char *data = random_blob(len, 23);
+  char *dir = make_dir();
+  char index[4200], aside[4200];
+  struct rp_cache *c;
+  struct rp_digest d;
+  struct stat st;
+
+  (void)state;
+  digest_of(data, len, 256, &d);
+  snprintf(index, sizeof index, "%s/index.db", dir);
+  snprintf(aside, sizeof aside, "%s/index.db.damaged", dir);
+  for (int kind = 0; kind < 2; kind++) {
+    FILE *fp;
+    c = open_cache(dir, 0, 1ULL << 40);
+    fill_blob(c, data, len, &d, false, NULL);
+    close_cache(c);
+    assert_int_equal(stat(index, &st), 0);
+    if (kind == 0) {
+      fp = fopen(index, "r+b");
+      assert_non_null(fp);
+      assert_int_equal(fwrite(data, 1, 4096, fp), 4096);
+      fclose(fp);
+    } else {
+      assert_int_equal(truncate(index, st.st_size / 2), 0);
+    }
+    (void)unlink(aside);
+    c = open_cache(dir, 0, 1ULL << 40);
+    assert_int_equal(stat(aside, &st), 0);
+    assert_false(rp_cache_has(c, &d, NULL));
+    assert_int_equal(count_files(dir, "blobs"), 0);
+    fill_blob(c, data, len, &d, false, NULL);
+    close_cache(c);
+    assert_int_equal(unlink(aside), 0);
+    c = open_cache(dir, 0, 1ULL << 40);
+    assert_true(rp_cache_has(c, &d, NULL));
+    assert_int_not_equal(stat(aside, &st), 0);
+    close_cache(c);
+  }
+  free(data);
+  rm_rf(dir);
+  free(dir);
+}
+
 static void test_crash_restart(void **state) {
   const size_t len = 8 * MIB;
   unsigned char *data = random_blob(len, 16);
@@ -1934,6 +1981,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_startup_cleanup, setup, teardown),
       cmocka_unit_test_setup_teardown(test_lock, setup, teardown),
       cmocka_unit_test_setup_teardown(test_crash_restart, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_damaged_index, setup, teardown),
       cmocka_unit_test_setup_teardown(test_eviction, setup, teardown),
       cmocka_unit_test_setup_teardown(test_membership_follows_objects, setup, teardown),
       cmocka_unit_test_setup_teardown(test_bounded_tables, setup, teardown),

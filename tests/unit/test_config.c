@@ -1300,7 +1300,7 @@ static void test_usage(void **state) {
     }
     *nl = '\n';
   }
-  assert_int_equal(option_lines, 39);
+  assert_int_equal(option_lines, 40);
   free(buf);
 }
 

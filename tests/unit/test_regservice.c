@@ -361,6 +361,7 @@ static void fx_closed(uv_handle_t *h) {
 static void fx_free(struct fx *f) {
   if (!f->ended)
     fx_end(f); /* the client leaves */
+  fx_flush(&f->timer); /* a closing front completes the writes it still holds */
   uv_close((uv_handle_t *)&f->timer, fx_closed);
 }
 
