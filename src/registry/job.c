@@ -341,10 +341,17 @@ static int job_on_head(struct rp_fetch *f, void *data, int status, const char *r
     return -1; /* the client left before any answer: nothing worth keeping */
   if (job->on_mirror != NULL &&
       (status != 200 || size < 0 || (job->is_manifest && strstr(ctype, "prettyjws") != NULL))) {
-    /* Whatever a mirror says other than the object, the registry decides. */
+    /* Whatever a mirror says other than the object, the registry decides.
+     * A 401/403 is about this repository (a site tier without credentials
+     * for a private one), not the mirror's health: no back-off, or one
+     * private pull would send every other object to the registry for 30 s. */
     char why[32];
     snprintf(why, sizeof(why), "answered %d", status);
-    mirror_failed(job, job->on_mirror, why);
+    if (status == 401 || status == 403)
+      rp_log_info("upstream mirror %s may not read %s/%s (%s); from the registry", job->on_mirror,
+                  job->registry, job->repo, why);
+    else
+      mirror_failed(job, job->on_mirror, why);
     job->fall_back = true;
     return -1;
   }

@@ -18,7 +18,7 @@ HOST = "registry-1.docker.io"
 
 
 def setup():
-    global CA, REG, IMG, TS, TREG, PRIV
+    global CA, REG, IMG, TS, TREG, PRIV, PUB
     CA = h.shared_ca()
     REG = h.Registry()
     IMG = h.OciImage(os.path.join(h.tmpdir(), "src"), tag="1",
@@ -26,13 +26,17 @@ def setup():
     h.skopeo(["copy", "--dest-cert-dir", CA.certdir, "oci:%s:1" % IMG.path,
               "docker://127.0.0.1:%d/team/app:1" % REG.port])
     # A token registry with a private repository, for who may receive what.
-    TS = h.HubTokenServer(users={"alice": "s3cret"}, public=())
+    TS = h.HubTokenServer(users={"alice": "s3cret"}, public=("library/pub",))
     TREG = h.TokenRegistry(TS)
     PRIV = h.OciImage(os.path.join(h.tmpdir(), "priv"), tag="1", layer_sizes=(90 * 1024,))
+    PUB = h.OciImage(os.path.join(h.tmpdir(), "pub"), tag="1", layer_sizes=(50 * 1024, 70 * 1024))
     tunnel = h.Regproxy(["--mitm", "", "--connect-to", "%s:443:127.0.0.1:%d" % (HOST, TREG.port),
                          "--connect-to", "auth.docker.io:443:127.0.0.1:%d" % TS.port])
     h.skopeo(["copy", "--dest-cert-dir", CA.certdir, "--dest-creds", "alice:s3cret",
               "oci:%s:1" % PRIV.path, "docker://%s/private/app:1" % HOST],
+             env={"HTTPS_PROXY": tunnel.url})
+    h.skopeo(["copy", "--dest-cert-dir", CA.certdir, "--dest-creds", "alice:s3cret",
+              "oci:%s:1" % PUB.path, "docker://%s/library/pub:1" % HOST],
              env={"HTTPS_PROXY": tunnel.url})
     tunnel.stop()
 
@@ -176,6 +180,37 @@ def test_a_mirror_never_decides_who_may_read():
         assert p.stdout.strip() == b"401", (p.stdout, p.stderr)
     got = [ln for ln in s.request_logs(via="mirror") if layer in ln.get("path", "")]
     assert len(got) == 1, "the site was asked for the layer on behalf of a refused client: %r" % got
+
+
+def test_a_private_refusal_does_not_turn_the_mirror_off():
+    # A site without credentials for a private repository answers 401 for it: the node
+    # takes that object from the registry, but the site is not broken. The next public
+    # image must still come from the site, not from the origin (on a CI node that pulls a
+    # private image now and then, a 30 s back-off each time sends every public layer to
+    # the internet).
+    tok = ["--connect-to", "%s:443:127.0.0.1:%d" % (HOST, TREG.port),
+           "--connect-to", "auth.docker.io:443:127.0.0.1:%d" % TS.port, "--upstream-ca", CA.ca_crt]
+    s = h.Regproxy(["--mitm", ""] + tok)  # no registry_auth
+    n = h.Regproxy(["--mitm", HOST, "--upstream-mirror", "docker.io=http://127.0.0.1:%d" % s.port]
+                   + tok)
+    certs = h.tmpdir()
+    shutil.copy(os.path.join(n.dir, "ca", "ca.crt"), os.path.join(certs, "regproxy.crt"))
+    shutil.copy(CA.ca_crt, os.path.join(certs, "test-ca.crt"))
+
+    def pull_ref(ref, img, creds=None):
+        out = os.path.join(h.tmpdir(), "out")
+        args = ["copy", "--src-cert-dir", certs] + (["--src-creds", creds] if creds else [])
+        h.skopeo(args + ["docker://%s/%s" % (HOST, ref), "oci:%s:1" % out],
+                 env={"HTTPS_PROXY": n.url})
+        assert h.layout_blobs(out)[1] == img.blobs
+    pull_ref("private/app:1", PRIV, "alice:s3cret")
+    refused = [ln for ln in s.request_logs(via="mirror") if ln.get("status") in ("401", "403")]
+    assert refused, "the site was not asked for the private image: %r" % s.request_logs()
+    pull_ref("library/pub:1", PUB)
+    served = {ln["path"].split("?")[0].rsplit("/", 1)[1] for ln in s.request_logs(via="mirror")
+              if "/v2/library/pub/blobs/" in ln.get("path", "") and ln.get("status") == "200"}
+    assert served == PUB.blobs, ("the public image did not come from the site after a private "
+                                 "refusal", sorted(served), n.stderr()[-1500:])
 
 
 if __name__ == "__main__":
