@@ -8,7 +8,7 @@
 
 #include "regproxy/http.h"
 
-/* The registry auth client (SPEC §3 "Who may receive what", mirror mode,
+/* The registry auth client (contract §3 "Who may receive what", mirror mode,
  * prefetch): WWW-Authenticate challenges (RFC 9110 §11), credentials from a
  * docker config.json, and Docker-style bearer tokens fetched through the
  * upstream engine and cached by (registry, scope) until shortly before they
@@ -103,7 +103,7 @@ char *rp_auth_basic_value(const char *user, const char *pass);
 int rp_auth_token_url(const char *realm, const char *service, const char *scope,
                       const char *account, char **out);
 /** May regproxy fetch a token for registry (host[:port], any spelling
- * rp_auth_registry_key accepts) from ch->realm? (SPEC §3.) https, or http
+ * rp_auth_registry_key accepts) from ch->realm? (contract §3.) https, or http
  * on the registry's own host only; and a realm host that is an IP literal
  * or "localhost" in an internal class (rp_upstream_host_class) only when the
  * registry is in that class too: its address ch->registry_ip, or its own

@@ -6,7 +6,7 @@
 #include <stdint.h>
 #include <uv.h>
 
-/* The content-addressed store (SPEC §3): blobs and manifests by digest under
+/* The content-addressed store (contract §3): blobs and manifests by digest under
  * the cache directory, a metadata index, single-flight fills that hash while
  * they stream and publish only verified bytes, readers that serve a
  * published file or a growing fill with the same code, and LRU eviction.
@@ -59,7 +59,7 @@ struct rp_object_info {
  * in memory: no disk I/O on the loop.) */
 bool rp_cache_has(struct rp_cache *c, const struct rp_digest *d, struct rp_object_info *out);
 /** Remember that the published object digest belongs to (registry,
- * repository) (SPEC §3 "Who may receive what"). Membership lives and dies
+ * repository) (contract §3 "Who may receive what"). Membership lives and dies
  * with its object: a digest that is not published is not recorded (a fill
  * records it on publication, rp_fill_note_repo), an evicted object takes its
  * memberships (and the tags naming it) along, and one object belongs to at
@@ -87,7 +87,7 @@ bool rp_cache_tag_get(struct rp_cache *c, const char *registry, const char *repo
  * longest ago goes; a manifest evicted takes the tags naming it along. */
 #define RP_CACHE_TAGS_MAX 16384
 
-/* Public repositories (SPEC §3): what regproxy learnt when it read a manifest
+/* Public repositories (contract §3): what regproxy learnt when it read a manifest
  * of (registry, repository) without a client's credential, and when. Kept
  * in the index across restarts; bounded like tag memory. */
 #define RP_CACHE_PUBLIC_MAX 16384
@@ -157,7 +157,7 @@ enum rp_fill_state rp_fill_state(const struct rp_fill *f);
  * larger than orphan_fill_max). */
 unsigned rp_fill_readers(const struct rp_fill *f);
 /** The fill had a disk error: it keeps hashing for attached readers but will
- * not publish (SPEC §3 ENOSPC/EIO → pass-through). */
+ * not publish (contract §3 ENOSPC/EIO → pass-through). */
 bool rp_fill_disk_failed(const struct rp_fill *f);
 
 /* ---- readers ---- */
@@ -256,7 +256,7 @@ typedef void (*rp_cache_flush_cb)(struct rp_cache *c, int status, void *data);
  * exactly once, later; RP_EINVAL when the cache is closing; RP_ENOMEM. */
 int rp_cache_flush(struct rp_cache *c, rp_cache_flush_cb done, void *data);
 
-/* ---- the owner of a cache directory (SPEC §3 "One owner per cache
+/* ---- the owner of a cache directory (contract §3 "One owner per cache
  * directory"): `<dir>/lock` holds the PID of `regproxy run` on its first
  * line and, once its listeners are bound, "admin=<URL>" on the second. ---- */
 

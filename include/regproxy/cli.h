@@ -1,7 +1,7 @@
 #ifndef RP_CLI_H
 #define RP_CLI_H
 
-/* Subcommands other than `run` (SPEC §4). Each takes the loaded
+/* Subcommands other than `run` (contract §4). Each takes the loaded
  * configuration (it stays the caller's: destroy it afterwards) and returns
  * the process exit code: 0 ok, 1 runtime failure, 2 usage or configuration
  * error, with a message on stderr. */

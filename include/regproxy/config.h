@@ -8,7 +8,7 @@
 #include "regproxy/dial.h"
 #include "regproxy/rules.h"
 
-/* Where a value came from; higher wins (SPEC §4 precedence). */
+/* Where a value came from; higher wins (contract §4 precedence). */
 enum rp_config_source {
   RP_SRC_DEFAULT,
   RP_SRC_PROXY_ENV, /* HTTPS_PROXY / HTTP_PROXY / NO_PROXY of our own environment */
@@ -59,14 +59,14 @@ struct rp_config {
   char *parent_proxy_userinfo;
   char *allow;
   enum rp_config_source allow_source; /* RP_SRC_DEFAULT = not explicit */
-  char *admin_allow;                  /* SPEC §5: who may read the endpoints that reveal digests */
+  char *admin_allow;                  /* contract §5: who may read the endpoints that reveal digests */
   enum rp_config_source cache_max_size_source;
-  char *connect_ports; /* NULL = SPEC §2 default policy */
+  char *connect_ports; /* NULL = contract §2 default policy */
   char *proxy_auth_file;
   struct rp_connect_to *connect_to;
   size_t n_connect_to;
   char *upstream_ca;
-  /* certs.d directories read for per-registry upstream TLS (SPEC §4), and
+  /* certs.d directories read for per-registry upstream TLS (contract §4), and
    * whether they are the defaults (then an unreadable host directory is a
    * warning, not an error: a user's regproxy may not read root's keys). */
   struct rp_strv upstream_certs_dir;
@@ -96,10 +96,10 @@ struct rp_config {
   struct rp_hostlist *no_proxy_list; /* RP_HOSTLIST_LOOPBACK_DIRECT */
   struct rp_acl *acl;
   struct rp_acl *admin_acl;
-  struct rp_portset *connect_portset; /* NULL = SPEC §2 default policy */
+  struct rp_portset *connect_portset; /* NULL = contract §2 default policy */
 
   /* What a CA created now may sign for (its name constraints): the mitm
-   * list, or SPEC §2's default mitm list when mitm is empty. */
+   * list, or contract §2's default mitm list when mitm is empty. */
   struct rp_hostlist *ca_names;
 
   /* Flags of `regproxy ca init` and CA creation (flag-only). */
@@ -145,7 +145,7 @@ int rp_config_listen_only(struct rp_config *cfg, const char *addr);
 /** Print --help (every option with its default) to stdout. */
 void rp_config_usage(void);
 
-/** The start-up check of `regproxy run` (SPEC §2): a listener (--listen or
+/** The start-up check of `regproxy run` (contract §2): a listener (--listen or
  * --transparent) on a non-loopback address needs an explicit allow (flag,
  * environment or file). Returns RP_ECONFIG and sets *err (malloc'd) when not. */
 int rp_config_check_listeners(const struct rp_config *cfg, char **err);

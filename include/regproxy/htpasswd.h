@@ -4,7 +4,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 
-/* An htpasswd file for --proxy-auth-file (SPEC §4). */
+/* An htpasswd file for --proxy-auth-file (contract §4). */
 struct rp_htpasswd;
 
 /** Read "user:hash" lines ('#' comments and blank lines skipped). 0, or

@@ -7,7 +7,7 @@
 #include <stdint.h>
 
 /* HTTP/1.x glue around llhttp: request and response heads, the strict
- * checks llhttp 8 leaves to us (SPEC §7), request-target forms, and the
+ * checks llhttp 8 leaves to us (contract §7), request-target forms, and the
  * helpers to write heads and chunked bodies. */
 
 #define RP_HTTP_HEAD_MAX    (64 * 1024)
@@ -107,7 +107,7 @@ static inline void rp_http_header_init(struct rp_http_header *h, const char *nam
  * or past the end (416). */
 int rp_http_range_parse(const char *v, size_t n, uint64_t size, uint64_t *off, uint64_t *len);
 
-/* Request targets (SPEC §2). */
+/* Request targets (contract §2). */
 enum rp_target_form {
   RP_TARGET_ORIGIN,
   RP_TARGET_ABSOLUTE,

@@ -8,7 +8,7 @@
 struct rp_cache;
 struct rp_registry_counters;
 
-/* The proxy layer's own counters and the Prometheus text exposition (SPEC §5).
+/* The proxy layer's own counters and the Prometheus text exposition (contract §5).
  * Metrics are pulled: the cache keeps its numbers in struct rp_cache and the
  * registry service in struct rp_registry; rp_metrics_render is handed them
  * at render time. */

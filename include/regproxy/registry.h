@@ -8,7 +8,7 @@
 #include "regproxy/http.h"
 
 /* Registry API paths (OCI distribution spec) and the identities the cache
- * keys on (SPEC §3). */
+ * keys on (contract §3). */
 
 enum rp_reg_kind {
   RP_REG_OTHER,    /* anything else under /v2/ (tags list, uploads, referrers, catalog): pass */
@@ -68,7 +68,7 @@ struct rp_reg_ref {
  * set to a static message. */
 int rp_reg_ref_parse(const char *s, size_t n, struct rp_reg_ref *out, const char **why);
 
-/** The Accept key (SPEC §3): the sorted, de-duplicated set of media types
+/** The Accept key (contract §3): the sorted, de-duplicated set of media types
  * across all Accept header lines, parameters and q-values dropped, joined
  * with ','. Only ranges that can select a manifest are members (the known
  * manifest media types, "application" "/" "*" and the full wildcard "*" "/"

@@ -30,7 +30,7 @@ struct rp_registry_opts {
   struct rp_cache *cache;   /* NULL: caching off, everything is relayed */
   const char *parent_url;   /* "http://host:port" of a parent proxy, or NULL */
   const char *parent_userinfo;
-  bool access_check;        /* SPEC §3; off: any allowed client reads what is cached */
+  bool access_check;        /* contract §3; off: any allowed client reads what is cached */
   uint64_t access_ttl_ms;   /* how long an upstream 2xx confirms a credential */
   uint64_t tag_ttl_ms;      /* a tag this fresh is answered from memory; 0: always asked */
   const char *registry_auth; /* docker config.json: the mirror's credentials, or NULL */

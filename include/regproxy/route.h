@@ -5,7 +5,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* The route decision of SPEC §2 as one pure function: no sockets, no loop,
+/* The route decision of contract §2 as one pure function: no sockets, no loop,
  * no globals. The fronts (tunnel.c, mitm.c, forward.c, mirror.c, admin) act
  * on its answer; a future transparent listener feeds it the SNI or Host. */
 
@@ -36,7 +36,7 @@ struct rp_route_in {
 /* The parts of rp_config (and of the running server) that routing reads. */
 struct rp_route_cfg {
   const struct rp_acl *acl;               /* loopback-only widens the CONNECT ports */
-  const struct rp_portset *connect_ports; /* NULL: the SPEC §2 default policy */
+  const struct rp_portset *connect_ports; /* NULL: the contract §2 default policy */
   const struct rp_hostlist *no_proxy;
   const struct rp_hostlist *mitm;
   const struct rp_connect_to *connect_to; /* their ports are CONNECT ports */
@@ -66,7 +66,7 @@ struct rp_route_out {
   char reason[64];  /* and its one-line reason */
 };
 
-/** Decide the route of one request (SPEC §2, in its order). Pure; name is
+/** Decide the route of one request (contract §2, in its order). Pure; name is
  * static, the caller owns the answer. PLAIN_REGISTRY is the host's decision: a
  * path the cache does not take is forwarded with the same answer. */
 struct rp_route_out rp_route_decide(const struct rp_route_in *in, const struct rp_route_cfg *cfg);

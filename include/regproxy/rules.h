@@ -23,7 +23,7 @@ int rp_hostlist_parse(const char *spec, unsigned flags, struct rp_hostlist **out
  * any case, may carry one trailing dot) with this port match the list? */
 bool rp_hostlist_match(const struct rp_hostlist *list, const char *host, uint16_t port);
 /** Like rp_hostlist_match, but only entries that name this port ("host:port")
- * count; "*" does not (SPEC §3: a plain-HTTP registry is trusted only when
+ * count; "*" does not (contract §3: a plain-HTTP registry is trusted only when
  * listed with its port). */
 bool rp_hostlist_match_port_named(const struct rp_hostlist *list, const char *host, uint16_t port);
 void rp_hostlist_destroy(struct rp_hostlist *list);
@@ -59,7 +59,7 @@ int rp_acl_parse(const char *spec, struct rp_acl **out, char **err);
 bool rp_acl_match(const struct rp_acl *acl, const struct sockaddr *sa);
 void rp_acl_destroy(struct rp_acl *acl);
 /** True when every entry lies inside loopback (127.0.0.0/8, ::1): only
- * local clients can connect (SPEC §2 CONNECT port policy). */
+ * local clients can connect (contract §2 CONNECT port policy). */
 bool rp_acl_loopback_only(const struct rp_acl *acl);
 
 /** True for 127.0.0.0/8, ::1 and IPv4-mapped loopback. */

@@ -7,7 +7,7 @@
 
 #include <openssl/ssl.h>
 
-/* The local CA (SPEC §2 MITM, §4 `ca`) and the per-host leaf certificates
+/* The local CA (contract §2 MITM, §4 `ca`) and the per-host leaf certificates
  * minted from it. No sockets here: the TLS stream lives in net. */
 
 struct rp_ca;

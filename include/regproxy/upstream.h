@@ -21,7 +21,7 @@ struct rp_upstream_trust;
 
 /* What upstream TLS trusts and presents: the system bundle plus ca_file for
  * every host, and per registry what the certs.d directories hold for it
- * (SPEC §4 --upstream-certs-dir). */
+ * (contract §4 --upstream-certs-dir). */
 struct rp_upstream_trust_opts {
   const char *ca_file; /* --upstream-ca, or NULL */
   char *const *certs_dirs;
@@ -59,7 +59,7 @@ void rp_upstream_destroy(struct rp_upstream *up);
 /** The loop the engine runs on (for modules that schedule work beside it). */
 uv_loop_t *rp_upstream_loop(const struct rp_upstream *up);
 
-/* Where an address leads (SPEC §3, token realms). IPv4-mapped IPv6 is
+/* Where an address leads (contract §3, token realms). IPv4-mapped IPv6 is
  * unmapped first, and so is NAT64's well-known prefix 64:ff9b::/96. */
 enum rp_addr_class {
   RP_ADDR_PUBLIC,

@@ -1,4 +1,4 @@
-/* Admin endpoints on the proxy listener (SPEC §5): origin-form requests from
+/* Admin endpoints on the proxy listener (contract §5): origin-form requests from
  * allowed clients whose Host is an IP literal, localhost or a configured
  * server name (so a DNS-rebinding page cannot read them). Only /healthz and
  * /ca.crt answer every allowed client; the rest list digests, repositories

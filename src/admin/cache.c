@@ -1,5 +1,5 @@
 /* The cache endpoints `regproxy cache …` talks to while this instance holds
- * the cache directory (SPEC §3 "One owner per cache directory",
+ * the cache directory (contract §3 "One owner per cache directory",
  * docs/admin.md): list, stat, du, verify (on the thread pool, one object at
  * a time), gc and rm. Digests in paths are validated and only ever looked up
  * in the index. verify and gc stream their progress as NDJSON lines (one

@@ -1,4 +1,4 @@
-/* The status page (SPEC §5 `GET /`): static HTML that reads /status.json
+/* The status page (contract §5 `GET /`): static HTML that reads /status.json
  * every two seconds and draws the last hour as an inline SVG. Values are
  * inserted with textContent and SVG elements made with createElementNS,
  * never as markup, so nothing a registry or client sends can run in the

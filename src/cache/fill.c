@@ -342,7 +342,7 @@ static void publish_mem(struct rp_fill *f) {
     log_fill(RP_LOG_INFO, "cache writable again: fill stored after disk errors", f, NULL, 0);
   }
   /* Verified and in place: only now does it belong to the repositories it
-   * was fetched for (SPEC §3: membership only for verified objects). */
+   * was fetched for (contract §3: membership only for verified objects). */
   for (struct rp__fill_repo *fr = f->repos; o != NULL && fr != NULL; fr = fr->next)
     rp_cache_note_repo(c, &f->digest, fr->registry, fr->repository);
   if (f->on_published != NULL) {

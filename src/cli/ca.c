@@ -1,4 +1,4 @@
-/* `regproxy ca init|cert|path` (SPEC §4): the local CA from the command line. */
+/* `regproxy ca init|cert|path` (contract §4): the local CA from the command line. */
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>

@@ -1,4 +1,4 @@
-/* `regproxy cache ls|du|verify|gc|rm <digest>` (SPEC §4, §3 "One owner per
+/* `regproxy cache ls|du|verify|gc|rm <digest>` (contract §4, §3 "One owner per
  * cache directory"). Direct mode: the command opens the cache directory
  * itself (taking its lock). When a running regproxy holds the lock, the
  * command asks that instance through the admin URL it recorded in the lock

@@ -1,7 +1,7 @@
-/* `regproxy prefetch <image-ref>...` (SPEC §4): warm the cache with every
+/* `regproxy prefetch <image-ref>...` (contract §4): warm the cache with every
  * platform of each image, with progress on stdout.
  *
- * prefetch is a mirror-mode client (SPEC §3 "Mirror mode"): it asks for the
+ * prefetch is a mirror-mode client (contract §3 "Mirror mode"): it asks for the
  * manifest by tag with ?ns=<registry>, walks indexes to every platform's
  * manifest, and reads every config and layer blob, discarding the bytes:
  * the instance serving those requests fetches, verifies and stores them

@@ -1,4 +1,4 @@
-/* `regproxy setup docker|containerd|podman [--dry-run] [--root DIR]` (SPEC
+/* `regproxy setup docker|containerd|podman [--dry-run] [--root DIR]` (contract
  * §1, §4): the files that point a container engine at regproxy.
  *
  *   docker      systemd drop-in with HTTP(S)_PROXY/NO_PROXY; the CA in the

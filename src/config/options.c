@@ -140,7 +140,7 @@ bool rp__opt_is_list(const struct rp__opt *o) {
          o->type == OT_PATHS || o->type == OT_MIRRORS;
 }
 
-/* Flags spelled otherwise than their key (SPEC §4): a repeatable flag
+/* Flags spelled otherwise than their key (contract §4): a repeatable flag
  * names one item, its key the list. */
 static const struct {
   const char *flag, *key;

@@ -288,7 +288,7 @@ static int is_tchar(unsigned char c) {
 
 /* llhttp knows a fixed set of methods and stops at the first byte that
  * fits none; a token (so far) is a method we do not implement, 501 (RFC 9110
- * §9.1, SPEC §7; 405 is for a known method a resource does not allow),
+ * §9.1, contract §7; 405 is for a known method a resource does not allow),
  * anything else 400. */
 static int method_status(const char *at, size_t len) {
   size_t i = 0;

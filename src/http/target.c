@@ -1,5 +1,5 @@
 /* Request targets and Host values: CONNECT authorities, absolute-form URLs
- * and uri-host[:port], parsed strictly (SPEC §2: port required for CONNECT,
+ * and uri-host[:port], parsed strictly (contract §2: port required for CONNECT,
  * no userinfo, no zone ids). Every length is checked before a byte is read:
  * these values come from clients. */
 #include <arpa/inet.h>

@@ -1,4 +1,4 @@
-/* MITM (SPEC §2 route=mitm): CONNECT to a host in `mitm` is answered at once,
+/* MITM (contract §2 route=mitm): CONNECT to a host in `mitm` is answered at once,
  * the client's TLS is terminated with a leaf for that host, and each request
  * inside, once its Host is checked against the CONNECT target, goes to the
  * registry service (src/registry) as an exchange. The plain-HTTP registry
@@ -146,7 +146,7 @@ void rp__mitm_request(struct rp_conn *c, const struct rp_http_head *h) {
   c->log.cache = "pass";
   snprintf(c->log.host, sizeof(c->log.host), "%s", c->mitm_host);
   c->log.port = c->mitm_port;
-  /* SPEC §2: the CONNECT target is the connection's identity. A Host
+  /* contract §2: the CONNECT target is the connection's identity. A Host
    * without a port names https' 443. */
   if (!rp__conn_request_host(c, h, 443, &host))
     return;

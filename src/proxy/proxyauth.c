@@ -1,4 +1,4 @@
-/* Proxy-Authorization for --proxy-auth-file (SPEC §4): requests to the proxy
+/* Proxy-Authorization for --proxy-auth-file (contract §4): requests to the proxy
  * (CONNECT and absolute-form, not the origin-form admin and mirror requests,
  * nor the requests inside an intercepted tunnel) must carry
  * `Proxy-Authorization: Basic` with a user and password the htpasswd file

@@ -1,4 +1,4 @@
-/* The route decision (SPEC §2): which of deny, bypass, MITM, tunnel,
+/* The route decision (contract §2): which of deny, bypass, MITM, tunnel,
  * forward, mirror or admin one request gets, and whether the parent proxy
  * is used. Pure: the fronts in conn.c, tunnel.c, mitm.c and forward.c act
  * on the answer, tests/unit/test_route.c holds the table. */
@@ -27,7 +27,7 @@ static struct rp_route_out refuse(enum rp_route route, const char *name, int sta
   return out;
 }
 
-/* SPEC §2 step 2: connect_ports if set; else any port while only loopback
+/* contract §2 step 2: connect_ports if set; else any port while only loopback
  * clients are allowed, otherwise 443 and the ports named in mitm and
  * connect_to. */
 static bool connect_port_ok(const struct rp_route_cfg *cfg, uint16_t port) {
@@ -69,7 +69,7 @@ static struct rp_route_out decide_absolute(const struct rp_route_in *in,
     return refuse(RP_ROUTE_BAD_REQUEST, "http", 400, "https:// targets need CONNECT");
   if (rp_hostlist_match(cfg->no_proxy, in->host, in->port))
     return answer(RP_ROUTE_FORWARD, "bypass", false);
-  /* SPEC §3: a plain-HTTP registry counts only when mitm names it with its
+  /* contract §3: a plain-HTTP registry counts only when mitm names it with its
    * port; a port-less entry (the defaults) covers HTTPS, and an http://
    * request to such a host is plain-forwarded, never cached. */
   if (rp_hostlist_match_port_named(cfg->mitm, in->host, in->port))

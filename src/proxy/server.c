@@ -446,7 +446,7 @@ static void startup_lines(struct rp_server *srv) {
   rp_logline_end(&l);
 }
 
-/* Tell `regproxy cache …` where to reach us (SPEC §3 "One owner per cache
+/* Tell `regproxy cache …` where to reach us (contract §3 "One owner per cache
  * directory"): the first --listen address as bound, a wildcard one as the
  * loopback address of its family. */
 int rp_server_url(const struct rp_server *srv, char *url, size_t n) {

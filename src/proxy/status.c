@@ -1,6 +1,6 @@
 /* What the admin endpoints (src/admin) show of the proxy, handed to them as
  * struct rp_admin: the cache, the CA, admin_allow and server_names, and the
- * two renderers. /status.json (SPEC §5, the status page's numbers): the time,
+ * two renderers. /status.json (contract §5, the status page's numbers): the time,
  * the cache's totals, where the proxy listens and the tunnelled bytes are the
  * proxy's; everything about registry traffic is the registry service's
  * (rp_registry_status_json), asked for at render time. /metrics: the proxy's

@@ -1,4 +1,4 @@
-/* The transparent front (SPEC §1 "Gateway", §2 way in `transparent`): a
+/* The transparent front (contract §1 "Gateway", §2 way in `transparent`): a
  * --transparent listener receives connections that nft REDIRECT or TPROXY
  * turned towards it. Their original destination comes from conntrack
  * (SO_ORIGINAL_DST, IP6T_SO_ORIGINAL_DST) or, with --tproxy, is the accepted

@@ -1,4 +1,4 @@
-/* Who may receive what (SPEC §3): a cached object is served for (registry,
+/* Who may receive what (contract §3): a cached object is served for (registry,
  * repository) only when it is known to belong there and the client's
  * credential was confirmed for that repository by an upstream 2xx within
  * access_ttl (a memo keyed by a hash of registry, repository and the

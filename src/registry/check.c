@@ -1,6 +1,6 @@
 /* The upstream HEADs the service asks with the client's credential: the tag
  * check of a GET by tag, and the access confirmation of a cached object the
- * client is not known to may read (SPEC §3). */
+ * client is not known to may read (contract §3). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,7 +26,7 @@ static struct rp__rq *head_done(struct rp__headcheck *tc) {
 }
 
 /* ---- GET manifest by tag: an upstream HEAD, the body from the cache ----
- * SPEC §3: a HEAD is free against Docker Hub's pull limit and names the
+ * contract §3: a HEAD is free against Docker Hub's pull limit and names the
  * current digest; when that manifest is cached for this repository the body
  * comes from the cache (cache=revalidated), otherwise it is fetched by digest
  * into the cache. A registry that answers the HEAD without a digest, or with
@@ -108,7 +108,7 @@ const struct rp_fetch_callbacks rp__tag_callbacks = {
 };
 
 /* ---- a cached object this client is not confirmed for ----
- * SPEC §3: an upstream HEAD of the same path with the client's credential
+ * contract §3: an upstream HEAD of the same path with the client's credential
  * decides. 2xx/3xx: the object belongs to the repository and the credential
  * reads it; the body comes from the cache (cache=revalidated). Anything else
  * goes to the registry as the client's own GET, whose answer is relayed. */

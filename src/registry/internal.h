@@ -135,7 +135,7 @@ struct rp__rq {
   struct rp__grab *grab;
 };
 
-/** Is the registry unreachable or failing (SPEC §3: answers from memory)?
+/** Is the registry unreachable or failing (contract §3: answers from memory)?
  * status: the transfer's; http: the answer's status. A TLS failure never is:
  * a certificate that does not verify is not papered over. */
 static inline bool rp__reg_unreachable(int status, int http) {
@@ -230,7 +230,7 @@ struct rp__filljob {
   struct rp_digest d;
   bool is_manifest;
   struct saved_req *saved; /* the registry request, to resume a cut body */
-  unsigned attempts;       /* resumptions so far (SPEC §3: at most 3) */
+  unsigned attempts;       /* resumptions so far (contract §3: at most 3) */
   uint64_t skip;           /* a resumed answer restarted at 0: bytes to drop */
   bool passing;            /* not a cacheable answer: relayed by the pass-through */
   bool memo_pending;       /* confirm memo_key once the fill is published */
@@ -271,7 +271,7 @@ int rp__upmirrors_set(struct rp_registry *reg, char *const *items, size_t n);
 void rp__upmirrors_free(struct rp_registry *reg);
 void rp__jobs_json(const struct rp_registry *reg, struct json_t *arr);
 
-/* access.c: every "who may receive what" decision (SPEC §3). offline: the
+/* access.c: every "who may receive what" decision (contract §3). offline: the
  * registry is unreachable now (a public answer of any age counts). */
 /** The memo key of this request's credential for (registry, repo). */
 void rp__memo_key(const struct rp__rq *rq, const char *registry, const char *repo,

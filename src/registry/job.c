@@ -1,8 +1,8 @@
 /* Fill jobs: one upstream fetch per digest feeding one fill, outliving the
  * client that started it, resumed with Range when cut, with the clients
- * that came before its answer waiting on it (SPEC §3 "Blobs"). A registry
+ * that came before its answer waiting on it (contract §3 "Blobs"). A registry
  * with upstream mirrors (a site tier) has its objects fetched from them
- * first, with no credential, falling back to the registry itself (SPEC §3
+ * first, with no credential, falling back to the registry itself (contract §3
  * "Upstream mirrors"). */
 #include <jansson.h>
 #include <stdio.h>
@@ -370,7 +370,7 @@ static int job_on_head(struct rp_fetch *f, void *data, int status, const char *r
     return job_pass(job, f, status, reason, h, n);
   }
   rp_fill_set_producer(job->fill, on_fill_writable, on_fill_state, job);
-  /* SPEC §3: the object belongs to the repository, and the credential is
+  /* contract §3: the object belongs to the repository, and the credential is
    * confirmed there, once the bytes are verified, not at this head (which
    * may be a CDN's after a redirect). */
   rp_fill_note_repo(job->fill, job->registry, job->repo);

@@ -1,4 +1,4 @@
-/* What the service answers from memory (SPEC §3 "Manifests", "Upstream
+/* What the service answers from memory (contract §3 "Manifests", "Upstream
  * unreachable"): the tag memory, --tag-ttl, stale answers while the registry
  * is unreachable, and manifests relayed by tag without a digest, hashed on
  * the way and kept. */
@@ -56,7 +56,7 @@ static bool stale_lookup(struct rp__rq *rq, bool offline, struct rp_digest *d,
   }
   if (!rp_cache_has(reg->cache, d, info) || !rp__may_serve(rq, d, offline))
     /* A HEAD by tag needs only the memory, but tells the digest: only to a
-     * client that may read the repository (SPEC §3). */
+     * client that may read the repository (contract §3). */
     return *by_tag && head_only && rp__client_ok(rq, offline);
   return true;
 }

@@ -1,4 +1,4 @@
-/* Mirror mode (SPEC §3 "Mirror mode"): origin-form `/v2/…` requests on a
+/* Mirror mode (contract §3 "Mirror mode"): origin-form `/v2/…` requests on a
  * --listen port, as dockerd's "registry-mirrors" and containerd's hosts.toml
  * send them. The registry comes from `?ns=` (containerd), else
  * mirror_default; `ns` is stripped before going upstream and echoed as
@@ -205,7 +205,7 @@ static bool parse_origin(const char *hostport, struct rp_target *t) {
   return rp_target_parse_authority(buf, strlen(buf), t, &why) == 0;
 }
 
-/* A registry the mirror serves (SPEC §3 "Who may receive what"): an HTTPS
+/* A registry the mirror serves (contract §3 "Who may receive what"): an HTTPS
  * registry named in mitm, or mirror_default. Anything else a client names
  * with ?ns= is refused before any upstream request. */
 bool rp_registry_mirror_serves(const struct rp_hostlist *mitm, const char *mirror_default,
@@ -300,7 +300,7 @@ void rp__mirror_serve(struct rp__rq *rq) {
   if (p->ns[0] != '\0')
     snprintf(rq->ns, sizeof(rq->ns), "%s", p->ns);
   if (!rp_registry_mirror_serves(reg->mitm, reg->mirror_default, registry)) {
-    /* SPEC §3: only registries regproxy trusts, and no request to any other. */
+    /* contract §3: only registries regproxy trusts, and no request to any other. */
     rp__rq_reason(rq, "registry not served by this mirror");
     answer(rq, 404, "application/json",
            "{\"errors\":[{\"code\":\"NAME_UNKNOWN\",\"message\":\"registry not served by "
@@ -308,7 +308,7 @@ void rp__mirror_serve(struct rp__rq *rq) {
     return;
   }
   if (p->kind == RP_REG_BASE) {
-    /* SPEC §3: the mirror answers /v2/ itself (clients then pull without a token). */
+    /* contract §3: the mirror answers /v2/ itself (clients then pull without a token). */
     rp__rq_label(rq, "-");
     answer(rq, 200, "application/json", "{}");
     return;

@@ -1,5 +1,5 @@
 /* Registry API paths (OCI distribution spec), registry identities and the
- * Accept key of the tag memory (SPEC §3). Everything here reads peer input:
+ * Accept key of the tag memory (contract §3). Everything here reads peer input:
  * every length is checked before a byte is read, and nothing that fails a
  * grammar is handed back as a name, so a name can never hold "..", "//" or
  * a NUL. */
@@ -717,7 +717,7 @@ bool rp_reg_is_manifest_type(const char *type, size_t n) {
 
 /* The ranges a key keeps: those that can select a manifest. Anything else a
  * client sends (text/html, made-up types) would only multiply the keys a tag
- * is remembered under (SPEC §3: bounded tables). */
+ * is remembered under (contract §3: bounded tables). */
 static bool manifest_range(const char *p, size_t n) {
   static const char *const wild[] = {
       "*/*", "application/*",

@@ -1,4 +1,4 @@
-/* Is a repository public? (SPEC §3 "Who may receive what".) regproxy asks
+/* Is a repository public? (contract §3 "Who may receive what".) regproxy asks
  * the registry itself, with no credentials or with an anonymous token from
  * its own auth client: a manifest HEAD answered 2xx with a digest or a
  * manifest media type makes the repository public, and cached objects known

@@ -3,7 +3,7 @@
  * registry's answer comes back through the exchange, paced by it. What the
  * answer tells (a 2xx confirms the credential, a tag's digest) is noted on
  * the way (memory.c); a failing registry is answered from memory where
- * SPEC §3 allows. */
+ * contract §3 allows. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>

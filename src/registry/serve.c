@@ -1,4 +1,4 @@
-/* The decision for one registry request (SPEC §3), and the answers from the
+/* The decision for one registry request (contract §3), and the answers from the
  * content-addressed store or a running fill. Blobs and manifests requested
  * by digest are served from the store when this client may have them
  * (access.c), confirmed with an upstream HEAD when it is not known to
@@ -162,7 +162,7 @@ static bool decide(struct rp__rq *rq) {
   uint64_t off;
   int64_t len;
 
-  /* SPEC §3: whether the repository is public is asked once, on its first
+  /* contract §3: whether the repository is public is asked once, on its first
    * pull, in the background. */
   if (is_manifest && (get || head))
     rp__probe_public(rq);
@@ -175,7 +175,7 @@ static bool decide(struct rp__rq *rq) {
   if (reg->cache == NULL || !p->ref_is_digest || (p->kind != RP_REG_BLOB && !is_manifest) ||
       !(get || head) || rp_digest_parse(p->ref, strlen(p->ref), &d) != 0)
     return false;
-  /* SPEC §3: HEAD on a blob goes upstream (push relies on a truthful HEAD). */
+  /* contract §3: HEAD on a blob goes upstream (push relies on a truthful HEAD). */
   if (head && !is_manifest)
     return false;
 
@@ -228,7 +228,7 @@ static bool decide(struct rp__rq *rq) {
   /* A registry that asked to wait (Retry-After) is not asked before then. */
   if (rp__wait_answer(rq))
     return true;
-  /* SPEC §3 "Upstream mirrors": a mirror gets no credential, so the
+  /* contract §3 "Upstream mirrors": a mirror gets no credential, so the
    * registry confirms this client's first (a HEAD, free of pull limits). */
   if (rp__has_mirrors(rq) && reg->access_check && !rp__client_ok(rq, false))
     return rp__start_head(rq, &rp__premirror_callbacks, &d);

@@ -143,7 +143,7 @@ static void rq_take(struct rp__rq *rq) {
   rp_exchange_note(x, rq->label, NULL, NULL);
 }
 
-/* The registry's identity (SPEC §3): plain HTTP and HTTPS never share tag
+/* The registry's identity (contract §3): plain HTTP and HTTPS never share tag
  * memory or repository knowledge; blob bytes are shared by digest anyway. */
 static void rq_identity(struct rp__rq *rq) {
   size_t n = 0;
@@ -155,7 +155,7 @@ static void rq_identity(struct rp__rq *rq) {
   if (rq->registry[n] == '\0')
     rq->registry[0] = '\0';
   /* Transparent plain HTTP: Host alone proves nothing, so the original
-   * destination is part of the key (SPEC §3). */
+   * destination is part of the key (contract §3). */
   if (rq->way == RP_REGISTRY_PLAIN && rq->connect_ip[0] != '\0' && rq->registry[0] != '\0') {
     n = strlen(rq->registry);
     snprintf(rq->registry + n, sizeof(rq->registry) - n, "@%s:%u", rq->connect_ip,
@@ -212,7 +212,7 @@ int rp__rq_start(struct rp__rq *rq, int status, const struct rp_http_header *h, 
   rq->answered = true;
   if (rq->way != RP_REGISTRY_MIRROR || rq->ns[0] == '\0')
     return rp_exchange_start(rq->x, status, h, n, length);
-  /* SPEC §3 "Mirror mode": the namespace asked for is echoed. */
+  /* contract §3 "Mirror mode": the namespace asked for is echoed. */
   all = malloc((n + 1) * sizeof(*all));
   if (all == NULL)
     return UV_ENOMEM;

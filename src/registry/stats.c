@@ -1,4 +1,4 @@
-/* The registry service's numbers for the status page (SPEC §5 `GET
+/* The registry service's numbers for the status page (contract §5 `GET
  * /status.json`, `GET /`) and /metrics: bytes served from the cache and from
  * upstream (the hit ratio and the bytes saved), fills in flight, the recent
  * pulls (manifest GETs by tag) and the repositories served most. Fed from

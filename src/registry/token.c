@@ -138,7 +138,7 @@ out:
   return rc;
 }
 
-/* ---- the realm rule (SPEC §3: who may receive token requests) -------------- */
+/* ---- the realm rule (contract §3: who may receive token requests) -------------- */
 
 /* Length of the host part of "host[:port]" / "[v6][:port]". */
 static size_t host_len(const char *hostport) {

@@ -1,4 +1,4 @@
-/* Client authentication for --proxy-auth-file (SPEC §4): an htpasswd file
+/* Client authentication for --proxy-auth-file (contract §4): an htpasswd file
  * ("user:hash" per line) checked with apr-util's apr_password_validate, the
  * function Apache's htpasswd and mod_authn_file use, so every hash htpasswd
  * writes works: bcrypt ($2y$), apr1-MD5 ($apr1$, htpasswd's default), SHA1

@@ -515,7 +515,7 @@ static int push_rule(struct rp_hostlist *l, const struct rule *r, struct span en
 
 /* A domain entry: "foo.com" (the name and its subdomains), ".foo.com" and
  * "*.foo.com" (subdomains only). Unlike Go, a trailing dot is insignificant
- * here, on entries as on hosts (SPEC §2 strips it from CONNECT targets), so
+ * here, on entries as on hosts (contract §2 strips it from CONNECT targets), so
  * "foo.com." and "foo.com" are the same entry. */
 static int add_domain(struct rp_hostlist *l, struct span entry, struct span name, int32_t port,
                       char **err) {

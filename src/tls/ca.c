@@ -1,4 +1,4 @@
-/* The local CA (SPEC §2 MITM, §4 `ca`): load it from --ca-dir, or create it
+/* The local CA (contract §2 MITM, §4 `ca`): load it from --ca-dir, or create it
  * there. The certificate file is the commit point of a creation: the key is
  * renamed into place first, the certificate last, so a crash leaves either a
  * whole CA or a key without a certificate, which the next creation replaces. */

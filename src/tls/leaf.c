@@ -1,5 +1,5 @@
 /* Leaf certificates minted per host from the local CA, and the bounded LRU
- * of per-host server SSL_CTXs that serve them (SPEC §2 MITM). A mint costs
+ * of per-host server SSL_CTXs that serve them (contract §2 MITM). A mint costs
  * one signature and one SSL_CTX (well under a millisecond), and a host is
  * minted again only when its leaf nears expiry or it fell out of the LRU.
  * Not thread-safe: the cache belongs to the loop thread. */

@@ -1,5 +1,5 @@
 /* Upstream trust: the system bundle plus --upstream-ca, and the engines'
- * certs.d directories (SPEC §4 --upstream-certs-dir) read the way moby and
+ * certs.d directories (contract §4 --upstream-certs-dir) read the way moby and
  * containers/image read them: in DIR/<host[:port]>/, every *.crt is a CA
  * trusted for that registry on top of the base store, X.cert + X.key is a
  * client certificate pair, and a .cert without its .key (or the reverse) is

@@ -9,7 +9,7 @@
  * --connect-to sending every outgoing connection (dial and libcurl alike) to
  * a closed loopback port, so upstream work fails at once and the same way
  * every time: what is tested is how regproxy answers without its upstream
- * (SPEC §3 "Upstream unreachable"). The cache holds one blob and one
+ * (contract §3 "Upstream unreachable"). The cache holds one blob and one
  * manifest of library/alpine (tag 3.18) on Docker Hub and on the plain-HTTP
  * registry.test:5000, so hits, ranges and answers from memory are reachable
  * too.

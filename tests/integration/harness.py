@@ -985,7 +985,7 @@ def check_regproxies():
 
 
 def host_is(name, got):
-    """Log field host= names the destination; the binary may append :port (SPEC §6's
+    """Log field host= names the destination; the binary may append :port (contract §6's
     example has none). test_*_log_host_* tests check the exact form separately."""
     return got == name or re.fullmatch(re.escape(name) + r":\d+", got or "") is not None
 

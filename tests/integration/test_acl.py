@@ -1,8 +1,8 @@
-"""Client ACL, CONNECT port policy and start-up refusals (SPEC §2 steps 1-2, §4):
+"""Client ACL, CONNECT port policy and start-up refusals (contract §2 steps 1-2, §4):
 denied clients get 403 and a log line; a non-loopback listener needs an explicit allow;
 an explicit parent that is regproxy itself, bad config values, unknown keys and flags
 exit 2 naming the flag/key (and file:line); flag > REGPROXY_* env > config file; SIGHUP
-reloads allow. admin_allow (SPEC §5): the endpoints that reveal repositories and digests
+reloads allow. admin_allow (contract §5): the endpoints that reveal repositories and digests
 answer only its clients, /healthz and /ca.crt every allowed client."""
 
 import os
@@ -215,7 +215,7 @@ def test_connect_port_policy_with_non_loopback_allow():
     assert r.status == 403, "a port no rule names was allowed: %r" % r
 
 
-# SPEC §5: these reveal digests, repositories and clients; /healthz and /ca.crt do not.
+# contract §5: these reveal digests, repositories and clients; /healthz and /ca.crt do not.
 ADMIN_ONLY = ["/", "/status.json", "/metrics", "/cache/objects", "/cache/du",
               "/cache/objects/sha256:" + "0" * 64]
 ANYONE = ["/healthz", "/ca.crt"]

@@ -1,4 +1,4 @@
-"""Admin endpoints and observability (SPEC §5, §6): /healthz, /metrics (names, counters
+"""Admin endpoints and observability (contract §5, §6): /healthz, /metrics (names, counters
 moving with a tunnel, gauges back to 0), Host checks against DNS rebinding, the JSON log
 format, several listeners including [::1]."""
 
@@ -52,7 +52,7 @@ def test_metrics_names_and_format():
 def test_metrics_spec_names_present():
     m = RP.metrics()
     missing = [n for n in SPEC_METRICS if not m.has(n)]
-    assert not missing, "SPEC §5 metrics not exported: %s" % missing
+    assert not missing, "contract §5 metrics not exported: %s" % missing
 
 
 def test_metrics_move_with_a_tunnel():
@@ -168,7 +168,7 @@ def test_request_log_fields():
 
 
 def test_log_host_field_is_the_bare_name():
-    # SPEC §6's example and the brief (skopeo: "route=tunnel host=registry-1.docker.io"):
+    # contract §6's example and the brief (skopeo: "route=tunnel host=registry-1.docker.io"):
     # host= carries the destination name; the port is not part of it. The other tests
     # accept an appended :port so that this one point fails here only.
     c = RP.conn()

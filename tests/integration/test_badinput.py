@@ -1,4 +1,4 @@
-"""Bad input (SPEC §7): each malformed request gets its status code, the proxy keeps
+"""Bad input (contract §7): each malformed request gets its status code, the proxy keeps
 serving afterwards, and nothing of a rejected request reaches the origin."""
 
 import os

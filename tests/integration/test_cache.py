@@ -1,4 +1,4 @@
-"""The registry cache inside MITM (SPEC §3, issue 4 — blobs and manifests by digest):
+"""The registry cache inside MITM (contract §3, issue 4 — blobs and manifests by digest):
 the second pull of an image makes no upstream blob request and gets identical bytes;
 two repositories sharing a layer store it once; an object cached for one client is
 never served from the cache to a client the registry would refuse; a fill killed with
@@ -324,7 +324,7 @@ def test_registry_down_pull_from_cache():
 
 def test_token_registry_down_public_image_pulls_from_cache():
     """Docker Hub's shape: the registry is down, its token service is up. A public
-    image pulled before still pulls; a private one does not leak (SPEC §3)."""
+    image pulled before still pulls; a private one does not leak (contract §3)."""
     treg = h.TokenRegistry(TS)
     tunnel = h.Regproxy(["--mitm", "", "--connect-to", "%s:443:127.0.0.1:%d" % (HOST, treg.port),
                          "--connect-to", "auth.docker.io:443:127.0.0.1:%d" % TS.port])
@@ -369,7 +369,7 @@ def test_eviction_keeps_cache_under_bound():
 
 def test_fills_bounded_by_the_cache_size():
     """A registry announcing more than the cache can hold (or fills that together
-    would pass the bound) gets its bytes relayed, not written to disk (SPEC §3)."""
+    would pass the bound) gets its bytes relayed, not written to disk (contract §3)."""
     img = h.OciImage(os.path.join(h.tmpdir(), "huge"), tag="h", layer_sizes=(3 * 1024 * 1024,))
     push(img, "docker://127.0.0.1:%d/library/huge:h" % REG.port)
     cache = os.path.join(h.tmpdir(), "cache")

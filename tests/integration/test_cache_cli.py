@@ -1,4 +1,4 @@
-"""`regproxy cache ls|du|verify|gc|rm` (SPEC §4, §3 "One owner per cache directory").
+"""`regproxy cache ls|du|verify|gc|rm` (contract §4, §3 "One owner per cache directory").
 Direct mode: a cache filled by pulling through regproxy is listed, totalled, verified (a
 corrupted object is named and removed), garbage-collected and pruned by digest from the
 command line. Through the admin endpoint (docs/admin.md): while a regproxy runs on the

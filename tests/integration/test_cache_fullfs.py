@@ -1,4 +1,4 @@
-"""The cache on a full filesystem (SPEC §3 ENOSPC): inside a private mount namespace the
+"""The cache on a full filesystem (contract §3 ENOSPC): inside a private mount namespace the
 cache directory is a 3 MiB tmpfs, and an image with an 8 MiB layer is pulled through
 regproxy. The pull succeeds with the right bytes (the fill keeps streaming to the client
 after the disk error), nothing corrupt or partial is kept, and the next pull works."""

@@ -1,4 +1,4 @@
-"""Manifests from registries the distribution registry cannot imitate (SPEC §3
+"""Manifests from registries the distribution registry cannot imitate (contract §3
 "Manifests"): a stand-in that answers a tag HEAD with 405, or without
 Docker-Content-Digest, gets a GET whose body regproxy hashes and keeps (the next GET by
 digest is a cache hit, the tag is remembered for answers from memory); a signed

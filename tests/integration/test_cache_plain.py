@@ -1,4 +1,4 @@
-"""The registry cache for a plain-HTTP (insecure) registry (SPEC §2 route=http, §3):
+"""The registry cache for a plain-HTTP (insecure) registry (contract §2 route=http, §3):
 a client that pulls `registry.insecure.test:5000/…` through HTTP_PROXY sends absolute-form
 requests; when the host is in `mitm` they get the same cache as MITM requests, keyed
 apart from HTTPS. The second pull makes no upstream blob or manifest GET, and the image
@@ -89,7 +89,7 @@ def test_other_paths_use_the_byte_relay():
 
 def test_https_and_http_keep_apart():
     """A digest cached over plain HTTP is not known in the same repository over HTTPS:
-    registry identities carry the scheme (SPEC §3)."""
+    registry identities carry the scheme (contract §3)."""
     rp = proxy(REG)
     pull(rp)
     layer = sorted(IMG.blobs)[0]

@@ -1,4 +1,4 @@
-"""Self-hosted registries behind the MITM (issue 15, SPEC §4 --upstream-certs-dir):
+"""Self-hosted registries behind the MITM (issue 15, contract §4 --upstream-certs-dir):
 regproxy trusts and presents, upstream, what the engines' certs.d holds for a registry.
 A distribution registry with a self-signed CA that only a temp certs.d knows, one that
 requires client certificates (http.tls.clientcas), `setup docker` beside a registry's own

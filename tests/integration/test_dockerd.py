@@ -98,7 +98,7 @@ def test_insecure_registry_pulled_over_http_and_cached():
 
 
 def test_docker_pull_with_registry_down_after_a_restart():
-    """The laptop case (SPEC §3): what regproxy learnt on the first pull (the repository
+    """The laptop case (contract §3): what regproxy learnt on the first pull (the repository
     is public) is kept in its index, so the pull works offline after a restart too."""
     global RP
     RP.wait_log(msg="repository docker.io/library/alpine is public")

@@ -1,4 +1,4 @@
-"""Plain-HTTP forwarding of absolute-form requests (SPEC §2 route=http): keep-alive on
+"""Plain-HTTP forwarding of absolute-form requests (contract §2 route=http): keep-alive on
 both sides, Via, hop-by-hop headers dropped, bodies streamed in both directions
 (chunked and Content-Length), pipelining, response framing (HEAD, 304, HTTP/1.0)."""
 

@@ -1,4 +1,4 @@
-"""Happy Eyeballs (SPEC §2, RFC 8305) with the real resolver: inside a private network
+"""Happy Eyeballs (contract §2, RFC 8305) with the real resolver: inside a private network
 and mount namespace, /etc/hosts gives "dual.test" both ::1 and 127.0.0.1. The origin
 listens on IPv4 only, so the IPv6 attempt fails and the IPv4 one must win: at once when
 IPv6 is refused, after the 250 ms delay when IPv6 SYNs are silently dropped (nft)."""

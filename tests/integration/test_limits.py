@@ -1,4 +1,4 @@
-"""Timeouts and connection limits (SPEC §4, §7): idle keep-alive clients are closed
+"""Timeouts and connection limits (contract §4, §7): idle keep-alive clients are closed
 after --idle-timeout, quiet tunnels after --tunnel-idle-timeout (busy ones stay), and
 beyond --max-connections new clients wait in the backlog until a slot frees."""
 

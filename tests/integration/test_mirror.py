@@ -1,4 +1,4 @@
-"""Mirror mode (SPEC §3): origin-form /v2/… on the --listen port, no CA. dockerd with
+"""Mirror mode (contract §3): origin-form /v2/… on the --listen port, no CA. dockerd with
 "registry-mirrors" (and no proxy environment) pulls Docker Hub names through it;
 regproxy fetches with its own anonymous token from the (stand-in) auth.docker.io, or
 with --registry-auth credentials, caches, and serves the second pull from the cache.

@@ -1,4 +1,4 @@
-"""MITM for registry hosts (SPEC §2 route=mitm, issue 3): regproxy terminates TLS for
+"""MITM for registry hosts (contract §2 route=mitm, issue 3): regproxy terminates TLS for
 registry-1.docker.io with a leaf minted by its own CA and relays every request through
 its upstream engine. Real clients cannot tell: skopeo pulls (single-arch and a multi-arch
 index) and pushes trusting only regproxy's CA; openssl sees a leaf that chains to it;

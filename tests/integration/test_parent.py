@@ -1,4 +1,4 @@
-"""Parent proxy (SPEC §2 "Parent proxy", §4 precedence) with squid as the parent:
+"""Parent proxy (contract §2 "Parent proxy", §4 precedence) with squid as the parent:
 non-bypassed tunnels and plain-HTTP requests go through squid, no_proxy destinations and
 loopback never do, SIGHUP reloads no_proxy without dropping an open tunnel, and a parent
 taken from the environment that points at regproxy itself is ignored with a warning.

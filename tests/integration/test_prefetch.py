@@ -1,4 +1,4 @@
-"""`regproxy prefetch <image-ref>...` (SPEC §4): every platform of an image into the
+"""`regproxy prefetch <image-ref>...` (contract §4): every platform of an image into the
 cache, with progress. Without a running instance it starts one in-process on an
 ephemeral port; with one holding the cache directory it goes through that instance's
 listener (mirror mode). Afterwards a pull of every platform through MITM makes no blob

@@ -1,4 +1,4 @@
-"""--proxy-auth-file (SPEC §4): an htpasswd file; CONNECT and absolute-form requests must
+"""--proxy-auth-file (contract §4): an htpasswd file; CONNECT and absolute-form requests must
 carry Proxy-Authorization: Basic with a user it accepts, else 407 with a Basic challenge.
 Every hash htpasswd writes works (bcrypt, apr1-MD5, SHA1); origin-form admin requests need
 none; SIGHUP re-reads the file; a bad file refuses to start (exit 2, file:line); skopeo

@@ -1,4 +1,4 @@
-"""Docker Hub's pull limit in view (SPEC §5, issue 12): a registry stand-in answers manifest
+"""Docker Hub's pull limit in view (contract §5, issue 12): a registry stand-in answers manifest
 HEADs and GETs with `ratelimit-limit: 100;w=21600` and a `ratelimit-remaining` that drops by
 one per manifest GET (HEADs are free, as on Docker Hub). Pulled through MITM with curl, the
 last values per registry and credential kind show in /status.json and /metrics, and every

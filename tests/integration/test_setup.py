@@ -1,4 +1,4 @@
-"""`regproxy setup docker|containerd|podman [--dry-run] [--root DIR]` (SPEC §1, §4): the
+"""`regproxy setup docker|containerd|podman [--dry-run] [--root DIR]` (contract §1, §4): the
 proxy drop-in and the CA where each engine looks, written under --root as if it were /,
 idempotent, never over a file regproxy did not write, nothing written with --dry-run."""
 

@@ -1,4 +1,4 @@
-"""Signals (SPEC §4 --shutdown-grace, brief: SIGTERM/SIGINT/SIGHUP): SIGTERM stops
+"""Signals (contract §4 --shutdown-grace, brief: SIGTERM/SIGINT/SIGHUP): SIGTERM stops
 accepting at once, lets in-flight transfers finish, exits 0; after the grace period it
 exits anyway; idle keep-alive clients do not hold the exit up; SIGHUP without a config
 file changes nothing."""

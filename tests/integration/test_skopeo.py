@@ -1,4 +1,4 @@
-"""A real registry client through regproxy (SPEC §1 "Developer laptop", TESTING.md):
+"""A real registry client through regproxy (contract §1 "Developer laptop", TESTING.md):
 the distribution registry serves registry-1.docker.io over TLS with the test CA, an OCI
 image is pushed to it directly, and skopeo pulls docker://registry-1.docker.io/... with
 HTTPS_PROXY pointing at regproxy (--mitm '' so the registry is tunnelled untouched,

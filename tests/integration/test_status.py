@@ -1,4 +1,4 @@
-"""The status page (SPEC §5): /status.json has the hit ratio, bytes served from the cache
+"""The status page (contract §5): /status.json has the hit ratio, bytes served from the cache
 and from upstream (in total and per minute over the last hour), the pulls saved, the recent
 pulls and the top repositories after two skopeo pulls through MITM; GET / is a
 self-contained page (CSP, no external resources) that headless chromium renders with those

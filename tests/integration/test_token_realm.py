@@ -1,4 +1,4 @@
-"""Where regproxy's own token requests may go (SPEC §3, issue 8 finding 7). A stand-in
+"""Where regproxy's own token requests may go (contract §3, issue 8 finding 7). A stand-in
 registry on 127.0.0.1 (reached as registry-1.docker.io with --connect-to) answers 401
 with a Bearer realm of its choosing; regproxy in mirror mode must refuse realms that are
 plain http on another host, or an internal address where the registry is not

@@ -1,4 +1,4 @@
-"""Gateway transparent mode (SPEC §1 "Gateway", §2 way in `transparent`, issue 9) with
+"""Gateway transparent mode (contract §1 "Gateway", §2 way in `transparent`, issue 9) with
 real network namespaces, veth pairs and nft rules (TESTING.md "Transparent mode"):
 
     client ns  10.200.1.2 / fd00:200:1::2
@@ -725,7 +725,7 @@ def test_no_sni_garbage_and_silence_are_tunnelled():
 
 def test_plain_http_registry_cached_under_its_destination():
     # distribution without TLS on REG_IP:5000 over the same storage; `mitm` names it with
-    # its port, so plain HTTP to it gets the cache (SPEC §3), keyed by destination too.
+    # its port, so plain HTTP to it gets the cache (contract §3), keyed by destination too.
     d = h.tmpdir("rpit-plainreg-")
     conf = h.write_file(os.path.join(d, "config.yml"), "\n".join([
         "version: 0.1", "log:", "  level: info", "  accesslog:", "    disabled: false",

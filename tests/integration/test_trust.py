@@ -1,4 +1,4 @@
-"""Who may receive what (SPEC §3), tried as an attacker would (issue 8): cached private
+"""Who may receive what (contract §3), tried as an attacker would (issue 8): cached private
 layers are never served through a `?ns=` host the client names, through plain HTTP to a
 registry `mitm` covers only over HTTPS, or as a tag digest from memory; a relay that
 loses its client while another repository fills the same layer does not crash the

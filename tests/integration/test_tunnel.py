@@ -1,4 +1,4 @@
-"""CONNECT tunnels (SPEC §2 route=tunnel, §7): a 100 MiB download through a tunnel,
+"""CONNECT tunnels (contract §2 route=tunnel, §7): a 100 MiB download through a tunnel,
 the exact 200 status line, the tunnel's log line, 502/504/400 refusals with a reason,
 and half-close relayed in both directions."""
 
@@ -18,7 +18,7 @@ def setup():
     EOFSRV = h.EofServer()   # answers only after it has seen the client's FIN
     BACKLOG = h.FullBacklog()  # SYNs to it are dropped: connects can only time out
     CLOSED = h.free_port()
-    # Loopback destinations are always direct (route=bypass, SPEC §2 host lists), so the
+    # Loopback destinations are always direct (route=bypass, contract §2 host lists), so the
     # tunnel cases use test names mapped with --connect-to; those log route=tunnel.
     maps = {"tls.test:443": ORIGIN.https_port, "tls.test:%d" % ORIGIN.https_port:
             ORIGIN.https_port, "plain.test:80": ORIGIN.http_port,

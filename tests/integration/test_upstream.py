@@ -505,7 +505,7 @@ def test_destroy_engine_with_transfers_running():
 
 
 def test_forbid_internal_refuses_before_connecting():
-    # The address policy of token requests (SPEC §3): the socket to a refused address is
+    # The address policy of token requests (contract §3): the socket to a refused address is
     # never opened, so the echo server sees nothing; the unroutable ones below are only
     # strings, refused before any packet.
     srv = EchoServer()

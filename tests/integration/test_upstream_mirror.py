@@ -1,4 +1,4 @@
-"""Upstream mirrors (SPEC §3 "Upstream mirrors", issue 10): node regproxy instances chain
+"""Upstream mirrors (contract §3 "Upstream mirrors", issue 10): node regproxy instances chain
 to a site tier, a regproxy in mirror mode, by the registry-mirror protocol. The origin is
 the distribution registry over TLS (as registry-1.docker.io through --connect-to); skopeo
 pulls through each node's MITM. The origin serves each blob once for the whole site; a site

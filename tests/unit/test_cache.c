@@ -1580,7 +1580,7 @@ static void test_bench(void **state) {
   free(dir);
 }
 
-/* ---- who may receive what: the tables it rests on (SPEC §3) ---- */
+/* ---- who may receive what: the tables it rests on (contract §3) ---- */
 
 static void on_published_count(struct rp_fill *f, void *data) {
   (void)f;

@@ -596,7 +596,7 @@ static void test_positional(void **state) {
   rp_config_destroy(cfg);
 
   /* A CA is made for the mitm list; with interception off, for the default
-   * list (SPEC §2). */
+   * list (contract §2). */
   cfg = load_ok(A("ca", "init", "--force", "--unconstrained", "--mitm", "Registry.LAN:5000"),
                 A("HOME=/home/t"), NULL);
   assert_int_equal(cfg->args.n, 2);
@@ -1403,7 +1403,7 @@ static void test_error_shows_sanitized_value(void **state) {
       A("HOME=/home/t"), NULL, "aaaaaaaa...'");
 }
 
-/* upstream_mirrors (SPEC §3 "Upstream mirrors"): REGISTRY=URL[,URL…], the
+/* upstream_mirrors (contract §3 "Upstream mirrors"): REGISTRY=URL[,URL…], the
  * flag named for one item and repeatable, the variable's items split by ';',
  * YAML a list; URLs checked and normalised. */
 static void test_upstream_mirrors(void **state) {

@@ -1,4 +1,4 @@
-/* Request targets and the strict request-head glue (SPEC §2, §7). */
+/* Request targets and the strict request-head glue (contract §2, §7). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>

@@ -1,4 +1,4 @@
-/* Registry paths, identities, image references and the Accept key (SPEC §3,
+/* Registry paths, identities, image references and the Accept key (contract §3,
  * §4): tables of valid and hostile request paths, mirror-mode ?ns=, registry
  * spellings, image references as docker normalises them, and the Accept
  * headers real clients send (dockerd 20.10, containerd 1.6, skopeo 1.9). */

@@ -1,5 +1,5 @@
-/* Unit tests for src/proxy/route.c: the route decision of SPEC §2 as a
- * table, in the SPEC's order (ACL, CONNECT ports, bypass, MITM, tunnel),
+/* Unit tests for src/proxy/route.c: the route decision of contract §2 as a
+ * table, in the contract's order (ACL, CONNECT ports, bypass, MITM, tunnel),
  * then plain HTTP (forward or plain-HTTP registry) and the origin form. */
 
 #include <setjmp.h>
@@ -18,7 +18,7 @@
 
 #define LOOP "127.0.0.1,::1"
 #define LAN  "10.0.0.0/8"
-/* SPEC §2's default mitm list. */
+/* contract §2's default mitm list. */
 #define MITM_DEFAULT                                                                               \
   "registry-1.docker.io,index.docker.io,ghcr.io,quay.io,registry.k8s.io,gcr.io,.pkg.dev,"          \
   "mcr.microsoft.com,public.ecr.aws,nvcr.io,registry.gitlab.com"
