@@ -59,7 +59,7 @@ struct rp_config {
   char *parent_proxy_userinfo;
   char *allow;
   enum rp_config_source allow_source; /* RP_SRC_DEFAULT = not explicit */
-  char *admin_allow;                  /* contract §5: who may read the endpoints that reveal digests */
+  char *admin_allow; /* contract §5: who may read the endpoints that reveal digests */
   enum rp_config_source cache_max_size_source;
   char *connect_ports; /* NULL = contract §2 default policy */
   char *proxy_auth_file;

@@ -34,11 +34,11 @@ struct rp_exchange;
 
 /** What the front saw of the request, for the handler's own numbers. */
 struct rp_exchange_summary {
-  int status;             /* of the answer; 0 when none went out */
-  uint64_t bytes_out;     /* body and head bytes written to the client */
-  double ms;              /* since the request head */
-  const char *client;     /* the client's address, "ip:port" */
-  bool complete;          /* the whole answer went out */
+  int status;         /* of the answer; 0 when none went out */
+  uint64_t bytes_out; /* body and head bytes written to the client */
+  double ms;          /* since the request head */
+  const char *client; /* the client's address, "ip:port" */
+  bool complete;      /* the whole answer went out */
 };
 
 struct rp_exchange_handler {

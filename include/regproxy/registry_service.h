@@ -26,13 +26,13 @@ struct json_t;
  * are copied. */
 struct rp_registry_opts {
   uv_loop_t *loop;
-  struct rp_upstream *up;   /* NULL: stopping; nothing is fetched */
-  struct rp_cache *cache;   /* NULL: caching off, everything is relayed */
-  const char *parent_url;   /* "http://host:port" of a parent proxy, or NULL */
+  struct rp_upstream *up; /* NULL: stopping; nothing is fetched */
+  struct rp_cache *cache; /* NULL: caching off, everything is relayed */
+  const char *parent_url; /* "http://host:port" of a parent proxy, or NULL */
   const char *parent_userinfo;
-  bool access_check;        /* contract §3; off: any allowed client reads what is cached */
-  uint64_t access_ttl_ms;   /* how long an upstream 2xx confirms a credential */
-  uint64_t tag_ttl_ms;      /* a tag this fresh is answered from memory; 0: always asked */
+  bool access_check;         /* contract §3; off: any allowed client reads what is cached */
+  uint64_t access_ttl_ms;    /* how long an upstream 2xx confirms a credential */
+  uint64_t tag_ttl_ms;       /* a tag this fresh is answered from memory; 0: always asked */
   const char *registry_auth; /* docker config.json: the mirror's credentials, or NULL */
   /* The registries the mirror serves: HTTPS ones named in mitm, and mirror_default. */
   const struct rp_hostlist *mitm;

@@ -4,9 +4,9 @@
  * answer's body); the write callback is the backpressure. A chunk whose pages
  * are in the page cache is read right on the loop (preadv2 with RWF_NOWAIT,
  * which refuses rather than wait for the disk); any other goes to libuv's
- * thread pool (uv_fs_read, one read in flight). A reader caught up with a running fill waits for the
- * fill to wake it, and never reads a fill's last byte before the fill is
- * verified (it stays one byte behind the committed length until then). */
+ * thread pool (uv_fs_read, one read in flight). A reader caught up with a running fill waits for
+ * the fill to wake it, and never reads a fill's last byte before the fill is verified (it stays one
+ * byte behind the committed length until then). */
 
 #include <errno.h>
 #include <fcntl.h>

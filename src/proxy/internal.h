@@ -179,10 +179,10 @@ struct rp_conn {
    * service: the answer's framing, and the request body waiting for it. */
   struct rp_exchange x;
   struct rp_sink x_body;
-  int x_chunked; /* that body is chunked on the wire */
-  int x_no_body; /* HEAD, 204, 304: the body is dropped */
-  int x_via;     /* plain HTTP: the answer carries Via */
-  int x_started; /* the answer's head went out */
+  int x_chunked;              /* that body is chunked on the wire */
+  int x_no_body;              /* HEAD, 204, 304: the body is dropped */
+  int x_via;                  /* plain HTTP: the answer carries Via */
+  int x_started;              /* the answer's head went out */
   struct rp_body_chunk *x_in; /* request body not yet read by the handler */
   struct rp_body_chunk **x_in_tail;
   size_t x_in_bytes;

@@ -124,7 +124,6 @@ void rp__probe_public(struct rp__rq *rq) {
 
 bool rp__may_serve(struct rp__rq *rq, const struct rp_digest *d, bool offline) {
   struct rp_registry *reg = rq->reg;
-  return !reg->access_check ||
-         (rp_cache_in_repo(reg->cache, d, rq->registry, rq->path.name) &&
-          rp__client_ok(rq, offline));
+  return !reg->access_check || (rp_cache_in_repo(reg->cache, d, rq->registry, rq->path.name) &&
+                                rp__client_ok(rq, offline));
 }

@@ -333,4 +333,3 @@ char *rp_auth_basic_value(const char *user, const char *pass) {
   free(b64);
   return out;
 }
-

@@ -270,4 +270,3 @@ out:
   fclose(fp);
   return rc;
 }
-

@@ -43,8 +43,8 @@ struct rp__headcheck;
 /* A registry's upstream mirrors (job.c): tried in order, each skipped for a
  * while after it failed. */
 struct rp__source {
-  char *url;                /* "http(s)://host[:port][/path]" */
-  uint64_t backoff_until;   /* uv_now() before which it is skipped */
+  char *url;              /* "http(s)://host[:port][/path]" */
+  uint64_t backoff_until; /* uv_now() before which it is skipped */
 };
 
 struct rp__upmirrors {
@@ -78,7 +78,7 @@ struct rp_registry {
   struct rp__public *pub;      /* which repositories are public */
   struct rp__stats *stats;     /* the status page's numbers */
   struct rp__wait waits[RP__WAIT_SLOTS]; /* Retry-After per registry */
-  struct rp__upmirrors *upmirrors; /* upstream mirrors per registry */
+  struct rp__upmirrors *upmirrors;       /* upstream mirrors per registry */
   size_t n_upmirrors;
   struct rp_registry_counters counters;
 };
@@ -103,20 +103,20 @@ struct rp__rq {
   struct rp_exchange *x;
   const struct rp_http_head *head; /* x->head */
   enum rp_registry_way way;
-  struct rp_reg_path path;            /* the registry path of the request */
-  char host[256];                     /* the origin */
+  struct rp_reg_path path; /* the registry path of the request */
+  char host[256];          /* the origin */
   uint16_t port;
-  char connect_ip[64];                /* transparent: where host is reached, or "" */
+  char connect_ip[64]; /* transparent: where host is reached, or "" */
   uint16_t connect_port;
-  char registry[RP__REGISTRY_LEN];    /* identity: canonical, "http://" for plain */
-  char *up_path;                      /* upstream path and query when not the client's */
-  char ns[256];                       /* mirror: ?ns=, echoed as OCI-Namespace */
-  char *authz;                        /* mirror: regproxy's own Authorization, or NULL */
-  struct rp__mirror_op *mop;          /* mirror: its credential being prepared */
-  char method[24];                    /* the request's */
-  const char *label;                  /* the log's cache= */
+  char registry[RP__REGISTRY_LEN]; /* identity: canonical, "http://" for plain */
+  char *up_path;                   /* upstream path and query when not the client's */
+  char ns[256];                    /* mirror: ?ns=, echoed as OCI-Namespace */
+  char *authz;                     /* mirror: regproxy's own Authorization, or NULL */
+  struct rp__mirror_op *mop;       /* mirror: its credential being prepared */
+  char method[24];                 /* the request's */
+  const char *label;               /* the log's cache= */
   bool is_head;
-  bool answered;                      /* an answer was started */
+  bool answered; /* an answer was started */
 
   /* Serving from the store or a fill (serve.c, job.c, check.c). */
   struct rp_reader *reader;
@@ -128,10 +128,10 @@ struct rp__rq {
 
   /* The pass-through relay (relay.c). */
   struct rp_fetch *fetch;
-  bool fetch_paused;   /* the answer's body waits for `drained` */
-  bool body_waiting;   /* libcurl asked for request body and got none yet */
-  bool grab_manifest;  /* GET by tag relayed without a digest: hash the body */
-  bool stale_pending;  /* upstream answered 5xx/429: answer from memory */
+  bool fetch_paused;  /* the answer's body waits for `drained` */
+  bool body_waiting;  /* libcurl asked for request body and got none yet */
+  bool grab_manifest; /* GET by tag relayed without a digest: hash the body */
+  bool stale_pending; /* upstream answered 5xx/429: answer from memory */
   struct rp__grab *grab;
 };
 
@@ -174,9 +174,8 @@ void rp__fetch_req_defaults(const struct rp_registry *reg, struct rp_fetch_req *
 void rp__serve(struct rp__rq *rq);
 /** 200 (206 when partial) with the object's identity, then bytes
  * [off, off+len) from the published object d or the running fill f. */
-int rp__serve_object(struct rp__rq *rq, const struct rp_digest *d, struct rp_fill *f,
-                     uint64_t size, const char *media_type, uint64_t off, int64_t len,
-                     bool partial);
+int rp__serve_object(struct rp__rq *rq, const struct rp_digest *d, struct rp_fill *f, uint64_t size,
+                     const char *media_type, uint64_t off, int64_t len, bool partial);
 /** rp__serve_object; on failure the exchange is aborted. */
 void rp__serve_or_abort(struct rp__rq *rq, const struct rp_digest *d, struct rp_fill *f,
                         uint64_t size, const char *media_type, uint64_t off, int64_t len,
@@ -185,8 +184,8 @@ void rp__serve_or_abort(struct rp__rq *rq, const struct rp_digest *d, struct rp_
 bool rp__parse_range(const struct rp_http_head *h, uint64_t size, uint64_t *off, int64_t *len,
                      bool *present);
 /** The client's range (or all) of a fill whose size is now known; 416 outside it. */
-void rp__serve_range(struct rp__rq *rq, const struct rp_digest *d, struct rp_fill *f,
-                     uint64_t size, const char *ctype);
+void rp__serve_range(struct rp__rq *rq, const struct rp_digest *d, struct rp_fill *f, uint64_t size,
+                     const char *ctype);
 /** The request's serving state goes (reader, HEAD, waiting, job): end of request. */
 void rp__serve_detach(struct rp__rq *rq);
 
@@ -219,8 +218,8 @@ void rp__heads_shutdown(struct rp_registry *reg);
 
 /* job.c */
 struct rp__filljob {
-  struct rp__filljob *next;   /* reg->jobs */
-  struct rp__rq *waiters;     /* same object, same repository, before the head */
+  struct rp__filljob *next; /* reg->jobs */
+  struct rp__rq *waiters;   /* same object, same repository, before the head */
   uint64_t size;
   char ctype[128];
   struct rp_registry *reg;
@@ -240,10 +239,10 @@ struct rp__filljob {
   /* Upstream mirrors to try before the registry (copied at the start). */
   char **srcs;
   size_t nsrc, next_src;
-  char *on_mirror;  /* the mirror the transfer is from, or NULL for the registry */
-  char *fed_by;     /* the mirror that wrote into the fill, or NULL */
-  bool fall_back;   /* the mirror's answer was refused: the next source follows */
-  bool holding;     /* a mirror feeds the fill: clients wait until it verified */
+  char *on_mirror;   /* the mirror the transfer is from, or NULL for the registry */
+  char *fed_by;      /* the mirror that wrote into the fill, or NULL */
+  bool fall_back;    /* the mirror's answer was refused: the next source follows */
+  bool holding;      /* a mirror feeds the fill: clients wait until it verified */
   unsigned restarts; /* fills started again from the registry after a mirror's failed */
   char registry[RP__REGISTRY_LEN];
   char repo[256];
@@ -262,8 +261,7 @@ bool rp__job_same_credential(const struct rp__filljob *job, const struct rp__rq 
 void rp__job_detach(struct rp__filljob *job);
 /** A finished fill of a manifest kept from a relay, listed until published. */
 void rp__job_add_finished(struct rp_registry *reg, struct rp_fill *fill, const struct rp_digest *d,
-                          uint64_t size, const char *ctype, const char *registry,
-                          const char *repo);
+                          uint64_t size, const char *ctype, const char *registry, const char *repo);
 void rp__jobs_shutdown(struct rp_registry *reg);
 /** Does the request's registry have upstream mirrors? */
 bool rp__has_mirrors(const struct rp__rq *rq);

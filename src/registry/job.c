@@ -65,7 +65,7 @@ static struct saved_req *saved_req_copy(const struct rp_fetch_req *r) {
 
 /* ---- upstream mirrors ---- */
 
-#define MIRROR_BACKOFF_MS        30000
+#define MIRROR_BACKOFF_MS         30000
 #define MIRROR_CONNECT_TIMEOUT_MS 3000
 #define MIRROR_STALL_TIMEOUT_MS   10000
 
@@ -116,8 +116,7 @@ int rp__upmirrors_set(struct rp_registry *reg, char *const *items, size_t n) {
   return 0;
 }
 
-static const struct rp__upmirrors *mirrors_of(const struct rp_registry *reg,
-                                              const char *registry) {
+static const struct rp__upmirrors *mirrors_of(const struct rp_registry *reg, const char *registry) {
   for (size_t i = 0; i < reg->n_upmirrors; i++)
     if (strcmp(reg->upmirrors[i].registry, registry) == 0)
       return &reg->upmirrors[i];
@@ -449,8 +448,7 @@ static void job_on_done(struct rp_fetch *f, void *data, int status, const char *
         return;
     }
   }
-  if (status != 0 && status != RP_EABORTED && job->fill == NULL && !job->passing &&
-      !job->fall_back)
+  if (status != 0 && status != RP_EABORTED && job->fill == NULL && !job->passing && !job->fall_back)
     fail_waiters(job, status, reason);
   if (!job->holding)
     rp__job_release_waiters(job); /* a mirror's bytes: once they verified */

@@ -159,8 +159,8 @@ void rp__note_retry_after(struct rp_registry *reg, const char *registry, int sta
     snprintf(slot->registry, sizeof(slot->registry), "%s", registry);
   }
   slot->until_ms = now + (uint64_t)secs * 1000;
-  rp_log_info("registry %s asked to wait %llds (%d): answering from memory until then",
-              registry, (long long)secs, status);
+  rp_log_info("registry %s asked to wait %llds (%d): answering from memory until then", registry,
+              (long long)secs, status);
 }
 
 static uint64_t wait_left_ms(const struct rp_registry *reg, const char *registry) {
@@ -172,8 +172,9 @@ static uint64_t wait_left_ms(const struct rp_registry *reg, const char *registry
 }
 
 bool rp__wait_answer(struct rp__rq *rq) {
-  static const char body[] = "{\"errors\":[{\"code\":\"TOOMANYREQUESTS\",\"message\":"
-                             "\"the registry asked to wait (Retry-After); regproxy waits with it\"}]}";
+  static const char body[] =
+      "{\"errors\":[{\"code\":\"TOOMANYREQUESTS\",\"message\":"
+      "\"the registry asked to wait (Retry-After); regproxy waits with it\"}]}";
   uint64_t left = wait_left_ms(rq->reg, rq->registry);
   struct rp_http_header h[3];
   char secs[24];

@@ -289,8 +289,8 @@ void rp__mirror_serve(struct rp__rq *rq) {
     rp__rq_reply(rq, 405, h, 2, why, sizeof(why) - 1);
     return;
   }
-  rp_reg_canonical(p->ns[0] ? p->ns : (reg->mirror_default ? reg->mirror_default : ""), 0,
-                   registry, sizeof(registry));
+  rp_reg_canonical(p->ns[0] ? p->ns : (reg->mirror_default ? reg->mirror_default : ""), 0, registry,
+                   sizeof(registry));
   if (registry[0] == '\0' || !set_origin(rq, rp_reg_upstream_host(registry))) {
     rp_exchange_error(rq->x, 400, "no usable registry (?ns= or mirror_default)", false);
     return;

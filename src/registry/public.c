@@ -51,7 +51,8 @@ static void make_key(char *key, size_t n, const char *registry, const char *repo
   snprintf(key, n, "%s\n%s", registry, repo);
 }
 
-bool rp__public_known(struct rp_registry *reg, const char *registry, const char *repo, bool offline) {
+bool rp__public_known(struct rp_registry *reg, const char *registry, const char *repo,
+                      bool offline) {
   bool is_public;
   int64_t checked, age;
 

@@ -154,9 +154,8 @@ void rp__relay(struct rp__rq *rq) {
     rp_exchange_error(rq->x, 502, "out of memory", true);
     return;
   }
-  rq->fetch =
-      rp_fetch_start(rq->reg->up, &u.req,
-                     u.req.body_len != 0 ? &relay_callbacks : &relay_callbacks_nobody, rq);
+  rq->fetch = rp_fetch_start(rq->reg->up, &u.req,
+                             u.req.body_len != 0 ? &relay_callbacks : &relay_callbacks_nobody, rq);
   rp__upreq_free(&u);
   if (rq->fetch == NULL)
     rp_exchange_error(rq->x, 502, "out of memory", true);

@@ -39,9 +39,8 @@ static void on_reader_done(struct rp_reader *r, void *data, int status) {
 
 /* 200 (or 206 for a range) with the object's identity, then the bytes from a
  * reader on the published object (d) or the running fill (f). */
-int rp__serve_object(struct rp__rq *rq, const struct rp_digest *d, struct rp_fill *f,
-                     uint64_t size, const char *media_type, uint64_t off, int64_t len,
-                     bool partial) {
+int rp__serve_object(struct rp__rq *rq, const struct rp_digest *d, struct rp_fill *f, uint64_t size,
+                     const char *media_type, uint64_t off, int64_t len, bool partial) {
   struct rp_http_header h[5];
   uint64_t n = len < 0 ? size - off : (uint64_t)len;
   char dg[140], range[96];
@@ -102,8 +101,8 @@ bool rp__parse_range(const struct rp_http_head *h, uint64_t size, uint64_t *off,
 
 /* The client's range (or the whole object) of a fill whose size the upstream
  * just told; 416 for a range that lies outside it. */
-void rp__serve_range(struct rp__rq *rq, const struct rp_digest *d, struct rp_fill *f,
-                     uint64_t size, const char *ctype) {
+void rp__serve_range(struct rp__rq *rq, const struct rp_digest *d, struct rp_fill *f, uint64_t size,
+                     const char *ctype) {
   uint64_t off;
   int64_t len;
   bool partial;

@@ -17,8 +17,7 @@ static char *dup_or_null(const char *s) {
 }
 
 int rp_registry_configure(struct rp_registry *reg, const struct rp_registry_opts *o) {
-  char *parent_url = dup_or_null(o->parent_url),
-       *parent_userinfo = dup_or_null(o->parent_userinfo),
+  char *parent_url = dup_or_null(o->parent_url), *parent_userinfo = dup_or_null(o->parent_userinfo),
        *registry_auth = dup_or_null(o->registry_auth),
        *mirror_default = dup_or_null(o->mirror_default);
   int rc = 0;

@@ -375,9 +375,9 @@ void rp_registry_status_json(const struct rp_registry *reg, json_t *j) {
   uint64_t hit = st != NULL ? st->registry_cache_bytes : 0,
            up = st != NULL ? st->registry_upstream_bytes : 0;
 
-  json_object_set_new(j, "bytes",
-                      json_pack("{s:I, s:I}", "from_cache", (json_int_t)hit, "from_upstream",
-                                (json_int_t)up));
+  json_object_set_new(
+      j, "bytes",
+      json_pack("{s:I, s:I}", "from_cache", (json_int_t)hit, "from_upstream", (json_int_t)up));
   json_object_set_new(j, "hit_ratio",
                       json_real(hit + up > 0 ? (double)hit / (double)(hit + up) : 0.0));
   hour = json_object();

@@ -317,8 +317,8 @@ static int read_host_dir(struct rp__certsd_host *h, X509_STORE *base, X509 *own,
       snprintf(other, sizeof(other), "%.*s.key", (int)(strlen(path) - 5), path);
       if (stat(other, &st) != 0) {
         *err = rp_asprintf("%s: client certificate without its key %s (CA certificates must be "
-                             "named *.crt)",
-                             path, other);
+                           "named *.crt)",
+                           path, other);
         rc = RP_ECONFIG;
       } else {
         rc = add_pair(h, path, other, err);

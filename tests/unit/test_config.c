@@ -1417,8 +1417,8 @@ static void test_upstream_mirrors(void **state) {
                       "docker.io=http://site.lan:5000,https://[::1]:8443/m");
   assert_string_equal(cfg->upstream_mirrors.v[1], "ghcr.io=http://10.0.0.7");
   rp_config_destroy(cfg);
-  cfg = load_ok(NONE, A("REGPROXY_UPSTREAM_MIRRORS=docker.io=http://a:1,http://b:2;quay.io=http://c"),
-                NULL);
+  cfg = load_ok(
+      NONE, A("REGPROXY_UPSTREAM_MIRRORS=docker.io=http://a:1,http://b:2;quay.io=http://c"), NULL);
   assert_int_equal(cfg->upstream_mirrors.n, 2);
   assert_string_equal(cfg->upstream_mirrors.v[0], "docker.io=http://a:1,http://b:2");
   assert_string_equal(cfg->upstream_mirrors.v[1], "quay.io=http://c");

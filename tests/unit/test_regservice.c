@@ -39,9 +39,9 @@ static uv_loop_t loop;
 struct upstream {
   uv_tcp_t tcp;
   uint16_t port;
-  bool down;               /* answer every request 503 */
-  const char *allowed[4];  /* Authorization values let in; "" for none */
-  const char *blob;        /* the one blob, and its digest */
+  bool down;              /* answer every request 503 */
+  const char *allowed[4]; /* Authorization values let in; "" for none */
+  const char *blob;       /* the one blob, and its digest */
   size_t blob_len;
   char blob_digest[80];
   const char *manifest; /* the tag "v1" names it */
@@ -218,8 +218,10 @@ struct fx {
 
 static void fx_end(struct fx *f) {
   struct rp_exchange_handler hd = f->x.handler;
-  struct rp_exchange_summary s = {.status = f->status, .bytes_out = f->body_len,
-                                  .client = "127.0.0.1:1", .complete = f->finished};
+  struct rp_exchange_summary s = {.status = f->status,
+                                  .bytes_out = f->body_len,
+                                  .client = "127.0.0.1:1",
+                                  .complete = f->finished};
   memset(&f->x.handler, 0, sizeof(f->x.handler));
   f->ended = true;
   if (hd.end != NULL)
@@ -247,8 +249,7 @@ static void fx_flush(uv_timer_t *t) {
     f->q[i].cb(f->q[i].arg, 0);
 }
 
-static int fx_write(struct rp_sink *s, const uv_buf_t *bufs, unsigned n, rp_sink_cb cb,
-                    void *arg) {
+static int fx_write(struct rp_sink *s, const uv_buf_t *bufs, unsigned n, rp_sink_cb cb, void *arg) {
   struct fx *f = (struct fx *)(void *)((char *)s - offsetof(struct fx, sink));
   for (unsigned i = 0; i < n; i++) {
     f->body = realloc(f->body, f->body_len + bufs[i].len + 1);
@@ -360,7 +361,7 @@ static void fx_closed(uv_handle_t *h) {
 
 static void fx_free(struct fx *f) {
   if (!f->ended)
-    fx_end(f); /* the client leaves */
+    fx_end(f);         /* the client leaves */
   fx_flush(&f->timer); /* a closing front completes the writes it still holds */
   uv_close((uv_handle_t *)&f->timer, fx_closed);
 }
@@ -430,7 +431,8 @@ static int setup(void **state) {
   up.blob = "the layer's bytes, which only some clients may read";
   up.blob_len = strlen(up.blob);
   sha256_hex(up.blob, up.blob_len, up.blob_digest);
-  up.manifest = "{\"schemaVersion\":2,\"mediaType\":\"application/vnd.oci.image.manifest.v1+json\"}";
+  up.manifest =
+      "{\"schemaVersion\":2,\"mediaType\":\"application/vnd.oci.image.manifest.v1+json\"}";
   sha256_hex(up.manifest, strlen(up.manifest), up.manifest_digest);
   up.allowed[0] = "Bearer alice";
   up.allowed[1] = "Bearer carol";
@@ -587,8 +589,8 @@ static void test_client_gone_fill_kept(void **state) {
 /* By way in: plain HTTP takes only registry reads; the mirror answers /v2/
  * itself and refuses a registry it was not told to trust, asking nobody. */
 static void test_by_way_in(void **state) {
-  struct rp_registry_target plain = {.way = RP_REGISTRY_PLAIN, .host = "127.0.0.1",
-                                     .port = up.port};
+  struct rp_registry_target plain = {
+      .way = RP_REGISTRY_PLAIN, .host = "127.0.0.1", .port = up.port};
   struct rp_registry_target mirror = {.way = RP_REGISTRY_MIRROR};
   struct fx *f;
   (void)state;
