@@ -186,7 +186,7 @@ def main():
     a = ap.parse_args()
     # One fd per tunnel for the client and one for the holder here, two in each proxy.
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    want = max(hard, 2 * a.idle + 1024)
+    want = max(hard, 2 * a.idle + 4096)
     try:
         resource.setrlimit(resource.RLIMIT_NOFILE, (want, want))
     except (ValueError, OSError):  # not root: the hard limit is the ceiling
