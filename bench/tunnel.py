@@ -103,7 +103,7 @@ def open_idle(proxy_port, target, n):
                 raise RuntimeError("proxy closed an idle tunnel (after %d)" % len(socks))
             head += b
         if not head.startswith(b"HTTP/1.1 200") and not head.startswith(b"HTTP/1.0 200"):
-            raise RuntimeError("CONNECT answered %r" % head[:60])
+            raise RuntimeError("CONNECT answered %r" % head[:300])
     return socks
 
 
@@ -191,6 +191,10 @@ def main():
         resource.setrlimit(resource.RLIMIT_NOFILE, (want, want))
     except (ValueError, OSError):  # not root: the hard limit is the ceiling
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    lim = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if a.only != "throughput" and 2 * a.idle + 100 > lim:
+        print("note: RLIMIT_NOFILE is %d (raising it needs CAP_SYS_RESOURCE): this process and"
+              " regproxy have room for about %d tunnels, not %d" % (lim, (lim - 100) // 2, a.idle))
 
     rp = h.Regproxy(["--log-level", "warn", "--max-connections", str(a.idle + 1000)])
     sq = None if a.no_squid else h.Squid()
