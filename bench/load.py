@@ -439,6 +439,8 @@ def main():
                     help="a new coalesced-miss round at most this often (s)")
     ap.add_argument("--reuse", type=int, default=100,
                     help="keep-alive clients reconnect after this many requests")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="run the load this many times (RSS after each: leak or plateau?)")
     ap.add_argument("--warmup", type=float, default=5.0,
                     help="a first load this long, before the baseline is taken (s)")
     ap.add_argument("--settle", type=float, default=10.0,
@@ -471,7 +473,8 @@ def main():
     h.skopeo(["copy", "--dest-cert-dir", ca.certdir, "oci:%s:v1" % img.path,
               "docker://127.0.0.1:%d/%s:v1" % (reg.port, REPO)])
     reg_ctx = ssl.create_default_context(cafile=ca.ca_crt)
-    n_rounds = int((a.seconds + a.warmup) / a.round_interval) + 4 if counts["miss"] else 0
+    n_rounds = (int((a.seconds * a.repeat + a.warmup) / a.round_interval) + 4 + 2 * a.repeat
+                if counts["miss"] else 0)
     t0 = time.monotonic()
     env.miss_blobs = [push_blob(reg, reg_ctx, REPO, os.urandom(a.miss_kib << 10))
                       for _ in range(n_rounds)]
@@ -517,11 +520,29 @@ def main():
     base = sample(pid)
     base_kinds = fd_kinds(pid, ports)
     c0, my0 = cpu_seconds(pid), time.process_time()
+    stats_errors_seen = collections.Counter()
     print("before: RSS %.1f MiB (HWM %.1f), %d fds: %s" % (
         base["rss"], base["hwm"], base["fds"], dict(base_kinds)), flush=True)
 
-    stats, elapsed, samples = asyncio.run(run_load(env, counts, a.seconds, pid,
-                                                   env.miss_blobs[n_warm:]))
+    per_run = (len(env.miss_blobs) - n_warm) // a.repeat
+    for i in range(a.repeat - 1):
+        # Earlier repeats: one line each. RSS that keeps climbing from one to the next is
+        # a leak; RSS that stops at a plateau is the allocator keeping its heap.
+        rst, _, _ = asyncio.run(run_load(env, counts, a.seconds, pid, env.miss_blobs[
+            n_warm + i * per_run:n_warm + (i + 1) * per_run]))
+        wait_settled(pid, ports, a.settle)
+        s = sample(pid)
+        print("repeat %d: %d requests, %d errors; settled: RSS %.1f MiB, %d fds (%d to the "
+              "registry)" % (i + 1, sum(len(x) for k, x in rst.lat.items() if k in KINDS),
+                             sum(rst.errors.values()), s["rss"], s["fds"],
+                             fd_kinds(pid, ports).get("to registry", 0)), flush=True)
+        for msg, n in rst.errors.items():
+            stats_errors_seen[msg] += n
+    before_counts = request_counts(rp)
+    c0, my0 = cpu_seconds(pid), time.process_time()
+    stats, elapsed, samples = asyncio.run(run_load(env, counts, a.seconds, pid, env.miss_blobs[
+        n_warm + (a.repeat - 1) * per_run:]))
+    stats.errors.update(stats_errors_seen)
     rp_cpu, my_cpu = cpu_seconds(pid) - c0, time.process_time() - my0
 
     # After: poll until fds and RSS are back (or the deadline passes). Idle connections
