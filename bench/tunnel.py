@@ -1,13 +1,19 @@
 #!/usr/bin/env python3
 """Tunnel benchmark: regproxy vs squid, measured side by side in one run.
 
-  python3 bench/tunnel.py [--size-mib 1024] [--runs 3] [--idle 1000]
+  python3 bench/tunnel.py [--size-mib 1024] [--runs 3] [--idle 1000] [--only idle|throughput]
+                          [--healthz 20] [--no-squid]
 
 1. Throughput: curl fetches one large body from a local nginx through a CONNECT tunnel
    (curl --proxytunnel), directly and through each proxy; best of --runs. Reports MB/s
    and the CPU seconds each proxy process used (utime+stime from /proc).
 2. Idle tunnels: opens --idle CONNECT tunnels to a local holder server through each proxy
-   and reports the proxy's RSS before and after.
+   and reports the proxy's RSS and fds before and with them open, the RSS per tunnel
+   (issue 11's target for regproxy: <= 8 KiB), and the latency of --healthz GET /healthz
+   on fresh connections before and while they are open (target: <= 10 ms), median and
+   max; then closes them and polls until regproxy's fds are back.
+   `--idle 10000 --only idle` is issue 11's measurement (RLIMIT_NOFILE is raised: the
+   client and the holder need one fd per tunnel each, regproxy two).
 Loopback only; everything started here is stopped by PID at exit.
 """
 import argparse
@@ -15,6 +21,7 @@ import asyncio
 import os
 import resource
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -30,6 +37,10 @@ def cpu_seconds(pid):
     with open("/proc/%d/stat" % pid) as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLK
+
+
+def fd_count(pid):
+    return len(os.listdir("/proc/%d/fd" % pid))
 
 
 def rss_mib(pid):
@@ -67,7 +78,9 @@ async def hold_server(port, ready):
 
     async def on_conn(reader, writer):
         conns.append(writer)
-        await reader.read()  # until the proxy closes
+        await reader.read()  # until the proxy relays the client's close
+        conns.remove(writer)
+        writer.close()  # as a server does: the tunnel can go
 
     srv = await asyncio.start_server(on_conn, "127.0.0.1", port, backlog=4096)
     ready.set()
@@ -87,11 +100,79 @@ def open_idle(proxy_port, target, n):
         while b"\r\n\r\n" not in head:
             b = s.recv(1024)
             if not b:
-                raise SystemExit("proxy closed an idle tunnel")
+                raise RuntimeError("proxy closed an idle tunnel (after %d)" % len(socks))
             head += b
         if not head.startswith(b"HTTP/1.1 200") and not head.startswith(b"HTTP/1.0 200"):
-            raise SystemExit("CONNECT answered %r" % head[:60])
+            raise RuntimeError("CONNECT answered %r" % head[:300])
     return socks
+
+
+def healthz_ms(port, n):
+    """n GET /healthz, each on a fresh connection (as a monitor probes); milliseconds."""
+    out = []
+    for _ in range(n):
+        t0 = time.monotonic()
+        s = socket.create_connection(("127.0.0.1", port), timeout=10)
+        try:
+            s.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nConnection: close"
+                      b"\r\n\r\n" % port)
+            data = b""
+            while True:
+                b = s.recv(4096)
+                if not b:
+                    break
+                data += b
+        finally:
+            s.close()
+        out.append((time.monotonic() - t0) * 1e3)
+        if not data.startswith(b"HTTP/1.1 200") or not data.endswith(b"ok\n"):
+            raise RuntimeError("GET /healthz answered %r" % data[:80])
+    return out
+
+
+def idle_tunnels(a, proxies):
+    hold_port = h.free_port()
+    import threading
+    ready = threading.Event()
+    loop = asyncio.new_event_loop()
+    threading.Thread(target=lambda: loop.run_until_complete(hold_server(hold_port, ready)),
+                     daemon=True).start()
+    ready.wait(5)
+    target = "127.0.0.1:%d" % hold_port
+    print("\nidle tunnels: %d CONNECTs held open" % a.idle)
+    print("%-10s %12s %12s %13s %8s %19s %19s" % (
+        "", "RSS before", "RSS open", "per tunnel", "fds", "/healthz before", "/healthz open"))
+    for name, port, pid in proxies:
+        before = rss_mib(pid)
+        fds0 = fd_count(pid)
+        hz0 = healthz_ms(port, a.healthz) if name == "regproxy" else []
+        try:
+            socks = open_idle(port, target, a.idle)
+        except (OSError, RuntimeError) as e:
+            print("%-10s failed: %s" % (name, e))
+            continue
+        # Every CONNECT was answered; wait until the process stops opening fds.
+        h.settled(lambda: fd_count(pid), 10, "%s fd count settled" % name)
+        after = rss_mib(pid)
+        fds1 = fd_count(pid)
+        hz1 = healthz_ms(port, a.healthz) if name == "regproxy" else []
+
+        def ms(xs):
+            return "%6.2f / %6.2f ms" % (statistics.median(xs), max(xs)) if xs else "-"
+        print("%-10s %8.1f MiB %8.1f MiB %9.2f KiB %8d %19s %19s" % (
+            name, before, after, (after - before) * 1024 / a.idle, fds1 - fds0, ms(hz0), ms(hz1)))
+        for s in socks:
+            s.close()
+        try:
+            t0 = time.monotonic()
+            h.wait_until(lambda: fd_count(pid) <= fds0, 10, "%s fds back" % name)
+            print("%-10s fds back to %d %.1f s after the tunnels closed; RSS %.1f MiB" % (
+                "", fds0, time.monotonic() - t0, rss_mib(pid)))
+        except h.Timeout:
+            print("%-10s fds NOT back after 10 s: %d (before %d)" % ("", fd_count(pid), fds0))
+    if a.healthz:
+        print("(/healthz: median / max of %d GETs, each on a new connection; "
+              "targets: <= 8 KiB per tunnel, /healthz <= 10 ms)" % a.healthz)
 
 
 def main():
@@ -99,48 +180,51 @@ def main():
     ap.add_argument("--size-mib", type=int, default=1024)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--idle", type=int, default=1000)
+    ap.add_argument("--healthz", type=int, default=20, help="/healthz probes per measurement")
+    ap.add_argument("--only", choices=("idle", "throughput"))
+    ap.add_argument("--no-squid", action="store_true", help="measure regproxy alone")
     a = ap.parse_args()
+    # One fd per tunnel for the client and one for the holder here, two in each proxy.
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    want = max(hard, 2 * a.idle + 4096)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, want))
+    except (ValueError, OSError):  # not root: the hard limit is the ceiling
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    lim = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if a.only != "throughput" and 2 * a.idle + 100 > lim:
+        print("note: RLIMIT_NOFILE is %d (raising it needs CAP_SYS_RESOURCE): this process and"
+              " regproxy have room for about %d tunnels, not %d" % (lim, (lim - 100) // 2, a.idle))
 
+    rp = h.Regproxy(["--log-level", "warn", "--max-connections", str(a.idle + 1000)])
+    sq = None if a.no_squid else h.Squid()
+    if a.only != "idle":
+        throughput_table(a, rp, sq)
+    if a.idle and a.only != "throughput":
+        proxies = [("regproxy", rp.port, rp.proc.pid)]
+        if sq:
+            proxies.append(("squid", sq.port, sq.proc.pid))
+        idle_tunnels(a, proxies)
+
+
+def throughput_table(a, rp, sq):
     size = a.size_mib << 20
     origin = h.Nginx()
     with open(origin.path("big.bin"), "wb") as f:
         f.truncate(size)  # sparse: nginx sends it from the page cache
     url = "http://127.0.0.1:%d/big.bin" % origin.http_port
-    rp = h.Regproxy(["--log-level", "warn"])
-    sq = h.Squid()
     print("tunnel throughput: %d MiB over CONNECT (curl -p), best of %d" % (a.size_mib, a.runs))
     rows = [("direct",) + throughput("direct", url, None, None, size, a.runs),
-            ("regproxy",) + throughput("regproxy", url, rp.url, rp.proc.pid, size, a.runs),
-            ("squid",) + throughput("squid", url, sq.url, sq.proc.pid, size, a.runs)]
+            ("regproxy",) + throughput("regproxy", url, rp.url, rp.proc.pid, size, a.runs)]
+    if sq:
+        rows.append(("squid",) + throughput("squid", url, sq.url, sq.proc.pid, size, a.runs))
     print("%-10s %10s %12s %14s" % ("", "MB/s", "vs direct", "proxy CPU s"))
     for name, mbs, cpu in rows:
         print("%-10s %10.0f %11.2fx %14s" % (name, mbs, mbs / rows[0][1],
                                            "-" if name == "direct" else "%.2f" % cpu))
-    print("regproxy/squid: throughput %.2fx, CPU %.2fx" % (
-        rows[1][1] / rows[2][1], rows[1][2] / rows[2][2] if rows[2][2] else float("nan")))
-
-    if a.idle:
-        hold_port = h.free_port()
-        import threading
-        ready = threading.Event()
-        loop = asyncio.new_event_loop()
-        threading.Thread(target=lambda: loop.run_until_complete(hold_server(hold_port, ready)),
-                         daemon=True).start()
-        ready.wait(5)
-        target = "127.0.0.1:%d" % hold_port
-        print("\nidle tunnels: %d CONNECTs held open" % a.idle)
-        print("%-10s %12s %12s %16s" % ("", "RSS before", "RSS after", "per tunnel"))
-        for name, port, pid in (("regproxy", rp.port, rp.proc.pid), ("squid", sq.port, sq.proc.pid)):
-            before = rss_mib(pid)
-            socks = open_idle(port, target, a.idle)
-            time.sleep(0.5)  # let the proxy settle; this is a measurement, not a sync
-            after = rss_mib(pid)
-            print("%-10s %9.1f MiB %9.1f MiB %13.1f KiB" % (
-                name, before, after, (after - before) * 1024 / a.idle))
-            for s in socks:
-                s.close()
+    if sq:
+        print("regproxy/squid: throughput %.2fx, CPU %.2fx" % (
+            rows[1][1] / rows[2][1], rows[1][2] / rows[2][2] if rows[2][2] else float("nan")))
 
 
 if __name__ == "__main__":
