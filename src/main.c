@@ -1,4 +1,5 @@
 /* regproxy: parse the command line, wire the modules, run the loop. */
+#include <malloc.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -45,6 +46,12 @@ int main(int argc, char **argv) {
   const char *cmd;
 
   signal(SIGPIPE, SIG_IGN);
+  /* Buffers of 128 KiB and up (cache chunks, libcurl's receive buffers) come
+   * straight from mmap and go back on free. glibc otherwise raises its mmap
+   * threshold after the first such free and serves them from the heap, where
+   * a load's worth of them stays: RSS never came back after a load. */
+  mallopt(M_MMAP_THRESHOLD, 128 * 1024);
+  mallopt(M_TRIM_THRESHOLD, 1024 * 1024);
   if (rp_config_load(&cfg, argc, argv, environ, &err) != 0) {
     fprintf(stderr, "regproxy: %s\n(see regproxy --help)\n", err != NULL ? err : "bad usage");
     free(err);

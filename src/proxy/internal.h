@@ -56,6 +56,7 @@ struct rp_server {
   uv_timer_t grace;
   int draining;
   int notify; /* tell systemd READY/RELOADING/STOPPING (`run` only, not prefetch) */
+  uint64_t last_trim_ms; /* malloc_trim after a load (server.c) */
 
   /* MITM: the local CA, the per-host leaves, the upstream engine. */
   struct rp_ca *ca;
