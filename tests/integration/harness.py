@@ -158,6 +158,31 @@ def _ephemeral_range():
         return 32768, 60999
 
 
+def all_at_once(items, fn, during=None, timeout=180):
+    """fn(item) for every item, each on its own thread, started together; during() runs
+    meanwhile. Returns the wall time; raises with every failure, naming its item."""
+    errors = []
+
+    def one(item):
+        try:
+            fn(item)
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append("%s: %s" % (item, e))
+    t0 = time.monotonic()
+    ts = [threading.Thread(target=one, args=(it,)) for it in items]
+    for t in ts:
+        t.start()
+    try:
+        if during:
+            during()
+    finally:
+        for t in ts:
+            t.join(timeout)
+    if errors:
+        raise AssertionError("failed:\n" + "\n".join(errors))
+    return time.monotonic() - t0
+
+
 def free_port(host="127.0.0.1"):
     """A port nobody listens on right now, outside the kernel's ephemeral range.
 
@@ -819,6 +844,10 @@ class Regproxy:
                 self.port = free_port()
                 argv[argv.index("--listen") + 1] = "127.0.0.1:%d" % self.port
                 self.argv = argv
+
+    def __repr__(self):
+        ns = getattr(self, "ns", None)
+        return "regproxy %s%s" % (self.url if self.port else self.dir, " in " + ns if ns else "")
 
     @staticmethod
     def _first_listen(args):

@@ -372,25 +372,7 @@ def pull(rp):
 def wave(ns, during=None):
     """Every node pulls at once (one skopeo each); during() runs meanwhile. Returns the
     wall time; raises with every failed pull."""
-    errors = []
-
-    def one(rp):
-        try:
-            pull(rp)
-        except BaseException as e:  # noqa: BLE001 - reported below
-            errors.append("%s: %s" % (rp.ns, e))
-    t0 = time.monotonic()
-    ts = [threading.Thread(target=one, args=(rp,)) for rp in ns]
-    for t in ts:
-        t.start()
-    try:
-        if during:
-            during()
-    finally:
-        for t in ts:
-            t.join(180)
-    assert not errors, "pulls failed:\n" + "\n".join(errors)
-    return time.monotonic() - t0
+    return h.all_at_once(ns, pull, during)
 
 
 def origin_gets():
