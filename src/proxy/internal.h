@@ -55,7 +55,7 @@ struct rp_server {
   uv_signal_t sig[3];
   uv_timer_t grace;
   int draining;
-  int notify; /* tell systemd READY/RELOADING/STOPPING (`run` only, not prefetch) */
+  int notify;            /* tell systemd READY/RELOADING/STOPPING (`run` only, not prefetch) */
   uint64_t last_trim_ms; /* malloc_trim after a load (server.c) */
 
   /* MITM: the local CA, the per-host leaves, the upstream engine. */
