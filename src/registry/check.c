@@ -45,7 +45,7 @@ static int tag_on_head(struct rp_fetch *f, void *data, int status, const char *r
   rp__header_copy(h, n, "content-type", tc->ctype, sizeof(tc->ctype));
   tc->size = rp_http_header_size(h, n, "content-length");
   rp__stats_ratelimit(tc->reg, tc->registry, tc->authenticated, h, n);
-  rp__note_retry_after(tc->reg, tc->registry, status, h, n);
+  rp__note_retry_after(tc->reg, tc->registry, tc->wait_key, status, h, n);
   return 0;
 }
 
@@ -119,7 +119,7 @@ static int confirm_on_head(struct rp_fetch *f, void *data, int status, const cha
   (void)f;
   (void)reason;
   tc->status = status;
-  rp__note_retry_after(tc->reg, tc->registry, status, h, n);
+  rp__note_retry_after(tc->reg, tc->registry, tc->wait_key, status, h, n);
   return 0;
 }
 
@@ -224,6 +224,7 @@ bool rp__start_head(struct rp__rq *rq, const struct rp_fetch_callbacks *cb,
   tc->reg = reg;
   snprintf(tc->registry, sizeof(tc->registry), "%s", rq->registry);
   tc->authenticated = rp__stats_authenticated(rq);
+  rp__wait_key(rq, tc->wait_key);
   tc->next = reg->heads;
   if (tc->next != NULL)
     tc->next->pprev = &tc->next;

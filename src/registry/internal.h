@@ -53,11 +53,13 @@ struct rp__upmirrors {
   size_t n;
 };
 
-/* A registry that asked to be left alone (429/503 with Retry-After). */
+/* A registry that asked a credential to leave it alone (429/503 with
+ * Retry-After): limits are per account as often as per address, so one
+ * client's spent limit never stops the others. */
 #define RP__WAIT_SLOTS 16
 struct rp__wait {
-  char registry[RP__REGISTRY_LEN];
-  uint64_t until_ms; /* uv_now() */
+  unsigned char key[16]; /* rp__wait_key: registry and credential */
+  uint64_t until_ms;     /* uv_now() */
 };
 
 struct rp_registry {
@@ -201,7 +203,8 @@ struct rp__headcheck {
   struct rp_digest d;
   char ctype[128];
   int64_t size;
-  bool authenticated; /* which pull limit the answer's ratelimit headers name */
+  bool authenticated;         /* which pull limit the answer's ratelimit headers name */
+  unsigned char wait_key[16]; /* rp__wait_key of the request that asked */
   char registry[RP__REGISTRY_LEN];
 };
 
@@ -303,9 +306,13 @@ bool rp__tag_fresh(struct rp__rq *rq);
 bool rp__answer_from_memory(struct rp__rq *rq, const char *label, bool offline);
 /** Could rp__answer_from_memory answer it while the registry is unreachable? */
 bool rp__can_stale(struct rp__rq *rq);
-/** A 429 or 503 with Retry-After: the registry is not asked again before then. */
-void rp__note_retry_after(struct rp_registry *reg, const char *registry, int status,
-                          const struct rp_http_header *h, size_t n);
+/** The key a Retry-After is kept under: the registry and the request's credential. */
+void rp__wait_key(const struct rp__rq *rq, unsigned char out[16]);
+/** A 429 or 503 with Retry-After: the registry is not asked again with that
+ * credential (key) before then. */
+void rp__note_retry_after(struct rp_registry *reg, const char *registry,
+                          const unsigned char key[16], int status, const struct rp_http_header *h,
+                          size_t n);
 /** While the registry asked to wait: answer from memory, else a local 429
  * (reads only). true: answered. */
 bool rp__wait_answer(struct rp__rq *rq);

@@ -127,8 +127,13 @@ bool rp__answer_from_memory(struct rp__rq *rq, const char *label, bool offline) 
 
 #define WAIT_MAX_S 3600
 
-void rp__note_retry_after(struct rp_registry *reg, const char *registry, int status,
-                          const struct rp_http_header *h, size_t n) {
+void rp__wait_key(const struct rp__rq *rq, unsigned char out[16]) {
+  rp__memo_key(rq, rq->registry, "", out); /* the memo's key, for no repository */
+}
+
+void rp__note_retry_after(struct rp_registry *reg, const char *registry,
+                          const unsigned char key[16], int status, const struct rp_http_header *h,
+                          size_t n) {
   char v[64];
   int64_t secs = -1;
   struct rp__wait *slot = NULL, *oldest = &reg->waits[0];
@@ -149,25 +154,29 @@ void rp__note_retry_after(struct rp_registry *reg, const char *registry, int sta
   if (secs > WAIT_MAX_S)
     secs = WAIT_MAX_S;
   for (size_t i = 0; i < RP__WAIT_SLOTS && slot == NULL; i++) {
-    if (strcmp(reg->waits[i].registry, registry) == 0)
+    if (memcmp(reg->waits[i].key, key, 16) == 0)
       slot = &reg->waits[i];
     else if (reg->waits[i].until_ms < oldest->until_ms)
       oldest = &reg->waits[i];
   }
   if (slot == NULL) {
     slot = oldest;
-    snprintf(slot->registry, sizeof(slot->registry), "%s", registry);
+    memcpy(slot->key, key, 16);
   }
   slot->until_ms = now + (uint64_t)secs * 1000;
-  rp_log_info("registry %s asked to wait %llds (%d): answering from memory until then", registry,
-              (long long)secs, status);
+  rp_log_info("registry %s asked to wait %llds (%d): answering that credential from memory "
+              "until then",
+              registry, (long long)secs, status);
 }
 
-static uint64_t wait_left_ms(const struct rp_registry *reg, const char *registry) {
-  uint64_t now = uv_now(reg->loop);
+static uint64_t wait_left_ms(const struct rp__rq *rq) {
+  uint64_t now = uv_now(rq->reg->loop);
+  unsigned char key[16];
+
+  rp__wait_key(rq, key);
   for (size_t i = 0; i < RP__WAIT_SLOTS; i++)
-    if (reg->waits[i].until_ms > now && strcmp(reg->waits[i].registry, registry) == 0)
-      return reg->waits[i].until_ms - now;
+    if (rq->reg->waits[i].until_ms > now && memcmp(rq->reg->waits[i].key, key, 16) == 0)
+      return rq->reg->waits[i].until_ms - now;
   return 0;
 }
 
@@ -175,7 +184,7 @@ bool rp__wait_answer(struct rp__rq *rq) {
   static const char body[] =
       "{\"errors\":[{\"code\":\"TOOMANYREQUESTS\",\"message\":"
       "\"the registry asked to wait (Retry-After); regproxy waits with it\"}]}";
-  uint64_t left = wait_left_ms(rq->reg, rq->registry);
+  uint64_t left = wait_left_ms(rq);
   struct rp_http_header h[3];
   char secs[24];
   int m = rq->head->method_id;

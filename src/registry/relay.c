@@ -22,7 +22,11 @@ int rp__relay_head(struct rp_fetch *f, void *data, int status, const char *reaso
 
   (void)f;
   (void)reason;
-  rp__note_retry_after(rq->reg, rq->registry, status, headers, n);
+  if (status == 429 || status == 503) {
+    unsigned char key[16];
+    rp__wait_key(rq, key);
+    rp__note_retry_after(rq->reg, rq->registry, key, status, headers, n);
+  }
   if ((status >= 500 || status == 429) && rp__can_stale(rq)) {
     rq->stale_pending = true;
     return -1; /* the answer comes from memory once the fetch is gone */

@@ -421,6 +421,40 @@ def test_429_with_retry_after():
     base.check()
 
 
+def test_429_for_one_credential_does_not_stop_the_others():
+    """A registry limits per account: one client's credential answered 429 with a
+    Retry-After of an hour. That client is answered 429 by regproxy until then; a client
+    with another credential (or none) is still served, from the registry."""
+    st = fl.Standin(CA)
+    rp = fl.proxy(st)
+    dg = st.add_blob(os.urandom(1000))
+
+    def per_account(st_, req, s):
+        if req.headers.get("authorization") == "Bearer spent":
+            fl.send_head(s, 429, [("Retry-After", "3600"), ("Content-Length", "2"),
+                                  ("Content-Type", "application/json")], "Too Many Requests")
+            s.sendall(b"{}")
+            return True
+        return fl.serve_good(st_, req, s)
+    st.handler = per_account
+
+    def get_blob(auth):
+        c = fl.tls_client(rp)
+        try:
+            return c.request("GET", "/v2/library/x/blobs/" + dg,
+                             [("Authorization", auth)] if auth else [], host=fl.HOST)
+        finally:
+            c.close()
+    for _ in range(2):
+        r = get_blob("Bearer spent")
+        assert r.status == 429, r
+    asked = st.blob_gets(dg)
+    assert asked == 1, "the spent credential asked the registry again: %d" % asked
+    for auth in ("Bearer fine", None):
+        r = get_blob(auth)
+        assert r.status == 200 and h.sha256(r.body) == dg[7:], (auth, r)
+
+
 def test_429_on_a_tag_served_stale():
     """A registry answering 429 to everything after one pull: the tag comes from
     memory (cache=stale) and the blob from the cache, the same bytes as before."""
