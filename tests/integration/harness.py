@@ -158,6 +158,35 @@ def _ephemeral_range():
         return 32768, 60999
 
 
+_CLONE_NEWNET = 0x40000000
+
+
+def in_netns(name, fn):
+    """fn() on a thread that entered network namespace name (`ip netns add`): the
+    sockets it makes live there. Returns its value or raises its exception."""
+    import ctypes
+    out = {}
+
+    def body():
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            fd = os.open("/var/run/netns/%s" % name, os.O_RDONLY)
+            try:
+                if libc.setns(fd, _CLONE_NEWNET) != 0:
+                    raise OSError(ctypes.get_errno(), "setns")
+            finally:
+                os.close(fd)
+            out["v"] = fn()
+        except BaseException as e:  # noqa: BLE001 - raised below
+            out["e"] = e
+    t = threading.Thread(target=body)
+    t.start()
+    t.join()
+    if "e" in out:
+        raise out["e"]
+    return out["v"]
+
+
 def all_at_once(items, fn, during=None, timeout=180):
     """fn(item) for every item, each on its own thread, started together; during() runs
     meanwhile. Returns the wall time; raises with every failure, naming its item."""

@@ -26,7 +26,6 @@ multi-layer image at once.
 with the reason otherwise. Namespaces are removed at the end, pass or fail.
 """
 
-import ctypes
 import http.server
 import json
 import os
@@ -36,13 +35,11 @@ import signal
 import socket
 import ssl
 import subprocess
-import threading
 import time
 import urllib.parse
 
 import harness as h
 
-CLONE_NEWNET = 0x40000000
 TAG = "%d" % os.getpid()
 NODES = 6
 SITE = 3
@@ -72,30 +69,7 @@ def nsx(ns, *argv):
     return sh("ip", "netns", "exec", ns, *argv)
 
 
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-def in_ns(ns, fn):
-    """Run fn() on a thread that entered namespace ns: sockets it makes live there."""
-    out = {}
-
-    def body():
-        try:
-            fd = os.open("/var/run/netns/%s" % ns, os.O_RDONLY)
-            try:
-                if _libc.setns(fd, CLONE_NEWNET) != 0:
-                    raise OSError(ctypes.get_errno(), "setns")
-            finally:
-                os.close(fd)
-            out["v"] = fn()
-        except BaseException as e:  # noqa: BLE001
-            out["e"] = e
-    t = threading.Thread(target=body)
-    t.start()
-    t.join()
-    if "e" in out:
-        raise out["e"]
-    return out["v"]
+in_ns = h.in_netns
 
 
 def all_ns():

@@ -14,7 +14,6 @@ namespace by a thread that entered it (setns), so every server and client here i
 real process or socket in the right place. Runs only as root; skips otherwise.
 """
 
-import ctypes
 import os
 import shutil
 import signal
@@ -26,7 +25,6 @@ import time
 
 import harness as h
 
-CLONE_NEWNET = 0x40000000
 TAG = "%d" % os.getpid()
 NS = {"c": "rpc" + TAG, "g": "rpg" + TAG, "s": "rps" + TAG}
 REG_IP, ORIGIN_IP = "10.200.2.2", "10.200.2.3"
@@ -56,30 +54,9 @@ def nft(ns, ruleset):
     nsx(ns, "nft", "-f", path)
 
 
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
 def in_ns(ns, fn):
     """Run fn() on a thread that entered namespace ns: sockets it makes live there."""
-    out = {}
-
-    def body():
-        try:
-            fd = os.open("/var/run/netns/%s" % NS[ns], os.O_RDONLY)
-            try:
-                if _libc.setns(fd, CLONE_NEWNET) != 0:
-                    raise OSError(ctypes.get_errno(), "setns")
-            finally:
-                os.close(fd)
-            out["v"] = fn()
-        except BaseException as e:  # noqa: BLE001
-            out["e"] = e
-    t = threading.Thread(target=body)
-    t.start()
-    t.join()
-    if "e" in out:
-        raise out["e"]
-    return out["v"]
+    return h.in_netns(NS[ns], fn)
 
 
 def ns_connect(ns, host, port, timeout=10.0):
