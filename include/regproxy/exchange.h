@@ -4,6 +4,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <sys/types.h>
 
 #include <uv.h>
@@ -127,8 +128,37 @@ static inline void rp_exchange_note(struct rp_exchange *x, const char *cache, co
   x->ops->note(x, cache, reason, host);
 }
 
-/** A whole small answer: start, the body (copied), finish. */
-int rp_exchange_reply(struct rp_exchange *x, int status, const struct rp_http_header *h, size_t n,
-                      const char *body, size_t len);
+static inline void rp_exchange__free_body(void *body, int status) {
+  (void)status;
+  free(body);
+}
+
+/** A whole small answer: start, body (malloc'd and taken; NULL with len 0
+ * for none), finish. When the front cannot take it, the exchange is
+ * aborted (and body freed). */
+static inline void rp_exchange_answer(struct rp_exchange *x, int status,
+                                      const struct rp_http_header *h, size_t n, char *body,
+                                      size_t len) {
+  struct rp_sink *s;
+  uv_buf_t buf;
+
+  if (rp_exchange_start(x, status, h, n, (int64_t)len) != 0) {
+    free(body);
+    rp_exchange_abort(x, "answer failed");
+    return;
+  }
+  if (len > 0) {
+    buf = uv_buf_init(body, (unsigned)len);
+    s = rp_exchange_body(x);
+    if (s->write(s, &buf, 1, rp_exchange__free_body, body) != 0) {
+      free(body);
+      rp_exchange_abort(x, "write failed");
+      return;
+    }
+  } else {
+    free(body);
+  }
+  rp_exchange_finish(x);
+}
 
 #endif

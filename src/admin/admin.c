@@ -38,36 +38,6 @@ bool rp_admin_host_allowed(const struct rp_http_head *h, char *const *names, siz
   return false;
 }
 
-static void free_body(void *arg, int status) {
-  (void)status;
-  free(arg);
-}
-
-/* The head, then body (taken) as the whole body. */
-static void answer(struct rp_exchange *x, int status, const struct rp_http_header *hd, size_t n,
-                   char *body, size_t len) {
-  struct rp_sink *s;
-  uv_buf_t buf;
-
-  if (rp_exchange_start(x, status, hd, n, (int64_t)len) != 0) {
-    free(body);
-    rp_exchange_abort(x, NULL);
-    return;
-  }
-  if (len > 0) {
-    buf = uv_buf_init(body, (unsigned)len);
-    s = rp_exchange_body(x);
-    if (s->write(s, &buf, 1, free_body, body) != 0) {
-      free(body);
-      rp_exchange_abort(x, NULL);
-      return;
-    }
-  } else {
-    free(body);
-  }
-  rp_exchange_finish(x);
-}
-
 /* body (taken) as Content-Type ctype, never cached; extra: n more fields. */
 static void reply(struct rp_exchange *x, int status, const char *ctype,
                   const struct rp_http_header *extra, size_t n, char *body, size_t len) {
@@ -76,7 +46,7 @@ static void reply(struct rp_exchange *x, int status, const char *ctype,
 
   for (size_t i = 0; i < n && k < sizeof(hd) / sizeof(hd[0]); i++)
     hd[k++] = extra[i];
-  answer(x, status, hd, k, body, len);
+  rp_exchange_answer(x, status, hd, k, body, len);
 }
 
 /* o (taken) as one line of compact JSON, malloc'd; NULL when out of memory. */
@@ -159,7 +129,7 @@ static void refuse_method(struct rp_exchange *x, const char *reason, const char 
   }
   memcpy(p, reason, n);
   p[n] = '\n';
-  answer(x, 405, hd, 2, p, n + 1);
+  rp_exchange_answer(x, 405, hd, 2, p, n + 1);
 }
 
 static bool is(const char *path, size_t plen, const char *lit) {

@@ -305,33 +305,3 @@ struct rp_exchange *rp__conn_exchange_begin(struct rp_conn *c, const char *path,
   c->x_started = 0;
   return &c->x;
 }
-
-static void free_copy(void *arg, int status) {
-  (void)status;
-  free(arg);
-}
-
-int rp_exchange_reply(struct rp_exchange *x, int status, const struct rp_http_header *h, size_t n,
-                      const char *body, size_t len) {
-  struct rp_sink *s;
-  int rc = rp_exchange_start(x, status, h, n, (int64_t)len);
-
-  if (rc != 0)
-    return rc;
-  if (len > 0) {
-    char *copy = malloc(len);
-    uv_buf_t buf;
-    if (copy == NULL)
-      return UV_ENOMEM;
-    memcpy(copy, body, len);
-    buf = uv_buf_init(copy, (unsigned)len);
-    s = rp_exchange_body(x);
-    rc = s->write(s, &buf, 1, free_copy, copy);
-    if (rc != 0) {
-      free(copy);
-      return rc;
-    }
-  }
-  rp_exchange_finish(x);
-  return 0;
-}

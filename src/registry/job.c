@@ -448,7 +448,7 @@ static void job_on_done(struct rp_fetch *f, void *data, int status, const char *
         return;
     }
   }
-  if (status != 0 && status != RP_EABORTED && job->fill == NULL && !job->passing && !job->fall_back)
+  if (status != 0 && status != RP_EABORTED && job->fill == NULL && !job->passing)
     fail_waiters(job, status, reason);
   if (!job->holding)
     rp__job_release_waiters(job); /* a mirror's bytes: once they verified */

@@ -198,57 +198,56 @@ bool rp_registry_serve(struct rp_registry *reg, const struct rp_registry_target 
 
 /* ---- the answer ---- */
 
-static void free_copy(void *arg, int status) {
-  (void)status;
-  free(arg);
+/* The answer's fields, with those the way in adds: contract §3 "Mirror
+ * mode", the namespace asked for is echoed. *all is h itself or malloc'd. */
+static int rq_fields(const struct rp__rq *rq, const struct rp_http_header *h, size_t n,
+                     struct rp_http_header **all, size_t *nall) {
+  *all = (struct rp_http_header *)h;
+  *nall = n;
+  if (rq->way != RP_REGISTRY_MIRROR || rq->ns[0] == '\0')
+    return 0;
+  *all = malloc((n + 1) * sizeof(**all));
+  if (*all == NULL)
+    return UV_ENOMEM;
+  if (n > 0)
+    memcpy(*all, h, n * sizeof(**all));
+  rp_http_header_init(&(*all)[n], "OCI-Namespace", rq->ns);
+  *nall = n + 1;
+  return 0;
 }
 
 int rp__rq_start(struct rp__rq *rq, int status, const struct rp_http_header *h, size_t n,
                  int64_t length) {
   struct rp_http_header *all;
+  size_t nall;
   int rc;
 
   rq->answered = true;
-  if (rq->way != RP_REGISTRY_MIRROR || rq->ns[0] == '\0')
-    return rp_exchange_start(rq->x, status, h, n, length);
-  /* contract §3 "Mirror mode": the namespace asked for is echoed. */
-  all = malloc((n + 1) * sizeof(*all));
-  if (all == NULL)
+  if (rq_fields(rq, h, n, &all, &nall) != 0)
     return UV_ENOMEM;
-  if (n > 0)
-    memcpy(all, h, n * sizeof(*all));
-  rp_http_header_init(&all[n], "OCI-Namespace", rq->ns);
-  rc = rp_exchange_start(rq->x, status, all, n + 1, length);
-  free(all);
+  rc = rp_exchange_start(rq->x, status, all, nall, length);
+  if (all != h)
+    free(all);
   return rc;
 }
 
 void rp__rq_reply(struct rp__rq *rq, int status, const struct rp_http_header *h, size_t n,
                   const char *body, size_t len) {
-  struct rp_sink *s;
+  struct rp_http_header *all;
   char *copy = NULL;
-  uv_buf_t buf;
+  size_t nall;
 
-  if (rp__rq_start(rq, status, h, n, (int64_t)len) != 0) {
-    rp_exchange_abort(rq->x, "answer failed");
+  rq->answered = true;
+  if (len > 0 && (copy = malloc(len)) != NULL)
+    memcpy(copy, body, len);
+  if ((len > 0 && copy == NULL) || rq_fields(rq, h, n, &all, &nall) != 0) {
+    free(copy);
+    rp_exchange_abort(rq->x, "out of memory");
     return;
   }
-  if (len > 0 && !rq->is_head) {
-    copy = malloc(len);
-    if (copy == NULL) {
-      rp_exchange_abort(rq->x, "out of memory");
-      return;
-    }
-    memcpy(copy, body, len);
-    buf = uv_buf_init(copy, (unsigned)len);
-    s = rp_exchange_body(rq->x);
-    if (s->write(s, &buf, 1, free_copy, copy) != 0) {
-      free(copy);
-      rp_exchange_abort(rq->x, "write failed");
-      return;
-    }
-  }
-  rp_exchange_finish(rq->x);
+  rp_exchange_answer(rq->x, status, all, nall, copy, len);
+  if (all != h)
+    free(all);
 }
 
 void rp__rq_label(struct rp__rq *rq, const char *cache) {
