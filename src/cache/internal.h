@@ -333,7 +333,8 @@ struct rp_reader {
   bool end_known;
   struct rp__rchunk ch[2];
   unsigned nreads, nwrites;
-  unsigned refs; /* reads, writes, the open and a queued task in flight */
+  unsigned refs;   /* reads, writes, the open and a queued task in flight */
+  bool read_ahead; /* the last chunk came from the pool: keep the next read in flight */
   int status;
   bool opening;
   bool cancelled;
