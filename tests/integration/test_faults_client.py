@@ -247,5 +247,60 @@ def test_ten_thousand_header_lines():
     base.check()
 
 
+def test_slow_and_fast_readers_over_tls_read_ahead():
+    """Upstream connections read TLS records ahead (one recvfrom for several records);
+    records OpenSSL holds while the socket is quiet must still reach the client when it
+    is paused and resumed. Readers at 3, 30 MB/s and unthrottled share one cold fill from
+    the real registry, and a throttled client reads a big non-registry answer passed
+    through the MITM (the upstream transfer paused and resumed all along): each gets
+    every byte."""
+    data = os.urandom(12 << 20)
+    path = os.path.join(h.tmpdir(), "blob")
+    with open(path, "wb") as f:
+        f.write(data)
+    dg = "sha256:" + hashlib.sha256(data).hexdigest()
+    base = "https://127.0.0.1:%d/v2/library/img/blobs/uploads/" % REG.port
+    loc = h.run(["curl", "-sS", "-D", "-", "-o", "/dev/null", "--cacert", CA.ca_crt, "-X",
+                 "POST", base]).stdout.decode()
+    loc = [ln.split(":", 1)[1].strip() for ln in loc.splitlines()
+           if ln.lower().startswith("location:")][0]
+    if loc.startswith("/"):
+        loc = "https://127.0.0.1:%d%s" % (REG.port, loc)
+    h.run(["curl", "-sS", "--fail", "-o", "/dev/null", "--cacert", CA.ca_crt, "-X", "PUT",
+           "-H", "Content-Type: application/octet-stream", "-T", path,
+           loc + ("&" if "?" in loc else "?") + "digest=" + dg])
+    ng = h.Nginx(files={"big.bin": 24 << 20})
+    rp = h.Regproxy(["--mitm", fl.HOST + ",origin.test", "--upstream-ca", CA.ca_crt,
+                     "--connect-to", "%s:443:127.0.0.1:%d" % (fl.HOST, REG.port),
+                     "--connect-to", "origin.test:443:127.0.0.1:%d" % ng.https_port])
+
+    def curl(url, rate, out):
+        argv = ["curl", "-sS", "--fail", "-o", out, "-x", rp.url, "--cacert", fl.rp_ca(rp), url]
+        if rate:
+            argv[1:1] = ["--limit-rate", rate]
+        return h.Proc(argv, name="curl", env=h.clean_env(), stderr=out + ".err")
+
+    # Warm up: a pooled connection to each origin, and one fill done (the last fill's
+    # file stays open until the next one replaces it).
+    for url in ("https://%s/v2/library/img/blobs/%s" % (fl.HOST, IMG.layers[1]),
+                "https://origin.test/a.txt"):
+        w = os.path.join(h.tmpdir(), "w")
+        assert curl(url, None, w).wait_exit(30) == 0
+    base_line = fl.Baseline(rp)
+
+    outs = [os.path.join(h.tmpdir(), "o%d" % i) for i in range(4)]
+    blob = "https://%s/v2/library/img/blobs/%s" % (fl.HOST, dg)
+    procs = [curl(blob, "3M", outs[0]), curl(blob, "30M", outs[1]), curl(blob, None, outs[2]),
+             curl("https://origin.test/big.bin", "8M", outs[3])]
+    for p in procs:
+        rc = p.wait_exit(60)
+        assert rc == 0, "curl exit %d: %s" % (rc, p.stderr_text())
+    for o in outs[:3]:
+        assert h.sha256_file(o) == dg[7:], "a reader of the fill got other bytes"
+    assert h.sha256_file(outs[3]) == ng.files["big.bin"], "the passed-through body differs"
+    fl.assert_cache_sound(rp)
+    base_line.check()
+
+
 if __name__ == "__main__":
     h.main(globals())
