@@ -27,6 +27,7 @@ import ssl
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import traceback
@@ -166,6 +167,20 @@ class NginxPeer:
                            stderr=os.path.join(self.dir, "stderr.log"))
         wait_port(self.proc, self.port, "nginx", err)
 
+    def check_cached(self, size):
+        """Say so if no file in the cache holds a body of size bytes (the warm rows would
+        measure misses)."""
+        def found():
+            for d, _, files in os.walk(os.path.join(self.dir, "cache")):
+                for f in files:
+                    if os.path.getsize(os.path.join(d, f)) >= size:
+                        return True
+            return False
+        try:
+            h.wait_until(found, 10, "nginx cache file")
+        except h.Timeout:
+            log("WARNING: nginx has not cached the blob: its warm figures are misses")
+
 
 class DistProxy:
     """distribution as a pull-through cache (proxy: remoteurl:) of the registry."""
@@ -253,7 +268,7 @@ class Mitmdump:
 
 
 def start_regproxy(ca, reg_port, origin_port, extra=()):
-    rp = h.Regproxy(["--log-level", "warn", "--mitm", "%s,%s,.bench.test" % (HOST, ORIGIN),
+    rp = h.Regproxy(["--log-level", os.environ.get("RP_BENCH_LOG", "warn"), "--mitm", "%s,%s,.bench.test" % (HOST, ORIGIN),
                      "--connect-to", "%s:443:127.0.0.1:%d" % (HOST, reg_port),
                      "--connect-to", "%s:443:127.0.0.1:%d" % (ORIGIN, origin_port),
                      "--upstream-ca", ca.ca_crt] + list(extra))
@@ -593,7 +608,8 @@ def row_hit(w, a, skip, size, direct=True):
         ng = w.nginx()
         peers.append(("nginx proxy_cache", _warm(lambda: curl(
             w.nginx_url(ng, dg), ["--cacert", w.ca.ca_crt], size, [ng.proc.pid]))))
-    if direct:
+        ng.check_cached(size)
+    if direct and "distribution" not in skip:
         peers.append(("distribution direct", lambda: curl(
             w.reg_url(dg), ["--cacert", w.ca.ca_crt], size, [w.reg.proc.pid])))
     return alternate(a, peers)
@@ -642,10 +658,12 @@ def row_clients(w, a, skip):
     if "nginx" not in skip:
         ng = w.nginx()
         curl(w.nginx_url(ng, dg), ["--cacert", ca], size)  # warm
+        ng.check_cached(size)
         peers.append(("nginx 1 worker", lambda: curl_many(
             n, w.nginx_url(ng, dg), ["--cacert", ca], size, [ng.proc.pid])))
-    peers.append(("distribution", lambda: curl_many(
-        n, w.reg_url(dg), ["--cacert", ca], size, [w.reg.proc.pid])))
+    if "distribution" not in skip:
+        peers.append(("distribution", lambda: curl_many(
+            n, w.reg_url(dg), ["--cacert", ca], size, [w.reg.proc.pid])))
     return alternate(a, peers)
 
 
@@ -795,8 +813,9 @@ def main():
         elif not shutil.which(binary):
             log("%s: %s is not installed, skipping it" % (p, binary))
             skip.add(p)
-    if "distribution" in skip:
-        log("the registry itself is docker-registry: it must be installed")
+    if not shutil.which("docker-registry") or not shutil.which("curl"):
+        # The upstream of every registry row (and regproxy's --connect-to target).
+        log("docker-registry (distribution) and curl must be installed: nothing measured")
         return 0
 
     # The idle row: one fd per tunnel here for the client and one for the holder, two in
@@ -807,6 +826,15 @@ def main():
         resource.setrlimit(resource.RLIMIT_NOFILE, (want, want))
     except (ValueError, OSError):
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+    # Every temp dir (caches, registry storage, blobs) under one, removed at exit after
+    # the processes are stopped (the process scope's cleanups run last, newest first).
+    top = tempfile.mkdtemp(prefix="rpbench-")
+    os.chmod(top, 0o755)  # squid and tinyproxy drop privileges and must traverse it
+    tempfile.tempdir = top
+    if not h.KEEP_TMP:
+        h.defer(lambda: shutil.rmtree(top, ignore_errors=True))
+    log("temp files under %s" % top)
 
     w = World(a)
     big, small = w.big >> 20, w.small >> 20
@@ -849,6 +877,9 @@ def main():
             rpc = "cached leaf %s; new leaf per host %s" % (fmt(res[0][1], kind),
                                                             fmt(res[1][1], kind))
             peers = peer_cell(res, kind, first=2)
+            fresh = ratio(res[1][1], res[2][1], "rate")
+            if fresh is not None:
+                peers += " (new leaf per host: %.2f×)" % fresh
         else:
             rpc = fmt(res[0][1], kind)
             peers = peer_cell(res, kind)
