@@ -788,6 +788,31 @@ def verdict(row, res):
     return "; ".join(checks)
 
 
+def versions(skip):
+    """One short version string per program measured (the table's footnote)."""
+    import re
+    cmds = [("regproxy", [h.regproxy_bin(), "--version"]), ("curl", ["curl", "--version"]),
+            ("distribution", ["docker-registry", "--version"]), ("nginx", ["nginx", "-v"]),
+            ("squid", ["squid", "-v"]), ("haproxy", ["haproxy", "-v"]),
+            ("tinyproxy", ["tinyproxy", "-v"]), ("mitmproxy", ["mitmdump", "--version"])]
+    out = []
+    for name, argv in cmds:
+        if name in skip:
+            continue
+        try:
+            r = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+        m = re.search(r"\d+\.\d+(\.\d+)?", r.stdout + r.stderr)
+        out.append("%s %s" % (name, m.group(0) if m else "?"))
+    return ", ".join(out)
+
+
+def loadavg():
+    with open("/proc/loadavg") as f:
+        return f.read().split()[0]
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--runs", type=int, default=3)
@@ -860,6 +885,7 @@ def main():
     }
     table = []
     t_start = time.monotonic()
+    load0 = loadavg()
     for r in rows:
         title, kind, fn = spec[r]
         log("== %s (%s)" % (r, title))
@@ -894,7 +920,10 @@ def main():
     for line in table:
         print(line)
     print()
-    log("all rows took %.0f s" % (time.monotonic() - t_start))
+    print("%s; %d CPUs, load average %s at the start, %s at the end; %.0f s." % (
+        versions(skip), os.cpu_count(), load0, loadavg(), time.monotonic() - t_start))
+    if skip:
+        print("Skipped: %s." % ", ".join(sorted(skip)))
     return 0
 
 
