@@ -216,7 +216,8 @@ class Haproxy:
         self.port = h.free_port()
         conf = h.write_file(os.path.join(self.dir, "haproxy.cfg"), "\n".join([
             "global", "  nbthread 1", "  maxconn 4000",
-            "defaults", "  mode tcp", "  option splice-auto", "  timeout connect 5s",
+            "defaults", "  mode tcp", "  option splice-request", "  option splice-response",
+            "  timeout connect 5s",
             "  timeout client 600s", "  timeout server 600s",
             "frontend relay", "  bind 127.0.0.1:%d" % self.port, "  default_backend target",
             "backend target", "  server t 127.0.0.1:%d" % target_port, ""]))
