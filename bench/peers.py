@@ -2,7 +2,8 @@
 """regproxy next to its peers (issue 14, "The suite"): one command, one markdown table.
 
   python3 bench/peers.py [--runs 3] [--size-mib 1024] [--only ROW[,ROW...]]
-                         [--idle 2000] [--clients 50] [--handshakes 300] [--setup-seconds 3]
+                         [--idle 2000] [--clients 50] [--handshakes 300] [--setup-clients 8]
+                         [--setup-seconds 3]
                          [--no-squid] [--no-haproxy] [--no-tinyproxy] [--no-nginx]
                          [--no-distribution] [--no-mitmproxy]
 
