@@ -137,18 +137,21 @@ static void splice_takeover(struct rp_conn *c) {
 }
 
 /* Enough bytes went through read/write: stop reading and switch once the
- * writes in flight have completed (rp__tunnel_drained). A side that sent
- * its EOF may have a shutdown pending on the other stream: such a tunnel
- * stays as it is, as does one with an end that is not a plain socket. */
+ * writes in flight have completed (rp__tunnel_drained). A side's EOF is
+ * fine once its shutdown of the other stream has completed; while one is
+ * pending the next read tries again. An end that is not a plain socket
+ * (TLS, in-memory) keeps the tunnel on read/write. */
 static void splice_maybe(struct rp_conn *c) {
   int fd;
   if (c->splice_off || c->splice_pending || c->relay_bytes < RP_SPLICE_AFTER)
     return;
-  if (!splice_allowed(c->srv) || c->client_eof || c->up_eof ||
-      rp_tcp_stream_fd(c->client, &fd) != 0 || rp_tcp_stream_fd(c->upstream, &fd) != 0) {
+  if (!splice_allowed(c->srv) || rp_tcp_stream_fd(c->client, &fd) != 0 ||
+      rp_tcp_stream_fd(c->upstream, &fd) != 0) {
     c->splice_off = 1;
     return;
   }
+  if ((c->client_eof && !c->up_shut) || (c->up_eof && !c->client_shut))
+    return;
   c->splice_pending = 1;
   rp_stream_read_stop(c->client);
   rp_stream_read_stop(c->upstream);

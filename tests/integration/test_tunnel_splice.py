@@ -273,6 +273,21 @@ def test_server_half_close_then_client_keeps_sending():
     RP.wait_log(route="tunnel", host="src.test", bytes_in=lambda v: int(v) >= 100000)
 
 
+def test_client_half_closes_first_then_downloads_spliced():
+    # The client's EOF comes before the bulk; once its shutdown of the upstream completed
+    # the tunnel may still switch to splice for the download.
+    before = len(spliced_lines(RP))
+    size = 32 * MIB
+    c = tunnel(RP, "src.test:9")
+    c.send(b"%d 0\n" % size)
+    c.shutdown_write()
+    first = drain_buffered(c)
+    n, _ = read_to_eof_hash(c)
+    assert n + len(first) == size
+    RP.wait_log(route="tunnel", host="src.test", bytes_out=lambda v: int(v) >= size)
+    assert len(spliced_lines(RP)) > before, "a half-closed tunnel was not spliced"
+
+
 def test_client_abort_mid_transfer_no_fd_leak():
     base = baseline_fds(RP)
     c = tunnel(RP, "src.test:9")
