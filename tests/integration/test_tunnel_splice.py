@@ -7,6 +7,7 @@ and REGPROXY_NO_SPLICE=1 keeps the buffered relay."""
 
 import hashlib
 import os
+import resource
 import socket
 import struct
 import threading
@@ -113,6 +114,8 @@ def setup():
     args = []
     for src, port in maps.items():
         args += ["--connect-to", "%s:127.0.0.1:%d" % (src, port)]
+    global RP_ARGS
+    RP_ARGS = args
     RP = h.Regproxy(args + ["--max-connections", "500"])
     RP_IDLE = h.Regproxy(args + ["--tunnel-idle-timeout", "1s"])
     RP_COPY = h.Regproxy(args, env={"REGPROXY_NO_SPLICE": "1"})
@@ -380,6 +383,36 @@ def test_idle_timeout_fires_on_spliced_tunnel():
                             reason="tunnel idle timeout")
     assert line["status"] == "200", line
     h.wait_until(lambda: not pipes(RP_IDLE), 5, "pipes closed after the idle timeout")
+
+
+def _limit_leaving(rp, free):
+    """An RLIMIT_NOFILE for rp that leaves exactly `free` descriptor numbers to take."""
+    used = {int(n) for n in os.listdir("/proc/%d/fd" % pid(rp))}
+    n = 0
+    while free > 0 or n in used:
+        if n not in used:
+            free -= 1
+        n += 1
+    return n
+
+
+def test_falls_back_to_buffered_when_no_descriptor_is_left():
+    # Two descriptors left: the client and the upstream take them, the dups cannot be made
+    # (no splice relay). Four left: the dups are made, the pipe is not (the relay gives the
+    # tunnel back). Both tunnels must carry their body intact on the buffered relay.
+    rp = h.Regproxy(RP_ARGS)
+    h.settled(lambda: len(fds(rp)), 3, "regproxy's descriptor count settled")
+    old = resource.prlimit(pid(rp), resource.RLIMIT_NOFILE)
+    size = 16 * MIB
+    for free, why in ((2, "no splice"), (4, "splice refused")):
+        resource.prlimit(pid(rp), resource.RLIMIT_NOFILE, (_limit_leaving(rp, free), old[1]))
+        n, digest = download(rp, size)
+        assert n == size and digest == SRC.digest(size), "%s: %d bytes" % (why, n)
+        resource.prlimit(pid(rp), resource.RLIMIT_NOFILE, old)
+        h.wait_until(lambda: why in rp.stderr(), 5, "debug line %r" % why)
+        rp.wait_log(route="tunnel", host="src.test", bytes_out=lambda v: int(v) >= size)
+        h.settled(lambda: len(fds(rp)), 3, "descriptors settled after the tunnel")
+    assert rp.stderr().count("relay=copy") == 2, rp.stderr()[-2000:]
 
 
 def test_no_splice_switch_keeps_buffered_relay():
