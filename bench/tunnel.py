@@ -2,7 +2,7 @@
 """Tunnel benchmark: regproxy vs squid, measured side by side in one run.
 
   python3 bench/tunnel.py [--size-mib 1024] [--runs 3] [--idle 1000] [--only idle|throughput]
-                          [--healthz 20] [--no-squid]
+                          [--healthz 20] [--no-squid] [--no-splice]
 
 1. Throughput: curl fetches one large body from a local nginx through a CONNECT tunnel
    (curl --proxytunnel), directly and through each proxy; best of --runs. Reports MB/s
@@ -183,6 +183,8 @@ def main():
     ap.add_argument("--healthz", type=int, default=20, help="/healthz probes per measurement")
     ap.add_argument("--only", choices=("idle", "throughput"))
     ap.add_argument("--no-squid", action="store_true", help="measure regproxy alone")
+    ap.add_argument("--no-splice", action="store_true",
+                    help="regproxy with REGPROXY_NO_SPLICE=1 (the buffered relay)")
     a = ap.parse_args()
     # One fd per tunnel for the client and one for the holder here, two in each proxy.
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -196,7 +198,8 @@ def main():
         print("note: RLIMIT_NOFILE is %d (raising it needs CAP_SYS_RESOURCE): this process and"
               " regproxy have room for about %d tunnels, not %d" % (lim, (lim - 100) // 2, a.idle))
 
-    rp = h.Regproxy(["--log-level", "warn", "--max-connections", str(a.idle + 1000)])
+    rp = h.Regproxy(["--log-level", "warn", "--max-connections", str(a.idle + 1000)],
+                    env={"REGPROXY_NO_SPLICE": "1"} if a.no_splice else None)
     sq = None if a.no_squid else h.Squid()
     if a.only != "idle":
         throughput_table(a, rp, sq)

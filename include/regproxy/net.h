@@ -147,6 +147,44 @@ struct rp_stream *rp_tls_stream_server_preread(struct rp_stream *inner, SSL_CTX 
                                                const char *host, rp_tls_select_cb select,
                                                void *select_arg, rp_tls_handshake_cb cb,
                                                char *preread, size_t preread_len);
+/** The socket of a plain TCP stream into *fd (0), UV_EINVAL for other
+ * streams (TLS, in-memory): only a plain socket may be spliced. The stream
+ * keeps the socket. */
+int rp_tcp_stream_fd(const struct rp_stream *s, int *fd);
+
+/* splice(2) relay between two plain TCP streams (Linux; elsewhere
+ * rp_splice_start says UV_ENOTSUP). Side 0 is a, side 1 is b; direction d
+ * carries bytes from side d to side 1-d through a pipe made on its first
+ * read. The relay polls dup()s of the two sockets, so the streams' own
+ * handles stay as they were; the caller must have stopped reading both and
+ * have nothing queued or being shut down on either. */
+struct rp_splice;
+
+struct rp_splice_cbs {
+  /** n bytes read from side `from` (into its pipe). */
+  void (*on_read)(void *data, int from, size_t n);
+  /** n bytes written to side `to`. */
+  void (*on_write)(void *data, int to, size_t n);
+  /** EOF read from side `from` and passed on: side 1-from was shut down
+   * for writing after everything before the EOF. */
+  void (*on_eof)(void *data, int from);
+  /** Failure on side `side` (err: a uv error code; writing: while writing
+   * to it). fallback: the kernel refused splice with no byte in a pipe —
+   * the caller may destroy the relay and go back to read/write. */
+  void (*on_error)(void *data, int side, int err, bool writing, bool fallback);
+};
+
+/** Start relaying between a and b (both plain TCP, see above); a_eof and
+ * b_eof say which sides already sent their EOF (that direction is over).
+ * The callbacks may destroy the relay. 0 and *out, or an error (UV_ENOTSUP:
+ * not here / not TCP, or what dup(2) said) with nothing changed. */
+int rp_splice_start(struct rp_stream *a, struct rp_stream *b, bool a_eof, bool b_eof,
+                    const struct rp_splice_cbs *cbs, void *data, struct rp_splice **out);
+/** Stop relaying and release the dups and pipes (bytes still in a pipe are
+ * lost: the caller is closing). The memory goes with the poll handles'
+ * close callbacks. NULL is a no-op. */
+void rp_splice_destroy(struct rp_splice *sp);
+
 /** The local address of a TCP stream (0), UV_EINVAL for other streams. */
 int rp_tcp_stream_sockname(const struct rp_stream *s, struct sockaddr_storage *ss);
 /** The ClientHello's server name, or NULL (none sent, or s is not TLS). */

@@ -326,7 +326,10 @@ static int apply_env(struct rp__load *ld) {
     }
     eq = strchr(*e, '=');
     n = eq != NULL ? (size_t)(eq - *e) : strlen(*e);
+    /* REGPROXY_NO_SPLICE is a switch for comparisons, not an option
+     * (tunnel.c, docs/architecture.md). */
     if ((n == 12 && strncmp(*e, "REGPROXY_BIN", 12) == 0) ||
+        (n == 18 && strncmp(*e, "REGPROXY_NO_SPLICE", 18) == 0) ||
         strncmp(*e, "REGPROXY_TEST", 13) == 0) {
       continue;
     }

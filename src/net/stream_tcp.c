@@ -220,6 +220,19 @@ int rp_tcp_stream_sockname(const struct rp_stream *s, struct sockaddr_storage *s
   return uv_tcp_getsockname(&ts->tcp, (struct sockaddr *)ss, &len);
 }
 
+int rp_tcp_stream_fd(const struct rp_stream *s, int *fd) {
+  const struct tcp_stream *ts = (const struct tcp_stream *)s;
+  uv_os_fd_t f;
+  int rc;
+
+  if (s == NULL || s->ops != &tcp_ops || ts->closing)
+    return UV_EINVAL;
+  rc = uv_fileno((const uv_handle_t *)&ts->tcp, &f);
+  if (rc == 0)
+    *fd = f;
+  return rc;
+}
+
 static const struct rp_stream_ops tcp_ops = {
     .name = "tcp",
     .read_start = tcp_read_start,

@@ -117,6 +117,7 @@ void rp__conn_close(struct rp_conn *c) {
   rp_dial_cancel(c->dial);
   c->dial = NULL;
   rp__forward_destroy(c);
+  rp__tunnel_destroy(c);
   rp__exchange_end(c);
   rp__proxyauth_detach(c);
   rp_http_parser_destroy(c->parser);

@@ -171,6 +171,13 @@ struct rp_conn {
 
   int handles_open; /* client stream, upstream stream, timer */
 
+  /* Tunnel relay (tunnel.c): read/write through pool blocks at first, then
+   * splice(2) once RP_SPLICE_AFTER bytes went through. */
+  uint64_t relay_bytes;     /* bytes relayed with read/write, both ways */
+  int splice_pending;       /* reads stopped until both write queues are empty */
+  int splice_off;           /* this tunnel stays on read/write */
+  struct rp_splice *splice; /* the kernel relays: the streams are not read */
+
   /* MITM: the client stream is TLS; requests inside go to the registry
    * service. */
   int mitm;
@@ -289,6 +296,8 @@ void rp__transparent_start_checks(const struct rp_server *srv);
 /** Dial the CONNECT target as c->route says (direct or via the parent). */
 void rp__tunnel_connect(struct rp_conn *c);
 void rp__tunnel_drained(struct rp_conn *c, struct rp_stream *s);
+/** The connection is closing: stop the splice relay, if any. */
+void rp__tunnel_destroy(struct rp_conn *c);
 /* forward.c */
 void rp__forward_start(struct rp_conn *c, const struct rp_http_head *h);
 int rp__forward_body(struct rp_conn *c, const char *at, size_t len);

@@ -1,6 +1,12 @@
 /* CONNECT routed to a tunnel (route.c): dial the target (directly or
  * through the parent proxy), answer 200 once connected, then relay bytes
- * both ways with backpressure and half-close. */
+ * both ways with backpressure and half-close.
+ *
+ * The relay starts with reads into pool blocks and writes from them. Once a
+ * tunnel has moved RP_SPLICE_AFTER bytes and both ends are plain TCP, it
+ * stops reading, waits for its queued writes to complete and hands both
+ * sockets to a splice(2) relay (net/splice.c): bulk bytes then never reach
+ * user space. Small and idle tunnels never pay for the pipes and dups. */
 #include <stdio.h>
 #include <string.h>
 
@@ -12,7 +18,11 @@
 
 static const char established[] = "HTTP/1.1 200 Connection established\r\n\r\n";
 
+/* Bytes a tunnel relays through pool blocks before it asks for splice. */
+#define RP_SPLICE_AFTER (256 * 1024)
+
 static void on_tunnel_read(struct rp_stream *s, ssize_t nread, char *block);
+static void tunnel_maybe_close(struct rp_conn *c);
 
 static struct rp_stream *other_side(struct rp_conn *c, struct rp_stream *s) {
   return s == c->client ? c->upstream : c->client;
@@ -20,6 +30,138 @@ static struct rp_stream *other_side(struct rp_conn *c, struct rp_stream *s) {
 
 static int *paused_flag(struct rp_conn *c, struct rp_stream *s) {
   return s == c->client ? &c->client_paused : &c->up_paused;
+}
+
+/* REGPROXY_NO_SPLICE=1 keeps every tunnel on read/write (for comparisons);
+ * read once, from the environment the server was started with. */
+static bool splice_allowed(const struct rp_server *srv) {
+  static int allowed = -1;
+  if (allowed < 0) {
+    allowed = 1;
+    for (char **e = srv->envp; e != NULL && *e != NULL; e++)
+      if (strncmp(*e, "REGPROXY_NO_SPLICE=", 19) == 0 && strcmp(*e + 19, "") != 0 &&
+          strcmp(*e + 19, "0") != 0)
+        allowed = 0;
+  }
+  return allowed == 1;
+}
+
+static void relay_resume(struct rp_conn *c) {
+  /* Back to read/write with nothing queued: read every side not at EOF. */
+  c->client_paused = 0;
+  c->up_paused = 0;
+  c->client_reading = !c->client_eof && rp_stream_read_start(c->client) == 0;
+  c->up_reading = !c->up_eof && rp_stream_read_start(c->upstream) == 0;
+}
+
+static const char *side_name(int side) {
+  return side == 0 ? "client" : "upstream";
+}
+
+static void on_splice_read(void *data, int from, size_t n) {
+  struct rp_conn *c = data;
+  rp__conn_touch(c);
+  if (from == 0) {
+    c->log.bytes_in += n;
+    rp_metrics.bytes[0][RP_SRC_BYTES_TUNNEL] += n;
+  } else {
+    rp_metrics.bytes[1][RP_SRC_BYTES_TUNNEL] += n;
+  }
+}
+
+static void on_splice_write(void *data, int to, size_t n) {
+  struct rp_conn *c = data;
+  /* Bytes leaving count as activity, as in on_conn_write. */
+  rp__conn_touch(c);
+  if (to == 0 && c->req_active)
+    c->log.bytes_out += n;
+}
+
+static void on_splice_eof(void *data, int from) {
+  struct rp_conn *c = data;
+  rp_log_debug("conn=%llu tunnel: EOF from %s", (unsigned long long)c->id, side_name(from));
+  if (from == 0) {
+    c->client_eof = 1;
+    c->up_shut = 1;
+  } else {
+    c->up_eof = 1;
+    c->client_shut = 1;
+  }
+  tunnel_maybe_close(c);
+}
+
+static void on_splice_error(void *data, int side, int err, bool writing, bool fallback) {
+  struct rp_conn *c = data;
+  if (fallback) {
+    rp_log_debug("conn=%llu tunnel: splice refused (%s), relay=copy", (unsigned long long)c->id,
+                 uv_strerror(err));
+    rp__tunnel_destroy(c);
+    c->splice_off = 1;
+    relay_resume(c);
+    return;
+  }
+  if (c->log.reason[0] == '\0') {
+    if (writing)
+      snprintf(c->log.reason, sizeof(c->log.reason), "write to %s failed: %s", side_name(side),
+               uv_strerror(err));
+    else
+      snprintf(c->log.reason, sizeof(c->log.reason), "%s: %s", side_name(side), uv_strerror(err));
+  }
+  rp__conn_close(c);
+}
+
+static const struct rp_splice_cbs splice_cbs = {
+    .on_read = on_splice_read,
+    .on_write = on_splice_write,
+    .on_eof = on_splice_eof,
+    .on_error = on_splice_error,
+};
+
+/* Nothing is queued on either stream any more: hand the sockets over. */
+static void splice_takeover(struct rp_conn *c) {
+  int rc;
+
+  c->splice_pending = 0;
+  rc =
+      rp_splice_start(c->client, c->upstream, c->client_eof, c->up_eof, &splice_cbs, c, &c->splice);
+  if (rc != 0) {
+    rp_log_debug("conn=%llu tunnel: no splice (%s), relay=copy", (unsigned long long)c->id,
+                 uv_strerror(rc));
+    c->splice = NULL;
+    c->splice_off = 1;
+    relay_resume(c);
+    return;
+  }
+  rp_log_debug("conn=%llu tunnel: relay=splice after %llu bytes", (unsigned long long)c->id,
+               (unsigned long long)c->relay_bytes);
+}
+
+/* Enough bytes went through read/write: stop reading and switch once the
+ * writes in flight have completed (rp__tunnel_drained). A side's EOF is
+ * fine once its shutdown of the other stream has completed; while one is
+ * pending the next read tries again. An end that is not a plain socket
+ * (TLS, in-memory) keeps the tunnel on read/write. */
+static void splice_maybe(struct rp_conn *c) {
+  int fd;
+  if (c->splice_off || c->splice_pending || c->relay_bytes < RP_SPLICE_AFTER)
+    return;
+  if (!splice_allowed(c->srv) || rp_tcp_stream_fd(c->client, &fd) != 0 ||
+      rp_tcp_stream_fd(c->upstream, &fd) != 0) {
+    c->splice_off = 1;
+    return;
+  }
+  if ((c->client_eof && !c->up_shut) || (c->up_eof && !c->client_shut))
+    return;
+  c->splice_pending = 1;
+  rp_stream_read_stop(c->client);
+  rp_stream_read_stop(c->upstream);
+  c->client_reading = 0;
+  c->up_reading = 0;
+}
+
+void rp__tunnel_destroy(struct rp_conn *c) {
+  rp_splice_destroy(c->splice);
+  c->splice = NULL;
 }
 
 static void tunnel_start(struct rp_conn *c) {
@@ -137,6 +279,7 @@ static void on_tunnel_read(struct rp_stream *s, ssize_t nread, char *block) {
     return;
   }
   rp__conn_touch(c);
+  c->relay_bytes += (uint64_t)nread;
   if (s == c->client) {
     c->log.bytes_in += (uint64_t)nread;
     rp_metrics.bytes[0][RP_SRC_BYTES_TUNNEL] += (uint64_t)nread;
@@ -155,7 +298,8 @@ static void on_tunnel_read(struct rp_stream *s, ssize_t nread, char *block) {
     return;
   }
   rp__bref_put(ref);
-  if (rp__conn_queued(c, peer) > RP_QUEUE_HIGH) {
+  splice_maybe(c);
+  if (!c->splice_pending && rp__conn_queued(c, peer) > RP_QUEUE_HIGH) {
     rp_stream_read_stop(s);
     *paused_flag(c, s) = 1;
   }
@@ -167,6 +311,11 @@ void rp__tunnel_drained(struct rp_conn *c, struct rp_stream *s) {
   int *paused = paused_flag(c, src);
   int eof = src == c->client ? c->client_eof : c->up_eof;
 
+  if (c->splice_pending) {
+    if (c->client_inflight == 0 && c->up_inflight == 0)
+      splice_takeover(c);
+    return;
+  }
   if (*paused && !eof && rp__conn_queued(c, s) <= RP_QUEUE_LOW) {
     *paused = 0;
     rp_stream_read_start(src);
