@@ -53,18 +53,13 @@ else()
   message(STATUS "llhttp: compiled from ${RP_LLHTTP_SRC}")
 endif()
 
-# sd_notify (Type=notify units) is optional: without libsystemd-dev the build
-# works and the generated unit is Type=simple. -DRP_SYSTEMD=OFF forces that.
-option(RP_SYSTEMD "Use libsystemd for sd_notify when it is found" ON)
-set(RP_HAVE_SYSTEMD OFF)
-if(RP_SYSTEMD)
-  pkg_check_modules(SYSTEMD IMPORTED_TARGET libsystemd)
-  if(SYSTEMD_FOUND)
-    set(RP_HAVE_SYSTEMD ON)
-    message(STATUS "sd_notify: libsystemd ${SYSTEMD_VERSION} (unit Type=notify)")
-  else()
-    message(STATUS "sd_notify: off, libsystemd not found (apt-get install libsystemd-dev); unit Type=simple")
-  endif()
+# sd_notify (Type=notify units): regproxy speaks the protocol itself
+# (src/util/notify.c) and needs no libsystemd. -DRP_SYSTEMD=OFF turns it off
+# and makes the generated unit Type=simple.
+option(RP_SYSTEMD "Send sd_notify readiness (Type=notify unit)" ON)
+set(RP_HAVE_SYSTEMD ${RP_SYSTEMD})
+if(RP_HAVE_SYSTEMD)
+  message(STATUS "sd_notify: built in (unit Type=notify)")
 else()
   message(STATUS "sd_notify: off (RP_SYSTEMD=OFF); unit Type=simple")
 endif()

@@ -788,6 +788,13 @@ def regproxy_bin():
     return os.path.abspath(b)
 
 
+def has_sd_notify():
+    """Whether the binary sends sd_notify messages (built with RP_SYSTEMD, the default):
+    it then reads NOTIFY_SOCKET itself (src/util/notify.c, no libsystemd)."""
+    with open(regproxy_bin(), "rb") as f:
+        return b"NOTIFY_SOCKET" in f.read()
+
+
 _SANITIZER_MARKS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:",
                     "AddressSanitizer:DEADLYSIGNAL", "ThreadSanitizer")
 

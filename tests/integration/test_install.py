@@ -27,8 +27,7 @@ def setup():
     BUILD = os.environ.get("RP_BUILD_DIR") or os.path.dirname(h.regproxy_bin())
     if not os.path.exists(os.path.join(BUILD, "cmake_install.cmake")):
         raise AssertionError("no cmake_install.cmake in %s (set RP_BUILD_DIR)" % BUILD)
-    out = subprocess.run(["ldd", h.regproxy_bin()], capture_output=True, text=True).stdout
-    NOTIFY = "libsystemd" in out
+    NOTIFY = h.has_sd_notify()
 
 
 def install(prefix="/usr", dest=None):

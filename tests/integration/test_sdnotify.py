@@ -3,21 +3,19 @@ systemd does for a Type=notify unit, regproxy sends READY=1 once its listeners a
 and the cache lock names its admin URL, RELOADING=1 then READY=1 around every SIGHUP
 (also one whose configuration is refused), and STOPPING=1 at SIGTERM. The socket is a
 plain AF_UNIX datagram socket here, no systemd needed. Skipped when the binary was
-built without libsystemd (then the generated unit is Type=simple)."""
+built with -DRP_SYSTEMD=OFF (then the generated unit is Type=simple)."""
 
 import os
 import signal
 import socket
-import subprocess
 import time
 
 import harness as h
 
 
 def setup():
-    out = subprocess.run(["ldd", h.regproxy_bin()], capture_output=True, text=True).stdout
-    if "libsystemd" not in out:
-        raise h.Skip("regproxy built without libsystemd (no sd_notify)")
+    if not h.has_sd_notify():
+        raise h.Skip("regproxy built with RP_SYSTEMD=OFF (no sd_notify)")
 
 
 class NotifySocket:
