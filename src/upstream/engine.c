@@ -165,6 +165,7 @@ static CURLcode on_ssl_ctx(CURL *easy, void *ssl_ctx, void *arg) {
   struct rp_fetch *f = arg;
   const struct rp__certsd_host *h = f->host;
   (void)easy;
+  rp__trust_load_system(f->trust);
   SSL_CTX_set1_cert_store(ssl_ctx, h != NULL && h->store != NULL ? h->store : f->trust->base);
   /* kick_buffered() wakes transfers whose records wait in OpenSSL. */
   SSL_CTX_set_read_ahead(ssl_ctx, 1);

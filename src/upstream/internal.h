@@ -1,6 +1,7 @@
 #ifndef RP_UPSTREAM_INTERNAL_H
 #define RP_UPSTREAM_INTERNAL_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 #include <openssl/x509.h>
@@ -24,7 +25,8 @@ struct rp__certsd_host {
 
 struct rp_upstream_trust {
   int refs;
-  X509_STORE *base;
+  X509_STORE *base; /* --upstream-ca; the system bundle once sys_loaded */
+  bool sys_loaded;
   struct rp__certsd_host *hosts;
   size_t nhosts;
   char *dirs; /* the directories read, ", "-separated, for messages */
@@ -32,6 +34,9 @@ struct rp_upstream_trust {
 
 /** malloc'd printf (auth.c); NULL when out of memory. */
 
+/** Add the system bundle to the stores, once per generation (on the loop,
+ * at the first upstream TLS connection). */
+void rp__trust_load_system(struct rp_upstream_trust *t);
 /** Take one more reference; returns t. */
 struct rp_upstream_trust *rp__trust_ref(struct rp_upstream_trust *t);
 /** The entry for a URL's host and port (port 443 is looked up without it),

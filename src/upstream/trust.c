@@ -42,19 +42,11 @@ static void openssl_reason(char *buf, size_t n) {
 
 /* ---- the base store ---------------------------------------------------------- */
 
-/* The system bundle (libcurl's compiled-in default, else OpenSSL's), plus
- * ca_file: built once and shared by every TLS connection (SSL_CTX_FUNCTION),
- * instead of re-reading the bundle on each handshake. */
-static int build_base(const char *ca_file, X509_STORE **out, char **err) {
-  int rc = 0;
-  X509_STORE *store = X509_STORE_new();
-  CURL *probe = NULL;
+/* The system bundle (libcurl's compiled-in default, else OpenSSL's) into store. */
+static void load_system(X509_STORE *store) {
+  CURL *probe = curl_easy_init();
   char *sys_file = NULL, *sys_path = NULL;
-  if (store == NULL) {
-    rc = RP_ENOMEM;
-    goto out;
-  }
-  probe = curl_easy_init();
+
   if (probe != NULL) {
     curl_easy_getinfo(probe, CURLINFO_CAINFO, &sys_file);
     curl_easy_getinfo(probe, CURLINFO_CAPATH, &sys_path);
@@ -69,6 +61,21 @@ static int build_base(const char *ca_file, X509_STORE **out, char **err) {
       rp_log_warn("upstream: cannot use the system CA directory %s", sys_path);
   }
   ERR_clear_error();
+  if (probe != NULL)
+    curl_easy_cleanup(probe);
+}
+
+/* ca_file (checked now: a bad --upstream-ca stops the start), and later the
+ * system bundle (rp__trust_load_system): one store shared by every TLS
+ * connection (SSL_CTX_FUNCTION), instead of re-reading the bundle on each
+ * handshake. */
+static int build_base(const char *ca_file, X509_STORE **out, char **err) {
+  int rc = 0;
+  X509_STORE *store = X509_STORE_new();
+  if (store == NULL) {
+    rc = RP_ENOMEM;
+    goto out;
+  }
   if (ca_file != NULL && ca_file[0] != '\0' && X509_STORE_load_file(store, ca_file) != 1) {
     char ebuf[256];
     openssl_reason(ebuf, sizeof(ebuf));
@@ -81,10 +88,34 @@ static int build_base(const char *ca_file, X509_STORE **out, char **err) {
   *out = store;
   store = NULL;
 out:
-  if (probe != NULL)
-    curl_easy_cleanup(probe);
   X509_STORE_free(store);
   return rc;
+}
+
+/* Parsing the system bundle (about 140 certificates) took longer than the
+ * rest of the start-up together and stayed resident in a proxy that may
+ * never reach an upstream (issue 14): it is read when the first upstream
+ * TLS connection of this trust generation is made. */
+void rp__trust_load_system(struct rp_upstream_trust *t) {
+  STACK_OF(X509_OBJECT) * objs;
+
+  if (t == NULL || t->sys_loaded)
+    return;
+  t->sys_loaded = true;
+  load_system(t->base);
+  /* The certs.d stores start from the base store: the system bundle stays
+   * trusted there too. */
+  objs = X509_STORE_get0_objects(t->base);
+  for (size_t i = 0; i < t->nhosts; i++) {
+    if (t->hosts[i].store == NULL)
+      continue;
+    for (int k = 0; k < sk_X509_OBJECT_num(objs); k++) {
+      X509 *x = X509_OBJECT_get0_X509(sk_X509_OBJECT_value(objs, k));
+      if (x != NULL)
+        X509_STORE_add_cert(t->hosts[i].store, x);
+    }
+  }
+  ERR_clear_error();
 }
 
 /* ---- one certs.d host directory ------------------------------------------------ */
