@@ -32,11 +32,17 @@ struct rp_cache_opts {
   const char *dir;          /* cache root; created 0700 if missing */
   uint64_t max_size;        /* eviction bound in bytes (0: none) */
   uint64_t orphan_fill_max; /* a fill with no reader left completes only up to this size */
+  /* Check the files against the index (rows without their file, files
+   * without a row) on the thread pool after the open returns, instead of
+   * before: a server is ready sooner (issue 14); `regproxy cache` keeps the
+   * synchronous check, as its listing must be exact. */
+  bool defer_file_check;
 };
 
 /** Open (lock, create layout, remove leftover temp files, open the index).
  * RP_ECONFIG with *err when the directory is locked by another process (the
- * message names the holder's PID) or unusable. Synchronous: call at start-up. */
+ * message names the holder's PID) or unusable. Synchronous: call at start-up
+ * (with defer_file_check, the files are checked while the loop runs). */
 int rp_cache_open(uv_loop_t *loop, const struct rp_cache_opts *opts, struct rp_cache **out,
                   char **err);
 /** Release; fills still running are abandoned (nothing partial is published;

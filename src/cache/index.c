@@ -262,6 +262,7 @@ struct rp__obj *rp__obj_put(struct rp_cache *c, const struct rp_digest *d, uint6
   o->size = size;
   o->media_type = mt;
   o->is_manifest = is_manifest;
+  o->unchecked = false;
   o->last_access = last_access;
   lru_push_front(c, o);
   return o;
@@ -432,6 +433,8 @@ static int rename_into_place(const char *from, const char *to) {
   return rc;
 }
 
+static void run_check(struct rp__index *ix, struct rp__idx_op *op);
+
 static void run_op(struct rp__index *ix, struct rp__idx_op *op) {
   char dkey[160];
   sqlite3_stmt *st;
@@ -517,6 +520,7 @@ static void run_op(struct rp__index *ix, struct rp__idx_op *op) {
     sqlite3_bind_text(st, 2, op->repository, -1, SQLITE_STATIC);
     step(ix, st, "delete public repository");
     break;
+  case RP_IDX_CHECK: run_check(ix, op); break;
   default: break;
   }
 }
@@ -666,8 +670,79 @@ static int exec_sql(struct rp__index *ix, const char *sql, char **err, const cha
   return 0;
 }
 
-/* Rows whose file is missing or has the wrong size are dropped (and a file
- * of the wrong size removed). */
+/* ---- open: schema, load, check against the files ---- */
+
+static bool db_damaged(int ec) {
+  ec &= 0xff;
+  return ec == SQLITE_CORRUPT || ec == SQLITE_NOTADB;
+}
+
+struct lru_key {
+  int64_t last_access;
+  struct rp__obj *o;
+};
+
+static int by_last_access(const void *a, const void *b) {
+  const struct lru_key *x = a, *y = b;
+
+  if (x->last_access != y->last_access)
+    return x->last_access < y->last_access ? -1 : 1;
+  return 0;
+}
+
+/* The LRU order from last_access (oldest at the tail), sorted here rather
+ * than by an ORDER BY, which made SQLite sort every row at start. The keys
+ * are copied out so that the sort does not chase object pointers. */
+static int lru_rebuild(struct rp_cache *c) {
+  struct lru_key *v;
+  size_t n = 0;
+
+  if (c->nobjects < 2)
+    return 0;
+  v = malloc((size_t)c->nobjects * sizeof *v);
+  if (v == NULL)
+    return RP_ENOMEM;
+  for (struct rp__obj *o = c->lru_tail; o != NULL; o = o->prev) {
+    v[n].last_access = o->last_access;
+    v[n++].o = o;
+  }
+  qsort(v, n, sizeof *v, by_last_access);
+  c->lru_head = c->lru_tail = NULL;
+  for (size_t i = 0; i < n; i++)
+    lru_push_front(c, v[i].o);
+  free(v);
+  return 0;
+}
+
+/* A row of objects (digests are its primary key: no lookup for an
+ * existing entry). */
+static struct rp__obj *obj_load(struct rp_cache *c, const struct rp_digest *d, uint64_t size,
+                                bool is_manifest, const char *media_type, int64_t last_access) {
+  struct rp__obj *o = calloc(1, sizeof *o);
+
+  if (o == NULL)
+    return NULL;
+  if (media_type != NULL && media_type[0] != '\0') {
+    o->media_type = strdup(media_type);
+    if (o->media_type == NULL) {
+      free(o);
+      return NULL;
+    }
+  }
+  o->digest = *d;
+  o->hn.hash = digest_hash(d);
+  rp__htab_insert(&c->objs, &o->hn);
+  account(c, (int64_t)size, 1);
+  o->size = size;
+  o->is_manifest = is_manifest;
+  o->last_access = last_access;
+  o->unchecked = true;
+  lru_push_front(c, o);
+  return o;
+}
+
+/* Every row of objects into memory; each is unchecked until its file was
+ * seen (scan below). Rows whose digest does not parse are deleted. */
 static int load_objects(struct rp_cache *c) {
   struct rp__index *ix = c->idx;
   sqlite3_stmt *sel = NULL;
@@ -676,8 +751,7 @@ static int load_objects(struct rp_cache *c) {
   int rc = RP_ENOMEM;
 
   if (sqlite3_prepare_v2(ix->db,
-                         "SELECT digest, size, media_type, is_manifest, last_access FROM objects "
-                         "ORDER BY last_access ASC",
+                         "SELECT digest, size, media_type, is_manifest, last_access FROM objects",
                          -1, &sel, NULL) != SQLITE_OK) {
     rc = RP_ECONFIG;
     goto out;
@@ -686,10 +760,7 @@ static int load_objects(struct rp_cache *c) {
     int s = sqlite3_step(sel);
     const char *dtext;
     struct rp_digest d;
-    struct stat st;
-    char *path = NULL;
-    bool keep = false;
-    uint64_t size;
+    struct rp__obj *o;
 
     if (s == SQLITE_DONE)
       break;
@@ -698,23 +769,11 @@ static int load_objects(struct rp_cache *c) {
       goto out;
     }
     dtext = (const char *)sqlite3_column_text(sel, 0);
-    size = (uint64_t)sqlite3_column_int64(sel, 1);
     if (dtext != NULL && rp_digest_parse(dtext, strlen(dtext), &d) == 0) {
-      path = rp__blob_path(c, &d);
-      if (path == NULL)
-        goto out;
-      if (lstat(path, &st) == 0 && S_ISREG(st.st_mode)) {
-        if ((uint64_t)st.st_size == size)
-          keep = true;
-        else
-          (void)unlink(path);
-      }
-      free(path);
-    }
-    if (keep) {
       const char *mt = (const char *)sqlite3_column_text(sel, 2);
-      if (rp__obj_put(c, &d, size, sqlite3_column_int(sel, 3) != 0, mt,
-                      sqlite3_column_int64(sel, 4)) == NULL)
+      o = obj_load(c, &d, (uint64_t)sqlite3_column_int64(sel, 1), sqlite3_column_int(sel, 3) != 0,
+                   mt, sqlite3_column_int64(sel, 4));
+      if (o == NULL)
         goto out;
       continue;
     }
@@ -743,9 +802,9 @@ static int load_objects(struct rp_cache *c) {
       sqlite3_clear_bindings(del);
     }
     sqlite3_exec(ix->db, "COMMIT", NULL, NULL, NULL);
-    rp_log_info("cache: dropped %zu index row(s) without a file", ndrop);
+    rp_log_info("cache: dropped %zu index row(s) with a malformed digest", ndrop);
   }
-  rc = 0;
+  rc = lru_rebuild(c);
 out:
   sqlite3_finalize(sel);
   for (size_t i = 0; i < ndrop; i++)
@@ -754,56 +813,18 @@ out:
   return rc;
 }
 
-/* Files with no row were never verified by this cache (or their row was lost
- * in a crash): remove them. */
-static void remove_unknown_files(struct rp_cache *c) {
-  static const int algos[] = {256, 512};
-  char path[4096];
-  char name[160];
-  unsigned removed = 0;
-
-  for (size_t a = 0; a < 2; a++) {
-    for (unsigned i = 0; i < 256; i++) {
-      struct dirent *e;
-      DIR *dir;
-
-      snprintf(path, sizeof path, "%s/blobs/sha%d/%02x", c->dir, algos[a], i);
-      dir = opendir(path);
-      if (dir == NULL)
-        continue;
-      while ((e = readdir(dir)) != NULL) {
-        struct rp_digest d;
-        int n;
-
-        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
-          continue;
-        n = snprintf(name, sizeof name, "sha%d:%s", algos[a], e->d_name);
-        if (n > 0 && (size_t)n < sizeof name && rp_digest_parse(name, (size_t)n, &d) == 0 &&
-            strncmp(d.hex, path + strlen(path) - 2, 2) == 0 && rp__obj_find(c, &d) != NULL)
-          continue;
-        if (unlinkat(dirfd(dir), e->d_name, 0) == 0)
-          removed++;
-        else
-          rp_log_warn("cache: cannot remove %s/%s: %s", path, e->d_name, strerror(errno));
-      }
-      closedir(dir);
-    }
-  }
-  if (removed > 0)
-    rp_log_info("cache: removed %u file(s) without an index row", removed);
-}
-
+/* Memberships, tag memory and public answers. Rows that refer to no object
+ * are skipped here (the check op deletes them from the file later). */
 static int load_meta(struct rp_cache *c) {
   struct rp__index *ix = c->idx;
   sqlite3_stmt *sel = NULL;
   int rc = RP_ECONFIG;
+  int s;
 
-  if (sqlite3_exec(ix->db, prune_sql, NULL, NULL, NULL) != SQLITE_OK)
-    rp_log_warn("cache index: pruning: %s", sqlite3_errmsg(ix->db));
   if (sqlite3_prepare_v2(ix->db, "SELECT digest, registry, repository FROM object_repos", -1, &sel,
                          NULL) != SQLITE_OK)
     goto out;
-  while (sqlite3_step(sel) == SQLITE_ROW) {
+  while ((s = sqlite3_step(sel)) == SQLITE_ROW) {
     const char *dk = (const char *)sqlite3_column_text(sel, 0);
     const char *reg = (const char *)sqlite3_column_text(sel, 1);
     const char *repo = (const char *)sqlite3_column_text(sel, 2);
@@ -813,6 +834,8 @@ static int load_meta(struct rp_cache *c) {
         (o = rp__obj_find(c, &d)) != NULL)
       (void)rp__repo_add(c, o, reg, repo);
   }
+  if (s != SQLITE_DONE)
+    goto out;
   sqlite3_finalize(sel);
   sel = NULL;
   /* Oldest first: each one set moves to the front, so the order survives. */
@@ -821,7 +844,7 @@ static int load_meta(struct rp_cache *c) {
                          "checked FROM tags ORDER BY checked ASC",
                          -1, &sel, NULL) != SQLITE_OK)
     goto out;
-  while (sqlite3_step(sel) == SQLITE_ROW) {
+  while ((s = sqlite3_step(sel)) == SQLITE_ROW) {
     const char *parts[4];
     const char *dk = (const char *)sqlite3_column_text(sel, 4);
     const char *mt = (const char *)sqlite3_column_text(sel, 5);
@@ -830,7 +853,8 @@ static int load_meta(struct rp_cache *c) {
     memset(&e, 0, sizeof e);
     for (int i = 0; i < 4; i++)
       parts[i] = rp__nz((const char *)sqlite3_column_text(sel, i));
-    if (dk == NULL || rp_digest_parse(dk, strlen(dk), &e.digest) != 0)
+    if (dk == NULL || rp_digest_parse(dk, strlen(dk), &e.digest) != 0 ||
+        rp__obj_find(c, &e.digest) == NULL)
       continue;
     snprintf(e.media_type, sizeof e.media_type, "%s", rp__nz(mt));
     e.size = (uint64_t)sqlite3_column_int64(sel, 6);
@@ -840,6 +864,8 @@ static int load_meta(struct rp_cache *c) {
       goto out;
     }
   }
+  if (s != SQLITE_DONE)
+    goto out;
   sqlite3_finalize(sel);
   sel = NULL;
   if (sqlite3_prepare_v2(ix->db,
@@ -847,7 +873,7 @@ static int load_meta(struct rp_cache *c) {
                          "ORDER BY checked ASC",
                          -1, &sel, NULL) != SQLITE_OK)
     goto out;
-  while (sqlite3_step(sel) == SQLITE_ROW) {
+  while ((s = sqlite3_step(sel)) == SQLITE_ROW) {
     const char *parts[2];
     for (int i = 0; i < 2; i++)
       parts[i] = rp__nz((const char *)sqlite3_column_text(sel, i));
@@ -856,11 +882,276 @@ static int load_meta(struct rp_cache *c) {
       goto out;
     }
   }
+  if (s != SQLITE_DONE)
+    goto out;
   rp__meta_trim(c);
   rc = 0;
 out:
   sqlite3_finalize(sel);
   return rc;
+}
+
+/* ---- the files against the index ----
+ * A row whose file is missing or has another size is dropped (and such a
+ * file removed); a file with no row was never verified by this cache (or its
+ * row was lost in a crash) and is removed. At open for `regproxy cache` and
+ * after a damaged index; for a server on the thread pool once it is ready:
+ * the directories are listed and every file stat'ed there, and the result is
+ * applied on the loop, against what is in memory by then. */
+
+struct scan_ent {
+  uint64_t size;
+  int64_t mtime;
+  bool regular;
+  short algo;  /* 256 or 512 */
+  char sub[3]; /* the <2 hex> directory */
+  char name[];
+};
+
+struct scan {
+  uv_work_t work;
+  struct rp_cache *c;
+  char *dir;
+  struct scan_ent **v;
+  size_t n, cap;
+  bool oom;
+};
+
+static void scan_collect(struct scan *s) {
+  static const int algos[] = {256, 512};
+  char path[4096];
+
+  for (size_t a = 0; a < 2; a++) {
+    for (unsigned i = 0; i < 256; i++) {
+      struct dirent *e;
+      DIR *dir;
+
+      snprintf(path, sizeof path, "%s/blobs/sha%d/%02x", s->dir, algos[a], i);
+      dir = opendir(path);
+      if (dir == NULL)
+        continue;
+      while ((e = readdir(dir)) != NULL) {
+        struct scan_ent *se;
+        struct stat st;
+        size_t len;
+
+        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
+          continue;
+        if (s->n == s->cap) {
+          size_t ncap = s->cap != 0 ? s->cap * 2 : 1024;
+          struct scan_ent **nv = realloc(s->v, ncap * sizeof *nv);
+          if (nv == NULL) {
+            s->oom = true;
+            break;
+          }
+          s->v = nv;
+          s->cap = ncap;
+        }
+        len = strlen(e->d_name);
+        se = calloc(1, sizeof *se + len + 1);
+        if (se == NULL) {
+          s->oom = true;
+          break;
+        }
+        memcpy(se->name, e->d_name, len + 1);
+        se->algo = (short)algos[a];
+        snprintf(se->sub, sizeof se->sub, "%02x", i);
+        if (fstatat(dirfd(dir), e->d_name, &st, AT_SYMLINK_NOFOLLOW) == 0) {
+          se->regular = S_ISREG(st.st_mode);
+          se->size = (uint64_t)st.st_size;
+          se->mtime = (int64_t)st.st_mtime;
+        }
+        s->v[s->n++] = se;
+      }
+      closedir(dir);
+    }
+  }
+}
+
+/* Remove a file (and any row of its digest). Synchronously at open, else
+ * through the ordered index writer, behind any publish queued before. */
+static void scan_remove(struct rp_cache *c, bool now, const char *path, const struct rp_digest *d) {
+  struct rp__index *ix = c->idx;
+  struct rp__idx_op *op;
+
+  if (now) {
+    if (d != NULL) {
+      char dkey[160];
+      sqlite3_stmt *del = ix->st[ST_DEL];
+      rp__digest_key(d, dkey, sizeof dkey);
+      sqlite3_bind_text(del, 1, dkey, -1, SQLITE_STATIC);
+      (void)sqlite3_step(del);
+      sqlite3_reset(del);
+      sqlite3_clear_bindings(del);
+    }
+    if (path != NULL && unlink(path) != 0 && errno != ENOENT)
+      rp_log_warn("cache: cannot remove %s: %s", path, strerror(errno));
+    return;
+  }
+  op = rp__idx_op_new(RP_IDX_EVICT, NULL, path, NULL, NULL, NULL, NULL);
+  if (op == NULL)
+    return; /* found again at the next start */
+  if (d != NULL)
+    op->digest = *d;
+  rp__index_submit(c, op);
+}
+
+static void scan_apply(struct scan *s, bool now) {
+  struct rp_cache *c = s->c;
+  char path[4096], name[160];
+  unsigned files = 0, rows = 0;
+
+  for (size_t i = 0; i < s->n; i++) {
+    struct scan_ent *se = s->v[i];
+    struct rp_digest d;
+    struct rp__obj *o = NULL;
+    bool parsed;
+    int n = snprintf(name, sizeof name, "sha%d:%s", se->algo, se->name);
+
+    parsed = n > 0 && (size_t)n < sizeof name && rp_digest_parse(name, (size_t)n, &d) == 0 &&
+             strncmp(d.hex, se->sub, 2) == 0;
+    if (parsed)
+      o = rp__obj_find(c, &d);
+    if (o != NULL) {
+      if (o->unchecked && se->regular && se->size == o->size)
+        o->unchecked = false;
+      continue; /* else: handled with the unchecked objects below */
+    }
+    /* Written by this run (published after the listing began, or being
+     * published now): not a stray. */
+    if (!now && se->mtime >= c->opened_at)
+      continue;
+    if (parsed) {
+      struct rp_fill *f = rp_fill_find(c, &d);
+      if (f != NULL) {
+        rp_fill_unref(f);
+        continue;
+      }
+    }
+    snprintf(path, sizeof path, "%s/blobs/sha%d/%s/%s", c->dir, se->algo, se->sub, se->name);
+    scan_remove(c, now, path, NULL);
+    files++;
+  }
+  for (struct rp__obj *o = c->lru_head, *next; o != NULL; o = next) {
+    struct stat st;
+    char *p;
+
+    next = o->next;
+    if (!o->unchecked)
+      continue;
+    o->unchecked = false;
+    if (o->pins > 0)
+      continue; /* being read: left for the next start */
+    p = rp__blob_path(c, &o->digest);
+    if (p == NULL)
+      continue;
+    /* Only a few, in a damaged directory: looked at once more from here. */
+    if (!now && lstat(p, &st) == 0 && S_ISREG(st.st_mode) && (uint64_t)st.st_size == o->size) {
+      free(p);
+      continue;
+    }
+    scan_remove(c, now, p, &o->digest);
+    free(p);
+    rp__obj_remove(c, o);
+    rows++;
+  }
+  if (rows > 0)
+    rp_log_info("cache: dropped %u index row(s) without their file", rows);
+  if (files > 0)
+    rp_log_info("cache: removed %u file(s) without an index row", files);
+}
+
+static void scan_free(struct scan *s) {
+  for (size_t i = 0; i < s->n; i++)
+    free(s->v[i]);
+  free(s->v);
+  free(s->dir);
+  free(s);
+}
+
+static void on_scan_work(uv_work_t *w) {
+  scan_collect(w->data);
+}
+
+static void on_scan_done(uv_work_t *w, int status) {
+  struct scan *s = w->data;
+  struct rp_cache *c = s->c;
+
+  c->scanning = false;
+  c->alive--;
+  if (status == 0 && !s->oom && !c->closing)
+    scan_apply(s, false);
+  else if (s->oom)
+    rp_log_warn("cache: out of memory listing the cache directory; files are checked at the "
+                "next start");
+  scan_free(s);
+  rp__cache_maybe_finalize(c);
+}
+
+/* Synchronously (at open): no file or row is kept unchecked. */
+static int scan_now(struct rp_cache *c) {
+  struct scan *s = calloc(1, sizeof *s);
+  int rc = RP_ENOMEM;
+
+  if (s == NULL)
+    return rc;
+  s->c = c;
+  s->dir = strdup(c->dir);
+  if (s->dir != NULL) {
+    scan_collect(s);
+    if (!s->oom) {
+      scan_apply(s, true);
+      rc = 0;
+    }
+  }
+  scan_free(s);
+  return rc;
+}
+
+static void on_check_done(struct rp__idx_op *op) {
+  struct rp_cache *c = op->arg;
+  char path[4096];
+  int fd;
+
+  if (op->result != RP_ECONFIG)
+    return;
+  snprintf(path, sizeof path, "%s/index.db.check-failed", c->dir);
+  fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+  if (fd >= 0)
+    close(fd);
+  rp_log_warn("cache index %s/index.db failed its check (%s): it is set aside at the next start, "
+              "and its objects fetched again when asked for",
+              c->dir, op->media_type);
+}
+
+void rp__index_scan_start(struct rp_cache *c) {
+  struct rp__idx_op *op;
+  struct scan *s;
+
+  /* The prune and the whole-file check that used to delay the open run
+   * first in the index writer. */
+  op = rp__idx_op_new(RP_IDX_CHECK, NULL, NULL, NULL, NULL, NULL, NULL);
+  if (op != NULL) {
+    op->done = on_check_done;
+    op->arg = c;
+    rp__index_submit(c, op);
+  }
+  if (!c->defer_file_check || c->nobjects == 0)
+    return;
+  s = calloc(1, sizeof *s);
+  if (s == NULL || (s->dir = strdup(c->dir)) == NULL) {
+    free(s);
+    rp_log_warn("cache: out of memory; files are checked at the next start");
+    return;
+  }
+  s->c = c;
+  s->work.data = s;
+  if (uv_queue_work(c->loop, &s->work, on_scan_work, on_scan_done) != 0) {
+    scan_free(s);
+    return;
+  }
+  c->scanning = true;
+  c->alive++;
 }
 
 /* The file is not a database, or one with damaged pages (a disk fault, a
@@ -878,11 +1169,26 @@ static bool index_damaged(sqlite3 *db, char *why, size_t whysz) {
     snprintf(why, whysz, "%s", res != NULL ? res : "quick_check failed");
   } else {
     ec = sqlite3_errcode(db);
-    bad = ec == SQLITE_NOTADB || ec == SQLITE_CORRUPT;
+    bad = db_damaged(ec);
     snprintf(why, whysz, "%s", sqlite3_errmsg(db));
   }
   sqlite3_finalize(st);
   return bad;
+}
+
+/* In the index writer, first after the open: rows that refer to nothing go,
+ * the bounded tables keep their most recent rows, and the whole file is
+ * checked (it used to be checked before the open returned: reading every
+ * page of a large index delayed the start). */
+static void run_check(struct rp__index *ix, struct rp__idx_op *op) {
+  char why[RP_MEDIA_TYPE_MAX];
+
+  if (sqlite3_exec(ix->db, prune_sql, NULL, NULL, NULL) != SQLITE_OK)
+    note_err(ix, "pruning");
+  if (index_damaged(ix->db, why, sizeof why)) {
+    op->result = RP_ECONFIG;
+    snprintf(op->media_type, sizeof op->media_type, "%s", why);
+  }
 }
 
 /* A damaged index goes aside (with its WAL, which belongs to it) and the
@@ -893,6 +1199,10 @@ static int index_set_aside(struct rp__index *ix, const char *path, const char *w
   static const char *const sfx[] = {"", "-wal", "-shm"};
   char from[4096], to[4096];
 
+  for (size_t i = 0; i < ST_LAST; i++) {
+    sqlite3_finalize(ix->st[i]);
+    ix->st[i] = NULL;
+  }
   sqlite3_close(ix->db);
   ix->db = NULL;
   for (size_t i = 0; i < 3; i++) {
@@ -901,16 +1211,61 @@ static int index_set_aside(struct rp__index *ix, const char *path, const char *w
     if (rename(from, to) != 0 && errno != ENOENT)
       return -errno;
   }
+  snprintf(from, sizeof from, "%s.check-failed", path);
+  (void)unlink(from);
   rp_log_warn("cache index %s is damaged (%s): moved to %s.damaged, starting with an empty "
               "index; cached objects are fetched again when asked for",
               path, why, path);
   return 0;
 }
 
+/* Forget what a damaged index loaded before its damage showed. */
+static int unload(struct rp_cache *c) {
+  rp__meta_free(c);
+  rp__objs_free(c);
+  c->size_bytes = 0;
+  c->nobjects = 0;
+  c->nregistries = 0;
+  if (rp__htab_init(&c->objs, 1024) != 0 || rp__htab_init(&c->repos, 1024) != 0 ||
+      rp__htab_init(&c->tags.t, 256) != 0 || rp__htab_init(&c->pubs.t, 256) != 0)
+    return RP_ENOMEM;
+  return 0;
+}
+
+/* Schema, statements, and every row into memory. */
+static int load(struct rp_cache *c, const char *path, char **err) {
+  struct rp__index *ix = c->idx;
+  int rc;
+
+  if (exec_sql(ix, schema_sql, err, path) != 0)
+    return RP_ECONFIG;
+  for (size_t i = 0; i < ST_LAST; i++) {
+    if (sqlite3_prepare_v2(ix->db, stmt_sql[i], -1, &ix->st[i], NULL) != SQLITE_OK) {
+      if (err != NULL && *err == NULL &&
+          asprintf(err, "cache index %s: %s", path, sqlite3_errmsg(ix->db)) < 0)
+        *err = NULL;
+      return RP_ECONFIG;
+    }
+  }
+  rc = load_objects(c);
+  if (rc == 0)
+    rc = load_meta(c);
+  if (rc != 0 && err != NULL && *err == NULL &&
+      asprintf(err, "cache index %s: %s", path,
+               rc == RP_ENOMEM ? "out of memory" : sqlite3_errmsg(ix->db)) < 0)
+    *err = NULL;
+  return rc;
+}
+
+/* Damage shows as SQLITE_NOTADB or SQLITE_CORRUPT while the schema is read
+ * and every row loaded, which reads every page of the tables; the rest of
+ * the file (free pages, the tags index) is checked by the first op of the
+ * index writer, which marks the index to be set aside at the next start. */
 int rp__index_open(struct rp_cache *c, char **err) {
   struct rp__index *ix;
   char *path = NULL;
   char why[256];
+  bool damaged = false;
   int rc = RP_ENOMEM;
 
   ix = calloc(1, sizeof *ix);
@@ -922,8 +1277,11 @@ int rp__index_open(struct rp_cache *c, char **err) {
     path = NULL;
     goto out;
   }
-  rc = RP_ECONFIG;
   for (int attempt = 0;; attempt++) {
+    char marker[4200];
+    char *lerr = NULL;
+
+    rc = RP_ECONFIG;
     if (sqlite3_open_v2(path, &ix->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL) !=
         SQLITE_OK) {
       if (err != NULL && *err == NULL &&
@@ -932,8 +1290,26 @@ int rp__index_open(struct rp_cache *c, char **err) {
         *err = NULL;
       goto out;
     }
-    if (attempt > 0 || !index_damaged(ix->db, why, sizeof why))
-      break;
+    sqlite3_busy_timeout(ix->db, 5000);
+    snprintf(marker, sizeof marker, "%s.check-failed", path);
+    if (attempt == 0 && access(marker, F_OK) == 0) {
+      snprintf(why, sizeof why, "it failed its check in an earlier run");
+    } else {
+      rc = load(c, path, attempt == 0 ? &lerr : err);
+      if (rc == 0 || attempt > 0 || !db_damaged(sqlite3_errcode(ix->db))) {
+        if (rc != 0 && lerr != NULL && err != NULL && *err == NULL) {
+          *err = lerr;
+          lerr = NULL;
+        }
+        free(lerr);
+        break;
+      }
+      snprintf(why, sizeof why, "%s", sqlite3_errmsg(ix->db));
+      free(lerr);
+    }
+    rc = unload(c);
+    if (rc != 0)
+      goto out;
     rc = index_set_aside(ix, path, why);
     if (rc != 0) {
       if (err != NULL && *err == NULL &&
@@ -943,31 +1319,14 @@ int rp__index_open(struct rp_cache *c, char **err) {
       rc = RP_ECONFIG;
       goto out;
     }
-    rc = RP_ECONFIG;
+    damaged = true;
   }
-  sqlite3_busy_timeout(ix->db, 5000);
-  if (exec_sql(ix, schema_sql, err, path) != 0)
+  if (rc != 0)
     goto out;
-  for (size_t i = 0; i < ST_LAST; i++) {
-    if (sqlite3_prepare_v2(ix->db, stmt_sql[i], -1, &ix->st[i], NULL) != SQLITE_OK) {
-      if (err != NULL && *err == NULL &&
-          asprintf(err, "cache index %s: %s", path, sqlite3_errmsg(ix->db)) < 0)
-        *err = NULL;
-      goto out;
-    }
-  }
-  rc = load_objects(c);
-  if (rc == 0)
-    rc = load_meta(c);
-  if (rc != 0) {
-    if (err != NULL && *err == NULL &&
-        asprintf(err, "cache index %s: %s", path,
-                 rc == RP_ENOMEM ? "out of memory" : sqlite3_errmsg(ix->db)) < 0)
-      *err = NULL;
-    goto out;
-  }
-  remove_unknown_files(c);
-  rc = 0;
+  /* After a damaged index every file is a stray: removed now, whatever the
+   * caller asked for, so nothing unverified is ever served. */
+  if (!c->defer_file_check || damaged)
+    rc = scan_now(c);
 out:
   free(path);
   return rc;

@@ -80,6 +80,7 @@ struct rp__obj {
   char *media_type; /* NULL for blobs */
   unsigned pins;    /* readers using the file: not evictable while > 0 */
   bool is_manifest;
+  bool unchecked;            /* loaded from the index, its file not yet seen (deferred check) */
   struct repo_node *members; /* the repositories it belongs to (index.c) */
   unsigned nmembers;
 };
@@ -133,6 +134,10 @@ struct rp_cache {
 
   struct rp__verify *verifies; /* running rp_cache_verify_start jobs */
 
+  int64_t opened_at;     /* files newer than this were written by this run */
+  bool defer_file_check; /* rp_cache_opts */
+  bool scanning;         /* the deferred file check is running */
+
   uint64_t evictions;
   uint64_t mismatches;
   bool disk_failing; /* a disk error was logged, and no fill stored since */
@@ -165,6 +170,7 @@ enum rp__idx_kind {
   RP_IDX_PUBLIC, /* is_manifest carries "public" */
   RP_IDX_PUBLIC_DEL,
   RP_IDX_BARRIER, /* nothing: its done runs once everything before it is written */
+  RP_IDX_CHECK,   /* after open: prune rows that refer to nothing, PRAGMA quick_check */
   RP_IDX_KIND_LAST
 };
 
@@ -184,6 +190,9 @@ struct rp__idx_op {
 };
 
 int rp__index_open(struct rp_cache *c, char **err);
+/** After open, with defer_file_check: check the files against the loaded
+ * index on the thread pool (c->scanning until its result is applied). */
+void rp__index_scan_start(struct rp_cache *c);
 /** Queue a copy-free op (allocated with rp__idx_op_new). */
 void rp__index_submit(struct rp_cache *c, struct rp__idx_op *op);
 /** An op with room for the given strings (NULL ones are skipped). */

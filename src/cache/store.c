@@ -406,6 +406,8 @@ int rp_cache_open(uv_loop_t *loop, const struct rp_cache_opts *opts, struct rp_c
   c->loop = loop;
   c->max_size = opts->max_size;
   c->orphan_fill_max = opts->orphan_fill_max;
+  c->defer_file_check = opts->defer_file_check;
+  c->opened_at = rp__now();
   c->dir = strdup(opts->dir);
   if (c->dir == NULL)
     goto out;
@@ -438,6 +440,7 @@ int rp_cache_open(uv_loop_t *loop, const struct rp_cache_opts *opts, struct rp_c
   }
   c->idle.data = c;
   rp__cache_evict(c);
+  rp__index_scan_start(c);
   *out = c;
   c = NULL;
   rc = 0;

@@ -568,6 +568,7 @@ static int start_mitm(struct rp_server *srv, char **err) {
     co.dir = cfg->cache_dir;
     co.max_size = cfg->cache_max_size;
     co.orphan_fill_max = cfg->orphan_fill_max;
+    co.defer_file_check = true;
     rc = rp_cache_open(srv->loop, &co, &srv->cache, err);
     if (rc != 0)
       return rc;

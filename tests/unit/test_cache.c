@@ -22,6 +22,7 @@
 #include <string.h>
 #include <signal.h>
 #include <sys/stat.h>
+#include <sys/time.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -1287,6 +1288,84 @@ static void test_damaged_index(void **state) {
   free(dir);
 }
 
+/* defer_file_check (a server's open): the files are checked on the thread
+ * pool after the open returned. A row whose file went is dropped, a stray
+ * file from before the open is removed, a file written since (by this run)
+ * is left alone. */
+static void test_deferred_file_check(void **state) {
+  const size_t len = 100000;
+  unsigned char *a = random_blob(len, 81), *b = random_blob(len, 82);
+  char *dir = make_dir();
+  struct rp_cache_opts o = {.dir = dir, .orphan_fill_max = 1ULL << 40, .defer_file_check = true};
+  struct rp_digest da, db, dx, dy;
+  struct rp_cache *c = NULL;
+  struct timeval old[2] = {{.tv_sec = 1000000000}, {.tv_sec = 1000000000}};
+  char *pa, *pb, *px, *py, *err = NULL;
+  char path[4200], *slash;
+  FILE *fp;
+
+  (void)state;
+  digest_of(a, len, 256, &da);
+  digest_of(b, len, 256, &db);
+  c = open_cache(dir, 0, 1ULL << 40);
+  fill_blob(c, a, len, &da, false, NULL);
+  fill_blob(c, b, len, &db, false, NULL);
+  close_cache(c);
+  pa = blob_path(dir, &da);
+  pb = blob_path(dir, &db);
+  assert_int_equal(unlink(pb), 0);
+  digest_of("stray", 5, 256, &dx);
+  digest_of("fresh", 5, 256, &dy);
+  px = blob_path(dir, &dx);
+  py = blob_path(dir, &dy);
+  snprintf(path, sizeof path, "%s", px);
+  slash = strrchr(path, '/');
+  *slash = '\0';
+  (void)mkdir(path, 0700);
+  fp = fopen(px, "w");
+  assert_non_null(fp);
+  fputs("stray", fp);
+  fclose(fp);
+  assert_int_equal(utimes(px, old), 0); /* from an earlier run */
+
+  assert_int_equal(rp_cache_open(&loop, &o, &c, &err), 0);
+  /* Not checked yet: the open did not look at the files. */
+  assert_true(c->scanning);
+  assert_true(rp_cache_has(c, &db, NULL));
+  assert_int_equal(access(px, F_OK), 0);
+  /* Written by this run while the listing runs: never a stray. */
+  snprintf(path, sizeof path, "%s", py);
+  slash = strrchr(path, '/');
+  *slash = '\0';
+  (void)mkdir(path, 0700);
+  fp = fopen(py, "w");
+  assert_non_null(fp);
+  fputs("fresh", fp);
+  fclose(fp);
+  while (c->scanning)
+    uv_run(&loop, UV_RUN_ONCE);
+  assert_true(rp_cache_has(c, &da, NULL));
+  assert_false(rp_cache_has(c, &db, NULL));
+  assert_true(file_equals(pa, a, len));
+  close_cache(c);
+  assert_int_equal(access(px, F_OK), -1);
+  assert_int_equal(access(py, F_OK), 0);
+  /* The dropped row stays dropped. */
+  c = open_cache(dir, 0, 1ULL << 40);
+  assert_false(rp_cache_has(c, &db, NULL));
+  assert_true(rp_cache_has(c, &da, NULL));
+  close_cache(c);
+  free(err);
+  free(pa);
+  free(pb);
+  free(px);
+  free(py);
+  free(a);
+  free(b);
+  rm_rf(dir);
+  free(dir);
+}
+
 static void test_crash_restart(void **state) {
   const size_t len = 8 * MIB;
   unsigned char *data = random_blob(len, 16);
@@ -1982,6 +2061,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_lock, setup, teardown),
       cmocka_unit_test_setup_teardown(test_crash_restart, setup, teardown),
       cmocka_unit_test_setup_teardown(test_damaged_index, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_deferred_file_check, setup, teardown),
       cmocka_unit_test_setup_teardown(test_eviction, setup, teardown),
       cmocka_unit_test_setup_teardown(test_membership_follows_objects, setup, teardown),
       cmocka_unit_test_setup_teardown(test_bounded_tables, setup, teardown),
