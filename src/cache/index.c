@@ -112,6 +112,7 @@ struct rp__index {
   struct rp__idx_op *batch; /* owned by the worker while busy */
   uv_work_t work;
   bool busy;
+  bool held; /* until the loop's first turn after the open */
   bool shutting;
   bool close_after; /* this batch closes the database */
   bool closed;
@@ -586,7 +587,7 @@ static void start_batch(struct rp__index *ix) {
   size_t n = 0;
   int rc;
 
-  if (ix->busy || ix->closed || (ix->pend_head == NULL && !ix->shutting))
+  if (ix->busy || ix->held || ix->closed || (ix->pend_head == NULL && !ix->shutting))
     return;
   ix->batch = ix->pend_head;
   for (struct rp__idx_op *op = ix->pend_head; op != NULL && n < RP_INDEX_BATCH_MAX; op = op->next) {
@@ -1124,34 +1125,54 @@ static void on_check_done(struct rp__idx_op *op) {
               c->dir, op->media_type);
 }
 
-void rp__index_scan_start(struct rp_cache *c) {
-  struct rp__idx_op *op;
+/* The check op and the file listing start on the loop's first turn, once the
+ * caller is done starting (a server's listeners accept): queued at the open,
+ * they competed for the CPU with the rest of the start-up. */
+static void on_after_open(struct rp__task *t) {
+  struct rp_cache *c = rp__container_of(t, struct rp_cache, after_open);
   struct scan *s;
 
-  /* The prune and the whole-file check that used to delay the open run
-   * first in the index writer. */
-  op = rp__idx_op_new(RP_IDX_CHECK, NULL, NULL, NULL, NULL, NULL, NULL);
-  if (op != NULL) {
-    op->done = on_check_done;
-    op->arg = c;
-    rp__index_submit(c, op);
-  }
-  if (!c->defer_file_check || c->nobjects == 0)
+  c->alive--;
+  c->idx->held = false;
+  start_batch(c->idx);
+  if (c->closing || !c->scanning) {
+    c->scanning = false;
+    rp__cache_maybe_finalize(c);
     return;
+  }
   s = calloc(1, sizeof *s);
   if (s == NULL || (s->dir = strdup(c->dir)) == NULL) {
     free(s);
+    c->scanning = false;
     rp_log_warn("cache: out of memory; files are checked at the next start");
     return;
   }
   s->c = c;
   s->work.data = s;
   if (uv_queue_work(c->loop, &s->work, on_scan_work, on_scan_done) != 0) {
+    c->scanning = false;
     scan_free(s);
     return;
   }
-  c->scanning = true;
   c->alive++;
+}
+
+void rp__index_scan_start(struct rp_cache *c) {
+  struct rp__idx_op *op;
+
+  /* The prune and the whole-file check that used to delay the open are the
+   * index writer's first op; the writer waits for the loop's first turn. */
+  c->idx->held = true;
+  op = rp__idx_op_new(RP_IDX_CHECK, NULL, NULL, NULL, NULL, NULL, NULL);
+  if (op != NULL) {
+    op->done = on_check_done;
+    op->arg = c;
+    rp__index_submit(c, op);
+  }
+  c->scanning = c->defer_file_check && c->nobjects > 0;
+  c->after_open.run = on_after_open;
+  c->alive++;
+  rp__task_post(c, &c->after_open);
 }
 
 /* The file is not a database, or one with damaged pages (a disk fault, a

@@ -134,9 +134,10 @@ struct rp_cache {
 
   struct rp__verify *verifies; /* running rp_cache_verify_start jobs */
 
-  int64_t opened_at;     /* files newer than this were written by this run */
-  bool defer_file_check; /* rp_cache_opts */
-  bool scanning;         /* the deferred file check is running */
+  int64_t opened_at;          /* files newer than this were written by this run */
+  bool defer_file_check;      /* rp_cache_opts */
+  bool scanning;              /* the deferred file check is queued or running */
+  struct rp__task after_open; /* starts the check op and the deferred file check */
 
   uint64_t evictions;
   uint64_t mismatches;
