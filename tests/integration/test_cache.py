@@ -75,6 +75,11 @@ def upstream_manifest_gets(reg, repo="library/alpine"):
     return text.count("GET /v2/%s/manifests/" % repo)
 
 
+def upstream_manifest_heads(reg, repo="library/alpine"):
+    text = open(reg.log_path, errors="replace").read()
+    return text.count("HEAD /v2/%s/manifests/" % repo)
+
+
 def test_second_pull_served_from_cache():
     rp = proxy()
     before = h.settled(lambda: upstream_blob_gets(REG))
@@ -93,6 +98,31 @@ def test_second_pull_served_from_cache():
     hits = rp.request_logs(route="mitm", cache="hit")
     assert {ln["path"].rsplit("/", 1)[1] for ln in hits} >= IMG.blobs, hits
     assert rp.metrics().sum("regproxy_bytes_total", direction="out", source="cache") > 2 << 20
+
+
+def test_warm_pull_after_restart_makes_no_manifest_get():
+    """Issue 14: what a restart keeps (the index, loaded at open while the files are
+    checked in the background) is enough for a warm pull: the tag is checked with a
+    HEAD, the manifest and every blob come from the cache, nothing is GET upstream."""
+    cache = os.path.join(h.tmpdir(), "cache")
+    rp = proxy(cache_dir=cache)
+    pull(rp)
+    rp.stop()
+    rp = proxy(cache_dir=cache)
+    blobs = h.settled(lambda: upstream_blob_gets(REG))
+    manifests = h.settled(lambda: upstream_manifest_gets(REG))
+    heads = h.settled(lambda: upstream_manifest_heads(REG))
+    out, _ = pull(rp)
+    assert h.layout_blobs(out)[1] == IMG.blobs
+    assert h.settled(lambda: upstream_manifest_gets(REG)) == manifests, \
+        "the warm pull after a restart made an upstream manifest GET"
+    assert h.settled(lambda: upstream_blob_gets(REG)) == blobs, \
+        "the warm pull after a restart fetched blobs upstream"
+    # The tag was still checked with the registry (contract §3 "Manifests by tag").
+    assert h.settled(lambda: upstream_manifest_heads(REG)) > heads, "no tag HEAD upstream"
+    assert rp.request_logs(route="mitm", cache="revalidated"), "no revalidated manifest"
+    hits = rp.request_logs(route="mitm", cache="hit")
+    assert {ln["path"].rsplit("/", 1)[1] for ln in hits} >= IMG.blobs, hits
 
 
 def test_range_from_cache():
