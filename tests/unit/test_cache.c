@@ -1288,6 +1288,40 @@ static void test_damaged_index(void **state) {
   free(dir);
 }
 
+/* An index whose quick_check failed in the index writer of an earlier run
+ * (index.db.check-failed next to it) is set aside at the next open like one
+ * found damaged there. */
+static void test_check_failed_index_set_aside(void **state) {
+  const size_t len = 50000;
+  unsigned char *data = random_blob(len, 91);
+  char *dir = make_dir();
+  char marker[4200], aside[4200];
+  struct rp_cache *c;
+  struct rp_digest d;
+  struct stat st;
+  FILE *fp;
+
+  (void)state;
+  digest_of(data, len, 256, &d);
+  c = open_cache(dir, 0, 1ULL << 40);
+  fill_blob(c, data, len, &d, false, NULL);
+  close_cache(c);
+  snprintf(marker, sizeof marker, "%s/index.db.check-failed", dir);
+  snprintf(aside, sizeof aside, "%s/index.db.damaged", dir);
+  fp = fopen(marker, "w");
+  assert_non_null(fp);
+  fclose(fp);
+  c = open_cache(dir, 0, 1ULL << 40);
+  assert_int_equal(stat(aside, &st), 0);
+  assert_int_not_equal(stat(marker, &st), 0);
+  assert_false(rp_cache_has(c, &d, NULL));
+  assert_int_equal(count_files(dir, "blobs"), 0);
+  close_cache(c);
+  free(data);
+  rm_rf(dir);
+  free(dir);
+}
+
 /* defer_file_check (a server's open): the files are checked on the thread
  * pool after the open returned. A row whose file went is dropped, a stray
  * file from before the open is removed, a file written since (by this run)
@@ -2062,6 +2096,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_crash_restart, setup, teardown),
       cmocka_unit_test_setup_teardown(test_damaged_index, setup, teardown),
       cmocka_unit_test_setup_teardown(test_deferred_file_check, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_check_failed_index_set_aside, setup, teardown),
       cmocka_unit_test_setup_teardown(test_eviction, setup, teardown),
       cmocka_unit_test_setup_teardown(test_membership_follows_objects, setup, teardown),
       cmocka_unit_test_setup_teardown(test_bounded_tables, setup, teardown),
