@@ -329,7 +329,9 @@ def test_a_dead_instance_is_skipped_before_the_health_check_notices():
             (path, r.status)
     for p in paths:
         get(p)
-    routes = hap.blob_routes()
+    # HAProxy writes a request's log line after the client has its answer: wait for all.
+    routes = h.wait_until(lambda: (lambda r: r if all(p.split("?")[0] in r for p in paths)
+                                   else None)(hap.blob_routes()), 5, "haproxy logged every GET")
     name = sorted(next(iter(v)) for v in routes.values())[0]
     victim = insts[int(name[len("site"):]) - 1]
     victim.signal(signal.SIGKILL)
