@@ -814,6 +814,24 @@ out:
   return rc;
 }
 
+/* A digest column of object_repos or tags as a lookup key, without checking
+ * its hex digits: it is only used to find an object, and every object's
+ * digest was checked when its row was loaded, so a malformed one finds
+ * nothing (20,000 digit checks less for 10,000 objects at start). */
+static bool digest_key_of(const char *s, struct rp_digest *d) {
+  size_t n = s != NULL ? strlen(s) : 0;
+
+  if (n == 7 + 64 && memcmp(s, "sha256:", 7) == 0)
+    d->algo = 256;
+  else if (n == 7 + 128 && memcmp(s, "sha512:", 7) == 0)
+    d->algo = 512;
+  else
+    return false;
+  memcpy(d->hex, s + 7, n - 7);
+  d->hex[n - 7] = '\0';
+  return true;
+}
+
 /* Memberships, tag memory and public answers. Rows that refer to no object
  * are skipped here (the check op deletes them from the file later). */
 static int load_meta(struct rp_cache *c) {
@@ -831,8 +849,7 @@ static int load_meta(struct rp_cache *c) {
     const char *repo = (const char *)sqlite3_column_text(sel, 2);
     struct rp_digest d;
     struct rp__obj *o;
-    if (dk != NULL && reg != NULL && repo != NULL && rp_digest_parse(dk, strlen(dk), &d) == 0 &&
-        (o = rp__obj_find(c, &d)) != NULL)
+    if (reg != NULL && repo != NULL && digest_key_of(dk, &d) && (o = rp__obj_find(c, &d)) != NULL)
       (void)rp__repo_add(c, o, reg, repo);
   }
   if (s != SQLITE_DONE)
@@ -854,8 +871,7 @@ static int load_meta(struct rp_cache *c) {
     memset(&e, 0, sizeof e);
     for (int i = 0; i < 4; i++)
       parts[i] = rp__nz((const char *)sqlite3_column_text(sel, i));
-    if (dk == NULL || rp_digest_parse(dk, strlen(dk), &e.digest) != 0 ||
-        rp__obj_find(c, &e.digest) == NULL)
+    if (!digest_key_of(dk, &e.digest) || rp__obj_find(c, &e.digest) == NULL)
       continue;
     snprintf(e.media_type, sizeof e.media_type, "%s", rp__nz(mt));
     e.size = (uint64_t)sqlite3_column_int64(sel, 6);
