@@ -2,7 +2,7 @@
 """regproxy next to its peers (issue 14, "The suite"): one command, one markdown table.
 
   python3 bench/peers.py [--runs 3] [--size-mib 1024] [--only ROW[,ROW...]]
-                         [--idle 2000] [--clients 50] [--handshakes 300] [--setup-clients 8]
+                         [--idle 2000] [--clients 50] [--setup-clients 8]
                          [--setup-seconds 3]
                          [--no-squid] [--no-haproxy] [--no-tinyproxy] [--no-nginx]
                          [--no-distribution] [--no-mitmproxy]
@@ -331,21 +331,29 @@ def curl_many(n, url, args, size, pids):
 
 
 def _setup_worker(job):
-    """One client process of the set-up rate row: CONNECT (unless direct) + TLS 1.3
-    handshake + close, as many as fit between t0 and t1 (CLOCK_MONOTONIC is system-wide)."""
-    proxy_port, target_port, cafile, t0, t1 = job
+    """One client process of the rate rows: TLS 1.3 handshakes (then close), as many as fit
+    between t0 and t1 (CLOCK_MONOTONIC is system-wide). proxy_port None: straight to
+    target_port. Otherwise a CONNECT first: to 127.0.0.1:target_port (a tunnel, the TLS
+    server is the target), or, with mitm_host, to that host (a MITM: regproxy is the TLS
+    server; "%d" in it makes a new host name per handshake, so a new leaf each time)."""
+    proxy_port, target_port, cafile, t0, t1, mitm_host, ident = job
     ctx = ssl.create_default_context(cafile=cafile)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_3
-    connect = ("CONNECT 127.0.0.1:%d HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n\r\n" % (
-        target_port, target_port)).encode()
     while time.monotonic() < t0:
         time.sleep(0.002)
     n = 0
     while time.monotonic() < t1:
         s = socket.create_connection(("127.0.0.1", proxy_port or target_port), timeout=10)
+        name = "localhost"
         try:
             if proxy_port:
-                s.sendall(connect)
+                if mitm_host:
+                    name = mitm_host % (ident * 1000000 + n) if "%d" in mitm_host else mitm_host
+                    target = "%s:443" % name
+                else:
+                    target = "127.0.0.1:%d" % target_port
+                s.sendall(("CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n" % (target, target))
+                          .encode())
                 head = b""
                 while b"\r\n\r\n" not in head:
                     b = s.recv(1024)
@@ -354,7 +362,7 @@ def _setup_worker(job):
                     head += b
                 if not head.split(b" ", 2)[1:2] == [b"200"]:
                     raise RuntimeError("CONNECT answered %r" % head[:100])
-            t = ctx.wrap_socket(s, server_hostname="localhost")
+            t = ctx.wrap_socket(s, server_hostname=name)
             t.close()
         finally:
             s.close()
@@ -362,35 +370,19 @@ def _setup_worker(job):
     return n
 
 
-def setups_rate(pool, clients, proxy_port, target_port, cafile, seconds):
+def setups_rate(pool, clients, proxy_port, target_port, cafile, seconds, pids,
+                mitm_host=None):
+    """Handshakes per second with `clients` client processes at once, and the CPU
+    milliseconds the serving processes (pids: trees) spent per handshake: with the
+    clients on the same two cores, the rate is shared with them, the CPU per handshake
+    is the server's own cost (its capacity is 1 / that)."""
     t0 = time.monotonic() + 0.3
     t1 = t0 + seconds
-    n = sum(pool.map(_setup_worker, [(proxy_port, target_port, cafile, t0, t1)] * clients))
-    return {"rate": n / seconds}
-
-
-def handshake_rate(port, cafile, n, proxy_host=None, distinct_prefix=None):
-    """Sequential TLS 1.3 handshakes: directly (proxy_host None) or after a CONNECT to
-    proxy_host (a new host per handshake when distinct_prefix is given); per second."""
-    ctx = ssl.create_default_context(cafile=cafile)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
-    t0 = time.monotonic()
-    for i in range(n):
-        s = socket.create_connection(("127.0.0.1", port), timeout=10)
-        host = "localhost"
-        if proxy_host:
-            host = "%s-h%d.bench.test" % (distinct_prefix, i) if distinct_prefix else proxy_host
-            s.sendall(("CONNECT %s:443 HTTP/1.1\r\nHost: %s:443\r\n\r\n" % (host, host))
-                      .encode())
-            head = b""
-            while b"\r\n\r\n" not in head:
-                b = s.recv(256)
-                if not b:
-                    raise RuntimeError("proxy closed before answering CONNECT")
-                head += b
-        t = ctx.wrap_socket(s, server_hostname=host)
-        t.close()
-    return {"rate": n / (time.monotonic() - t0)}
+    c0 = cpu_s(pids)
+    n = sum(pool.map(_setup_worker, [(proxy_port, target_port, cafile, t0, t1, mitm_host, i)
+                                     for i in range(clients)]))
+    ms = (cpu_s(pids) - c0) * 1000.0 / max(n, 1)
+    return {"rate": n / seconds, "cpu_ms": ms}
 
 
 def idle_rss(port, pids, target, n):
@@ -584,14 +576,15 @@ def row_setups(w, a, skip):
     ca = w.ca.ca_crt
     ctx = multiprocessing.get_context("fork")
     with ctx.Pool(a.setup_clients) as pool:
-        def run(port):
+        def run(port, pids):
             return lambda: setups_rate(pool, a.setup_clients, port, ng.port, ca,
-                                       a.setup_seconds)
-        peers = [("regproxy", run(rp.port))]
+                                       a.setup_seconds, pids)
+        peers = [("regproxy", run(rp.port, [rp.proc.pid]))]
         if "squid" not in skip:
             sq = start("squid", h.Squid)
-            peers.append(("squid", run(sq.port)))
-        peers.append(("direct", run(None)))
+            if sq is not None:
+                peers.append(("squid", run(sq.port, [sq.proc.pid])))
+        peers.append(("direct", run(None, [ng.proc.pid])))
         return alternate(a, peers)
 
 
@@ -690,22 +683,30 @@ def row_mitm(w, a, skip):
 
 
 def row_handshakes(w, a, skip):
+    """TLS handshakes through regproxy's MITM (regproxy is the TLS server: a cached leaf,
+    and a new leaf minted per host) next to nginx as a TLS server, with --setup-clients
+    client processes at once: handshakes per second, and the server's CPU per handshake."""
     if "nginx" in skip:
         raise RuntimeError("needs nginx as the TLS server")
     rp = w.regproxy()
     ng = w.nginx()
-    n = a.handshakes
+    ctx = multiprocessing.get_context("fork")
     runs = [0]
+    with ctx.Pool(a.setup_clients) as pool:
+        def mitm(host):
+            return lambda: setups_rate(pool, a.setup_clients, rp.port, 0, rp.ca,
+                                       a.setup_seconds, [rp.proc.pid], host)
 
-    def fresh():
-        runs[0] += 1
-        return handshake_rate(rp.port, rp.ca, n, "x", "r%d" % runs[0])
-    handshake_rate(rp.port, rp.ca, 5, "same.bench.test")  # mint the cached leaf
-    peers = [("regproxy, cached leaf", lambda: handshake_rate(rp.port, rp.ca, n,
-                                                             "same.bench.test")),
-             ("regproxy, new leaf per host", fresh),
-             ("nginx TLS server", lambda: handshake_rate(ng.port, w.ca.ca_crt, n))]
-    return alternate(a, peers)
+        def fresh():
+            runs[0] += 1
+            return mitm("r%d-%%d.bench.test" % runs[0])()
+        setups_rate(pool, 1, rp.port, 0, rp.ca, 0.2, [rp.proc.pid], "same.bench.test")
+        peers = [("regproxy, cached leaf", mitm("same.bench.test")),
+                 ("regproxy, new leaf per host", fresh),
+                 ("nginx TLS server", lambda: setups_rate(pool, a.setup_clients, None, ng.port,
+                                                          w.ca.ca_crt, a.setup_seconds,
+                                                          [ng.proc.pid]))]
+        return alternate(a, peers)
 
 
 # ---------------------------------------------------------------------------------------
@@ -723,7 +724,10 @@ def fmt(m, kind):
         return s
     if kind == "kib":
         return "%.2f KiB" % m["kib"]
-    return "%.0f /s" % m["rate"]
+    s = "%.0f /s" % m["rate"]
+    if "cpu_ms" in m:
+        s += ", %.3f CPU-ms each" % m["cpu_ms"]
+    return s
 
 
 def ratio(a, b, key):
@@ -744,6 +748,8 @@ def peer_cell(res, kind, first=1):
             c += " (**%.2f×**" % r
             if kind == "mbs" and "cpu" in rp and m.get("cpu"):
                 c += ", CPU %.2f×" % (rp["cpu"] / m["cpu"])
+            if kind == "rate" and rp.get("cpu_ms") and m.get("cpu_ms"):
+                c += ", capacity %.2f×" % (m["cpu_ms"] / rp["cpu_ms"])
             c += ")"
         cells.append(c)
     return "; ".join(cells) or "-"
@@ -781,8 +787,17 @@ def verdict(row, res):
         need("RSS ≤64 MiB", rp.get("rss"), lambda v: v <= 64)
     elif row == "setups":
         need("≥1.2× squid", r("squid", "rate"), lambda v: v >= 1.2)
+        cap = None
+        if "squid" in d and d["squid"].get("cpu_ms") and rp.get("cpu_ms"):
+            cap = d["squid"]["cpu_ms"] / rp["cpu_ms"]
+        need("capacity (1 / CPU per set-up) ≥1.2× squid", cap, lambda v: v >= 1.2)
     elif row == "handshakes":
         need("≥1.2× nginx", r("nginx TLS server", "rate"), lambda v: v >= 1.2)
+        cap = None
+        if "nginx TLS server" in d and d["nginx TLS server"].get("cpu_ms") and \
+                rp.get("cpu_ms"):
+            cap = d["nginx TLS server"]["cpu_ms"] / rp["cpu_ms"]
+        need("capacity ≥1.2× nginx", cap, lambda v: v >= 1.2)
     elif row == "idle":
         need("≤8 KiB (issue 11)", rp.get("kib"), lambda v: v <= 8)
     else:
@@ -823,8 +838,8 @@ def main():
     ap.add_argument("--only", default="", help="comma-separated rows: " + ",".join(ROWS))
     ap.add_argument("--idle", type=int, default=2000, help="idle tunnels held open")
     ap.add_argument("--clients", type=int, default=50, help="concurrent clients")
-    ap.add_argument("--handshakes", type=int, default=300, help="handshakes per measurement")
-    ap.add_argument("--setup-clients", type=int, default=8)
+    ap.add_argument("--setup-clients", type=int, default=8,
+                    help="client processes at once in the set-up and handshake rows")
     ap.add_argument("--setup-seconds", type=float, default=3.0)
     for p in PEER_BINS:
         ap.add_argument("--no-" + p, action="store_true", help="skip %s" % p)
@@ -882,7 +897,8 @@ def main():
                       "mbs", lambda: row_clients(w, a, skip)),
         "mitm": ("MITM pass-through of a %d MiB GET (nothing cached)" % big, "mbs",
                  lambda: row_mitm(w, a, skip)),
-        "handshakes": ("TLS handshakes per second through the MITM", "rate",
+        "handshakes": ("TLS handshakes per second through the MITM (%d parallel clients)"
+                       % a.setup_clients, "rate",
                        lambda: row_handshakes(w, a, skip)),
     }
     table = []
