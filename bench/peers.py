@@ -393,7 +393,7 @@ def idle_rss(port, pids, target, n):
     socks = tunnelbench.open_idle(port, target, n)
     try:
         h.settled(lambda: tunnelbench.fd_count(pid), 20, "fd count settled")
-        after = rss_kib(pids)
+        after = tunnelbench.settled_rss(lambda: rss_kib(pids))
     finally:
         for s in socks:
             s.close()

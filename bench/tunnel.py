@@ -88,6 +88,21 @@ async def hold_server(port, ready):
         await srv.serve_forever()
 
 
+def settled_rss(read, timeout=8.0):
+    """RSS once two readings 1.2 s apart agree within 1%: the heap a burst of
+    connections left free is given back a second after it (regproxy trims it then;
+    squid and tinyproxy keep theirs), and idle tunnels are about the steady state."""
+    last = read()
+    t_end = time.monotonic() + timeout
+    while time.monotonic() < t_end:
+        time.sleep(1.2)
+        now = read()
+        if abs(now - last) <= 0.01 * max(last, 1):
+            return now
+        last = now
+    return last
+
+
 def open_idle(proxy_port, target, n):
     socks = []
     for _ in range(n):
@@ -153,7 +168,7 @@ def idle_tunnels(a, proxies):
             continue
         # Every CONNECT was answered; wait until the process stops opening fds.
         h.settled(lambda: fd_count(pid), 10, "%s fd count settled" % name)
-        after = rss_mib(pid)
+        after = settled_rss(lambda: rss_mib(pid))
         fds1 = fd_count(pid)
         hz1 = healthz_ms(port, a.healthz) if name == "regproxy" else []
 

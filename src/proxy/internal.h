@@ -57,6 +57,7 @@ struct rp_server {
   int draining;
   int notify;            /* tell systemd READY/RELOADING/STOPPING (`run` only, not prefetch) */
   uint64_t last_trim_ms; /* malloc_trim after a load (server.c) */
+  uv_timer_t trim;       /* a second after memory was freed under load: trim (server.c) */
 
   /* MITM: the local CA, the per-host leaves, the upstream engine. */
   struct rp_ca *ca;
@@ -333,6 +334,8 @@ void rp__proxyauth_detach(struct rp_conn *c);
 void rp__proxyauth_shutdown(struct rp_server *srv);
 /* server.c */
 void rp__server_conn_gone(struct rp_server *srv);
+/** Memory was freed under load: trim the heap a second later (server.c). */
+void rp__server_heap_freed(struct rp_server *srv);
 /** The lists and settings rp_route_decide reads; they belong to srv->cfg. */
 void rp__server_route_cfg(const struct rp_server *srv, struct rp_route_cfg *out);
 

@@ -107,8 +107,35 @@ static void trim_when_quiet(struct rp_server *srv) {
   malloc_trim(0);
 }
 
+/* A large free block that stays in the middle of the heap keeps its touched
+ * pages resident while connections around it live on: 2,000 CONNECTs at
+ * once each freed a 64 KiB parser when their tunnel started, and the idle
+ * tunnels then cost 12-30 KiB of RSS each instead of 4. A second after such
+ * frees (not per free: malloc_trim walks the heap), the pages of free
+ * chunks go back to the system when there are megabytes of them. */
+#define TRIM_FREE_MIN (4u * 1024 * 1024)
+
+static void on_trim(uv_timer_t *t) {
+  struct rp_server *srv = t->data;
+#if defined(__GLIBC__) && (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 33))
+  struct mallinfo2 mi = mallinfo2();
+  if (mi.fordblks < TRIM_FREE_MIN)
+    return;
+#endif
+  srv->last_trim_ms = uv_now(srv->loop);
+  malloc_trim(0);
+}
+
+void rp__server_heap_freed(struct rp_server *srv) {
+  if (srv->draining || uv_is_active((uv_handle_t *)&srv->trim) ||
+      uv_is_closing((uv_handle_t *)&srv->trim))
+    return;
+  uv_timer_start(&srv->trim, on_trim, 1000, 0);
+}
+
 void rp__server_conn_gone(struct rp_server *srv) {
   trim_when_quiet(srv);
+  rp__server_heap_freed(srv);
   if (srv->draining) {
     if (srv->nconns == 0)
       finish_shutdown(srv);
@@ -158,6 +185,8 @@ static void finish_shutdown(struct rp_server *srv) {
       uv_close((uv_handle_t *)&srv->sig[i], NULL);
   if (!uv_is_closing((uv_handle_t *)&srv->grace))
     uv_close((uv_handle_t *)&srv->grace, NULL);
+  if (!uv_is_closing((uv_handle_t *)&srv->trim))
+    uv_close((uv_handle_t *)&srv->trim, NULL);
 }
 
 static void begin_shutdown(struct rp_server *srv, const char *why) {
@@ -618,6 +647,9 @@ int rp_server_start(struct rp_server *srv, char **err) {
   record_owner(srv);
   uv_timer_init(srv->loop, &srv->grace);
   srv->grace.data = srv;
+  uv_timer_init(srv->loop, &srv->trim);
+  srv->trim.data = srv;
+  uv_unref((uv_handle_t *)&srv->trim); /* never what keeps the loop running */
   {
     static const int signums[3] = {SIGTERM, SIGINT, SIGHUP};
     for (int i = 0; i < 3; i++) {

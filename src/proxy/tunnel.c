@@ -185,6 +185,7 @@ static void tunnel_start(struct rp_conn *c) {
   /* A tunnel has no more HTTP to parse: give the head arena back. */
   rp_http_parser_destroy(c->parser);
   c->parser = NULL;
+  rp__server_heap_freed(c->srv);
   if (rc != 0) {
     rp__conn_close(c);
     return;
