@@ -574,7 +574,7 @@ def row_setups(w, a, skip):
     ng = w.nginx()
     rp = w.regproxy()
     ca = w.ca.ca_crt
-    ctx = multiprocessing.get_context("spawn")  # no fork of a threaded process
+    ctx = multiprocessing.get_context("fork")
     with ctx.Pool(a.setup_clients) as pool:
         def run(port, pids):
             return lambda: setups_rate(pool, a.setup_clients, port, ng.port, ca,
@@ -690,7 +690,7 @@ def row_handshakes(w, a, skip):
         raise RuntimeError("needs nginx as the TLS server")
     rp = w.regproxy()
     ng = w.nginx()
-    ctx = multiprocessing.get_context("spawn")  # no fork of a threaded process
+    ctx = multiprocessing.get_context("fork")
     runs = [0]
     with ctx.Pool(a.setup_clients) as pool:
         def mitm(host):

@@ -37,8 +37,12 @@
 #define RECV_BUFFER_SIZE (128 * 1024)
 #define SEND_BUFFER_SIZE (64 * 1024)
 /* OpenSSL's read buffer on upstream connections, with read-ahead: one
- * recvfrom takes several TLS records instead of two calls per record. */
-#define TLS_READ_BUFFER (128 * 1024)
+ * recvfrom takes several TLS records instead of two calls per record.
+ * libcurl sets SSL_MODE_RELEASE_BUFFERS, so the buffer is freed whenever it
+ * empties and allocated again: it must stay below the heap's mmap threshold
+ * (128 KiB, main.c), or every refill is an mmap, a munmap and 32 page
+ * faults (2,000 of each per 256 MiB at 128 KiB). */
+#define TLS_READ_BUFFER (64 * 1024)
 #define MAX_REDIRECTS   10
 
 struct poll_ctx {
