@@ -36,14 +36,7 @@
  * for a paused transfer, so it bounds memory per fetch. */
 #define RECV_BUFFER_SIZE (128 * 1024)
 #define SEND_BUFFER_SIZE (64 * 1024)
-/* OpenSSL's read buffer on upstream connections, with read-ahead: one
- * recvfrom takes several TLS records instead of two calls per record.
- * libcurl sets SSL_MODE_RELEASE_BUFFERS, so the buffer is freed whenever it
- * empties and allocated again: it must stay below the heap's mmap threshold
- * (128 KiB, main.c), or every refill is an mmap, a munmap and 32 page
- * faults (2,000 of each per 256 MiB at 128 KiB). */
-#define TLS_READ_BUFFER (64 * 1024)
-#define MAX_REDIRECTS   10
+#define MAX_REDIRECTS    10
 
 struct poll_ctx {
   uv_poll_t poll;
@@ -106,11 +99,6 @@ struct rp_fetch {
   int recv_paused, send_paused;           /* what the user wants */
   int curl_recv_paused, curl_send_paused; /* what libcurl has been told */
   int unpause_pending;
-  /* Read-ahead: records OpenSSL holds that libcurl does not know of. */
-  uint64_t progress;  /* header and body bytes delivered, ever */
-  uint64_t kick_mark; /* progress when the last kick was made; UINT64_MAX: none since a resume */
-  int kick_pending;   /* a socket action is due on the idle handle */
-  curl_socket_t fd;   /* the socket libcurl last asked us to watch for it */
 
   /* The response head being assembled from the header callback. */
   int head_open;      /* a status line began a head */
@@ -130,7 +118,6 @@ struct rp_fetch {
 
 static void process_pending(struct rp_upstream *up);
 static void check_multi_info(struct rp_upstream *up);
-static void kick_buffered(struct rp_upstream *up);
 
 /* ---- trust: the store and the client certificate per connection ----------- */
 
@@ -171,9 +158,6 @@ static CURLcode on_ssl_ctx(CURL *easy, void *ssl_ctx, void *arg) {
   (void)easy;
   rp__trust_load_system(f->trust);
   SSL_CTX_set1_cert_store(ssl_ctx, h != NULL && h->store != NULL ? h->store : f->trust->base);
-  /* kick_buffered() wakes transfers whose records wait in OpenSSL. */
-  SSL_CTX_set_read_ahead(ssl_ctx, 1);
-  SSL_CTX_set_default_read_buffer_len(ssl_ctx, TLS_READ_BUFFER);
   if (h == NULL || h->cert_file == NULL) {
     pthread_once(&idx_once, idx_init);
     if (up_idx >= 0 && serial_idx >= 0 && SSL_CTX_set_ex_data(ssl_ctx, up_idx, f->up) == 1 &&
@@ -261,16 +245,12 @@ static void on_poll(uv_poll_t *h, int status, int events) {
     uv_poll_start(&ctx->poll, ctx->events, on_poll);
   check_multi_info(up);
   process_pending(up);
-  kick_buffered(up);
 }
 
 static int on_socket(CURL *easy, curl_socket_t fd, int what, void *arg, void *sockp) {
   struct rp_upstream *up = arg;
   struct poll_ctx *ctx = sockp;
-  struct rp_fetch *f = NULL;
   int events = 0, rc;
-  if (curl_easy_getinfo(easy, CURLINFO_PRIVATE, (char **)&f) == CURLE_OK && f != NULL)
-    f->fd = what == CURL_POLL_REMOVE ? CURL_SOCKET_BAD : fd;
   if (what == CURL_POLL_REMOVE) {
     if (ctx != NULL) {
       poll_ctx_close(ctx);
@@ -317,7 +297,6 @@ static void on_timeout(uv_timer_t *t) {
   up->depth--;
   check_multi_info(up);
   process_pending(up);
-  kick_buffered(up);
 }
 
 static int on_timer(CURLM *multi, long timeout_ms, void *arg) {
@@ -529,7 +508,6 @@ static size_t on_header(char *p, size_t size, size_t nitems, void *arg) {
   int rc = 0;
   if (f->cancelled || f->aborted)
     return 0;
-  f->progress += n;
   if (f->head_delivered)
     return n; /* trailers */
   while (len > 0 && (p[len - 1] == '\n' || p[len - 1] == '\r'))
@@ -578,7 +556,6 @@ static size_t on_write(char *p, size_t size, size_t nitems, void *arg) {
   }
   if (n == 0)
     return 0;
-  f->progress += n;
   int rc = f->cb.on_body != NULL ? f->cb.on_body(f, f->data, p, n) : 0;
   if (f->cancelled)
     return 0;
@@ -786,10 +763,8 @@ static void on_idle(uv_idle_t *h) {
     int send_go = f->curl_send_paused && !f->send_paused;
     if (!recv_go && !send_go)
       continue;
-    if (recv_go) {
+    if (recv_go)
       f->curl_recv_paused = 0;
-      f->kick_mark = UINT64_MAX;
-    }
     if (send_go)
       f->curl_send_paused = 0;
     /* libcurl may call on_write right here with the bytes it kept; a
@@ -797,43 +772,9 @@ static void on_idle(uv_idle_t *h) {
     curl_easy_pause(f->easy, (f->curl_recv_paused ? CURLPAUSE_RECV : 0) |
                                  (f->curl_send_paused ? CURLPAUSE_SEND : 0));
   }
-  for (f = up->fetches; f != NULL; f = f->next) {
-    int running = 0;
-    if (!f->kick_pending || f->cancelled || !f->added)
-      continue;
-    f->kick_pending = 0;
-    f->kick_mark = f->progress;
-    if (f->fd != CURL_SOCKET_BAD)
-      curl_multi_socket_action(up->multi, f->fd, CURL_CSELECT_IN, &running);
-  }
   up->depth--;
   check_multi_info(up);
   process_pending(up);
-  kick_buffered(up);
-}
-
-/* With read-ahead, OpenSSL may hold whole records that libcurl has not
- * asked for: libcurl stops reading when SSL_pending() is 0 and the socket
- * is not readable, and nothing would wake the transfer. Give each such
- * transfer a socket action on the next turn, unless it is paused (the
- * resume wakes it) or the last kick delivered nothing (libcurl does not
- * want the bytes now: never spin). */
-static void kick_buffered(struct rp_upstream *up) {
-  struct rp_fetch *f;
-  if (up->depth > 0)
-    return;
-  for (f = up->fetches; f != NULL; f = f->next) {
-    struct curl_tlssessioninfo *ti = NULL;
-    if (!f->added || f->cancelled || f->finishing || f->kick_pending || f->curl_recv_paused ||
-        f->fd == CURL_SOCKET_BAD || f->kick_mark == f->progress)
-      continue;
-    if (curl_easy_getinfo(f->easy, CURLINFO_TLS_SSL_PTR, &ti) != CURLE_OK || ti == NULL ||
-        ti->backend != CURLSSLBACKEND_OPENSSL || ti->internals == NULL ||
-        !SSL_has_pending(ti->internals))
-      continue;
-    f->kick_pending = 1;
-    uv_idle_start(&up->idle, on_idle);
-  }
 }
 
 static void schedule_unpause(struct rp_fetch *f) {
@@ -1232,8 +1173,6 @@ struct rp_fetch *rp_fetch_start(struct rp_upstream *up, const struct rp_fetch_re
   f->cb = *cb;
   f->data = data;
   f->serial = ++up->next_serial;
-  f->kick_mark = UINT64_MAX;
-  f->fd = CURL_SOCKET_BAD;
   f->trust = rp__trust_ref(up->trust);
   f->easy = curl_easy_init();
   if (f->easy == NULL || setup_easy(f, req) != 0)

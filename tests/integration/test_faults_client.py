@@ -247,13 +247,11 @@ def test_ten_thousand_header_lines():
     base.check()
 
 
-def test_slow_and_fast_readers_over_tls_read_ahead():
-    """Upstream connections read TLS records ahead (one recvfrom for several records);
-    records OpenSSL holds while the socket is quiet must still reach the client when it
-    is paused and resumed. Readers at 3, 30 MB/s and unthrottled share one cold fill from
-    the real registry, and a throttled client reads a big non-registry answer passed
-    through the MITM (the upstream transfer paused and resumed all along): each gets
-    every byte."""
+def test_slow_and_fast_readers_and_a_paused_pass_through():
+    """Readers at 3, 30 MB/s and unthrottled share one cold fill from the real registry
+    over TLS, and a throttled client reads a big non-registry answer passed through the
+    MITM (the upstream transfer paused and resumed all along): each gets every byte, and
+    nothing is left behind."""
     data = os.urandom(12 << 20)
     path = os.path.join(h.tmpdir(), "blob")
     with open(path, "wb") as f:
