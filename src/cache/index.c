@@ -235,30 +235,46 @@ static void account(struct rp_cache *c, int64_t dsize, int64_t dobjs) {
   c->nobjects += (uint64_t)dobjs;
 }
 
+/* A new object for d in the table and the totals (not yet in the LRU). */
+static struct rp__obj *obj_new(struct rp_cache *c, const struct rp_digest *d, uint64_t size) {
+  struct rp__obj *o = calloc(1, sizeof *o);
+
+  if (o == NULL)
+    return NULL;
+  o->digest = *d;
+  o->hn.hash = digest_hash(d);
+  rp__htab_insert(&c->objs, &o->hn);
+  account(c, (int64_t)size, 1);
+  o->size = size;
+  return o;
+}
+
+/* A copy of a non-empty media type in *out (NULL for none): 0, or RP_ENOMEM. */
+static int media_type_dup(const char *media_type, char **out) {
+  *out = NULL;
+  if (media_type == NULL || media_type[0] == '\0')
+    return 0;
+  *out = strdup(media_type);
+  return *out != NULL ? 0 : RP_ENOMEM;
+}
+
 struct rp__obj *rp__obj_put(struct rp_cache *c, const struct rp_digest *d, uint64_t size,
                             bool is_manifest, const char *media_type, int64_t last_access) {
   struct rp__obj *o = rp__obj_find(c, d);
-  char *mt = NULL;
+  char *mt;
 
-  if (media_type != NULL && media_type[0] != '\0') {
-    mt = strdup(media_type);
-    if (mt == NULL)
-      return NULL;
-  }
+  if (media_type_dup(media_type, &mt) != 0)
+    return NULL;
   if (o != NULL) {
     account(c, (int64_t)size - (int64_t)o->size, 0);
     free(o->media_type);
     lru_unlink(c, o);
   } else {
-    o = calloc(1, sizeof *o);
+    o = obj_new(c, d, size);
     if (o == NULL) {
       free(mt);
       return NULL;
     }
-    o->digest = *d;
-    o->hn.hash = digest_hash(d);
-    rp__htab_insert(&c->objs, &o->hn);
-    account(c, (int64_t)size, 1);
   }
   o->size = size;
   o->media_type = mt;
@@ -719,22 +735,17 @@ static int lru_rebuild(struct rp_cache *c) {
  * existing entry). */
 static struct rp__obj *obj_load(struct rp_cache *c, const struct rp_digest *d, uint64_t size,
                                 bool is_manifest, const char *media_type, int64_t last_access) {
-  struct rp__obj *o = calloc(1, sizeof *o);
+  struct rp__obj *o;
+  char *mt;
 
-  if (o == NULL)
+  if (media_type_dup(media_type, &mt) != 0)
     return NULL;
-  if (media_type != NULL && media_type[0] != '\0') {
-    o->media_type = strdup(media_type);
-    if (o->media_type == NULL) {
-      free(o);
-      return NULL;
-    }
+  o = obj_new(c, d, size);
+  if (o == NULL) {
+    free(mt);
+    return NULL;
   }
-  o->digest = *d;
-  o->hn.hash = digest_hash(d);
-  rp__htab_insert(&c->objs, &o->hn);
-  account(c, (int64_t)size, 1);
-  o->size = size;
+  o->media_type = mt;
   o->is_manifest = is_manifest;
   o->last_access = last_access;
   o->unchecked = true;

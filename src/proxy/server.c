@@ -98,13 +98,14 @@ static void finish_shutdown(struct rp_server *srv);
 
 /* The last busy connection went: give the memory a load left free back to
  * the system (glibc keeps freed heap pages otherwise; RSS stayed at its peak
- * after every load). At most once a second. */
-static void trim_when_quiet(struct rp_server *srv) {
+ * after every load). At most once a second. true: trimmed. */
+static bool trim_when_quiet(struct rp_server *srv) {
   uint64_t now = uv_now(srv->loop);
   if (srv->nconns > 1 || now - srv->last_trim_ms < 1000)
-    return;
+    return false;
   srv->last_trim_ms = now;
   malloc_trim(0);
+  return true;
 }
 
 /* A large free block that stays in the middle of the heap keeps its touched
@@ -134,8 +135,8 @@ void rp__server_heap_freed(struct rp_server *srv) {
 }
 
 void rp__server_conn_gone(struct rp_server *srv) {
-  trim_when_quiet(srv);
-  rp__server_heap_freed(srv);
+  if (!trim_when_quiet(srv))
+    rp__server_heap_freed(srv);
   if (srv->draining) {
     if (srv->nconns == 0)
       finish_shutdown(srv);

@@ -58,15 +58,20 @@ static const char *side_name(int side) {
   return side == 0 ? "client" : "upstream";
 }
 
-static void on_splice_read(void *data, int from, size_t n) {
-  struct rp_conn *c = data;
+/* n bytes read from the client (from_client) or the upstream side, by
+ * either relay. */
+static void count_read(struct rp_conn *c, bool from_client, size_t n) {
   rp__conn_touch(c);
-  if (from == 0) {
+  if (from_client) {
     c->log.bytes_in += n;
     rp_metrics.bytes[0][RP_SRC_BYTES_TUNNEL] += n;
   } else {
     rp_metrics.bytes[1][RP_SRC_BYTES_TUNNEL] += n;
   }
+}
+
+static void on_splice_read(void *data, int from, size_t n) {
+  count_read(data, from == 0, n);
 }
 
 static void on_splice_write(void *data, int to, size_t n) {
@@ -279,14 +284,8 @@ static void on_tunnel_read(struct rp_stream *s, ssize_t nread, char *block) {
       rp__conn_close(c);
     return;
   }
-  rp__conn_touch(c);
   c->relay_bytes += (uint64_t)nread;
-  if (s == c->client) {
-    c->log.bytes_in += (uint64_t)nread;
-    rp_metrics.bytes[0][RP_SRC_BYTES_TUNNEL] += (uint64_t)nread;
-  } else {
-    rp_metrics.bytes[1][RP_SRC_BYTES_TUNNEL] += (uint64_t)nread;
-  }
+  count_read(c, s == c->client, (size_t)nread);
   ref = rp__bref_new(block);
   if (ref == NULL) {
     rp__conn_close(c);
